@@ -8,9 +8,12 @@
 //! - `secret.rs`  secret types (keys, passwords) and base64.
 //! - `wire.rs`    postern-1 and ostiary-4 messages as bytes; no I/O.
 //! - `kdf.rs`     passphrase (PBKDF2) and fleet (master secret) key derivation.
-#![forbid(unsafe_code)]
+//! - `config.rs`  TOML text to a typed, validated `Config` (daemon feature).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "daemon")]
+pub mod config;
 pub mod kdf;
 pub mod mac;
 pub mod secret;
