@@ -8,12 +8,53 @@
 //! - `secret.rs`  secret types (keys, passwords) and base64.
 //! - `wire.rs`    postern-1 and ostiary-4 messages as bytes; no I/O.
 //! - `kdf.rs`     passphrase (PBKDF2) and fleet (master secret) key derivation.
-//! - `config.rs`  TOML text to a typed, validated `Config` (daemon feature).
+//! - `config.rs`  TOML text to a typed, validated `Config`.
+//! - `limits.rs`  per-source token buckets, lockout table, handshake slots.
+//! - `ipc.rs`     monitor <-> network process messages as bytes; no I/O.
+//! - `channel.rs` the seqpacket socketpair those messages travel on.
+//! - `listen.rs`  binding listeners and systemd socket activation.
+//! - `net.rs`     the unprivileged network process: accept loop, handshakes.
+//! - `privsep.rs` the network process's jail and process hardening.
+//! - `monitor.rs` the privileged monitor: requests, reload, shutdown.
+//! - `action.rs`  running commands: clean env, process group, deadline, output.
+//! - `gate.rs`    gates opened by a trigger, closed by a deadline, on disk.
+//! - `log.rs`     stderr or syslog output in a stable line format.
+//! - `daemon.rs`  start-up order and the network process's entry point.
+//! - `sys.rs`     the only unsafe code: fd adoption, pre-exec glue, mlock.
+//! - `main.rs`    posternd's command line.
+//!
+//! Everything from `config.rs` down needs the `daemon` feature (default).
+// `unsafe` is denied everywhere and allowed only inside `sys.rs`, the small
+// module of descriptor and pre-exec glue that safe APIs cannot express.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "daemon")]
+pub mod action;
+#[cfg(feature = "daemon")]
+pub mod channel;
+#[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod gate;
+#[cfg(feature = "daemon")]
+pub mod ipc;
+#[cfg(feature = "daemon")]
+pub mod limits;
+#[cfg(feature = "daemon")]
+pub mod listen;
+#[cfg(feature = "daemon")]
+pub mod log;
+#[cfg(feature = "daemon")]
+pub mod monitor;
+#[cfg(feature = "daemon")]
+pub mod net;
+#[cfg(feature = "daemon")]
+pub mod privsep;
+#[cfg(feature = "daemon")]
+pub mod sys;
 pub mod kdf;
 pub mod mac;
 pub mod secret;

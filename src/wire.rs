@@ -227,6 +227,11 @@ impl Verifier {
         self.keys.is_empty()
     }
 
+    /// The prepared key states, to pin them in memory.
+    pub fn prepared(&self) -> &[MacKey] {
+        &self.keys
+    }
+
     /// The prepared key at `index`, to compute the ack with.
     pub fn key(&self, index: usize) -> Option<&MacKey> {
         self.keys.get(index)

@@ -1,0 +1,244 @@
+//! Start-up, in order, failing closed at every step:
+//! load and validate config -> harden -> bind (or take systemd's sockets)
+//! -> open the log -> prepare the state and chroot directories -> start the
+//! network process (which jails itself before reading a byte) -> hand it
+//! the config -> tell systemd we are ready -> serve.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use crate::channel::{self, Channel};
+use crate::config;
+use crate::listen;
+use crate::log::{Level, Logger};
+use crate::monitor::{self, Monitor, NetChild};
+use crate::net;
+use crate::privsep::{self, Jail};
+
+/// Descriptors the network process needs beyond one per handshake.
+const NOFILE_SLACK: u64 = 64;
+
+/// A start-up failure: what failed and what to do about it.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `posternd --config FILE --check`: prints every problem; true if none.
+pub fn check(path: &Path) -> bool {
+    match config::load(path) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} listener(s), {} action(s))",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.actions.len()
+            );
+            true
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} problem(s)", path.display(), errors.len());
+            false
+        }
+    }
+}
+
+/// Runs the monitor (and through it the network process) until stopped.
+pub fn run(path: &Path) -> Result<(), StartError> {
+    // 1. Load and validate the config; print every problem.
+    let config = config::load(path).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        StartError(format!("{}\nfix the config and start again (posternd --check shows all problems)", lines.join("\n")))
+    })?;
+
+    // 2. No core dumps, not ptrace-able; pin the keys in memory.
+    privsep::harden_self().map_err(|e| StartError(e.to_string()))?;
+    let keys_locked = crate::sys::lock_slice(&config.actions);
+
+    // 3. Bind the listeners, or take them from systemd.
+    let activated = listen::activation_fds().map_err(|e| StartError(e.to_string()))?;
+    let socket_activated = activated.is_some();
+    let bound = monitor::bind_all(&config, &mut Vec::new(), activated).map_err(|e| StartError(e.to_string()))?;
+
+    // 4. Open the log.
+    let logger = Arc::new(Logger::new(config.daemon.log));
+    for w in &config.warnings {
+        logger.log(Level::Warning, &format!("config: {w}"));
+    }
+    if !keys_locked {
+        logger.log(Level::Warning, "keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped");
+    }
+
+    // 5. State directory (root-owned 0700) and the empty chroot.
+    prepare_state_dir(&config.daemon.state_dir)?;
+    let as_root = privsep::is_root();
+    if as_root {
+        privsep::prepare_chroot(&config.daemon.chroot_dir).map_err(|e| StartError(e.to_string()))?;
+    } else {
+        logger.log(
+            Level::Warning,
+            "not started as root: the network process keeps this user and is not chrooted; actions cannot switch users",
+        );
+    }
+
+    // 6. Start the network process; it jails itself before reading.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let (mine, theirs) = channel::pair().map_err(|e| StartError(format!("socketpair: {e}")))?;
+        let jail = Jail {
+            chroot: config.daemon.chroot_dir.clone(),
+            uid: config.daemon.user.uid,
+            gid: config.daemon.user.gid,
+            nofile: config.limits.max_handshakes.get() as u64 + net::MAX_PENDING_ACKS as u64 + NOFILE_SLACK,
+        };
+        let child = spawn_network(&theirs, &jail, as_root).map_err(|e| StartError(format!("cannot start the network process: {e}")))?;
+        drop(theirs);
+        let chan = Channel::new(mine).map_err(|e| StartError(e.to_string()))?;
+        let listeners = monitor::describe_listeners(&config, &bound);
+        let actions = config.actions.len();
+        let m = Monitor::new(config, bound, Arc::clone(&logger), chan);
+
+        // 7. Hand over the config.
+        m.send_config().await.map_err(|e| StartError(format!("cannot configure the network process: {e}")))?;
+
+        // 8. Ready.
+        logger.log(
+            Level::Notice,
+            &format!(
+                "started version={} listeners=[{listeners}] actions={actions}{}",
+                env!("CARGO_PKG_VERSION"),
+                if socket_activated { " socket-activated" } else { "" }
+            ),
+        );
+        notify_ready();
+
+        // 9. Serve.
+        m.run(NetChild { child }).await.map_err(|e| StartError(e.to_string()))
+    })
+}
+
+fn prepare_state_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StartError(format!("state_dir {}: cannot create it: {e}", dir.display())))?;
+    }
+    if !dir.is_dir() {
+        return Err(StartError(format!("state_dir {} is not a directory", dir.display())));
+    }
+    Ok(())
+}
+
+/// Starts `posternd --network-child ...` with the channel end as an
+/// inherited descriptor and an empty environment.
+fn spawn_network(theirs: &OwnedFd, jail: &Jail, as_root: bool) -> std::io::Result<tokio::process::Child> {
+    let exe = std::env::current_exe()?;
+    // The end must survive exec: clear close-on-exec on it alone. Nothing
+    // else is spawned concurrently at start-up.
+    nix::fcntl::fcntl(theirs.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+    let chroot = if as_root { jail.chroot.display().to_string() } else { "-".to_string() };
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--network-child")
+        .arg(theirs.as_raw_fd().to_string())
+        .arg(chroot)
+        .arg(jail.uid.to_string())
+        .arg(jail.gid.to_string())
+        .arg(jail.nofile.to_string())
+        .env_clear()
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    crate::sys::drop_to_in_child(&mut cmd, None, true);
+    cmd.spawn()
+}
+
+/// The network process's entry point (`--network-child FD CHROOT UID GID
+/// NOFILE`). Returns the process exit code.
+pub fn network_child(args: &[String]) -> i32 {
+    let parsed = (|| -> Option<(i32, String, u32, u32, u64)> {
+        Some((
+            args.first()?.parse().ok()?,
+            args.get(1)?.clone(),
+            args.get(2)?.parse().ok()?,
+            args.get(3)?.parse().ok()?,
+            args.get(4)?.parse().ok()?,
+        ))
+    })();
+    let Some((fd, chroot, uid, gid, nofile)) = parsed else {
+        eprintln!("posternd: --network-child is internal; it takes FD CHROOT UID GID NOFILE");
+        return 64;
+    };
+    let Some(fd) = crate::sys::adopt_fd(fd) else {
+        eprintln!("posternd network: channel descriptor {fd} is not open");
+        return 1;
+    };
+    let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    // Jail first: nothing has been read from anyone yet.
+    let jail = Jail { chroot: chroot.clone().into(), uid, gid, nofile };
+    let jail_result = if chroot == "-" {
+        // Not root: only the hardening that needs no privilege.
+        let mut j = jail.clone();
+        j.uid = nix::unistd::getuid().as_raw();
+        privsep::enter_jail(&j)
+    } else {
+        privsep::enter_jail(&jail)
+    };
+    if let Err(e) = jail_result {
+        eprintln!("posternd network: {e}");
+        return 1;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("posternd network: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&rt, net::serve(fd)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("posternd network: {e}");
+            1
+        }
+    }
+}
+
+/// sd_notify(READY=1): one datagram to $NOTIFY_SOCKET, if set.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().to_string();
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let addr = if let Some(name) = path.strip_prefix('@') {
+        SocketAddr::from_abstract_name(name.as_bytes())
+    } else {
+        SocketAddr::from_pathname(&path)
+    };
+    if let Ok(addr) = addr {
+        let _ = sock.send_to_addr(b"READY=1", &addr);
+    }
+}

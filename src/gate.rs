@@ -1,0 +1,623 @@
+//! Gates: services that a trigger opens and a deadline closes, recorded on
+//! disk so that neither a crash nor a reboot leaves one open.
+//!
+//! A gate is either `run` + `stop` (a command that starts something and
+//! returns, and one that stops it) or `serve` (a long-running program that
+//! posternd supervises in its own process group, killed with posternd by
+//! PR_SET_PDEATHSIG). Every open gate is written to the state file before
+//! its trigger is acknowledged; if that write fails, the gate is closed at
+//! once and the trigger answered "failed".
+//!
+//! Fail closed at start-up ([`Gates::recover`]): every recorded gate whose
+//! deadline has passed is stopped; a `serve` gate is over anyway (its
+//! program died with the previous posternd, and if it somehow did not, it
+//! is killed, but only after checking its pid and start time, so a reused
+//! pid is never hit); unexpired `run` gates are re-armed; a record that
+//! cannot be read, or a state file that cannot be read at all, stops the
+//! gates concerned (all of them for an unreadable file).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use tokio::task::AbortHandle;
+
+use crate::action::{self, Spec};
+use crate::config::{Action, ActionKind, Argv, Config, Gate};
+use crate::log::{Level, Logger};
+use crate::monitor::Monitor;
+use crate::wire::Status;
+
+/// State file name inside `state_dir`.
+pub const STATE_FILE: &str = "gates.state";
+/// How long a freshly started `serve` program must stay up before the
+/// trigger is acknowledged as started.
+pub const SERVE_SETTLE: Duration = Duration::from_millis(150);
+/// Grace between SIGTERM and SIGKILL when a `serve` gate closes.
+pub const SERVE_GRACE: Duration = Duration::from_secs(3);
+
+/// One open gate, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Action name.
+    pub name: String,
+    /// `serve` (true) or `run`/`stop` (false).
+    pub serve: bool,
+    /// The serve program's pid (0 for run gates).
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (/proc/PID/stat field 22).
+    pub start_ticks: u64,
+    /// The boot the pid belongs to (/proc/sys/kernel/random/boot_id).
+    pub boot_id: String,
+    /// When it opened, UNIX seconds.
+    pub opened: u64,
+    /// When it must close, UNIX seconds.
+    pub deadline: u64,
+    /// The `{addr}` it was opened for.
+    pub addr: IpAddr,
+}
+
+impl Record {
+    fn to_line(&self) -> String {
+        format!(
+            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={}",
+            self.name,
+            if self.serve { "serve" } else { "run" },
+            self.pid,
+            self.start_ticks,
+            if self.boot_id.is_empty() { "-" } else { &self.boot_id },
+            self.opened,
+            self.deadline,
+            self.addr
+        )
+    }
+
+    /// Parses one line; `Err(Some(name))` when only the name is readable.
+    pub fn parse(line: &str) -> Result<Record, Option<String>> {
+        let mut it = line.split(' ');
+        if it.next() != Some("gate") {
+            return Err(None);
+        }
+        let mut f: HashMap<&str, &str> = HashMap::new();
+        for kv in it {
+            let (k, v) = kv.split_once('=').ok_or(None)?;
+            f.insert(k, v);
+        }
+        let name = f.get("name").map(|s| s.to_string());
+        let bad = || name.clone();
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+        Ok(Record {
+            name: name.clone().filter(|n| !n.is_empty()).ok_or(None)?,
+            serve: match f.get("kind") {
+                Some(&"serve") => true,
+                Some(&"run") => false,
+                _ => return Err(bad()),
+            },
+            pid: num("pid").and_then(|p| u32::try_from(p).ok()).ok_or_else(bad)?,
+            start_ticks: num("start").ok_or_else(bad)?,
+            boot_id: match f.get("boot") {
+                Some(&"-") => String::new(),
+                Some(b) => b.to_string(),
+                None => return Err(bad()),
+            },
+            opened: num("opened").ok_or_else(bad)?,
+            deadline: num("deadline").ok_or_else(bad)?,
+            addr: f.get("addr").and_then(|a| a.parse().ok()).ok_or_else(bad)?,
+        })
+    }
+}
+
+/// Seconds since the UNIX epoch (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// This boot's id, or empty if unknown.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A process's start time in ticks since boot, if it exists.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after the last
+    // ')' are space separated, starting with field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Writes `records` to `dir/STATE_FILE` atomically: temp file, fsync,
+/// rename, fsync of the directory.
+pub fn write_state(dir: &Path, records: &[Record]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let path = dir.join(STATE_FILE);
+    let mut text = String::from("# posternd open gates; rewritten atomically, do not edit\n");
+    for r in records {
+        text.push_str(&r.to_line());
+        text.push('\n');
+    }
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// What reading the state file found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// No file: nothing was open.
+    Missing,
+    /// Records, and names of records that could not be parsed.
+    Records(Vec<Record>, Vec<String>),
+    /// The file exists but cannot be read, or is garbage.
+    Unreadable(String),
+}
+
+/// Reads the state file.
+pub fn read_state(dir: &Path) -> Loaded {
+    let path = dir.join(STATE_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
+        Err(e) => return Loaded::Unreadable(e.to_string()),
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return Loaded::Unreadable("not UTF-8".into());
+    };
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        match Record::parse(line) {
+            Ok(r) => good.push(r),
+            Err(Some(name)) => bad.push(name),
+            Err(None) => return Loaded::Unreadable(format!("unparseable line {line:?}")),
+        }
+    }
+    Loaded::Records(good, bad)
+}
+
+struct Open {
+    record: Record,
+    /// Monotonic deadline and ceiling (the wall clock can jump).
+    deadline: Instant,
+    ceiling: Instant,
+    timer: Option<AbortHandle>,
+    /// For serve gates: the child, taken by the closer.
+    child: Option<tokio::process::Child>,
+}
+
+/// All open gates.
+pub struct Gates {
+    logger: Arc<Logger>,
+    state_dir: RefCell<PathBuf>,
+    open: RefCell<HashMap<String, Open>>,
+}
+
+impl Gates {
+    /// No gate open yet.
+    pub fn new(config: &Config, logger: Arc<Logger>) -> Gates {
+        Gates {
+            logger,
+            state_dir: RefCell::new(config.daemon.state_dir.clone()),
+            open: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn log(&self, level: Level, msg: &str) {
+        self.logger.log(level, msg);
+    }
+
+    /// After a reload.
+    pub fn reconfigure(&self, config: &Config) {
+        *self.state_dir.borrow_mut() = config.daemon.state_dir.clone();
+    }
+
+    fn persist(&self) -> std::io::Result<()> {
+        let records: Vec<Record> = self.open.borrow().values().map(|o| o.record.clone()).collect();
+        write_state(&self.state_dir.borrow(), &records)
+    }
+
+    /// A trigger for an open gate: extend it (if allowed) and answer
+    /// "already active". `None` when the gate is not open.
+    pub async fn try_extend(&self, name: &str, action: &Action) -> Option<Status> {
+        let gate = gate_of(action)?;
+        let changed = {
+            let mut open = self.open.borrow_mut();
+            let o = open.get_mut(name)?;
+            if !gate.extend {
+                return Some(Status::AlreadyActive);
+            }
+            let new = (Instant::now() + gate.ttl).min(o.ceiling);
+            if new > o.deadline {
+                let added = new - o.deadline;
+                o.deadline = new;
+                o.record.deadline = o.record.deadline.saturating_add(added.as_secs());
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            if let Err(e) = self.persist() {
+                // The longer deadline is not on disk; after a crash the
+                // recorded (earlier) one applies, which fails closed.
+                self.log(Level::Err, &format!("gate {name}: state file write failed ({e}); extension kept in memory only"));
+            }
+            self.log(Level::Notice, &format!("gate {name} extended"));
+        }
+        Some(Status::AlreadyActive)
+    }
+
+    /// Opens the gate of `action` for `addr`.
+    pub async fn open(&self, monitor: &Rc<Monitor>, config: &Config, action: &Action, addr: IpAddr) -> Status {
+        let Some(gate) = gate_of(action) else {
+            return Status::Failed;
+        };
+        let name = action.name.clone();
+        let cwd = &config.daemon.state_dir;
+        let now = Instant::now();
+        let opened = unix_now();
+        let mut record = Record {
+            name: name.clone(),
+            serve: false,
+            pid: 0,
+            start_ticks: 0,
+            boot_id: boot_id(),
+            opened,
+            deadline: opened.saturating_add(gate.ttl.as_secs().max(1)),
+            addr,
+        };
+        let mut child = None;
+        match &action.kind {
+            ActionKind::Run { run, gate: Some((stop, _)) } => {
+                let spec = spec(&name, "run", run, addr, action, cwd);
+                let ok = match action::start(&spec, &self.logger) {
+                    Ok(s) => {
+                        let outcome = s.wait(action.timeout).await;
+                        self.log(Level::Notice, &format!("gate {name} run {}", outcome.describe()));
+                        outcome.success()
+                    }
+                    Err(e) => {
+                        self.log(Level::Err, &format!("gate {name} run failed to start {}: {e}", run.program()));
+                        false
+                    }
+                };
+                if !ok {
+                    self.run_stop(&name, stop, addr, action, cwd).await;
+                    return Status::Failed;
+                }
+            }
+            ActionKind::Serve { serve, .. } => {
+                let spec = spec(&name, "serve", serve, addr, action, cwd);
+                let mut s = match action::start(&spec, &self.logger) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.log(Level::Err, &format!("gate {name} serve failed to start {}: {e}", serve.program()));
+                        return Status::Failed;
+                    }
+                };
+                tokio::time::sleep(SERVE_SETTLE).await;
+                if let Ok(Some(st)) = s.child.try_wait() {
+                    self.log(
+                        Level::Err,
+                        &format!("gate {name} serve pid={} exited at once ({})", s.pid, action::Outcome::Exited(st).describe()),
+                    );
+                    action::kill_group(s.pid, Signal::SIGKILL);
+                    return Status::Failed;
+                }
+                record.serve = true;
+                record.pid = s.pid;
+                record.start_ticks = start_ticks(s.pid).unwrap_or(0);
+                let pid = s.pid;
+                child = Some(s.into_child());
+                self.log(Level::Notice, &format!("gate {name} serve pid={pid} started"));
+            }
+            _ => return Status::Failed,
+        }
+        let ceiling = now + gate.max_open;
+        self.open.borrow_mut().insert(
+            name.clone(),
+            Open { record, deadline: now + gate.ttl, ceiling, timer: None, child },
+        );
+        if let Err(e) = self.persist() {
+            self.log(Level::Err, &format!("gate {name}: cannot record it in the state file ({e}); closing it now"));
+            self.close(&name, "state file unwritable", action).await;
+            return Status::Failed;
+        }
+        self.log(
+            Level::Notice,
+            &format!("gate {name} open for addr={addr} ttl={}s max_open={}s", gate.ttl.as_secs(), gate.max_open.as_secs()),
+        );
+        self.arm(monitor, &name);
+        Status::Started
+    }
+
+    /// Starts the task that closes gate `name` at its deadline (or when
+    /// its serve program exits).
+    fn arm(&self, monitor: &Rc<Monitor>, name: &str) {
+        let me = Rc::clone(monitor);
+        let n = name.to_string();
+        let task = tokio::task::spawn_local(async move { me.gates().watch(&me, &n).await });
+        if let Some(o) = self.open.borrow_mut().get_mut(name) {
+            o.timer = Some(task.abort_handle());
+        }
+    }
+
+    async fn watch(&self, monitor: &Rc<Monitor>, name: &str) {
+        // The serve child (if any) lives in this task from here on.
+        let mut child = self.open.borrow_mut().get_mut(name).and_then(|o| o.child.take());
+        loop {
+            let Some(deadline) = self.open.borrow().get(name).map(|o| o.deadline) else {
+                return;
+            };
+            let exited = match child.as_mut() {
+                Some(c) => tokio::select! {
+                    st = c.wait() => Some(st),
+                    _ = tokio::time::sleep_until(deadline.into()) => None,
+                },
+                None => {
+                    tokio::time::sleep_until(deadline.into()).await;
+                    None
+                }
+            };
+            let action = monitor.action_named(name);
+            if let Some(st) = exited {
+                let how = match st {
+                    Ok(s) => action::Outcome::Exited(s).describe(),
+                    Err(e) => e.to_string(),
+                };
+                self.log(Level::Notice, &format!("gate {name} serve exited early ({how})"));
+                self.detach_timer(name);
+                self.close_with(name, "serve exited", action.as_ref(), child).await;
+                return;
+            }
+            let current = self.open.borrow().get(name).map(|o| o.deadline);
+            if current.is_some_and(|d| Instant::now() < d) {
+                continue; // extended meanwhile
+            }
+            if let Some(a) = action.as_ref() {
+                if self.hold(name, a).await {
+                    continue;
+                }
+            }
+            self.detach_timer(name);
+            self.close_with(name, "deadline", action.as_ref(), child).await;
+            return;
+        }
+    }
+
+    /// Forgets the timer handle of a gate whose own timer is closing it.
+    fn detach_timer(&self, name: &str) {
+        if let Some(o) = self.open.borrow_mut().get_mut(name) {
+            o.timer = None;
+        }
+    }
+
+    /// Runs `hold_while` at the deadline; on exit 0 extends by
+    /// `hold_interval` up to `max_open`. Returns whether it extended.
+    async fn hold(&self, name: &str, action: &Action) -> bool {
+        let Some(gate) = gate_of(action) else { return false };
+        let Some(hold) = gate.hold_while.as_ref() else { return false };
+        let (addr, ceiling) = match self.open.borrow().get(name) {
+            Some(o) => (o.record.addr, o.ceiling),
+            None => return false,
+        };
+        let now = Instant::now();
+        if now >= ceiling {
+            self.log(Level::Notice, &format!("gate {name} reached max_open; closing"));
+            return false;
+        }
+        let cwd = self.state_dir.borrow().clone();
+        let s = spec(name, "hold_while", hold, addr, action, &cwd);
+        let busy = match action::start(&s, &self.logger) {
+            Ok(st) => st.wait(action.timeout.min(gate.hold_interval)).await.success(),
+            Err(e) => {
+                self.log(Level::Err, &format!("gate {name} hold_while failed to start: {e}"));
+                false
+            }
+        };
+        if !busy {
+            return false;
+        }
+        let new = (Instant::now() + gate.hold_interval).min(ceiling);
+        if let Some(o) = self.open.borrow_mut().get_mut(name) {
+            o.deadline = new;
+            o.record.deadline = unix_now().saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
+        }
+        if let Err(e) = self.persist() {
+            self.log(Level::Err, &format!("gate {name}: state file write failed ({e}); not extending"));
+            return false;
+        }
+        self.log(Level::Notice, &format!("gate {name} held open: still in use"));
+        true
+    }
+
+    async fn close(&self, name: &str, why: &str, action: &Action) {
+        let child = self.open.borrow_mut().get_mut(name).and_then(|o| o.child.take());
+        if let Some(t) = self.open.borrow_mut().get_mut(name).and_then(|o| o.timer.take()) {
+            t.abort();
+        }
+        self.close_with(name, why, Some(action), child).await;
+    }
+
+    /// Closes a gate: kills the serve group or runs `stop`, then removes
+    /// the record.
+    async fn close_with(&self, name: &str, why: &str, action: Option<&Action>, child: Option<tokio::process::Child>) {
+        let Some(o) = self.open.borrow_mut().remove(name) else {
+            return;
+        };
+        if o.record.serve {
+            stop_serve(o.record.pid, child).await;
+        } else if let Some(a) = action {
+            if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                let cwd = self.state_dir.borrow().clone();
+                self.run_stop(name, stop, o.record.addr, a, &cwd).await;
+            }
+        } else {
+            self.log(Level::Err, &format!("gate {name}: its action is no longer configured; cannot run its stop command"));
+        }
+        if let Err(e) = self.persist() {
+            self.log(Level::Err, &format!("gate {name}: state file write failed after closing ({e})"));
+        }
+        self.log(Level::Notice, &format!("gate {name} closed ({why})"));
+    }
+
+    async fn run_stop(&self, name: &str, stop: &Argv, addr: IpAddr, action: &Action, cwd: &Path) {
+        let s = spec(name, "stop", stop, addr, action, cwd);
+        match action::start(&s, &self.logger) {
+            Ok(st) => {
+                let outcome = st.wait(action.timeout).await;
+                let level = if outcome.success() { Level::Notice } else { Level::Err };
+                self.log(level, &format!("gate {name} stop {}", outcome.describe()));
+            }
+            Err(e) => self.log(Level::Err, &format!("gate {name} stop failed to start {}: {e}", stop.program())),
+        }
+    }
+
+    /// Closes every open gate (clean shutdown, or failure), with the
+    /// actions of `config` for their stop commands.
+    pub async fn close_all(&self, why: &str, config: &Config) {
+        let names: Vec<String> = self.open.borrow().keys().cloned().collect();
+        for name in names {
+            if let Some(t) = self.open.borrow_mut().get_mut(&name).and_then(|o| o.timer.take()) {
+                t.abort();
+            }
+            let child = self.open.borrow_mut().get_mut(&name).and_then(|o| o.child.take());
+            let action = config.actions.iter().find(|a| a.name == name);
+            self.close_with(&name, why, action, child).await;
+        }
+    }
+
+    /// Start-up: apply the state file left by the previous posternd.
+    pub async fn recover(&self, monitor: &Rc<Monitor>) {
+        let dir = self.state_dir.borrow().clone();
+        let now = unix_now();
+        let boot = boot_id();
+        match read_state(&dir) {
+            Loaded::Missing => {}
+            Loaded::Unreadable(why) => {
+                self.log(Level::Err, &format!("state file {} unreadable ({why}); stopping every gate", dir.join(STATE_FILE).display()));
+                for a in monitor.all_actions() {
+                    if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                        let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+                        self.run_stop(&a.name, stop, unspecified, &a, &dir).await;
+                    }
+                }
+            }
+            Loaded::Records(records, bad) => {
+                for name in bad {
+                    self.log(Level::Err, &format!("gate {name}: record unreadable; stopping it"));
+                    if let Some(a) = monitor.action_named(&name) {
+                        if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                            let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+                            self.run_stop(&name, stop, unspecified, &a, &dir).await;
+                        }
+                    }
+                }
+                for r in records {
+                    let action = monitor.action_named(&r.name);
+                    let expired = now >= r.deadline || now < r.opened;
+                    if r.serve {
+                        // Its program died with the previous posternd; make
+                        // sure, without ever hitting a reused pid.
+                        let same = !r.boot_id.is_empty()
+                            && r.boot_id == boot
+                            && r.pid > 1
+                            && start_ticks(r.pid) == Some(r.start_ticks);
+                        if same {
+                            action::kill_group(r.pid, Signal::SIGKILL);
+                            self.log(Level::Notice, &format!("gate {} serve pid={} left by the previous posternd; killed", r.name, r.pid));
+                        }
+                        self.log(Level::Notice, &format!("gate {} (serve) closed at start-up", r.name));
+                        continue;
+                    }
+                    match action.as_ref() {
+                        Some(a) if !expired && gate_of(a).is_some() => {
+                            let remaining = Duration::from_secs(r.deadline - now);
+                            let ceiling = Instant::now() + gate_of(a).map(|g| g.max_open).unwrap_or(remaining).min(remaining.max(Duration::from_secs(1)));
+                            let name = r.name.clone();
+                            self.open.borrow_mut().insert(
+                                name.clone(),
+                                Open { record: r, deadline: Instant::now() + remaining, ceiling, timer: None, child: None },
+                            );
+                            self.log(Level::Notice, &format!("gate {name} re-armed: closes in {}s", remaining.as_secs()));
+                            self.arm(monitor, &name);
+                        }
+                        Some(a) => {
+                            if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                                self.run_stop(&r.name, stop, r.addr, a, &dir).await;
+                            }
+                            self.log(Level::Notice, &format!("gate {} expired while posternd was down; stopped at start-up", r.name));
+                        }
+                        None => self.log(
+                            Level::Err,
+                            &format!("gate {} recorded open but no longer configured; cannot run its stop command", r.name),
+                        ),
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.persist() {
+            self.log(Level::Err, &format!("state file {} not writable: {e}; gates will refuse to open", dir.join(STATE_FILE).display()));
+        }
+    }
+}
+
+fn gate_of(action: &Action) -> Option<&Gate> {
+    match &action.kind {
+        ActionKind::Run { gate: Some((_, g)), .. } => Some(g),
+        ActionKind::Serve { gate, .. } => Some(gate),
+        _ => None,
+    }
+}
+
+fn spec<'a>(name: &str, what: &str, argv: &'a Argv, addr: IpAddr, action: &'a Action, cwd: &'a Path) -> Spec<'a> {
+    Spec {
+        label: format!("gate {name} {what}"),
+        argv,
+        addr: addr.to_string(),
+        action: &action.name,
+        run_as: action.run_as.as_ref(),
+        cwd,
+    }
+}
+
+/// SIGTERM to the serve group, SIGKILL after [`SERVE_GRACE`].
+async fn stop_serve(pid: u32, child: Option<tokio::process::Child>) {
+    action::kill_group(pid, Signal::SIGTERM);
+    match child {
+        Some(mut c) => {
+            if tokio::time::timeout(SERVE_GRACE, c.wait()).await.is_err() {
+                action::kill_group(pid, Signal::SIGKILL);
+                let _ = c.wait().await;
+            }
+        }
+        None => {
+            tokio::time::sleep(SERVE_GRACE).await;
+            action::kill_group(pid, Signal::SIGKILL);
+        }
+    }
+    action::kill_group(pid, Signal::SIGKILL);
+}

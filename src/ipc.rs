@@ -1,0 +1,660 @@
+//! Messages between the privileged monitor and the unprivileged network
+//! process, as bytes. No I/O happens here (see `channel.rs`).
+//!
+//! Network -> monitor messages are *untrusted*: a compromised network
+//! process can send anything. They are exactly [`REQUEST_LEN`] bytes,
+//! versioned, with every field range-checked by [`Request::decode`]; any
+//! deviation is fatal to the daemon (the monitor kills the network process
+//! and exits non-zero, and the supervisor restarts it).
+//!
+//! ```text
+//! off len field
+//!  0   1  version (1)
+//!  1   1  kind: 1 run, 2 fail, 3 lockout, 4 notice, 5 ok-log
+//!  2   2  arg16 (BE): action index | failure reason | notice code
+//!  4   4  arg32 (BE): request id | failure count | notice value
+//!  8   4  config generation (BE)
+//! 12   1  listener index
+//! 13   1  reserved, zero
+//! 14   2  source port (BE)
+//! 16  16  source address (IPv4-mapped for IPv4; never zero)
+//! 32  16  target address for {addr} (run only; zero otherwise)
+//! ```
+//!
+//! Monitor -> network messages are trusted (the monitor wrote them) but
+//! are still decoded without panics: a status for a run request, and the
+//! network part of the config (limits, listener sockets passed with
+//! SCM_RIGHTS, and the action secrets).
+
+use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::config::{IpNet, Protocol};
+use crate::secret::Password;
+use crate::wire::{decode_addr, encode_addr, Status, ADDR_LEN};
+
+/// IPC format version.
+pub const VERSION: u8 = 1;
+/// Length of every network -> monitor message.
+pub const REQUEST_LEN: usize = 48;
+/// Largest monitor -> network message.
+pub const MAX_DOWN_LEN: usize = 2048;
+
+/// Why a handshake failed. Stable names appear in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The reply matched no key.
+    BadMac = 1,
+    /// The peer closed before sending the whole reply.
+    ShortReply = 2,
+    /// The peer sent more than the reply.
+    LongReply = 3,
+    /// No complete reply before the deadline.
+    Timeout = 4,
+    /// The connection was reset or failed.
+    Reset = 5,
+    /// Evicted to make room for a newer handshake.
+    Evicted = 6,
+    /// A valid MAC whose asserted address is not the source (bind_source).
+    BindMismatch = 7,
+}
+
+impl Reason {
+    const ALL: [Reason; 7] = [
+        Reason::BadMac,
+        Reason::ShortReply,
+        Reason::LongReply,
+        Reason::Timeout,
+        Reason::Reset,
+        Reason::Evicted,
+        Reason::BindMismatch,
+    ];
+
+    /// Stable log name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::BadMac => "bad-mac",
+            Reason::ShortReply => "short-reply",
+            Reason::LongReply => "long-reply",
+            Reason::Timeout => "timeout",
+            Reason::Reset => "reset",
+            Reason::Evicted => "evicted",
+            Reason::BindMismatch => "bind-mismatch",
+        }
+    }
+
+    fn from_u16(v: u16) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| *r as u16 == v)
+    }
+}
+
+/// A limit that was hit, logged once per episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// All handshake slots are busy; the oldest are being evicted.
+    HandshakesFull = 1,
+    /// The source table is full; sources are being forgotten.
+    SourceTableFull = 2,
+    /// A source is over its rate (carries the source).
+    RateLimited = 3,
+    /// accept() failed (e.g. out of file descriptors); value is errno.
+    AcceptError = 4,
+    /// The OS random generator failed; the connection was dropped.
+    RandomFailed = 5,
+}
+
+impl Notice {
+    const ALL: [Notice; 5] = [
+        Notice::HandshakesFull,
+        Notice::SourceTableFull,
+        Notice::RateLimited,
+        Notice::AcceptError,
+        Notice::RandomFailed,
+    ];
+
+    fn from_u16(v: u16) -> Option<Notice> {
+        Notice::ALL.into_iter().find(|n| *n as u16 == v)
+    }
+}
+
+/// A connection's identity, as carried in every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Index of the listener it arrived on.
+    pub listener: u8,
+    /// Canonical source address.
+    pub addr: IpAddr,
+    /// Source port.
+    pub port: u16,
+}
+
+/// A decoded network -> monitor message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Run action `action` for `target`; answer with [`Down::Status`].
+    Run {
+        /// Correlates the answer.
+        id: u32,
+        /// The config generation the index refers to.
+        generation: u32,
+        /// Action index.
+        action: u16,
+        /// Who asked.
+        peer: Peer,
+        /// The address `{addr}` stands for.
+        target: IpAddr,
+    },
+    /// A failed handshake.
+    Fail {
+        /// Who failed.
+        peer: Peer,
+        /// Why.
+        reason: Reason,
+        /// Consecutive failures so far (0 for exempt sources).
+        failures: u32,
+    },
+    /// A source was just locked out.
+    Lockout {
+        /// The source.
+        peer: Peer,
+        /// Failures that led to it.
+        failures: u32,
+    },
+    /// A limit was hit.
+    Notice {
+        /// Which limit.
+        notice: Notice,
+        /// The connection that hit it.
+        peer: Peer,
+        /// A number that goes with it (errno, count).
+        value: u32,
+    },
+}
+
+/// Why an untrusted request was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not exactly [`REQUEST_LEN`] bytes.
+    WrongSize(usize),
+    /// Unknown version byte.
+    Version(u8),
+    /// Unknown kind byte.
+    Kind(u8),
+    /// A reserved byte or unused field is not zero.
+    Reserved,
+    /// The source address is missing.
+    NoSource,
+    /// The target address is missing on a run, or present elsewhere.
+    Target,
+    /// Unknown failure reason or notice code.
+    Code(u16),
+    /// Listener index out of range.
+    Listener(u8),
+    /// Action index out of range.
+    Action(u16),
+}
+
+impl core::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RequestError::WrongSize(n) => write!(f, "request of {n} bytes, expected {REQUEST_LEN}"),
+            RequestError::Version(v) => write!(f, "unknown request version {v}"),
+            RequestError::Kind(k) => write!(f, "unknown request kind {k}"),
+            RequestError::Reserved => f.write_str("reserved field not zero"),
+            RequestError::NoSource => f.write_str("missing source address"),
+            RequestError::Target => f.write_str("target address misplaced"),
+            RequestError::Code(c) => write!(f, "unknown reason or notice code {c}"),
+            RequestError::Listener(l) => write!(f, "listener index {l} out of range"),
+            RequestError::Action(a) => write!(f, "action index {a} out of range"),
+        }
+    }
+}
+
+const KIND_RUN: u8 = 1;
+const KIND_FAIL: u8 = 2;
+const KIND_LOCKOUT: u8 = 3;
+const KIND_NOTICE: u8 = 4;
+
+fn put_peer(b: &mut [u8; REQUEST_LEN], p: &Peer) {
+    b[12] = p.listener;
+    b[14..16].copy_from_slice(&p.port.to_be_bytes());
+    b[16..32].copy_from_slice(&encode_addr(Some(p.addr)));
+}
+
+fn addr16(b: &[u8]) -> [u8; ADDR_LEN] {
+    let mut a = [0u8; ADDR_LEN];
+    a.copy_from_slice(&b[..ADDR_LEN]);
+    a
+}
+
+impl Request {
+    /// Encodes the request.
+    pub fn encode(&self) -> [u8; REQUEST_LEN] {
+        let mut b = [0u8; REQUEST_LEN];
+        b[0] = VERSION;
+        match self {
+            Request::Run { id, generation, action, peer, target } => {
+                b[1] = KIND_RUN;
+                b[2..4].copy_from_slice(&action.to_be_bytes());
+                b[4..8].copy_from_slice(&id.to_be_bytes());
+                b[8..12].copy_from_slice(&generation.to_be_bytes());
+                put_peer(&mut b, peer);
+                b[32..48].copy_from_slice(&encode_addr(Some(*target)));
+            }
+            Request::Fail { peer, reason, failures } => {
+                b[1] = KIND_FAIL;
+                b[2..4].copy_from_slice(&(*reason as u16).to_be_bytes());
+                b[4..8].copy_from_slice(&failures.to_be_bytes());
+                put_peer(&mut b, peer);
+            }
+            Request::Lockout { peer, failures } => {
+                b[1] = KIND_LOCKOUT;
+                b[4..8].copy_from_slice(&failures.to_be_bytes());
+                put_peer(&mut b, peer);
+            }
+            Request::Notice { notice, peer, value } => {
+                b[1] = KIND_NOTICE;
+                b[2..4].copy_from_slice(&(*notice as u16).to_be_bytes());
+                b[4..8].copy_from_slice(&value.to_be_bytes());
+                put_peer(&mut b, peer);
+            }
+        }
+        b
+    }
+
+    /// Decodes and range-checks an untrusted request. `listeners` and
+    /// `actions` are the current counts; anything out of range is an error.
+    pub fn decode(bytes: &[u8], listeners: usize, actions: usize) -> Result<Request, RequestError> {
+        if bytes.len() != REQUEST_LEN {
+            return Err(RequestError::WrongSize(bytes.len()));
+        }
+        if bytes[0] != VERSION {
+            return Err(RequestError::Version(bytes[0]));
+        }
+        if bytes[13] != 0 {
+            return Err(RequestError::Reserved);
+        }
+        let arg16 = u16::from_be_bytes([bytes[2], bytes[3]]);
+        let arg32 = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let generation = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let listener = bytes[12];
+        if usize::from(listener) >= listeners {
+            return Err(RequestError::Listener(listener));
+        }
+        let port = u16::from_be_bytes([bytes[14], bytes[15]]);
+        let addr = decode_addr(&addr16(&bytes[16..32])).ok_or(RequestError::NoSource)?;
+        let target = decode_addr(&addr16(&bytes[32..48]));
+        let peer = Peer { listener, addr, port };
+        let kind = bytes[1];
+        if kind != KIND_RUN && (target.is_some() || generation != 0) {
+            return Err(RequestError::Target);
+        }
+        match kind {
+            KIND_RUN => {
+                if usize::from(arg16) >= actions {
+                    return Err(RequestError::Action(arg16));
+                }
+                let target = target.ok_or(RequestError::Target)?;
+                Ok(Request::Run { id: arg32, generation, action: arg16, peer, target })
+            }
+            KIND_FAIL => {
+                let reason = Reason::from_u16(arg16).ok_or(RequestError::Code(arg16))?;
+                Ok(Request::Fail { peer, reason, failures: arg32 })
+            }
+            KIND_LOCKOUT => {
+                if arg16 != 0 {
+                    return Err(RequestError::Reserved);
+                }
+                Ok(Request::Lockout { peer, failures: arg32 })
+            }
+            KIND_NOTICE => {
+                let notice = Notice::from_u16(arg16).ok_or(RequestError::Code(arg16))?;
+                Ok(Request::Notice { notice, peer, value: arg32 })
+            }
+            k => Err(RequestError::Kind(k)),
+        }
+    }
+}
+
+/// Network-side limits, as sent down by the monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetLimits {
+    /// Reply deadline.
+    pub handshake_timeout: Duration,
+    /// Pending handshake bound.
+    pub max_handshakes: NonZeroUsize,
+    /// Token bucket size.
+    pub rate_burst: NonZeroU32,
+    /// Token refill per minute.
+    pub rate_per_minute: NonZeroU32,
+    /// Failures before lockout.
+    pub lockout_after: NonZeroU32,
+    /// Lockout duration.
+    pub lockout_duration: Duration,
+    /// Source table bound.
+    pub lockout_table: NonZeroUsize,
+    /// How long to wait for the monitor's answer to a run request.
+    pub ack_timeout: Duration,
+    /// How long a graceful stop waits for running handshakes.
+    pub shutdown_grace: Duration,
+}
+
+/// A decoded monitor -> network message.
+#[derive(Debug)]
+pub enum Down {
+    /// Answer to [`Request::Run`].
+    Status {
+        /// The request's id.
+        id: u32,
+        /// What happened.
+        status: Status,
+    },
+    /// Start of a config; `listeners`, `exempt` and `actions` records follow.
+    Begin {
+        /// Generation number, echoed in run requests.
+        generation: u32,
+        /// Limits.
+        limits: NetLimits,
+        /// Listener records that follow.
+        listeners: u16,
+        /// Exempt-network records that follow.
+        exempt: u16,
+        /// Action records that follow.
+        actions: u16,
+    },
+    /// A listener; its socket arrives with the message.
+    Listener {
+        /// Index (order of `[[listen]]`).
+        index: u8,
+        /// Its protocol.
+        protocol: Protocol,
+    },
+    /// A network exempt from lockout.
+    Exempt(IpNet),
+    /// An action's secret.
+    Action {
+        /// Index (order of `[[action]]`).
+        index: u16,
+        /// ostiary-4 password rather than postern-1 key.
+        password: bool,
+        /// Refuse unless the asserted address is the source.
+        bind_source: bool,
+        /// The key or password bytes (redacted in Debug, zeroized on drop).
+        secret: Password,
+    },
+    /// End of a config: apply it.
+    End,
+}
+
+const DOWN_STATUS: u8 = 0x81;
+const DOWN_BEGIN: u8 = 0x90;
+const DOWN_LISTENER: u8 = 0x91;
+const DOWN_EXEMPT: u8 = 0x92;
+const DOWN_ACTION: u8 = 0x93;
+const DOWN_END: u8 = 0x94;
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+impl Down {
+    /// Encodes the message.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut b = Zeroizing::new(vec![VERSION]);
+        match self {
+            Down::Status { id, status } => {
+                b.push(DOWN_STATUS);
+                b.push(status.to_byte());
+                b.push(0);
+                b.extend_from_slice(&id.to_be_bytes());
+            }
+            Down::Begin { generation, limits: l, listeners, exempt, actions } => {
+                b.push(DOWN_BEGIN);
+                b.extend_from_slice(&generation.to_be_bytes());
+                b.extend_from_slice(&ms(l.handshake_timeout).to_be_bytes());
+                b.extend_from_slice(&(l.max_handshakes.get() as u64).to_be_bytes());
+                b.extend_from_slice(&l.rate_burst.get().to_be_bytes());
+                b.extend_from_slice(&l.rate_per_minute.get().to_be_bytes());
+                b.extend_from_slice(&l.lockout_after.get().to_be_bytes());
+                b.extend_from_slice(&ms(l.lockout_duration).to_be_bytes());
+                b.extend_from_slice(&(l.lockout_table.get() as u64).to_be_bytes());
+                b.extend_from_slice(&ms(l.ack_timeout).to_be_bytes());
+                b.extend_from_slice(&ms(l.shutdown_grace).to_be_bytes());
+                b.extend_from_slice(&listeners.to_be_bytes());
+                b.extend_from_slice(&exempt.to_be_bytes());
+                b.extend_from_slice(&actions.to_be_bytes());
+            }
+            Down::Listener { index, protocol } => {
+                b.push(DOWN_LISTENER);
+                b.push(*index);
+                b.push(match protocol {
+                    Protocol::Postern1 => 1,
+                    Protocol::Ostiary4 => 2,
+                });
+            }
+            Down::Exempt(net) => {
+                b.push(DOWN_EXEMPT);
+                b.push(net.prefix);
+                b.push(u8::from(net.addr.is_ipv4()));
+                b.extend_from_slice(&encode_addr(Some(net.addr)));
+            }
+            Down::Action { index, password, bind_source, secret } => {
+                b.push(DOWN_ACTION);
+                b.push(u8::from(*password) | (u8::from(*bind_source) << 1));
+                b.extend_from_slice(&index.to_be_bytes());
+                let bytes = secret.expose();
+                b.extend_from_slice(&(bytes.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+                b.extend_from_slice(bytes);
+            }
+            Down::End => b.push(DOWN_END),
+        }
+        b
+    }
+
+    /// Decodes a message. `None` on anything malformed.
+    pub fn decode(b: &[u8]) -> Option<Down> {
+        let mut r = Reader { b, at: 0 };
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let d = match r.u8()? {
+            DOWN_STATUS => {
+                let status = Status::from_byte(r.u8()?)?;
+                r.u8()?;
+                Down::Status { id: r.u32()?, status }
+            }
+            DOWN_BEGIN => {
+                let generation = r.u32()?;
+                let limits = NetLimits {
+                    handshake_timeout: Duration::from_millis(r.u64()?),
+                    max_handshakes: NonZeroUsize::new(usize::try_from(r.u64()?).ok()?)?,
+                    rate_burst: NonZeroU32::new(r.u32()?)?,
+                    rate_per_minute: NonZeroU32::new(r.u32()?)?,
+                    lockout_after: NonZeroU32::new(r.u32()?)?,
+                    lockout_duration: Duration::from_millis(r.u64()?),
+                    lockout_table: NonZeroUsize::new(usize::try_from(r.u64()?).ok()?)?,
+                    ack_timeout: Duration::from_millis(r.u64()?),
+                    shutdown_grace: Duration::from_millis(r.u64()?),
+                };
+                Down::Begin {
+                    generation,
+                    limits,
+                    listeners: r.u16()?,
+                    exempt: r.u16()?,
+                    actions: r.u16()?,
+                }
+            }
+            DOWN_LISTENER => {
+                let index = r.u8()?;
+                let protocol = match r.u8()? {
+                    1 => Protocol::Postern1,
+                    2 => Protocol::Ostiary4,
+                    _ => return None,
+                };
+                Down::Listener { index, protocol }
+            }
+            DOWN_EXEMPT => {
+                let prefix = r.u8()?;
+                let is_v4 = r.u8()? == 1;
+                let addr = decode_addr(&addr16(r.take(ADDR_LEN)?))?;
+                if addr.is_ipv4() != is_v4 {
+                    // 0.0.0.0 encodes as ::ffff:0.0.0.0, which decodes fine.
+                    return None;
+                }
+                Down::Exempt(IpNet { addr, prefix })
+            }
+            DOWN_ACTION => {
+                let flags = r.u8()?;
+                let index = r.u16()?;
+                let len = usize::from(r.u16()?);
+                let secret = Password::new(r.take(len)?.to_vec());
+                Down::Action {
+                    index,
+                    password: flags & 1 != 0,
+                    bind_source: flags & 2 != 0,
+                    secret,
+                }
+            }
+            DOWN_END => Down::End,
+            _ => return None,
+        };
+        if r.at != b.len() {
+            return None;
+        }
+        Some(d)
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let s = self.take(2)?;
+        Some(u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let s = self.take(4)?;
+        Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Some(u64::from_be_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer { listener: 1, addr: "192.0.2.5".parse().unwrap(), port: 4242 }
+    }
+
+    // Goal: every request kind round-trips.
+    #[test]
+    fn request_roundtrip() {
+        let reqs = [
+            Request::Run { id: 7, generation: 3, action: 2, peer: peer(), target: "2001:db8::1".parse().unwrap() },
+            Request::Fail { peer: peer(), reason: Reason::Timeout, failures: 2 },
+            Request::Lockout { peer: peer(), failures: 5 },
+            Request::Notice { notice: Notice::HandshakesFull, peer: peer(), value: 256 },
+        ];
+        for r in reqs {
+            assert_eq!(Request::decode(&r.encode(), 2, 3), Ok(r));
+        }
+    }
+
+    // Goal: forged requests are rejected: wrong size, bad version, unknown
+    // kind, out-of-range indexes, reserved bits, missing addresses.
+    #[test]
+    fn forged_requests_rejected() {
+        let good = Request::Run { id: 1, generation: 1, action: 2, peer: peer(), target: peer().addr }.encode();
+        assert_eq!(Request::decode(&good[..47], 2, 3), Err(RequestError::WrongSize(47)));
+        assert_eq!(Request::decode(&[0u8; 49], 2, 3), Err(RequestError::WrongSize(49)));
+        assert_eq!(Request::decode(&good, 2, 2), Err(RequestError::Action(2)));
+        assert_eq!(Request::decode(&good, 1, 3), Err(RequestError::Listener(1)));
+        let mut b = good;
+        b[0] = 9;
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Version(9)));
+        let mut b = good;
+        b[1] = 77;
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Target));
+        let mut b = good;
+        b[13] = 1;
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Reserved));
+        let mut b = good;
+        b[32..48].fill(0);
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Target));
+        let mut b = good;
+        b[16..32].fill(0);
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::NoSource));
+        let fail = Request::Fail { peer: peer(), reason: Reason::BadMac, failures: 1 }.encode();
+        let mut b = fail;
+        b[2..4].copy_from_slice(&99u16.to_be_bytes());
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Code(99)));
+        let mut b = fail;
+        b[1] = 77;
+        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Kind(77)));
+        // Random garbage never panics and is almost always rejected.
+        let mut seed = 99u64;
+        for _ in 0..10_000 {
+            let mut g = [0u8; REQUEST_LEN];
+            for x in g.iter_mut() {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *x = (seed >> 56) as u8;
+            }
+            let _ = Request::decode(&g, 2, 3);
+        }
+    }
+
+    // Goal: every down message round-trips and truncation is refused.
+    #[test]
+    fn down_roundtrip() {
+        let limits = NetLimits {
+            handshake_timeout: Duration::from_millis(5000),
+            max_handshakes: NonZeroUsize::new(256).unwrap(),
+            rate_burst: NonZeroU32::new(10).unwrap(),
+            rate_per_minute: NonZeroU32::new(30).unwrap(),
+            lockout_after: NonZeroU32::new(5).unwrap(),
+            lockout_duration: Duration::from_secs(900),
+            lockout_table: NonZeroUsize::new(4096).unwrap(),
+            ack_timeout: Duration::from_secs(70),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let msgs = [
+            Down::Status { id: 9, status: Status::AlreadyActive },
+            Down::Begin { generation: 4, limits: limits.clone(), listeners: 2, exempt: 1, actions: 3 },
+            Down::Listener { index: 1, protocol: Protocol::Ostiary4 },
+            Down::Exempt(IpNet { addr: "10.0.0.0".parse().unwrap(), prefix: 8 }),
+            Down::Exempt(IpNet { addr: "2001:db8::".parse().unwrap(), prefix: 32 }),
+            Down::Action { index: 2, password: true, bind_source: false, secret: Password::new(b"Sample".to_vec()) },
+            Down::End,
+        ];
+        for m in &msgs {
+            let enc = m.encode();
+            let dec = Down::decode(&enc).unwrap();
+            assert_eq!(format!("{dec:?}"), format!("{m:?}"));
+            assert!(Down::decode(&enc[..enc.len() - 1]).is_none());
+            let mut longer = enc.to_vec();
+            longer.push(0);
+            assert!(Down::decode(&longer).is_none());
+        }
+    }
+}

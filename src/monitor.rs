@@ -1,0 +1,605 @@
+//! The privileged monitor. It never touches network data: it binds the
+//! listeners, starts the network process, and then only answers the
+//! fixed-size requests that process sends (`ipc.rs`), after validating
+//! each one. Anything malformed means the network process is compromised
+//! or broken: the monitor kills it and exits non-zero (fail closed; the
+//! supervisor restarts posternd).
+//!
+//! It owns everything privileged: running actions (identity switch,
+//! deadlines, cooldowns, single instance), the gates and their state file,
+//! logging, config reload (SIGHUP) and shutdown (SIGTERM, SIGINT, or the
+//! `shutdown` builtin).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::Child;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::action::{self, Spec};
+use crate::channel::Channel;
+use crate::config::{self, ActionKind, ActionSecret, Config, Protocol};
+use crate::gate::Gates;
+use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
+use crate::listen::{bind_listener, local_addr, ListenError};
+use crate::log::{Level, Logger};
+use crate::secret::Password;
+use crate::wire::Status;
+
+/// Most `on_lockout` commands running at once; more are skipped (logged).
+pub const MAX_ON_LOCKOUT: usize = 8;
+/// Extra time the network process waits for a run answer, beyond the
+/// longest action deadline.
+const ACK_SLACK: Duration = Duration::from_secs(5);
+
+/// Why the monitor stopped with an error.
+#[derive(Debug)]
+pub enum MonitorError {
+    /// The network process sent a malformed request.
+    Forged(String),
+    /// The network process exited or the channel broke.
+    NetworkGone(String),
+    /// Setting something up failed.
+    Setup(String),
+}
+
+impl core::fmt::Display for MonitorError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MonitorError::Forged(m) => write!(f, "network process sent a malformed request ({m}); it was killed"),
+            MonitorError::NetworkGone(m) => write!(f, "network process gone: {m}"),
+            MonitorError::Setup(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A bound listening socket, keyed by its configured address.
+#[derive(Debug)]
+pub struct Bound {
+    /// As written in the config (port may be 0).
+    pub configured: SocketAddr,
+    /// The socket.
+    pub fd: OwnedFd,
+    /// Where it actually listens.
+    pub local: SocketAddr,
+}
+
+/// Binds every listener of `config`, reusing sockets from `old` whose
+/// configured address is unchanged. With `activated` descriptors (systemd),
+/// each configured address must match one of them.
+pub fn bind_all(config: &Config, old: &mut Vec<Bound>, activated: Option<Vec<OwnedFd>>) -> Result<Vec<Bound>, ListenError> {
+    let mut pool: Vec<Bound> = std::mem::take(old);
+    if let Some(fds) = activated {
+        for fd in fds {
+            let local = local_addr(&fd)
+                .ok_or_else(|| ListenError::Activation("passed descriptor is not a TCP socket".into()))?;
+            pool.push(Bound { configured: local, fd, local });
+        }
+    }
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let reuse = pool.iter().position(|b| b.configured == l.address || b.local == l.address);
+        match reuse {
+            Some(i) => out.push(pool.swap_remove(i)),
+            None => {
+                let fd = bind_listener(l.address)?;
+                let local = local_addr(&fd).unwrap_or(l.address);
+                out.push(Bound { configured: l.address, fd, local });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
+struct ActionState {
+    running: usize,
+    last_start: Option<Instant>,
+}
+
+/// Monitor state shared by its tasks.
+struct Book {
+    config: Rc<Config>,
+    generation: u32,
+    bound: Vec<Bound>,
+    actions: HashMap<String, ActionState>,
+    on_lockout_running: usize,
+    on_lockout_noted: bool,
+}
+
+/// The monitor.
+pub struct Monitor {
+    book: RefCell<Book>,
+    logger: Arc<Logger>,
+    chan: Channel,
+    shutdown: Notify,
+    gates: Gates,
+}
+
+/// How the network process is started: its argv and the socketpair end
+/// it inherits.
+pub struct NetChild {
+    /// The running process.
+    pub child: Child,
+}
+
+impl Monitor {
+    /// Wraps the running pieces. `chan` is the monitor end of the pair.
+    pub fn new(config: Config, bound: Vec<Bound>, logger: Arc<Logger>, chan: Channel) -> Rc<Monitor> {
+        let gates = Gates::new(&config, Arc::clone(&logger));
+        Rc::new(Monitor {
+            book: RefCell::new(Book {
+                config: Rc::new(config),
+                generation: 1,
+                bound,
+                actions: HashMap::new(),
+                on_lockout_running: 0,
+                on_lockout_noted: false,
+            }),
+            logger,
+            chan,
+            shutdown: Notify::new(),
+            gates,
+        })
+    }
+
+    fn log(&self, level: Level, msg: &str) {
+        self.logger.log(level, msg);
+    }
+
+    /// The gates.
+    pub fn gates(&self) -> &Gates {
+        &self.gates
+    }
+
+    /// The current config's action called `name`.
+    pub fn action_named(&self, name: &str) -> Option<config::Action> {
+        self.book.borrow().config.actions.iter().find(|a| a.name == name).cloned()
+    }
+
+    /// The current config's actions.
+    pub fn all_actions(&self) -> Vec<config::Action> {
+        self.book.borrow().config.actions.clone()
+    }
+
+    /// Sends the current config (limits, sockets, secrets) to the network
+    /// process.
+    pub async fn send_config(&self) -> std::io::Result<()> {
+        let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
+            let b = self.book.borrow();
+            (Rc::clone(&b.config), b.generation, b.bound.iter().map(|x| x.fd.as_raw_fd()).collect())
+        };
+        let max_timeout = config
+            .actions
+            .iter()
+            .map(|a| a.timeout)
+            .max()
+            .unwrap_or(config::defaults::ACTION_TIMEOUT);
+        let l = &config.limits;
+        let limits = NetLimits {
+            handshake_timeout: l.handshake_timeout,
+            max_handshakes: l.max_handshakes,
+            rate_burst: l.rate_burst,
+            rate_per_minute: l.rate_per_minute,
+            lockout_after: l.lockout_after,
+            lockout_duration: l.lockout_duration,
+            lockout_table: l.lockout_table,
+            ack_timeout: max_timeout + ACK_SLACK,
+            shutdown_grace: config.daemon.shutdown_grace,
+        };
+        let begin = Down::Begin {
+            generation,
+            limits,
+            listeners: config.listeners.len() as u16,
+            exempt: l.exempt.len() as u16,
+            actions: config.actions.len() as u16,
+        };
+        self.chan.send(&begin.encode(), &[]).await?;
+        for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
+            let msg = Down::Listener { index: i as u8, protocol: listener.protocol };
+            self.chan.send(&msg.encode(), &[*fd]).await?;
+        }
+        for net in &l.exempt {
+            self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
+        }
+        for (i, a) in config.actions.iter().enumerate() {
+            let (password, bytes) = match &a.secret {
+                ActionSecret::Key(k) => (false, k.expose().to_vec()),
+                ActionSecret::Password(p) => (true, p.expose().to_vec()),
+            };
+            let msg = Down::Action {
+                index: i as u16,
+                password,
+                bind_source: a.bind_source,
+                secret: Password::new(bytes),
+            };
+            self.chan.send(&msg.encode(), &[]).await?;
+        }
+        self.chan.send(&Down::End.encode(), &[]).await
+    }
+
+    /// Runs until shutdown. Returns Ok on a clean stop.
+    pub async fn run(self: &Rc<Self>, mut net: NetChild) -> Result<(), MonitorError> {
+        let setup = |e: std::io::Error| MonitorError::Setup(format!("signal handler: {e}"));
+        let mut hup = signal(SignalKind::hangup()).map_err(setup)?;
+        let mut term = signal(SignalKind::terminate()).map_err(setup)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
+        self.gates.recover(self).await;
+        let mut buf = [0u8; REQUEST_LEN + 1];
+        let result = loop {
+            tokio::select! {
+                r = self.chan.recv(&mut buf) => {
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => break Err(MonitorError::NetworkGone(e.to_string())),
+                    };
+                    if !r.fds.is_empty() {
+                        break Err(MonitorError::Forged("descriptor sent to the monitor".into()));
+                    }
+                    if r.len == 0 {
+                        break Err(MonitorError::NetworkGone("channel closed".into()));
+                    }
+                    let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
+                    let (listeners, actions) = {
+                        let b = self.book.borrow();
+                        (b.config.listeners.len(), b.config.actions.len())
+                    };
+                    match Request::decode(&buf[..len.min(buf.len())], listeners, actions) {
+                        Ok(req) => self.handle(req),
+                        Err(e) => break Err(MonitorError::Forged(e.to_string())),
+                    }
+                }
+                st = net.child.wait() => {
+                    let how = match st {
+                        Ok(s) => action::Outcome::Exited(s).describe(),
+                        Err(e) => e.to_string(),
+                    };
+                    break Err(MonitorError::NetworkGone(format!("exited ({how})")));
+                }
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => break Ok(()),
+                _ = int.recv() => break Ok(()),
+                _ = self.shutdown.notified() => break Ok(()),
+            }
+        };
+        match &result {
+            Ok(()) => {
+                self.log(Level::Notice, "stop requested; finishing handshakes");
+                if let Some(pid) = net.child.id() {
+                    action::kill_group_or_pid(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+                let grace = self.book.borrow().config.daemon.shutdown_grace + Duration::from_secs(1);
+                if tokio::time::timeout(grace, net.child.wait()).await.is_err() {
+                    let _ = net.child.start_kill();
+                    let _ = net.child.wait().await;
+                }
+                let config = Rc::clone(&self.book.borrow().config);
+                if config.daemon.stop_on_exit {
+                    self.gates.close_all("shutdown", &config).await;
+                }
+                self.log(Level::Notice, "stopped");
+            }
+            Err(e) => {
+                let _ = net.child.start_kill();
+                let _ = net.child.wait().await;
+                self.log(Level::Err, &format!("{e}; stopping"));
+                let config = Rc::clone(&self.book.borrow().config);
+                self.gates.close_all("network process failure", &config).await;
+            }
+        }
+        result
+    }
+
+    fn listener_name(&self, index: u8) -> String {
+        let b = self.book.borrow();
+        b.bound
+            .get(usize::from(index))
+            .map(|x| x.local.to_string())
+            .unwrap_or_else(|| "?".into())
+    }
+
+    fn handle(self: &Rc<Self>, req: Request) {
+        match req {
+            Request::Run { id, generation, action, peer, target } => {
+                let me = Rc::clone(self);
+                tokio::task::spawn_local(async move {
+                    let listener = me.listener_name(peer.listener);
+                    let (status, name) = me.run_action(generation, action, target).await;
+                    me.log(
+                        Level::Notice,
+                        &format!(
+                            "ok src={} port={} listener={listener} action={name} addr={target} status={}",
+                            peer.addr,
+                            peer.port,
+                            status.name()
+                        ),
+                    );
+                    let _ = me.chan.send(&Down::Status { id, status }.encode(), &[]).await;
+                    if name_is_shutdown(&me, action, generation) && status == Status::Started {
+                        me.shutdown.notify_one();
+                    }
+                });
+            }
+            Request::Fail { peer, reason, failures } => {
+                self.log(
+                    Level::Warning,
+                    &format!(
+                        "fail src={} port={} listener={} reason={} failures={failures}",
+                        peer.addr,
+                        peer.port,
+                        self.listener_name(peer.listener),
+                        reason.name()
+                    ),
+                );
+            }
+            Request::Lockout { peer, failures } => {
+                let duration = self.book.borrow().config.limits.lockout_duration;
+                self.log(
+                    Level::Warning,
+                    &format!(
+                        "lockout src={} source={} failures={failures} duration={}s",
+                        peer.addr,
+                        crate::limits::SourceKey::of(peer.addr),
+                        duration.as_secs()
+                    ),
+                );
+                self.on_lockout(peer.addr);
+            }
+            Request::Notice { notice, peer, value } => {
+                let listener = self.listener_name(peer.listener);
+                let line = match notice {
+                    Notice::HandshakesFull => format!(
+                        "limit max_handshakes={value} reached on listener={listener}; evicting the oldest pending handshakes"
+                    ),
+                    Notice::SourceTableFull => format!(
+                        "limit lockout_table={value} full; forgetting the least recently seen sources"
+                    ),
+                    Notice::RateLimited => format!(
+                        "ratelimit src={} listener={listener}; closing its connections until it slows down",
+                        peer.addr
+                    ),
+                    Notice::AcceptError => format!(
+                        "accept failed on listener={listener}: {}; retrying",
+                        std::io::Error::from_raw_os_error(value as i32)
+                    ),
+                    Notice::RandomFailed => {
+                        "error the OS random generator failed; connection dropped".to_string()
+                    }
+                };
+                self.log(Level::Warning, &line);
+            }
+        }
+    }
+
+    /// Runs action `index` of config `generation` for `target` and says
+    /// what happened.
+    async fn run_action(self: &Rc<Self>, generation: u32, index: u16, target: IpAddr) -> (Status, String) {
+        let (config, current) = {
+            let b = self.book.borrow();
+            (Rc::clone(&b.config), b.generation)
+        };
+        let Some(action) = config.actions.get(usize::from(index)) else {
+            return (Status::Refused, "?".into());
+        };
+        let name = action.name.clone();
+        if generation != current {
+            self.log(Level::Notice, &format!("action {name}: request from a previous config refused"));
+            return (Status::Refused, name);
+        }
+        if matches!(action.kind, ActionKind::Shutdown) {
+            return (Status::Started, name);
+        }
+        if let Some(status) = self.gates.try_extend(&name, action).await {
+            return (status, name);
+        }
+        {
+            let mut b = self.book.borrow_mut();
+            let st = b.actions.entry(name.clone()).or_default();
+            if action.single_instance && st.running > 0 {
+                return (Status::AlreadyActive, name);
+            }
+            if let Some(last) = st.last_start {
+                if last.elapsed() < action.cooldown {
+                    return (Status::Refused, name);
+                }
+            }
+            st.running += 1;
+            st.last_start = Some(Instant::now());
+        }
+        let status = match &action.kind {
+            ActionKind::Run { run, gate: None } => self.run_plain(&config, action, run, target),
+            ActionKind::Run { gate: Some(_), .. } | ActionKind::Serve { .. } => {
+                let status = self.gates.open(self, &config, action, target).await;
+                self.finished(&name);
+                status
+            }
+            ActionKind::Shutdown => Status::Started,
+        };
+        if status == Status::Failed {
+            // A failed start does not hold the single-instance slot.
+            if let Some(st) = self.book.borrow_mut().actions.get_mut(&name) {
+                st.last_start = None;
+            }
+        }
+        (status, name)
+    }
+
+    fn finished(&self, name: &str) {
+        if let Some(st) = self.book.borrow_mut().actions.get_mut(name) {
+            st.running = st.running.saturating_sub(1);
+        }
+    }
+
+    fn run_plain(self: &Rc<Self>, config: &Rc<Config>, action: &config::Action, run: &config::Argv, target: IpAddr) -> Status {
+        let spec = Spec {
+            label: format!("action {} run", action.name),
+            argv: run,
+            addr: target.to_string(),
+            action: &action.name,
+            run_as: action.run_as.as_ref(),
+            cwd: &config.daemon.state_dir,
+        };
+        match action::start(&spec, &self.logger) {
+            Ok(started) => {
+                let me = Rc::clone(self);
+                let name = action.name.clone();
+                let timeout = action.timeout;
+                let pid = started.pid;
+                self.log(Level::Notice, &format!("action {name} run pid={pid} started for addr={target}"));
+                tokio::task::spawn_local(async move {
+                    let outcome = started.wait(timeout).await;
+                    me.log(Level::Notice, &format!("action {name} run pid={pid} {}", outcome.describe()));
+                    me.finished(&name);
+                });
+                Status::Started
+            }
+            Err(e) => {
+                self.log(Level::Err, &format!("action {} run failed to start {}: {e}", action.name, run.program()));
+                self.finished(&action.name);
+                Status::Failed
+            }
+        }
+    }
+
+    fn on_lockout(self: &Rc<Self>, addr: IpAddr) {
+        let (config, state_dir) = {
+            let b = self.book.borrow();
+            (Rc::clone(&b.config), b.config.daemon.state_dir.clone())
+        };
+        let Some(cmd) = config.on_lockout.as_ref() else {
+            return;
+        };
+        {
+            let mut b = self.book.borrow_mut();
+            if b.on_lockout_running >= MAX_ON_LOCKOUT {
+                if !b.on_lockout_noted {
+                    b.on_lockout_noted = true;
+                    drop(b);
+                    self.log(
+                        Level::Warning,
+                        &format!("limit on_lockout: {MAX_ON_LOCKOUT} already running; skipping until one ends"),
+                    );
+                }
+                return;
+            }
+            b.on_lockout_running += 1;
+            b.on_lockout_noted = false;
+        }
+        let spec = Spec {
+            label: "on_lockout".into(),
+            argv: &cmd.argv,
+            addr: addr.to_string(),
+            action: "on_lockout",
+            run_as: cmd.run_as.as_ref(),
+            cwd: &state_dir,
+        };
+        let done = |me: &Rc<Monitor>| {
+            let mut b = me.book.borrow_mut();
+            b.on_lockout_running = b.on_lockout_running.saturating_sub(1);
+        };
+        match action::start(&spec, &self.logger) {
+            Ok(started) => {
+                let me = Rc::clone(self);
+                let timeout = cmd.timeout;
+                tokio::task::spawn_local(async move {
+                    let outcome = started.wait(timeout).await;
+                    me.log(Level::Notice, &format!("on_lockout for addr={addr} {}", outcome.describe()));
+                    done(&me);
+                });
+            }
+            Err(e) => {
+                self.log(Level::Err, &format!("on_lockout failed to start {}: {e}", cmd.argv.program()));
+                done(self);
+            }
+        }
+    }
+
+    /// SIGHUP: load the config again; keep the old one if the new one is
+    /// invalid or its listeners cannot be bound. Lockout state lives in the
+    /// network process and survives.
+    async fn reload(&self) {
+        let path: PathBuf = self.book.borrow().config.path.clone();
+        let new = match config::load(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors {
+                    self.log(Level::Err, &format!("reload rejected: {e}"));
+                }
+                self.log(Level::Err, "reload failed; keeping the running config");
+                return;
+            }
+        };
+        let mut old = std::mem::take(&mut self.book.borrow_mut().bound);
+        let bound = match bind_all(&new, &mut old, None) {
+            Ok(b) => b,
+            Err(e) => {
+                self.book.borrow_mut().bound = restore(old, &self.book.borrow().config);
+                self.log(Level::Err, &format!("reload failed: {e}; keeping the running config"));
+                return;
+            }
+        };
+        // Sockets left in `old` are no longer configured; dropping them
+        // closes the monitor's copy (the network process drops its own).
+        drop(old);
+        self.logger.retarget(new.daemon.log);
+        self.gates.reconfigure(&new);
+        {
+            let mut b = self.book.borrow_mut();
+            b.config = Rc::new(new);
+            b.generation = b.generation.wrapping_add(1).max(1);
+            b.bound = bound;
+        }
+        match self.send_config().await {
+            Ok(()) => self.log(Level::Notice, &format!("reloaded {}", path.display())),
+            Err(e) => self.log(Level::Err, &format!("reload: sending config to the network process failed: {e}")),
+        }
+    }
+}
+
+/// Puts sockets back in config order after a failed reload.
+fn restore(mut old: Vec<Bound>, config: &Config) -> Vec<Bound> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        if let Some(i) = old.iter().position(|b| b.configured == l.address) {
+            out.push(old.swap_remove(i));
+        }
+    }
+    out
+}
+
+fn name_is_shutdown(m: &Monitor, index: u16, generation: u32) -> bool {
+    let b = m.book.borrow();
+    b.generation == generation
+        && b
+            .config
+            .actions
+            .get(usize::from(index))
+            .is_some_and(|a| matches!(a.kind, ActionKind::Shutdown))
+}
+
+/// Protocols present in a config, for the start-up log line.
+pub fn describe_listeners(config: &Config, bound: &[Bound]) -> String {
+    config
+        .listeners
+        .iter()
+        .zip(bound.iter())
+        .map(|(l, b)| {
+            format!(
+                "{}({})",
+                b.local,
+                match l.protocol {
+                    Protocol::Postern1 => "postern-1",
+                    Protocol::Ostiary4 => "ostiary-4",
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

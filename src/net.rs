@@ -1,0 +1,559 @@
+//! The unprivileged network process: accept loops, limits, handshakes.
+//!
+//! It runs after `privsep::enter_jail` has chrooted it into an empty
+//! directory and dropped every privilege. It learns its listeners, limits
+//! and secrets from the monitor (`ipc.rs`), and the only thing it can ask
+//! the monitor for is "run action i for address a" (plus log events).
+//!
+//! One connection (see PROTOCOL.md):
+//! 1. a locked-out or over-rate source is closed at once, with no greeting;
+//! 2. a handshake slot is reserved, evicting the oldest if all are busy;
+//! 3. the greeting is written and exactly the reply length is read into a
+//!    fixed array, all under one deadline;
+//! 4. the reply is checked against every key in constant time;
+//! 5. on success the monitor is asked to run the action and the signed ack
+//!    carries its answer; on failure the connection just closes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::{timeout, Instant};
+
+use crate::channel::Channel;
+use crate::config::{IpNet, Limits, Protocol};
+use crate::ipc::{Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN};
+use crate::limits::{Admit, Slots, SourceTable, Strike};
+use crate::secret::{Key, Password, KEY_LEN};
+use crate::wire::{self, Status, Verifier, OSTIARY_REPLY_LEN, OSTIARY_SALT_LEN, REPLY_LEN};
+
+/// Authenticated requests waiting for the monitor's answer, at most.
+pub const MAX_PENDING_ACKS: usize = 64;
+
+/// Why the network process stopped.
+#[derive(Debug)]
+pub enum NetError {
+    /// The channel to the monitor failed or closed.
+    Channel(std::io::Error),
+    /// The monitor sent something undecodable or out of order.
+    Protocol(&'static str),
+    /// A listener could not be set up.
+    Listener(std::io::Error),
+}
+
+impl core::fmt::Display for NetError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NetError::Channel(e) => write!(f, "monitor channel: {e}"),
+            NetError::Protocol(m) => write!(f, "monitor protocol: {m}"),
+            NetError::Listener(e) => write!(f, "listener: {e}"),
+        }
+    }
+}
+
+/// A postern-1 or ostiary-4 action as the network process knows it.
+#[derive(Debug, Clone, Copy)]
+struct ActionRef {
+    index: u16,
+    bind_source: bool,
+}
+
+/// The network part of one config generation.
+struct NetConfig {
+    generation: u32,
+    limits: NetLimits,
+    exempt: Vec<IpNet>,
+    postern: Verifier,
+    postern_actions: Vec<ActionRef>,
+    ostiary: Verifier,
+    ostiary_actions: Vec<ActionRef>,
+}
+
+/// State shared by every task of the network process.
+struct State {
+    chan: Channel,
+    config: RefCell<Rc<NetConfig>>,
+    table: RefCell<SourceTable>,
+    slots: RefCell<Slots<AbortHandle>>,
+    pending: RefCell<HashMap<u32, oneshot::Sender<Status>>>,
+    next_id: Cell<u32>,
+    acks_in_flight: Cell<usize>,
+    accept_error_noted: Cell<bool>,
+    lock_noted: Cell<bool>,
+}
+
+impl State {
+    fn send(self: &Rc<Self>, req: Request) {
+        // Log events are fire-and-forget; a dead monitor is noticed by the
+        // main loop (channel EOF), which exits.
+        let me = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            let _ = me.chan.send(&req.encode(), &[]).await;
+        });
+    }
+
+    fn fail(self: &Rc<Self>, peer: Peer, reason: Reason) {
+        let strike = self.table.borrow_mut().fail(peer.addr, std::time::Instant::now());
+        let failures = match strike {
+            Strike::Counted { failures } | Strike::LockedOut { failures } => failures,
+            Strike::Exempt => 0,
+        };
+        self.send(Request::Fail { peer, reason, failures });
+        if let Strike::LockedOut { failures } = strike {
+            self.send(Request::Lockout { peer, failures });
+        }
+        self.note_table_full(peer);
+    }
+
+    fn note_table_full(self: &Rc<Self>, peer: Peer) {
+        let full = self.table.borrow_mut().take_full_note();
+        if full {
+            let cap = self.table.borrow().capacity() as u32;
+            self.send(Request::Notice { notice: Notice::SourceTableFull, peer, value: cap });
+        }
+    }
+}
+
+/// Serves until told to stop (Ok) or until the monitor is gone (Err).
+/// Must run on a current-thread runtime inside a `LocalSet`.
+pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
+    let chan = Channel::new(chan_fd).map_err(NetError::Channel)?;
+    let mut buf = vec![0u8; MAX_DOWN_LEN];
+    let (config, listeners) = receive_config(&chan, &mut buf, None).await?;
+    let table = SourceTable::new(&to_limits(&config));
+    let slots = Slots::new(config.limits.max_handshakes);
+    lock_secrets(&config);
+    let state = Rc::new(State {
+        chan,
+        config: RefCell::new(Rc::new(config)),
+        table: RefCell::new(table),
+        slots: RefCell::new(slots),
+        pending: RefCell::new(HashMap::new()),
+        next_id: Cell::new(1),
+        acks_in_flight: Cell::new(0),
+        accept_error_noted: Cell::new(false),
+        lock_noted: Cell::new(false),
+    });
+    let mut accept_tasks = start_listeners(&state, listeners)?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(NetError::Channel)?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(NetError::Channel)?;
+    loop {
+        tokio::select! {
+            r = state.chan.recv(&mut buf) => {
+                let r = r.map_err(NetError::Channel)?;
+                if r.len == 0 && r.fds.is_empty() {
+                    return Err(NetError::Protocol("monitor closed the channel"));
+                }
+                if r.truncated {
+                    return Err(NetError::Protocol("oversized message"));
+                }
+                match Down::decode(&buf[..r.len]) {
+                    Some(Down::Status { id, status }) => {
+                        if let Some(tx) = state.pending.borrow_mut().remove(&id) {
+                            let _ = tx.send(status);
+                        }
+                    }
+                    Some(Down::Begin { generation, limits, listeners, exempt, actions }) => {
+                        let first = Some((generation, limits, listeners, exempt, actions));
+                        let (config, listeners) = receive_config(&state.chan, &mut buf, first).await?;
+                        lock_secrets(&config);
+                        let now = std::time::Instant::now();
+                        state.table.borrow_mut().reconfigure(&to_limits(&config), now);
+                        let excess = state.slots.borrow_mut().resize(config.limits.max_handshakes);
+                        for (_, h) in excess {
+                            h.abort();
+                        }
+                        for t in accept_tasks.drain(..) {
+                            t.abort();
+                        }
+                        *state.config.borrow_mut() = Rc::new(config);
+                        accept_tasks = start_listeners(&state, listeners)?;
+                    }
+                    _ => return Err(NetError::Protocol("unexpected message")),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Graceful stop: no new connections; running handshakes get the grace.
+    for t in accept_tasks.drain(..) {
+        t.abort();
+    }
+    let grace = state.config.borrow().limits.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    while (!state.slots.borrow().is_empty() || state.acks_in_flight.get() > 0)
+        && Instant::now() < deadline
+    {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            r = state.chan.recv(&mut buf) => {
+                if let Ok(r) = r {
+                    if r.len == 0 { break; }
+                    if let Some(Down::Status { id, status }) = Down::decode(&buf[..r.len]) {
+                        if let Some(tx) = state.pending.borrow_mut().remove(&id) {
+                            let _ = tx.send(status);
+                        }
+                    }
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    for (_, h) in state.slots.borrow_mut().drain() {
+        h.abort();
+    }
+    Ok(())
+}
+
+fn to_limits(cfg: &NetConfig) -> Limits {
+    let l = &cfg.limits;
+    Limits {
+        handshake_timeout: l.handshake_timeout,
+        max_handshakes: l.max_handshakes,
+        rate_burst: l.rate_burst,
+        rate_per_minute: l.rate_per_minute,
+        lockout_after: l.lockout_after,
+        lockout_duration: l.lockout_duration,
+        lockout_table: l.lockout_table,
+        exempt: cfg.exempt.clone(),
+    }
+}
+
+/// Pins the prepared key states in RAM. Returns false if the system
+/// refused (RLIMIT_MEMLOCK); keys then stay usable, only swappable.
+fn lock_secrets(config: &NetConfig) -> bool {
+    crate::sys::lock_slice(config.postern.prepared()) & crate::sys::lock_slice(config.ostiary.prepared())
+}
+
+type BeginFields = (u32, NetLimits, u16, u16, u16);
+
+/// Reads one whole config (Begin .. End) from the monitor.
+async fn receive_config(
+    chan: &Channel,
+    buf: &mut [u8],
+    mut first: Option<BeginFields>,
+) -> Result<(NetConfig, Vec<(TcpListener, Protocol, u8)>), NetError> {
+    let begin = match first.take() {
+        Some(b) => b,
+        None => {
+            let r = chan.recv(buf).await.map_err(NetError::Channel)?;
+            match Down::decode(&buf[..r.len]) {
+                Some(Down::Begin { generation, limits, listeners, exempt, actions }) => {
+                    (generation, limits, listeners, exempt, actions)
+                }
+                _ => return Err(NetError::Protocol("expected config")),
+            }
+        }
+    };
+    let (generation, limits, n_listeners, n_exempt, n_actions) = begin;
+    let mut listeners = Vec::new();
+    let mut exempt: Vec<IpNet> = Vec::new();
+    let mut keys: Vec<(ActionRef, Key)> = Vec::new();
+    let mut passwords: Vec<(ActionRef, Password)> = Vec::new();
+    loop {
+        let mut r = chan.recv(buf).await.map_err(NetError::Channel)?;
+        if r.len == 0 && r.fds.is_empty() {
+            return Err(NetError::Protocol("monitor closed the channel"));
+        }
+        match Down::decode(&buf[..r.len]) {
+            Some(Down::Listener { index, protocol }) => {
+                let fd = r.fds.pop().ok_or(NetError::Protocol("listener without socket"))?;
+                let std_listener = std::net::TcpListener::from(fd);
+                std_listener.set_nonblocking(true).map_err(NetError::Listener)?;
+                let l = TcpListener::from_std(std_listener).map_err(NetError::Listener)?;
+                listeners.push((l, protocol, index));
+            }
+            Some(Down::Exempt(net)) => exempt.push(net),
+            Some(Down::Action { index, password, bind_source, secret }) => {
+                let aref = ActionRef { index, bind_source };
+                if password {
+                    passwords.push((aref, secret));
+                } else {
+                    let bytes: [u8; KEY_LEN] = secret
+                        .expose()
+                        .try_into()
+                        .map_err(|_| NetError::Protocol("key of wrong length"))?;
+                    keys.push((aref, Key::from_bytes(bytes)));
+                }
+            }
+            Some(Down::End) => break,
+            Some(Down::Status { .. }) => {
+                // A late answer for a request made under the old config;
+                // its handshake has already timed out or will get none.
+            }
+            _ => return Err(NetError::Protocol("bad config record")),
+        }
+        buf[..r.len].fill(0);
+    }
+    if listeners.len() != usize::from(n_listeners)
+        || exempt.len() != usize::from(n_exempt)
+        || keys.len() + passwords.len() != usize::from(n_actions)
+    {
+        return Err(NetError::Protocol("config record counts disagree"));
+    }
+    let config = NetConfig {
+        generation,
+        exempt,
+        postern: Verifier::from_keys(keys.iter().map(|(_, k)| k)),
+        postern_actions: keys.iter().map(|(a, _)| *a).collect(),
+        ostiary: Verifier::from_passwords(passwords.iter().map(|(_, p)| p)),
+        ostiary_actions: passwords.iter().map(|(a, _)| *a).collect(),
+        limits,
+    };
+    Ok((config, listeners))
+}
+
+fn start_listeners(
+    state: &Rc<State>,
+    listeners: Vec<(TcpListener, Protocol, u8)>,
+) -> Result<Vec<JoinHandle<()>>, NetError> {
+    Ok(listeners
+        .into_iter()
+        .map(|(l, protocol, index)| {
+            tokio::task::spawn_local(accept_loop(Rc::clone(state), l, protocol, index))
+        })
+        .collect())
+}
+
+async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol, index: u8) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => {
+                state.accept_error_noted.set(false);
+                x
+            }
+            Err(e) => {
+                // Typically EMFILE/ENFILE: note once per episode, back off
+                // briefly so the loop does not spin, and keep serving.
+                if !state.accept_error_noted.replace(true) {
+                    let peer = Peer { listener: index, addr: local_ip(&listener), port: 0 };
+                    let errno = e.raw_os_error().unwrap_or(0) as u32;
+                    state.send(Request::Notice { notice: Notice::AcceptError, peer, value: errno });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ip = wire::canonical_ip(addr.ip());
+        let peer = Peer { listener: index, addr: ip, port: addr.port() };
+        let admit = state.table.borrow_mut().admit(ip, std::time::Instant::now());
+        match admit {
+            Admit::Yes => {}
+            Admit::Locked => continue,
+            Admit::RateLimited { first } => {
+                if first {
+                    state.send(Request::Notice { notice: Notice::RateLimited, peer, value: 0 });
+                }
+                continue;
+            }
+        }
+        state.note_table_full(peer);
+        let (id, evicted) = state.slots.borrow_mut().reserve();
+        if let Some((old_ip, handle)) = evicted {
+            handle.abort();
+            let old = Peer { listener: index, addr: old_ip, port: 0 };
+            state.fail(old, Reason::Evicted);
+            if state.slots.borrow_mut().take_full_note() {
+                let cap = state.config.borrow().limits.max_handshakes.get() as u32;
+                state.send(Request::Notice { notice: Notice::HandshakesFull, peer, value: cap });
+            }
+        }
+        let task = tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, protocol, id));
+        state.slots.borrow_mut().insert(id, ip, task.abort_handle());
+    }
+}
+
+fn local_ip(l: &TcpListener) -> IpAddr {
+    l.local_addr()
+        .map(|a: SocketAddr| wire::canonical_ip(a.ip()))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Frees the handshake slot however the task ends (done, failed, aborted).
+struct SlotGuard {
+    state: Rc<State>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.slots.try_borrow_mut() {
+            s.remove(self.id);
+        }
+    }
+}
+
+/// Counts an authenticated handshake awaiting the monitor.
+struct AckGuard(Rc<State>);
+
+impl Drop for AckGuard {
+    fn drop(&mut self) {
+        self.0.acks_in_flight.set(self.0.acks_in_flight.get().saturating_sub(1));
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> Reason {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Reason::ShortReply,
+        _ => Reason::Reset,
+    }
+}
+
+/// Reads exactly `N` bytes under `deadline`, mapping every failure to its
+/// reason. Never reads more than `N` bytes.
+async fn read_fixed<const N: usize>(stream: &mut TcpStream, deadline: Instant) -> Result<[u8; N], Reason> {
+    let mut buf = [0u8; N];
+    match tokio::time::timeout_at(deadline, stream.read_exact(&mut buf)).await {
+        Err(_) => Err(Reason::Timeout),
+        Ok(Err(e)) => Err(io_reason(&e)),
+        Ok(Ok(_)) => Ok(buf),
+    }
+}
+
+/// Whether the peer sent anything past the fixed reply. Looks without
+/// waiting, into a one-byte array: a byte already there is a failure.
+fn sent_extra(stream: &TcpStream) -> bool {
+    let mut one = [0u8; 1];
+    matches!(stream.try_read(&mut one), Ok(n) if n > 0)
+}
+
+async fn connection(state: Rc<State>, stream: TcpStream, peer: Peer, protocol: Protocol, id: u64) {
+    let guard = SlotGuard { state: Rc::clone(&state), id };
+    let cfg = Rc::clone(&state.config.borrow());
+    let deadline = Instant::now() + cfg.limits.handshake_timeout;
+    let _ = stream.set_nodelay(true);
+    match protocol {
+        Protocol::Postern1 => postern1(&state, &cfg, stream, peer, deadline, guard).await,
+        Protocol::Ostiary4 => ostiary4(&state, &cfg, stream, peer, deadline, guard).await,
+    }
+}
+
+async fn postern1(
+    state: &Rc<State>,
+    cfg: &Rc<NetConfig>,
+    mut stream: TcpStream,
+    peer: Peer,
+    deadline: Instant,
+    guard: SlotGuard,
+) {
+    let Ok(greeting) = wire::fresh_greeting() else {
+        state.send(Request::Notice { notice: Notice::RandomFailed, peer, value: 0 });
+        return;
+    };
+    match tokio::time::timeout_at(deadline, stream.write_all(&greeting)).await {
+        Err(_) => return state.fail(peer, Reason::Timeout),
+        Ok(Err(_)) => return state.fail(peer, Reason::Reset),
+        Ok(Ok(())) => {}
+    }
+    let reply: [u8; REPLY_LEN] = match read_fixed(&mut stream, deadline).await {
+        Ok(r) => r,
+        Err(reason) => return state.fail(peer, reason),
+    };
+    let verdict = cfg.postern.check_reply(&greeting, &reply);
+    if sent_extra(&stream) {
+        return state.fail(peer, Reason::LongReply);
+    }
+    let Some((i, asserted)) = verdict else {
+        return state.fail(peer, Reason::BadMac);
+    };
+    let (Some(action), Some(key)) = (cfg.postern_actions.get(i), cfg.postern.key(i)) else {
+        return state.fail(peer, Reason::BadMac);
+    };
+    // Authenticated: free the pre-auth slot so this handshake can no longer
+    // be evicted, and forgive the source's strikes.
+    drop(guard);
+    state.table.borrow_mut().succeed(peer.addr);
+    let target = if action.bind_source {
+        if asserted != Some(peer.addr) {
+            state.fail(peer, Reason::BindMismatch);
+            let ack = wire::ack(key, &greeting, &reply, Status::Refused);
+            let _ = timeout(cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
+            return;
+        }
+        peer.addr
+    } else {
+        asserted.unwrap_or(peer.addr)
+    };
+    let Some(status) = ask_monitor(state, cfg, action.index, peer, target).await else {
+        return;
+    };
+    let ack = wire::ack(key, &greeting, &reply, status);
+    let _ = timeout(cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn ostiary4(
+    state: &Rc<State>,
+    cfg: &Rc<NetConfig>,
+    mut stream: TcpStream,
+    peer: Peer,
+    deadline: Instant,
+    guard: SlotGuard,
+) {
+    let mut salt = [0u8; OSTIARY_SALT_LEN];
+    if getrandom::getrandom(&mut salt).is_err() {
+        state.send(Request::Notice { notice: Notice::RandomFailed, peer, value: 0 });
+        return;
+    }
+    match tokio::time::timeout_at(deadline, stream.write_all(&salt)).await {
+        Err(_) => return state.fail(peer, Reason::Timeout),
+        Ok(Err(_)) => return state.fail(peer, Reason::Reset),
+        Ok(Ok(())) => {}
+    }
+    let reply: [u8; OSTIARY_REPLY_LEN] = match read_fixed(&mut stream, deadline).await {
+        Ok(r) => r,
+        Err(reason) => return state.fail(peer, reason),
+    };
+    let verdict = cfg.ostiary.check_ostiary(&salt, &reply);
+    if sent_extra(&stream) {
+        return state.fail(peer, Reason::LongReply);
+    }
+    let Some(action) = verdict.and_then(|i| cfg.ostiary_actions.get(i)) else {
+        return state.fail(peer, Reason::BadMac);
+    };
+    drop(guard);
+    // ostiary-4 sends nothing back: close first, then ask.
+    drop(stream);
+    state.table.borrow_mut().succeed(peer.addr);
+    let _ = ask_monitor(state, cfg, action.index, peer, peer.addr).await;
+}
+
+/// Asks the monitor to run an action and waits for its status.
+async fn ask_monitor(state: &Rc<State>, cfg: &NetConfig, action: u16, peer: Peer, target: IpAddr) -> Option<Status> {
+    if state.acks_in_flight.get() >= MAX_PENDING_ACKS {
+        if !state.lock_noted.replace(true) {
+            state.send(Request::Notice { notice: Notice::HandshakesFull, peer, value: MAX_PENDING_ACKS as u32 });
+        }
+        return None;
+    }
+    state.lock_noted.set(false);
+    state.acks_in_flight.set(state.acks_in_flight.get() + 1);
+    let _ack_guard = AckGuard(Rc::clone(state));
+    let id = state.next_id.get();
+    state.next_id.set(id.wrapping_add(1).max(1));
+    let (tx, rx) = oneshot::channel();
+    state.pending.borrow_mut().insert(id, tx);
+    let req = Request::Run { id, generation: cfg.generation, action, peer, target };
+    if state.chan.send(&req.encode(), &[]).await.is_err() {
+        state.pending.borrow_mut().remove(&id);
+        return None;
+    }
+    let answer = timeout(cfg.limits.ack_timeout, rx).await;
+    state.pending.borrow_mut().remove(&id);
+    match answer {
+        Ok(Ok(status)) => Some(status),
+        _ => None,
+    }
+}
