@@ -1,1 +1,125 @@
-fn main() {}
+//! `postern`: parses the command line and wires the library's pieces
+//! together. See `lib.rs` for the layout.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use postern::kdf;
+use postern_client::args::{self, Command, TriggerArgs};
+use postern_client::fleet::{self, Fleet};
+use postern_client::keys::{self, SecretError, SHORT_PASSPHRASE};
+use postern_client::outcome::exit;
+use postern_client::output;
+use postern_client::plan::{self, Plan, PlanError};
+
+fn main() -> ExitCode {
+    let command = match args::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let code = match command {
+        Command::Help => print(args::HELP),
+        Command::Version => print(&format!("postern {}\n", env!("CARGO_PKG_VERSION"))),
+        Command::Keygen => secret_out(keys::generate()),
+        Command::KeyDerive {
+            master,
+            host,
+            action,
+        } => secret_out(
+            keys::load_key_file(&master).map(|m| kdf::key_from_master(&m, &host, &action)),
+        ),
+        Command::KeyFromPassphrase { host, action } => secret_out(from_passphrase(&host, &action)),
+        Command::Trigger(t) => trigger(&t),
+    };
+    ExitCode::from(code)
+}
+
+/// Writes to stdout; a closed stdout is a local error.
+fn print(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("postern: cannot write output: {e}");
+            exit::LOCAL
+        }
+    }
+}
+
+/// Prints a key (keygen and key derivation only: printing it is the point).
+fn secret_out(key: Result<postern::secret::Key, SecretError>) -> u8 {
+    match key {
+        Ok(k) => {
+            let mut line = k.to_base64();
+            line.push('\n');
+            print(&line)
+        }
+        Err(e) => {
+            eprintln!("postern: {e}");
+            exit::LOCAL
+        }
+    }
+}
+
+fn from_passphrase(host: &str, action: &str) -> Result<postern::secret::Key, SecretError> {
+    let pass = keys::prompt_passphrase(&format!("{host} {action}"), true)?;
+    if pass.as_bytes().len() < SHORT_PASSPHRASE {
+        eprintln!(
+            "postern: warning: passphrases under {SHORT_PASSPHRASE} characters can be guessed offline from a recorded exchange"
+        );
+    }
+    Ok(kdf::key_from_passphrase(pass.as_bytes(), host, action))
+}
+
+fn trigger(args: &TriggerArgs) -> u8 {
+    let plan = match plan::plan(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return match e {
+                PlanError::Usage(_) => exit::USAGE,
+                PlanError::Inventory(_) | PlanError::Secret(_) => exit::LOCAL,
+            };
+        }
+    };
+    match plan {
+        Plan::One(job) => {
+            let report = fleet::run_one(&job);
+            let text = if args.json {
+                output::json_report(&job, &report)
+            } else {
+                output::human_line(&job.label, &report.outcome)
+            };
+            let printed = print(&format!("{text}\n"));
+            report.outcome.exit_code().max(printed)
+        }
+        Plan::Group {
+            name,
+            jobs,
+            parallel,
+        } => {
+            let rows = Fleet::new(parallel).run(&jobs, |_, _| {});
+            let code = rows
+                .iter()
+                .map(|(_, r)| r.outcome.exit_code())
+                .max()
+                .unwrap_or(exit::OK);
+            let text = if args.json {
+                let mut s: String = rows
+                    .iter()
+                    .map(|(j, r)| output::json_report(j, r) + "\n")
+                    .collect();
+                s.push_str(&output::json_summary(&name, &rows, code));
+                s.push('\n');
+                s
+            } else {
+                output::table(&rows)
+            };
+            code.max(print(&text))
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! The command line, parsed by hand into a typed [`Command`].
+//!
+//! Options take their value as the next argument or after `=`
+//! (`--timeout 5`, `--timeout=5`); `--` ends the options. Every mistake is
+//! a [`UsageError`] (exit 64). Secrets are never arguments: there is no
+//! option that takes a key, a password or a passphrase as its value.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::inventory::{is_valid_name, MAX_TIMEOUT_SECS};
+use crate::keys::KeySource;
+use crate::proxy::Proxy;
+use crate::trigger::Protocol;
+
+/// Hosts triggered at once in a group unless `--parallel` says otherwise.
+pub const DEFAULT_PARALLEL: usize = 32;
+/// Largest `--parallel` accepted.
+pub const MAX_PARALLEL: usize = 1024;
+
+/// The full `--help` text.
+pub const HELP: &str = "\
+postern: trigger one preconfigured action on a posternd server.
+
+Usage:
+  postern trigger HOST[:PORT] [ACTION] [options]   one server, by address
+  postern trigger NAME ACTION [options]            one inventory host
+  postern trigger @GROUP ACTION [options]          every host of an inventory group
+  postern keygen                                   print a fresh base64 key
+  postern key from-passphrase --host NAME --action NAME
+                                                   print the key a passphrase derives
+  postern key derive --master FILE --host NAME --action NAME
+                                                   print the key a fleet master derives
+  postern --help | --version
+
+Key sources for trigger (choose one; default: prompt for the base64 key):
+  --key-file FILE        base64 key in FILE (must be chmod 600)
+  --key-env VAR          base64 key in environment variable VAR
+  --passphrase           prompt for a passphrase; needs --action (and --host-name)
+  --master FILE          derive from the fleet master key in FILE; needs --action
+  --password-file FILE   ostiary-4 password in FILE
+  --action NAME          action name for derivation (also the 2nd positional)
+  --host-name NAME       host name for derivation (default: HOST as given)
+
+Trigger options:
+  --protocol P           postern-1 (default) or ostiary-4
+  --assert-addr ADDR     ask the server to bind the action to ADDR (postern-1)
+  --timeout SECS         bound for connect, challenge and ack, each (default 30)
+  --proxy URL            http://HOST:PORT (CONNECT) or socks5://HOST:PORT
+  --inventory FILE       inventory (default $XDG_CONFIG_HOME/postern/hosts.toml,
+                         else ~/.config/postern/hosts.toml)
+  --parallel N           hosts triggered at once in a group (default 32)
+  --json                 one JSON object per host (and a summary for groups)
+
+Prompts read the terminal with echo off, or one line of standard input when
+standard input is not a terminal.
+
+Exit codes: 0 accepted (started, already active; ostiary-4: reply sent),
+1 local error (key, inventory, terminal), 2 no acknowledgement,
+3 network error or timeout, 4 acknowledged but refused,
+5 acknowledged but failed to start, 64 usage error.
+A group exits with the highest code among its hosts.
+";
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print [`HELP`].
+    Help,
+    /// Print the version.
+    Version,
+    /// Print a fresh key.
+    Keygen,
+    /// Print the key derived from a passphrase.
+    KeyFromPassphrase {
+        /// Host name for derivation.
+        host: String,
+        /// Action name for derivation.
+        action: String,
+    },
+    /// Print the key derived from a fleet master.
+    KeyDerive {
+        /// The master key file.
+        master: PathBuf,
+        /// Host name for derivation.
+        host: String,
+        /// Action name for derivation.
+        action: String,
+    },
+    /// Trigger one host or a group.
+    Trigger(TriggerArgs),
+}
+
+/// `postern trigger`, as given. Whether the target is an address or an
+/// inventory name is decided later, once the inventory is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerArgs {
+    /// `HOST[:PORT]`, an inventory host name, or `@GROUP`.
+    pub target: String,
+    /// The action (second positional or `--action`).
+    pub action: Option<String>,
+    /// `--key-file`, `--key-env`, `--passphrase`, `--master` or `--password-file`.
+    pub source: Option<KeySource>,
+    /// `--host-name`.
+    pub host_name: Option<String>,
+    /// `--assert-addr`.
+    pub assert_addr: Option<IpAddr>,
+    /// `--timeout`.
+    pub timeout: Option<Duration>,
+    /// `--protocol`.
+    pub protocol: Option<Protocol>,
+    /// `--proxy`.
+    pub proxy: Option<Proxy>,
+    /// `--json`.
+    pub json: bool,
+    /// `--inventory`.
+    pub inventory: Option<PathBuf>,
+    /// `--parallel`.
+    pub parallel: Option<NonZeroUsize>,
+}
+
+/// A mistake on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// One command-line token.
+enum Token {
+    /// `--name` or `--name=value` (inline value kept), or `-h`/`-V`.
+    Opt(String, Option<String>),
+    /// Anything else.
+    Positional(String),
+}
+
+/// Splits arguments into options and positionals, in order.
+struct Tokens {
+    args: std::vec::IntoIter<String>,
+    only_positionals: bool,
+}
+
+impl Tokens {
+    fn next(&mut self) -> Option<Token> {
+        let arg = self.args.next()?;
+        if self.only_positionals {
+            return Some(Token::Positional(arg));
+        }
+        if arg == "--" {
+            self.only_positionals = true;
+            return self.next();
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            return Some(match body.split_once('=') {
+                Some((name, value)) => Token::Opt(format!("--{name}"), Some(value.to_owned())),
+                None => Token::Opt(arg.clone(), None),
+            });
+        }
+        if arg.len() > 1 && arg.starts_with('-') {
+            return Some(Token::Opt(arg, None));
+        }
+        Some(Token::Positional(arg))
+    }
+
+    /// The value of option `name`: inline, or the next argument.
+    fn value(&mut self, name: &str, inline: Option<String>) -> Result<String, UsageError> {
+        match inline {
+            Some(v) => Ok(v),
+            None => self
+                .args
+                .next()
+                .ok_or_else(|| usage(format!("{name} needs a value"))),
+        }
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageError> {
+    if slot.is_some() {
+        return Err(usage(format!("{name} given twice")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn no_value(name: &str, inline: Option<String>) -> Result<(), UsageError> {
+    match inline {
+        Some(_) => Err(usage(format!("{name} takes no value"))),
+        None => Ok(()),
+    }
+}
+
+fn name_value(flag: &str, value: String) -> Result<String, UsageError> {
+    if is_valid_name(&value) {
+        Ok(value)
+    } else {
+        Err(usage(format!(
+            "{flag} {value:?}: use letters, digits, '-', '_' or '.' (at most 64)"
+        )))
+    }
+}
+
+fn path_value(flag: &str, value: String) -> Result<PathBuf, UsageError> {
+    if value.is_empty() {
+        return Err(usage(format!("{flag} needs a file name")));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, UsageError> {
+    let args = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| usage(format!("argument {a:?} is not UTF-8")))
+        })
+        .collect::<Result<Vec<String>, UsageError>>()?;
+    let mut args = args.into_iter();
+    let first = args
+        .next()
+        .ok_or_else(|| usage("missing command; see postern --help"))?;
+    let tokens = Tokens {
+        args,
+        only_positionals: false,
+    };
+    match first.as_str() {
+        "-h" | "--help" | "help" => Ok(Command::Help),
+        "-V" | "--version" => Ok(Command::Version),
+        "keygen" => parse_keygen(tokens),
+        "key" => parse_key(tokens),
+        "trigger" => parse_trigger(tokens),
+        other => Err(usage(format!(
+            "unknown command {other:?}; see postern --help"
+        ))),
+    }
+}
+
+fn parse_keygen(mut t: Tokens) -> Result<Command, UsageError> {
+    match t.next() {
+        None => Ok(Command::Keygen),
+        Some(Token::Opt(o, _)) if o == "--help" || o == "-h" => Ok(Command::Help),
+        Some(Token::Opt(o, _) | Token::Positional(o)) => {
+            Err(usage(format!("keygen takes no arguments (got {o:?})")))
+        }
+    }
+}
+
+fn parse_key(mut t: Tokens) -> Result<Command, UsageError> {
+    let sub = match t.next() {
+        Some(Token::Positional(s)) => s,
+        Some(Token::Opt(o, _)) if o == "--help" || o == "-h" => return Ok(Command::Help),
+        _ => return Err(usage("key needs a subcommand: from-passphrase or derive")),
+    };
+    let derive = match sub.as_str() {
+        "from-passphrase" => false,
+        "derive" => true,
+        other => {
+            return Err(usage(format!(
+                "unknown key subcommand {other:?}; use from-passphrase or derive"
+            )))
+        }
+    };
+    let (mut host, mut action, mut master) = (None, None, None);
+    while let Some(tok) = t.next() {
+        match tok {
+            Token::Opt(o, v) => match o.as_str() {
+                "--help" | "-h" => return Ok(Command::Help),
+                "--host" => {
+                    let v = name_value("--host", t.value(&o, v)?)?;
+                    set_once(&mut host, &o, v)?;
+                }
+                "--action" => {
+                    let v = name_value("--action", t.value(&o, v)?)?;
+                    set_once(&mut action, &o, v)?;
+                }
+                "--master" if derive => {
+                    let v = path_value(&o, t.value(&o, v)?)?;
+                    set_once(&mut master, &o, v)?;
+                }
+                _ => return Err(usage(format!("unknown option {o} for key {sub}"))),
+            },
+            Token::Positional(p) => return Err(usage(format!("unexpected argument {p:?}"))),
+        }
+    }
+    let host = host.ok_or_else(|| usage(format!("key {sub} needs --host NAME")))?;
+    let action = action.ok_or_else(|| usage(format!("key {sub} needs --action NAME")))?;
+    if derive {
+        let master = master.ok_or_else(|| usage("key derive needs --master FILE"))?;
+        Ok(Command::KeyDerive {
+            master,
+            host,
+            action,
+        })
+    } else {
+        Ok(Command::KeyFromPassphrase { host, action })
+    }
+}
+
+fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
+    let mut a = TriggerArgs::default();
+    let mut positionals = Vec::new();
+    while let Some(tok) = t.next() {
+        let (o, v) = match tok {
+            Token::Positional(p) => {
+                positionals.push(p);
+                continue;
+            }
+            Token::Opt(o, v) => (o, v),
+        };
+        match o.as_str() {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--key-file" => {
+                let p = path_value(&o, t.value(&o, v)?)?;
+                set_source(&mut a, KeySource::File(p))?;
+            }
+            "--key-env" => {
+                let var = t.value(&o, v)?;
+                if var.is_empty() || var.contains(['=', '\0']) {
+                    return Err(usage("--key-env needs a variable name"));
+                }
+                set_source(&mut a, KeySource::Env(var))?;
+            }
+            "--passphrase" => {
+                no_value(&o, v)?;
+                set_source(&mut a, KeySource::Passphrase)?;
+            }
+            "--master" => {
+                let p = path_value(&o, t.value(&o, v)?)?;
+                set_source(&mut a, KeySource::Master(p))?;
+            }
+            "--password-file" => {
+                let p = path_value(&o, t.value(&o, v)?)?;
+                set_source(&mut a, KeySource::PasswordFile(p))?;
+            }
+            "--action" => {
+                let v = name_value(&o, t.value(&o, v)?)?;
+                set_once(&mut a.action, &o, v)?;
+            }
+            "--host-name" => {
+                let v = name_value(&o, t.value(&o, v)?)?;
+                set_once(&mut a.host_name, &o, v)?;
+            }
+            "--assert-addr" => {
+                let v = t.value(&o, v)?;
+                let ip = v
+                    .parse::<IpAddr>()
+                    .map_err(|_| usage(format!("--assert-addr {v:?} is not an IP address")))?;
+                set_once(&mut a.assert_addr, &o, ip)?;
+            }
+            "--timeout" => {
+                let v = t.value(&o, v)?;
+                let secs = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| (1..=MAX_TIMEOUT_SECS).contains(s))
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--timeout {v:?}: use whole seconds from 1 to {MAX_TIMEOUT_SECS}"
+                        ))
+                    })?;
+                set_once(&mut a.timeout, &o, Duration::from_secs(secs))?;
+            }
+            "--protocol" => {
+                let v = t.value(&o, v)?;
+                let p = Protocol::parse(&v).ok_or_else(|| {
+                    usage(format!("--protocol {v:?}: use postern-1 or ostiary-4"))
+                })?;
+                set_once(&mut a.protocol, &o, p)?;
+            }
+            "--proxy" => {
+                let v = t.value(&o, v)?;
+                let p = Proxy::parse(&v).map_err(|e| usage(format!("--proxy: {e}")))?;
+                set_once(&mut a.proxy, &o, p)?;
+            }
+            "--json" => {
+                no_value(&o, v)?;
+                if a.json {
+                    return Err(usage("--json given twice"));
+                }
+                a.json = true;
+            }
+            "--inventory" => {
+                let p = path_value(&o, t.value(&o, v)?)?;
+                set_once(&mut a.inventory, &o, p)?;
+            }
+            "--parallel" => {
+                let v = t.value(&o, v)?;
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PARALLEL).contains(n))
+                    .and_then(NonZeroUsize::new)
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--parallel {v:?}: use a number from 1 to {MAX_PARALLEL}"
+                        ))
+                    })?;
+                set_once(&mut a.parallel, &o, n)?;
+            }
+            "--key" | "--password" => {
+                return Err(usage(format!(
+                    "{o} does not exist: secrets on the command line are visible to every user; \
+                     use --key-file, --key-env or the prompt"
+                )))
+            }
+            _ => return Err(usage(format!("unknown option {o}; see postern --help"))),
+        }
+    }
+    let mut positionals = positionals.into_iter();
+    a.target = positionals
+        .next()
+        .ok_or_else(|| usage("trigger needs a HOST[:PORT], an inventory NAME or @GROUP"))?;
+    if let Some(action) = positionals.next() {
+        let action = name_value("ACTION", action)?;
+        match &a.action {
+            Some(given) if *given != action => {
+                return Err(usage(format!(
+                    "action given twice: {action:?} and --action {given:?}"
+                )))
+            }
+            _ => a.action = Some(action),
+        }
+    }
+    if let Some(extra) = positionals.next() {
+        return Err(usage(format!("unexpected argument {extra:?}")));
+    }
+    Ok(Command::Trigger(a))
+}
+
+fn set_source(a: &mut TriggerArgs, source: KeySource) -> Result<(), UsageError> {
+    if let Some(existing) = &a.source {
+        return Err(usage(format!(
+            "{} and {} both given; choose one key source",
+            existing.flag(),
+            source.flag()
+        )));
+    }
+    a.source = Some(source);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, UsageError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    fn trig(args: &[&str]) -> TriggerArgs {
+        match p(args).unwrap() {
+            Command::Trigger(t) => t,
+            other => unreachable_command(other),
+        }
+    }
+
+    fn unreachable_command(c: Command) -> TriggerArgs {
+        assert!(matches!(c, Command::Trigger(_)), "not a trigger: {c:?}");
+        TriggerArgs::default()
+    }
+
+    // Goal: every option of trigger parses, in both spellings, into the
+    // typed arguments.
+    #[test]
+    fn parses_trigger() {
+        let t = trig(&[
+            "trigger",
+            "192.0.2.17:7002",
+            "--key-file",
+            "/k",
+            "--assert-addr=203.0.113.5",
+            "--timeout",
+            "5",
+            "--proxy",
+            "socks5://127.0.0.1:1080",
+            "--json",
+            "--protocol=postern-1",
+            "--inventory",
+            "/inv.toml",
+            "--parallel",
+            "4",
+        ]);
+        assert_eq!(t.target, "192.0.2.17:7002");
+        assert_eq!(t.source, Some(KeySource::File("/k".into())));
+        assert_eq!(t.assert_addr, Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(t.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(t.proxy.unwrap().to_string(), "socks5://127.0.0.1:1080");
+        assert!(t.json);
+        assert_eq!(t.protocol, Some(Protocol::Postern1));
+        assert_eq!(t.inventory, Some("/inv.toml".into()));
+        assert_eq!(t.parallel.map(NonZeroUsize::get), Some(4));
+
+        let t = trig(&["trigger", "@rack-4", "console", "--parallel=2"]);
+        assert_eq!(
+            (t.target.as_str(), t.action.as_deref()),
+            ("@rack-4", Some("console"))
+        );
+        let t = trig(&[
+            "trigger",
+            "h",
+            "--passphrase",
+            "--action",
+            "console",
+            "--host-name",
+            "web-17",
+        ]);
+        assert_eq!(t.source, Some(KeySource::Passphrase));
+        assert_eq!(t.host_name.as_deref(), Some("web-17"));
+        let t = trig(&[
+            "trigger",
+            "h",
+            "--key-env",
+            "POSTERN_KEY",
+            "--protocol",
+            "ostiary-4",
+        ]);
+        assert_eq!(t.source, Some(KeySource::Env("POSTERN_KEY".into())));
+        assert_eq!(t.protocol, Some(Protocol::Ostiary4));
+        let t = trig(&["trigger", "--", "h", "a"]);
+        assert_eq!((t.target.as_str(), t.action.as_deref()), ("h", Some("a")));
+        let t = trig(&["trigger", "h", "a", "--action", "a"]);
+        assert_eq!(t.action.as_deref(), Some("a"));
+    }
+
+    // Goal: the other commands parse.
+    #[test]
+    fn parses_other_commands() {
+        assert_eq!(p(&["--help"]).unwrap(), Command::Help);
+        assert_eq!(p(&["help"]).unwrap(), Command::Help);
+        assert_eq!(p(&["trigger", "--help"]).unwrap(), Command::Help);
+        assert_eq!(p(&["-V"]).unwrap(), Command::Version);
+        assert_eq!(p(&["keygen"]).unwrap(), Command::Keygen);
+        assert_eq!(
+            p(&[
+                "key",
+                "from-passphrase",
+                "--host",
+                "web-17",
+                "--action=console"
+            ])
+            .unwrap(),
+            Command::KeyFromPassphrase {
+                host: "web-17".into(),
+                action: "console".into()
+            }
+        );
+        assert_eq!(
+            p(&["key", "derive", "--master", "/m", "--host", "h", "--action", "a"]).unwrap(),
+            Command::KeyDerive {
+                master: "/m".into(),
+                host: "h".into(),
+                action: "a".into()
+            }
+        );
+    }
+
+    // Goal: each kind of command-line mistake is a usage error with a
+    // message that names the problem.
+    #[test]
+    fn usage_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "missing command"),
+            (&["frobnicate"], "unknown command"),
+            (&["trigger"], "trigger needs a HOST"),
+            (&["trigger", "h", "a", "b"], "unexpected argument \"b\""),
+            (&["trigger", "h", "--bogus"], "unknown option --bogus"),
+            (
+                &["trigger", "h", "--key", "c2VjcmV0"],
+                "secrets on the command line",
+            ),
+            (&["trigger", "h", "--timeout"], "--timeout needs a value"),
+            (&["trigger", "h", "--timeout", "0"], "whole seconds"),
+            (&["trigger", "h", "--timeout", "1.5"], "whole seconds"),
+            (
+                &["trigger", "h", "--timeout", "1", "--timeout", "2"],
+                "given twice",
+            ),
+            (
+                &["trigger", "h", "--protocol", "ssh"],
+                "use postern-1 or ostiary-4",
+            ),
+            (
+                &["trigger", "h", "--assert-addr", "here"],
+                "not an IP address",
+            ),
+            (
+                &["trigger", "h", "--proxy", "ftp://x:1"],
+                "--proxy: proxy must be",
+            ),
+            (&["trigger", "h", "--parallel", "0"], "--parallel"),
+            (&["trigger", "h", "--parallel", "5000"], "--parallel"),
+            (
+                &["trigger", "h", "--key-file", "k", "--passphrase"],
+                "choose one key source",
+            ),
+            (
+                &["trigger", "h", "--key-env", "V", "--master", "m"],
+                "choose one key source",
+            ),
+            (&["trigger", "h", "--json=yes"], "takes no value"),
+            (&["trigger", "h", "--action", "a b"], "--action"),
+            (
+                &["trigger", "h", "a", "--action", "b"],
+                "action given twice",
+            ),
+            (&["trigger", "h", "--key-file", ""], "needs a file name"),
+            (&["keygen", "x"], "keygen takes no arguments"),
+            (&["key"], "key needs a subcommand"),
+            (&["key", "rotate"], "unknown key subcommand"),
+            (&["key", "from-passphrase", "--host", "h"], "needs --action"),
+            (&["key", "from-passphrase", "--action", "a"], "needs --host"),
+            (
+                &[
+                    "key",
+                    "from-passphrase",
+                    "--host",
+                    "h",
+                    "--action",
+                    "a",
+                    "--master",
+                    "m",
+                ],
+                "unknown option --master",
+            ),
+            (
+                &["key", "derive", "--host", "h", "--action", "a"],
+                "needs --master",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = p(args).unwrap_err();
+            assert!(e.0.contains(want), "{args:?}: got {:?}, want {want:?}", e.0);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! What the user sees: one human line per trigger, a summary table for a
+//! group, or JSON lines for scripts. Pure string building; the caller
+//! prints. Nothing here ever sees a secret.
+
+use postern::wire::Status;
+
+use crate::outcome::{NoAck, Outcome, Report};
+use crate::plan::Job;
+
+/// The one-line verdict for a trigger: `LABEL: ...`.
+pub fn human_line(label: &str, outcome: &Outcome) -> String {
+    let what = match outcome {
+        Outcome::Acknowledged(Status::Started) => "accepted, action started".to_owned(),
+        Outcome::Acknowledged(Status::AlreadyActive) => "accepted, already active".to_owned(),
+        Outcome::Acknowledged(Status::Refused) => {
+            "acknowledged, refused (cooldown, busy or address binding)".to_owned()
+        }
+        Outcome::Acknowledged(Status::Failed) => "acknowledged, failed to start".to_owned(),
+        Outcome::ReplySent => "reply sent (ostiary-4 gives no acknowledgement)".to_owned(),
+        Outcome::NoAck(NoAck::Closed) => {
+            "no acknowledgement (wrong key, locked out or refused)".to_owned()
+        }
+        Outcome::NoAck(NoAck::BadAck) => {
+            "no acknowledgement (the acknowledgement did not verify: wrong key or tampering)"
+                .to_owned()
+        }
+        Outcome::Unreachable(e) => format!("connection failed: {e}"),
+    };
+    format!("{label}: {what}")
+}
+
+/// The detail column: why a trigger did not succeed (empty on success).
+fn detail(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Acknowledged(Status::Refused) => "cooldown, busy or address binding".to_owned(),
+        Outcome::Acknowledged(Status::Failed) => "failed to start".to_owned(),
+        Outcome::NoAck(NoAck::Closed) => "wrong key, locked out or refused".to_owned(),
+        Outcome::NoAck(NoAck::BadAck) => "acknowledgement did not verify".to_owned(),
+        Outcome::Unreachable(e) => e.to_string(),
+        Outcome::Acknowledged(_) | Outcome::ReplySent => String::new(),
+    }
+}
+
+/// The group summary: a table (host, address, outcome, latency, detail)
+/// and a closing count line.
+pub fn table(rows: &[(&Job, Report)]) -> String {
+    let header = ["HOST", "ADDRESS", "OUTCOME", "LATENCY", "DETAIL"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|(job, r)| {
+            [
+                job.label.clone(),
+                r.address.clone(),
+                r.outcome.name().to_owned(),
+                format!("{} ms", r.latency.as_millis()),
+                detail(&r.outcome),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |row: [&str; 5]| {
+        let mut l = String::new();
+        for (i, (c, w)) in row.iter().zip(width.iter()).enumerate() {
+            if i == 3 {
+                l.push_str(&format!("{c:>w$}  "));
+            } else if i == 4 {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in &cells {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    let ok = rows.iter().filter(|(_, r)| r.outcome.is_success()).count();
+    out.push_str(&format!(
+        "{} hosts: {ok} succeeded, {} failed\n",
+        rows.len(),
+        rows.len() - ok
+    ));
+    out
+}
+
+/// `s` as a JSON string literal (RFC 8259), quotes included.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            // Line and paragraph separators are valid JSON but break
+            // JavaScript string literals; escape them too.
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt(s: Option<&str>) -> String {
+    s.map(json_string).unwrap_or_else(|| "null".to_owned())
+}
+
+/// One JSON object (one line) for a trigger.
+pub fn json_report(job: &Job, r: &Report) -> String {
+    let d = detail(&r.outcome);
+    format!(
+        "{{\"host\":{},\"action\":{},\"address\":{},\"protocol\":{},\"outcome\":{},\"success\":{},\"exit_code\":{},\"latency_ms\":{},\"detail\":{}}}",
+        json_string(&job.label),
+        json_opt(job.action.as_deref()),
+        json_string(&r.address),
+        json_string(job.protocol().name()),
+        json_string(r.outcome.name()),
+        r.outcome.is_success(),
+        r.outcome.exit_code(),
+        r.latency.as_millis(),
+        json_opt(if d.is_empty() { None } else { Some(&d) }),
+    )
+}
+
+/// The closing JSON object (one line) for a group.
+pub fn json_summary(group: &str, rows: &[(&Job, Report)], exit_code: u8) -> String {
+    let ok = rows.iter().filter(|(_, r)| r.outcome.is_success()).count();
+    format!(
+        "{{\"summary\":true,\"group\":{},\"hosts\":{},\"succeeded\":{ok},\"failed\":{},\"exit_code\":{exit_code}}}",
+        json_string(group),
+        rows.len(),
+        rows.len() - ok
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::plan::JobSecret;
+    use crate::target::Target;
+    use crate::trigger::NetError;
+    use postern::secret::Key;
+    use std::time::Duration;
+
+    fn job(label: &str) -> Job {
+        Job {
+            label: label.to_owned(),
+            action: Some("console".to_owned()),
+            target: Target::new("192.0.2.1", 7001).unwrap(),
+            proxy: None,
+            timeout: Duration::from_secs(1),
+            assert_addr: None,
+            secret: JobSecret::Key(Key::from_bytes([0; 32])),
+        }
+    }
+
+    fn report(outcome: Outcome) -> Report {
+        Report {
+            outcome,
+            address: "192.0.2.1:7001".to_owned(),
+            latency: Duration::from_millis(12),
+        }
+    }
+
+    // Goal: JSON strings escape quotes, backslashes and every control
+    // character, and leave other text (including non-ASCII) as it is.
+    #[test]
+    fn json_escaping() {
+        assert_eq!(json_string("plain"), "\"plain\"");
+        assert_eq!(json_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(json_string("\n\r\t\u{8}\u{c}"), "\"\\n\\r\\t\\b\\f\"");
+        assert_eq!(
+            json_string("\u{0}\u{1f}\u{7f}"),
+            "\"\\u0000\\u001f\\u007f\""
+        );
+        assert_eq!(json_string("é ✓"), "\"é ✓\"");
+        assert_eq!(json_string("\u{2028}"), "\"\\u2028\"");
+        for c in 0u8..0x20 {
+            let s = json_string(&char::from(c).to_string());
+            assert!(
+                s.bytes().skip(1).take(s.len() - 2).all(|b| b >= 0x20),
+                "{c}"
+            );
+        }
+    }
+
+    // Goal: each outcome has its documented human line.
+    #[test]
+    fn human_lines() {
+        let cases = [
+            (
+                Outcome::Acknowledged(Status::Started),
+                "h: accepted, action started",
+            ),
+            (
+                Outcome::Acknowledged(Status::AlreadyActive),
+                "h: accepted, already active",
+            ),
+            (
+                Outcome::Acknowledged(Status::Refused),
+                "h: acknowledged, refused (cooldown, busy or address binding)",
+            ),
+            (
+                Outcome::Acknowledged(Status::Failed),
+                "h: acknowledged, failed to start",
+            ),
+            (
+                Outcome::NoAck(NoAck::Closed),
+                "h: no acknowledgement (wrong key, locked out or refused)",
+            ),
+            (
+                Outcome::ReplySent,
+                "h: reply sent (ostiary-4 gives no acknowledgement)",
+            ),
+            (
+                Outcome::Unreachable(NetError::BadGreeting),
+                "h: connection failed: bad greeting: not a postern-1 server",
+            ),
+        ];
+        for (o, want) in cases {
+            assert_eq!(human_line("h", &o), want);
+        }
+    }
+
+    // Goal: the table aligns its columns, shows why failures failed, and
+    // counts successes; JSON lines carry the same facts.
+    #[test]
+    fn table_and_json() {
+        let (a, b) = (job("web-17"), job("db\"1"));
+        let rows = vec![
+            (&a, report(Outcome::Acknowledged(Status::Started))),
+            (&b, report(Outcome::NoAck(NoAck::Closed))),
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].starts_with("HOST    ADDRESS         OUTCOME  LATENCY  DETAIL"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("web-17  192.0.2.1:7001  started    12 ms"),
+            "{t}"
+        );
+        assert!(
+            lines[2].ends_with("no-ack     12 ms  wrong key, locked out or refused"),
+            "{t}"
+        );
+        assert_eq!(lines[3], "2 hosts: 1 succeeded, 1 failed");
+
+        assert_eq!(
+            json_report(&b, &rows[1].1),
+            "{\"host\":\"db\\\"1\",\"action\":\"console\",\"address\":\"192.0.2.1:7001\",\
+             \"protocol\":\"postern-1\",\"outcome\":\"no-ack\",\"success\":false,\"exit_code\":2,\
+             \"latency_ms\":12,\"detail\":\"wrong key, locked out or refused\"}"
+        );
+        assert!(json_report(&a, &rows[0].1).ends_with("\"detail\":null}"));
+        assert_eq!(
+            json_summary("@rack-4", &rows, 2),
+            "{\"summary\":true,\"group\":\"@rack-4\",\"hosts\":2,\"succeeded\":1,\"failed\":1,\"exit_code\":2}"
+        );
+    }
+}
