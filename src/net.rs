@@ -81,7 +81,7 @@ struct State {
     chan: Channel,
     config: RefCell<Rc<NetConfig>>,
     table: RefCell<SourceTable>,
-    slots: RefCell<Slots<AbortHandle>>,
+    slots: RefCell<Slots<(Peer, AbortHandle)>>,
     pending: RefCell<HashMap<u32, oneshot::Sender<Status>>>,
     next_id: Cell<u32>,
     acks_in_flight: Cell<usize>,
@@ -170,7 +170,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                         let now = std::time::Instant::now();
                         state.table.borrow_mut().reconfigure(&to_limits(&config), now);
                         let excess = state.slots.borrow_mut().resize(config.limits.max_handshakes);
-                        for (_, h) in excess {
+                        for (_, (_, h)) in excess {
                             h.abort();
                         }
                         for t in accept_tasks.drain(..) {
@@ -211,7 +211,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
             }
         }
     }
-    for (_, h) in state.slots.borrow_mut().drain() {
+    for (_, (_, h)) in state.slots.borrow_mut().drain() {
         h.abort();
     }
     Ok(())
@@ -360,18 +360,17 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
             }
         }
         state.note_table_full(peer);
+        if state.slots.borrow_mut().take_full_note() {
+            let cap = state.config.borrow().limits.max_handshakes.get() as u32;
+            state.send(Request::Notice { notice: Notice::HandshakesFull, peer, value: cap });
+        }
         let (id, evicted) = state.slots.borrow_mut().reserve();
-        if let Some((old_ip, handle)) = evicted {
+        if let Some((_, (old, handle))) = evicted {
             handle.abort();
-            let old = Peer { listener: index, addr: old_ip, port: 0 };
             state.fail(old, Reason::Evicted);
-            if state.slots.borrow_mut().take_full_note() {
-                let cap = state.config.borrow().limits.max_handshakes.get() as u32;
-                state.send(Request::Notice { notice: Notice::HandshakesFull, peer, value: cap });
-            }
         }
         let task = tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, protocol, id));
-        state.slots.borrow_mut().insert(id, ip, task.abort_handle());
+        state.slots.borrow_mut().insert(id, ip, (peer, task.abort_handle()));
     }
 }
 
