@@ -46,11 +46,13 @@ impl Outcome {
     /// For log lines.
     pub fn describe(&self) -> String {
         match self {
-            Outcome::Exited(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
-                (Some(c), _) => format!("exit={c}"),
-                (None, Some(sig)) => format!("signal={sig}"),
-                _ => "exit=?".to_string(),
-            },
+            Outcome::Exited(s) => {
+                match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
+                    (Some(c), _) => format!("exit={c}"),
+                    (None, Some(sig)) => format!("signal={sig}"),
+                    _ => "exit=?".to_string(),
+                }
+            }
             Outcome::TimedOut => "timeout; process group killed".to_string(),
             Outcome::Lost => "lost".to_string(),
         }
@@ -107,10 +109,20 @@ pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> 
     let budget = Rc::new(Cell::new(MAX_OUTPUT_PER_RUN));
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::task::spawn_local(pump(out, Arc::clone(logger), format!("{} pid={pid} stdout", spec.label), Rc::clone(&budget))));
+        pumps.push(tokio::task::spawn_local(pump(
+            out,
+            Arc::clone(logger),
+            format!("{} pid={pid} stdout", spec.label),
+            Rc::clone(&budget),
+        )));
     }
     if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::task::spawn_local(pump(err, Arc::clone(logger), format!("{} pid={pid} stderr", spec.label), budget)));
+        pumps.push(tokio::task::spawn_local(pump(
+            err,
+            Arc::clone(logger),
+            format!("{} pid={pid} stderr", spec.label),
+            budget,
+        )));
     }
     Ok(Started { child, pid, pumps })
 }
@@ -131,7 +143,10 @@ impl Started {
             Ok(Err(_)) => Outcome::Lost,
             Err(_) => {
                 kill_group(self.pid, Signal::SIGTERM);
-                if tokio::time::timeout(TERM_GRACE, self.child.wait()).await.is_err() {
+                if tokio::time::timeout(TERM_GRACE, self.child.wait())
+                    .await
+                    .is_err()
+                {
                     kill_group(self.pid, Signal::SIGKILL);
                     let _ = self.child.wait().await;
                 }
@@ -143,7 +158,10 @@ impl Started {
         // grandchild that escaped the group must not keep them alive.
         for p in self.pumps.drain(..) {
             let abort = p.abort_handle();
-            if tokio::time::timeout(Duration::from_millis(200), p).await.is_err() {
+            if tokio::time::timeout(Duration::from_millis(200), p)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -174,7 +192,12 @@ pub fn kill_group(pgid: u32, sig: Signal) {
 /// Copies a child's output into the log: lines cut at
 /// [`MAX_OUTPUT_LINE`], at most `budget` bytes per run, then one
 /// "truncated" line and silent draining so the child never blocks.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, logger: Arc<Logger>, label: String, budget: Rc<Cell<usize>>) {
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    logger: Arc<Logger>,
+    label: String,
+    budget: Rc<Cell<usize>>,
+) {
     let mut buf = [0u8; 4096];
     let mut line: Vec<u8> = Vec::with_capacity(MAX_OUTPUT_LINE);
     let mut cut = false;
@@ -188,7 +211,10 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, logger: Arc<Logger>, la
             if budget.get() == 0 {
                 if !noted {
                     noted = true;
-                    logger.log(Level::Info, &format!("{label}: output truncated after {MAX_OUTPUT_PER_RUN} bytes"));
+                    logger.log(
+                        Level::Info,
+                        &format!("{label}: output truncated after {MAX_OUTPUT_PER_RUN} bytes"),
+                    );
                 }
                 break;
             }

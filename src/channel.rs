@@ -105,7 +105,9 @@ fn recv_once(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Received> {
     }
     Ok(Received {
         len: msg.bytes,
-        truncated: msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
+        truncated: msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
         fds,
     })
 }

@@ -60,7 +60,10 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     // 1. Load and validate the config; print every problem.
     let config = config::load(path).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        StartError(format!("{}\nfix the config and start again (posternd --check shows all problems)", lines.join("\n")))
+        StartError(format!(
+            "{}\nfix the config and start again (posternd --check shows all problems)",
+            lines.join("\n")
+        ))
     })?;
 
     // 2. No core dumps, not ptrace-able; pin the keys in memory.
@@ -70,7 +73,8 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     // 3. Bind the listeners, or take them from systemd.
     let activated = listen::activation_fds().map_err(|e| StartError(e.to_string()))?;
     let socket_activated = activated.is_some();
-    let bound = monitor::bind_all(&config, &mut Vec::new(), activated).map_err(|e| StartError(e.to_string()))?;
+    let bound = monitor::bind_all(&config, &mut Vec::new(), activated)
+        .map_err(|e| StartError(e.to_string()))?;
 
     // 4. Open the log.
     let logger = Arc::new(Logger::new(config.daemon.log));
@@ -78,14 +82,18 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         logger.log(Level::Warning, &format!("config: {w}"));
     }
     if !keys_locked {
-        logger.log(Level::Warning, "keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped");
+        logger.log(
+            Level::Warning,
+            "keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+        );
     }
 
     // 5. State directory (root-owned 0700) and the empty chroot.
     prepare_state_dir(&config.daemon.state_dir)?;
     let as_root = privsep::is_root();
     if as_root {
-        privsep::prepare_chroot(&config.daemon.chroot_dir).map_err(|e| StartError(e.to_string()))?;
+        privsep::prepare_chroot(&config.daemon.chroot_dir)
+            .map_err(|e| StartError(e.to_string()))?;
     } else {
         logger.log(
             Level::Warning,
@@ -105,9 +113,12 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             chroot: config.daemon.chroot_dir.clone(),
             uid: config.daemon.user.uid,
             gid: config.daemon.user.gid,
-            nofile: config.limits.max_handshakes.get() as u64 + net::MAX_PENDING_ACKS as u64 + NOFILE_SLACK,
+            nofile: config.limits.max_handshakes.get() as u64
+                + net::MAX_PENDING_ACKS as u64
+                + NOFILE_SLACK,
         };
-        let child = spawn_network(&theirs, &jail, as_root).map_err(|e| StartError(format!("cannot start the network process: {e}")))?;
+        let child = spawn_network(&theirs, &jail, as_root)
+            .map_err(|e| StartError(format!("cannot start the network process: {e}")))?;
         drop(theirs);
         let chan = Channel::new(mine).map_err(|e| StartError(e.to_string()))?;
         let listeners = monitor::describe_listeners(&config, &bound);
@@ -115,7 +126,9 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         let m = Monitor::new(config, bound, Arc::clone(&logger), chan);
 
         // 7. Hand over the config.
-        m.send_config().await.map_err(|e| StartError(format!("cannot configure the network process: {e}")))?;
+        m.send_config()
+            .await
+            .map_err(|e| StartError(format!("cannot configure the network process: {e}")))?;
 
         // 8. Ready.
         logger.log(
@@ -123,13 +136,19 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             &format!(
                 "started version={} listeners=[{listeners}] actions={actions}{}",
                 env!("CARGO_PKG_VERSION"),
-                if socket_activated { " socket-activated" } else { "" }
+                if socket_activated {
+                    " socket-activated"
+                } else {
+                    ""
+                }
             ),
         );
         notify_ready();
 
         // 9. Serve.
-        m.run(NetChild { child }).await.map_err(|e| StartError(e.to_string()))
+        m.run(NetChild { child })
+            .await
+            .map_err(|e| StartError(e.to_string()))
     })
 }
 
@@ -140,22 +159,41 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StartError> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| StartError(format!("state_dir {}: cannot create it: {e}", dir.display())))?;
+            .map_err(|e| {
+                StartError(format!(
+                    "state_dir {}: cannot create it: {e}",
+                    dir.display()
+                ))
+            })?;
     }
     if !dir.is_dir() {
-        return Err(StartError(format!("state_dir {} is not a directory", dir.display())));
+        return Err(StartError(format!(
+            "state_dir {} is not a directory",
+            dir.display()
+        )));
     }
     Ok(())
 }
 
 /// Starts `posternd --network-child ...` with the channel end as an
 /// inherited descriptor and an empty environment.
-fn spawn_network(theirs: &OwnedFd, jail: &Jail, as_root: bool) -> std::io::Result<tokio::process::Child> {
+fn spawn_network(
+    theirs: &OwnedFd,
+    jail: &Jail,
+    as_root: bool,
+) -> std::io::Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
     // The end must survive exec: clear close-on-exec on it alone. Nothing
     // else is spawned concurrently at start-up.
-    nix::fcntl::fcntl(theirs.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
-    let chroot = if as_root { jail.chroot.display().to_string() } else { "-".to_string() };
+    nix::fcntl::fcntl(
+        theirs.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )?;
+    let chroot = if as_root {
+        jail.chroot.display().to_string()
+    } else {
+        "-".to_string()
+    };
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--network-child")
         .arg(theirs.as_raw_fd().to_string())
@@ -190,9 +228,17 @@ pub fn network_child(args: &[String]) -> i32 {
         eprintln!("posternd network: channel descriptor {fd} is not open");
         return 1;
     };
-    let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     // Jail first: nothing has been read from anyone yet.
-    let jail = Jail { chroot: chroot.clone().into(), uid, gid, nofile };
+    let jail = Jail {
+        chroot: chroot.clone().into(),
+        uid,
+        gid,
+        nofile,
+    };
     let jail_result = if chroot == "-" {
         // Not root: only the hardening that needs no privilege.
         let mut j = jail.clone();
@@ -205,7 +251,10 @@ pub fn network_child(args: &[String]) -> i32 {
         eprintln!("posternd network: {e}");
         return 1;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("posternd network: cannot start the runtime: {e}");

@@ -71,7 +71,11 @@ impl Record {
             if self.serve { "serve" } else { "run" },
             self.pid,
             self.start_ticks,
-            if self.boot_id.is_empty() { "-" } else { &self.boot_id },
+            if self.boot_id.is_empty() {
+                "-"
+            } else {
+                &self.boot_id
+            },
             self.opened,
             self.deadline,
             self.addr
@@ -99,7 +103,9 @@ impl Record {
                 Some(&"run") => false,
                 _ => return Err(bad()),
             },
-            pid: num("pid").and_then(|p| u32::try_from(p).ok()).ok_or_else(bad)?,
+            pid: num("pid")
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(bad)?,
             start_ticks: num("start").ok_or_else(bad)?,
             boot_id: match f.get("boot") {
                 Some(&"-") => String::new(),
@@ -115,7 +121,10 @@ impl Record {
 
 /// Seconds since the UNIX epoch (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// This boot's id, or empty if unknown.
@@ -235,7 +244,12 @@ impl Gates {
     }
 
     fn persist(&self) -> std::io::Result<()> {
-        let records: Vec<Record> = self.open.borrow().values().map(|o| o.record.clone()).collect();
+        let records: Vec<Record> = self
+            .open
+            .borrow()
+            .values()
+            .map(|o| o.record.clone())
+            .collect();
         write_state(&self.state_dir.borrow(), &records)
     }
 
@@ -263,7 +277,12 @@ impl Gates {
             if let Err(e) = self.persist() {
                 // The longer deadline is not on disk; after a crash the
                 // recorded (earlier) one applies, which fails closed.
-                self.log(Level::Err, &format!("gate {name}: state file write failed ({e}); extension kept in memory only"));
+                self.log(
+                    Level::Err,
+                    &format!(
+                        "gate {name}: state file write failed ({e}); extension kept in memory only"
+                    ),
+                );
             }
             self.log(Level::Notice, &format!("gate {name} extended"));
         }
@@ -271,7 +290,13 @@ impl Gates {
     }
 
     /// Opens the gate of `action` for `addr`.
-    pub async fn open(&self, monitor: &Rc<Monitor>, config: &Config, action: &Action, addr: IpAddr) -> Status {
+    pub async fn open(
+        &self,
+        monitor: &Rc<Monitor>,
+        config: &Config,
+        action: &Action,
+        addr: IpAddr,
+    ) -> Status {
         let Some(gate) = gate_of(action) else {
             return Status::Failed;
         };
@@ -291,16 +316,25 @@ impl Gates {
         };
         let mut child = None;
         match &action.kind {
-            ActionKind::Run { run, gate: Some((stop, _)) } => {
+            ActionKind::Run {
+                run,
+                gate: Some((stop, _)),
+            } => {
                 let spec = spec(&name, "run", run, addr, action, cwd);
                 let ok = match action::start(&spec, &self.logger) {
                     Ok(s) => {
                         let outcome = s.wait(action.timeout).await;
-                        self.log(Level::Notice, &format!("gate {name} run {}", outcome.describe()));
+                        self.log(
+                            Level::Notice,
+                            &format!("gate {name} run {}", outcome.describe()),
+                        );
                         outcome.success()
                     }
                     Err(e) => {
-                        self.log(Level::Err, &format!("gate {name} run failed to start {}: {e}", run.program()));
+                        self.log(
+                            Level::Err,
+                            &format!("gate {name} run failed to start {}: {e}", run.program()),
+                        );
                         false
                     }
                 };
@@ -314,7 +348,10 @@ impl Gates {
                 let mut s = match action::start(&spec, &self.logger) {
                     Ok(s) => s,
                     Err(e) => {
-                        self.log(Level::Err, &format!("gate {name} serve failed to start {}: {e}", serve.program()));
+                        self.log(
+                            Level::Err,
+                            &format!("gate {name} serve failed to start {}: {e}", serve.program()),
+                        );
                         return Status::Failed;
                     }
                 };
@@ -322,7 +359,11 @@ impl Gates {
                 if let Ok(Some(st)) = s.child.try_wait() {
                     self.log(
                         Level::Err,
-                        &format!("gate {name} serve pid={} exited at once ({})", s.pid, action::Outcome::Exited(st).describe()),
+                        &format!(
+                            "gate {name} serve pid={} exited at once ({})",
+                            s.pid,
+                            action::Outcome::Exited(st).describe()
+                        ),
                     );
                     action::kill_group(s.pid, Signal::SIGKILL);
                     return Status::Failed;
@@ -332,23 +373,39 @@ impl Gates {
                 record.start_ticks = start_ticks(s.pid).unwrap_or(0);
                 let pid = s.pid;
                 child = Some(s.into_child());
-                self.log(Level::Notice, &format!("gate {name} serve pid={pid} started"));
+                self.log(
+                    Level::Notice,
+                    &format!("gate {name} serve pid={pid} started"),
+                );
             }
             _ => return Status::Failed,
         }
         let ceiling = now + gate.max_open;
         self.open.borrow_mut().insert(
             name.clone(),
-            Open { record, deadline: now + gate.ttl, ceiling, timer: None, child },
+            Open {
+                record,
+                deadline: now + gate.ttl,
+                ceiling,
+                timer: None,
+                child,
+            },
         );
         if let Err(e) = self.persist() {
-            self.log(Level::Err, &format!("gate {name}: cannot record it in the state file ({e}); closing it now"));
+            self.log(
+                Level::Err,
+                &format!("gate {name}: cannot record it in the state file ({e}); closing it now"),
+            );
             self.close(&name, "state file unwritable", action).await;
             return Status::Failed;
         }
         self.log(
             Level::Notice,
-            &format!("gate {name} open for addr={addr} ttl={}s max_open={}s", gate.ttl.as_secs(), gate.max_open.as_secs()),
+            &format!(
+                "gate {name} open for addr={addr} ttl={}s max_open={}s",
+                gate.ttl.as_secs(),
+                gate.max_open.as_secs()
+            ),
         );
         self.arm(monitor, &name);
         Status::Started
@@ -367,7 +424,11 @@ impl Gates {
 
     async fn watch(&self, monitor: &Rc<Monitor>, name: &str) {
         // The serve child (if any) lives in this task from here on.
-        let mut child = self.open.borrow_mut().get_mut(name).and_then(|o| o.child.take());
+        let mut child = self
+            .open
+            .borrow_mut()
+            .get_mut(name)
+            .and_then(|o| o.child.take());
         loop {
             let Some(deadline) = self.open.borrow().get(name).map(|o| o.deadline) else {
                 return;
@@ -388,9 +449,13 @@ impl Gates {
                     Ok(s) => action::Outcome::Exited(s).describe(),
                     Err(e) => e.to_string(),
                 };
-                self.log(Level::Notice, &format!("gate {name} serve exited early ({how})"));
+                self.log(
+                    Level::Notice,
+                    &format!("gate {name} serve exited early ({how})"),
+                );
                 self.detach_timer(name);
-                self.close_with(name, "serve exited", action.as_ref(), child).await;
+                self.close_with(name, "serve exited", action.as_ref(), child)
+                    .await;
                 return;
             }
             let current = self.open.borrow().get(name).map(|o| o.deadline);
@@ -403,7 +468,8 @@ impl Gates {
                 }
             }
             self.detach_timer(name);
-            self.close_with(name, "deadline", action.as_ref(), child).await;
+            self.close_with(name, "deadline", action.as_ref(), child)
+                .await;
             return;
         }
     }
@@ -418,23 +484,36 @@ impl Gates {
     /// Runs `hold_while` at the deadline; on exit 0 extends by
     /// `hold_interval` up to `max_open`. Returns whether it extended.
     async fn hold(&self, name: &str, action: &Action) -> bool {
-        let Some(gate) = gate_of(action) else { return false };
-        let Some(hold) = gate.hold_while.as_ref() else { return false };
+        let Some(gate) = gate_of(action) else {
+            return false;
+        };
+        let Some(hold) = gate.hold_while.as_ref() else {
+            return false;
+        };
         let (addr, ceiling) = match self.open.borrow().get(name) {
             Some(o) => (o.record.addr, o.ceiling),
             None => return false,
         };
         let now = Instant::now();
         if now >= ceiling {
-            self.log(Level::Notice, &format!("gate {name} reached max_open; closing"));
+            self.log(
+                Level::Notice,
+                &format!("gate {name} reached max_open; closing"),
+            );
             return false;
         }
         let cwd = self.state_dir.borrow().clone();
         let s = spec(name, "hold_while", hold, addr, action, &cwd);
         let busy = match action::start(&s, &self.logger) {
-            Ok(st) => st.wait(action.timeout.min(gate.hold_interval)).await.success(),
+            Ok(st) => st
+                .wait(action.timeout.min(gate.hold_interval))
+                .await
+                .success(),
             Err(e) => {
-                self.log(Level::Err, &format!("gate {name} hold_while failed to start: {e}"));
+                self.log(
+                    Level::Err,
+                    &format!("gate {name} hold_while failed to start: {e}"),
+                );
                 false
             }
         };
@@ -444,19 +523,35 @@ impl Gates {
         let new = (Instant::now() + gate.hold_interval).min(ceiling);
         if let Some(o) = self.open.borrow_mut().get_mut(name) {
             o.deadline = new;
-            o.record.deadline = unix_now().saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
+            o.record.deadline =
+                unix_now().saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
         }
         if let Err(e) = self.persist() {
-            self.log(Level::Err, &format!("gate {name}: state file write failed ({e}); not extending"));
+            self.log(
+                Level::Err,
+                &format!("gate {name}: state file write failed ({e}); not extending"),
+            );
             return false;
         }
-        self.log(Level::Notice, &format!("gate {name} held open: still in use"));
+        self.log(
+            Level::Notice,
+            &format!("gate {name} held open: still in use"),
+        );
         true
     }
 
     async fn close(&self, name: &str, why: &str, action: &Action) {
-        let child = self.open.borrow_mut().get_mut(name).and_then(|o| o.child.take());
-        if let Some(t) = self.open.borrow_mut().get_mut(name).and_then(|o| o.timer.take()) {
+        let child = self
+            .open
+            .borrow_mut()
+            .get_mut(name)
+            .and_then(|o| o.child.take());
+        if let Some(t) = self
+            .open
+            .borrow_mut()
+            .get_mut(name)
+            .and_then(|o| o.timer.take())
+        {
             t.abort();
         }
         self.close_with(name, why, Some(action), child).await;
@@ -464,22 +559,40 @@ impl Gates {
 
     /// Closes a gate: kills the serve group or runs `stop`, then removes
     /// the record.
-    async fn close_with(&self, name: &str, why: &str, action: Option<&Action>, child: Option<tokio::process::Child>) {
+    async fn close_with(
+        &self,
+        name: &str,
+        why: &str,
+        action: Option<&Action>,
+        child: Option<tokio::process::Child>,
+    ) {
         let Some(o) = self.open.borrow_mut().remove(name) else {
             return;
         };
         if o.record.serve {
             stop_serve(o.record.pid, child).await;
         } else if let Some(a) = action {
-            if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+            if let ActionKind::Run {
+                gate: Some((stop, _)),
+                ..
+            } = &a.kind
+            {
                 let cwd = self.state_dir.borrow().clone();
                 self.run_stop(name, stop, o.record.addr, a, &cwd).await;
             }
         } else {
-            self.log(Level::Err, &format!("gate {name}: its action is no longer configured; cannot run its stop command"));
+            self.log(
+                Level::Err,
+                &format!(
+                    "gate {name}: its action is no longer configured; cannot run its stop command"
+                ),
+            );
         }
         if let Err(e) = self.persist() {
-            self.log(Level::Err, &format!("gate {name}: state file write failed after closing ({e})"));
+            self.log(
+                Level::Err,
+                &format!("gate {name}: state file write failed after closing ({e})"),
+            );
         }
         self.log(Level::Notice, &format!("gate {name} closed ({why})"));
     }
@@ -489,10 +602,17 @@ impl Gates {
         match action::start(&s, &self.logger) {
             Ok(st) => {
                 let outcome = st.wait(action.timeout).await;
-                let level = if outcome.success() { Level::Notice } else { Level::Err };
+                let level = if outcome.success() {
+                    Level::Notice
+                } else {
+                    Level::Err
+                };
                 self.log(level, &format!("gate {name} stop {}", outcome.describe()));
             }
-            Err(e) => self.log(Level::Err, &format!("gate {name} stop failed to start {}: {e}", stop.program())),
+            Err(e) => self.log(
+                Level::Err,
+                &format!("gate {name} stop failed to start {}: {e}", stop.program()),
+            ),
         }
     }
 
@@ -501,10 +621,19 @@ impl Gates {
     pub async fn close_all(&self, why: &str, config: &Config) {
         let names: Vec<String> = self.open.borrow().keys().cloned().collect();
         for name in names {
-            if let Some(t) = self.open.borrow_mut().get_mut(&name).and_then(|o| o.timer.take()) {
+            if let Some(t) = self
+                .open
+                .borrow_mut()
+                .get_mut(&name)
+                .and_then(|o| o.timer.take())
+            {
                 t.abort();
             }
-            let child = self.open.borrow_mut().get_mut(&name).and_then(|o| o.child.take());
+            let child = self
+                .open
+                .borrow_mut()
+                .get_mut(&name)
+                .and_then(|o| o.child.take());
             let action = config.actions.iter().find(|a| a.name == name);
             self.close_with(&name, why, action, child).await;
         }
@@ -518,9 +647,19 @@ impl Gates {
         match read_state(&dir) {
             Loaded::Missing => {}
             Loaded::Unreadable(why) => {
-                self.log(Level::Err, &format!("state file {} unreadable ({why}); stopping every gate", dir.join(STATE_FILE).display()));
+                self.log(
+                    Level::Err,
+                    &format!(
+                        "state file {} unreadable ({why}); stopping every gate",
+                        dir.join(STATE_FILE).display()
+                    ),
+                );
                 for a in monitor.all_actions() {
-                    if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                    if let ActionKind::Run {
+                        gate: Some((stop, _)),
+                        ..
+                    } = &a.kind
+                    {
                         let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
                         self.run_stop(&a.name, stop, unspecified, &a, &dir).await;
                     }
@@ -528,9 +667,16 @@ impl Gates {
             }
             Loaded::Records(records, bad) => {
                 for name in bad {
-                    self.log(Level::Err, &format!("gate {name}: record unreadable; stopping it"));
+                    self.log(
+                        Level::Err,
+                        &format!("gate {name}: record unreadable; stopping it"),
+                    );
                     if let Some(a) = monitor.action_named(&name) {
-                        if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                        if let ActionKind::Run {
+                            gate: Some((stop, _)),
+                            ..
+                        } = &a.kind
+                        {
                             let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
                             self.run_stop(&name, stop, unspecified, &a, &dir).await;
                         }
@@ -548,9 +694,18 @@ impl Gates {
                             && start_ticks(r.pid) == Some(r.start_ticks);
                         if same {
                             action::kill_group(r.pid, Signal::SIGKILL);
-                            self.log(Level::Notice, &format!("gate {} serve pid={} left by the previous posternd; killed", r.name, r.pid));
+                            self.log(
+                                Level::Notice,
+                                &format!(
+                                    "gate {} serve pid={} left by the previous posternd; killed",
+                                    r.name, r.pid
+                                ),
+                            );
                         }
-                        self.log(Level::Notice, &format!("gate {} (serve) closed at start-up", r.name));
+                        self.log(
+                            Level::Notice,
+                            &format!("gate {} (serve) closed at start-up", r.name),
+                        );
                         continue;
                     }
                     match action.as_ref() {
@@ -580,20 +735,35 @@ impl Gates {
             }
         }
         if let Err(e) = self.persist() {
-            self.log(Level::Err, &format!("state file {} not writable: {e}; gates will refuse to open", dir.join(STATE_FILE).display()));
+            self.log(
+                Level::Err,
+                &format!(
+                    "state file {} not writable: {e}; gates will refuse to open",
+                    dir.join(STATE_FILE).display()
+                ),
+            );
         }
     }
 }
 
 fn gate_of(action: &Action) -> Option<&Gate> {
     match &action.kind {
-        ActionKind::Run { gate: Some((_, g)), .. } => Some(g),
+        ActionKind::Run {
+            gate: Some((_, g)), ..
+        } => Some(g),
         ActionKind::Serve { gate, .. } => Some(gate),
         _ => None,
     }
 }
 
-fn spec<'a>(name: &str, what: &str, argv: &'a Argv, addr: IpAddr, action: &'a Action, cwd: &'a Path) -> Spec<'a> {
+fn spec<'a>(
+    name: &str,
+    what: &str,
+    argv: &'a Argv,
+    addr: IpAddr,
+    action: &'a Action,
+    cwd: &'a Path,
+) -> Spec<'a> {
     Spec {
         label: format!("gate {name} {what}"),
         argv,

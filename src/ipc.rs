@@ -236,7 +236,13 @@ impl Request {
         let mut b = [0u8; REQUEST_LEN];
         b[0] = VERSION;
         match self {
-            Request::Run { id, generation, action, peer, target } => {
+            Request::Run {
+                id,
+                generation,
+                action,
+                peer,
+                target,
+            } => {
                 b[1] = KIND_RUN;
                 b[2..4].copy_from_slice(&action.to_be_bytes());
                 b[4..8].copy_from_slice(&id.to_be_bytes());
@@ -244,7 +250,11 @@ impl Request {
                 put_peer(&mut b, peer);
                 b[32..48].copy_from_slice(&encode_addr(Some(*target)));
             }
-            Request::Fail { peer, reason, failures } => {
+            Request::Fail {
+                peer,
+                reason,
+                failures,
+            } => {
                 b[1] = KIND_FAIL;
                 b[2..4].copy_from_slice(&(*reason as u16).to_be_bytes());
                 b[4..8].copy_from_slice(&failures.to_be_bytes());
@@ -255,7 +265,11 @@ impl Request {
                 b[4..8].copy_from_slice(&failures.to_be_bytes());
                 put_peer(&mut b, peer);
             }
-            Request::Notice { notice, peer, value } => {
+            Request::Notice {
+                notice,
+                peer,
+                value,
+            } => {
                 b[1] = KIND_NOTICE;
                 b[2..4].copy_from_slice(&(*notice as u16).to_be_bytes());
                 b[4..8].copy_from_slice(&value.to_be_bytes());
@@ -287,7 +301,11 @@ impl Request {
         let port = u16::from_be_bytes([bytes[14], bytes[15]]);
         let addr = decode_addr(&addr16(&bytes[16..32])).ok_or(RequestError::NoSource)?;
         let target = decode_addr(&addr16(&bytes[32..48]));
-        let peer = Peer { listener, addr, port };
+        let peer = Peer {
+            listener,
+            addr,
+            port,
+        };
         let kind = bytes[1];
         if kind != KIND_RUN && (target.is_some() || generation != 0) {
             return Err(RequestError::Target);
@@ -298,21 +316,38 @@ impl Request {
                     return Err(RequestError::Action(arg16));
                 }
                 let target = target.ok_or(RequestError::Target)?;
-                Ok(Request::Run { id: arg32, generation, action: arg16, peer, target })
+                Ok(Request::Run {
+                    id: arg32,
+                    generation,
+                    action: arg16,
+                    peer,
+                    target,
+                })
             }
             KIND_FAIL => {
                 let reason = Reason::from_u16(arg16).ok_or(RequestError::Code(arg16))?;
-                Ok(Request::Fail { peer, reason, failures: arg32 })
+                Ok(Request::Fail {
+                    peer,
+                    reason,
+                    failures: arg32,
+                })
             }
             KIND_LOCKOUT => {
                 if arg16 != 0 {
                     return Err(RequestError::Reserved);
                 }
-                Ok(Request::Lockout { peer, failures: arg32 })
+                Ok(Request::Lockout {
+                    peer,
+                    failures: arg32,
+                })
             }
             KIND_NOTICE => {
                 let notice = Notice::from_u16(arg16).ok_or(RequestError::Code(arg16))?;
-                Ok(Request::Notice { notice, peer, value: arg32 })
+                Ok(Request::Notice {
+                    notice,
+                    peer,
+                    value: arg32,
+                })
             }
             k => Err(RequestError::Kind(k)),
         }
@@ -411,7 +446,13 @@ impl Down {
                 b.push(0);
                 b.extend_from_slice(&id.to_be_bytes());
             }
-            Down::Begin { generation, limits: l, listeners, exempt, actions } => {
+            Down::Begin {
+                generation,
+                limits: l,
+                listeners,
+                exempt,
+                actions,
+            } => {
                 b.push(DOWN_BEGIN);
                 b.extend_from_slice(&generation.to_be_bytes());
                 b.extend_from_slice(&ms(l.handshake_timeout).to_be_bytes());
@@ -441,7 +482,12 @@ impl Down {
                 b.push(u8::from(net.addr.is_ipv4()));
                 b.extend_from_slice(&encode_addr(Some(net.addr)));
             }
-            Down::Action { index, password, bind_source, secret } => {
+            Down::Action {
+                index,
+                password,
+                bind_source,
+                secret,
+            } => {
                 b.push(DOWN_ACTION);
                 b.push(u8::from(*password) | (u8::from(*bind_source) << 1));
                 b.extend_from_slice(&index.to_be_bytes());
@@ -464,7 +510,10 @@ impl Down {
             DOWN_STATUS => {
                 let status = Status::from_byte(r.u8()?)?;
                 r.u8()?;
-                Down::Status { id: r.u32()?, status }
+                Down::Status {
+                    id: r.u32()?,
+                    status,
+                }
             }
             DOWN_BEGIN => {
                 let generation = r.u32()?;
@@ -564,17 +613,38 @@ mod tests {
     use super::*;
 
     fn peer() -> Peer {
-        Peer { listener: 1, addr: "192.0.2.5".parse().unwrap(), port: 4242 }
+        Peer {
+            listener: 1,
+            addr: "192.0.2.5".parse().unwrap(),
+            port: 4242,
+        }
     }
 
     // Goal: every request kind round-trips.
     #[test]
     fn request_roundtrip() {
         let reqs = [
-            Request::Run { id: 7, generation: 3, action: 2, peer: peer(), target: "2001:db8::1".parse().unwrap() },
-            Request::Fail { peer: peer(), reason: Reason::Timeout, failures: 2 },
-            Request::Lockout { peer: peer(), failures: 5 },
-            Request::Notice { notice: Notice::HandshakesFull, peer: peer(), value: 256 },
+            Request::Run {
+                id: 7,
+                generation: 3,
+                action: 2,
+                peer: peer(),
+                target: "2001:db8::1".parse().unwrap(),
+            },
+            Request::Fail {
+                peer: peer(),
+                reason: Reason::Timeout,
+                failures: 2,
+            },
+            Request::Lockout {
+                peer: peer(),
+                failures: 5,
+            },
+            Request::Notice {
+                notice: Notice::HandshakesFull,
+                peer: peer(),
+                value: 256,
+            },
         ];
         for r in reqs {
             assert_eq!(Request::decode(&r.encode(), 2, 3), Ok(r));
@@ -585,9 +655,22 @@ mod tests {
     // kind, out-of-range indexes, reserved bits, missing addresses.
     #[test]
     fn forged_requests_rejected() {
-        let good = Request::Run { id: 1, generation: 1, action: 2, peer: peer(), target: peer().addr }.encode();
-        assert_eq!(Request::decode(&good[..47], 2, 3), Err(RequestError::WrongSize(47)));
-        assert_eq!(Request::decode(&[0u8; 49], 2, 3), Err(RequestError::WrongSize(49)));
+        let good = Request::Run {
+            id: 1,
+            generation: 1,
+            action: 2,
+            peer: peer(),
+            target: peer().addr,
+        }
+        .encode();
+        assert_eq!(
+            Request::decode(&good[..47], 2, 3),
+            Err(RequestError::WrongSize(47))
+        );
+        assert_eq!(
+            Request::decode(&[0u8; 49], 2, 3),
+            Err(RequestError::WrongSize(49))
+        );
         assert_eq!(Request::decode(&good, 2, 2), Err(RequestError::Action(2)));
         assert_eq!(Request::decode(&good, 1, 3), Err(RequestError::Listener(1)));
         let mut b = good;
@@ -605,7 +688,12 @@ mod tests {
         let mut b = good;
         b[16..32].fill(0);
         assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::NoSource));
-        let fail = Request::Fail { peer: peer(), reason: Reason::BadMac, failures: 1 }.encode();
+        let fail = Request::Fail {
+            peer: peer(),
+            reason: Reason::BadMac,
+            failures: 1,
+        }
+        .encode();
         let mut b = fail;
         b[2..4].copy_from_slice(&99u16.to_be_bytes());
         assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Code(99)));
@@ -617,7 +705,9 @@ mod tests {
         for _ in 0..10_000 {
             let mut g = [0u8; REQUEST_LEN];
             for x in g.iter_mut() {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 *x = (seed >> 56) as u8;
             }
             let _ = Request::decode(&g, 2, 3);
@@ -639,12 +729,35 @@ mod tests {
             shutdown_grace: Duration::from_secs(5),
         };
         let msgs = [
-            Down::Status { id: 9, status: Status::AlreadyActive },
-            Down::Begin { generation: 4, limits: limits.clone(), listeners: 2, exempt: 1, actions: 3 },
-            Down::Listener { index: 1, protocol: Protocol::Ostiary4 },
-            Down::Exempt(IpNet { addr: "10.0.0.0".parse().unwrap(), prefix: 8 }),
-            Down::Exempt(IpNet { addr: "2001:db8::".parse().unwrap(), prefix: 32 }),
-            Down::Action { index: 2, password: true, bind_source: false, secret: Password::new(b"Sample".to_vec()) },
+            Down::Status {
+                id: 9,
+                status: Status::AlreadyActive,
+            },
+            Down::Begin {
+                generation: 4,
+                limits: limits.clone(),
+                listeners: 2,
+                exempt: 1,
+                actions: 3,
+            },
+            Down::Listener {
+                index: 1,
+                protocol: Protocol::Ostiary4,
+            },
+            Down::Exempt(IpNet {
+                addr: "10.0.0.0".parse().unwrap(),
+                prefix: 8,
+            }),
+            Down::Exempt(IpNet {
+                addr: "2001:db8::".parse().unwrap(),
+                prefix: 32,
+            }),
+            Down::Action {
+                index: 2,
+                password: true,
+                bind_source: false,
+                secret: Password::new(b"Sample".to_vec()),
+            },
             Down::End,
         ];
         for m in &msgs {

@@ -56,7 +56,11 @@ pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> Key {
 
 /// The action key for a passphrase, a host name and an action name.
 pub fn key_from_passphrase(passphrase: &[u8], host: &str, action: &str) -> Key {
-    pbkdf2_sha256(passphrase, &passphrase_salt(host, action), PBKDF2_ITERATIONS)
+    pbkdf2_sha256(
+        passphrase,
+        &passphrase_salt(host, action),
+        PBKDF2_ITERATIONS,
+    )
 }
 
 /// The action key for `host` and `action`, derived from a fleet master.

@@ -218,9 +218,8 @@ impl SourceTable {
         }
         let elapsed = now.saturating_duration_since(e.refilled);
         // micro-tokens gained = elapsed_us * per_minute / 60 (saturating).
-        let gained = (elapsed.as_micros().min(u128::from(u64::MAX)) as u64)
-            .saturating_mul(per_minute)
-            / 60;
+        let gained =
+            (elapsed.as_micros().min(u128::from(u64::MAX)) as u64).saturating_mul(per_minute) / 60;
         if gained > 0 {
             e.tokens = e.tokens.saturating_add(gained).min(burst);
             e.refilled = now;
@@ -252,7 +251,9 @@ impl SourceTable {
             e.locked_until = Some(now + duration);
             Strike::LockedOut { failures }
         } else {
-            Strike::Counted { failures: e.failures }
+            Strike::Counted {
+                failures: e.failures,
+            }
         }
     }
 
@@ -425,7 +426,10 @@ mod tests {
         assert_eq!(t.admit(a, t0), Admit::RateLimited { first: false });
         // 60 per minute: one token per second.
         assert_eq!(t.admit(a, t0 + Duration::from_millis(1000)), Admit::Yes);
-        assert_eq!(t.admit(a, t0 + Duration::from_millis(1000)), Admit::RateLimited { first: true });
+        assert_eq!(
+            t.admit(a, t0 + Duration::from_millis(1000)),
+            Admit::RateLimited { first: true }
+        );
     }
 
     // Goal: IPv6 addresses in one /64 share a source; other /64s do not.
@@ -434,10 +438,16 @@ mod tests {
         let t0 = Instant::now();
         let mut t = SourceTable::new(&limits(16, 2, 100, 60));
         t.fail(ip("2001:db8:1:2::1"), t0);
-        assert_eq!(t.fail(ip("2001:db8:1:2:ffff::9"), t0), Strike::LockedOut { failures: 2 });
+        assert_eq!(
+            t.fail(ip("2001:db8:1:2:ffff::9"), t0),
+            Strike::LockedOut { failures: 2 }
+        );
         assert!(t.is_locked(ip("2001:db8:1:2::77"), t0));
         assert!(!t.is_locked(ip("2001:db8:1:3::1"), t0));
-        assert_eq!(SourceKey::of(ip("2001:db8:1:2::1")).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            SourceKey::of(ip("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1:2::/64"
+        );
     }
 
     // Goal: the table never exceeds its bound, however many sources, and

@@ -39,7 +39,11 @@ impl core::fmt::Display for ListenError {
 /// and `[::]` can both be configured on one port).
 pub fn bind_listener(addr: SocketAddr) -> Result<OwnedFd, ListenError> {
     let err = |e| ListenError::Bind(addr, e);
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err)?;
     if addr.is_ipv6() {
@@ -80,7 +84,9 @@ pub fn activation_fds() -> Result<Option<Vec<OwnedFd>>, ListenError> {
         .parse()
         .map_err(|_| ListenError::Activation(format!("LISTEN_FDS={fds} is not a number")))?;
     if !(1..=64).contains(&n) {
-        return Err(ListenError::Activation(format!("LISTEN_FDS={n} out of range 1..64")));
+        return Err(ListenError::Activation(format!(
+            "LISTEN_FDS={n} out of range 1..64"
+        )));
     }
     let mut out = Vec::new();
     for raw in 3..3 + n {

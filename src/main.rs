@@ -45,7 +45,11 @@ fn main() -> ExitCode {
         return usage("--config FILE is required");
     };
     if check {
-        return if postern::daemon::check(&path) { ExitCode::SUCCESS } else { ExitCode::from(1) };
+        return if postern::daemon::check(&path) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
     }
     match postern::daemon::run(&path) {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,7 +53,10 @@ pub enum MonitorError {
 impl core::fmt::Display for MonitorError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            MonitorError::Forged(m) => write!(f, "network process sent a malformed request ({m}); it was killed"),
+            MonitorError::Forged(m) => write!(
+                f,
+                "network process sent a malformed request ({m}); it was killed"
+            ),
             MonitorError::NetworkGone(m) => write!(f, "network process gone: {m}"),
             MonitorError::Setup(m) => f.write_str(m),
         }
@@ -74,24 +77,39 @@ pub struct Bound {
 /// Binds every listener of `config`, reusing sockets from `old` whose
 /// configured address is unchanged. With `activated` descriptors (systemd),
 /// each configured address must match one of them.
-pub fn bind_all(config: &Config, old: &mut Vec<Bound>, activated: Option<Vec<OwnedFd>>) -> Result<Vec<Bound>, ListenError> {
+pub fn bind_all(
+    config: &Config,
+    old: &mut Vec<Bound>,
+    activated: Option<Vec<OwnedFd>>,
+) -> Result<Vec<Bound>, ListenError> {
     let mut pool: Vec<Bound> = std::mem::take(old);
     if let Some(fds) = activated {
         for fd in fds {
-            let local = local_addr(&fd)
-                .ok_or_else(|| ListenError::Activation("passed descriptor is not a TCP socket".into()))?;
-            pool.push(Bound { configured: local, fd, local });
+            let local = local_addr(&fd).ok_or_else(|| {
+                ListenError::Activation("passed descriptor is not a TCP socket".into())
+            })?;
+            pool.push(Bound {
+                configured: local,
+                fd,
+                local,
+            });
         }
     }
     let mut out = Vec::new();
     for l in &config.listeners {
-        let reuse = pool.iter().position(|b| b.configured == l.address || b.local == l.address);
+        let reuse = pool
+            .iter()
+            .position(|b| b.configured == l.address || b.local == l.address);
         match reuse {
             Some(i) => out.push(pool.swap_remove(i)),
             None => {
                 let fd = bind_listener(l.address)?;
                 let local = local_addr(&fd).unwrap_or(l.address);
-                out.push(Bound { configured: l.address, fd, local });
+                out.push(Bound {
+                    configured: l.address,
+                    fd,
+                    local,
+                });
             }
         }
     }
@@ -132,7 +150,12 @@ pub struct NetChild {
 
 impl Monitor {
     /// Wraps the running pieces. `chan` is the monitor end of the pair.
-    pub fn new(config: Config, bound: Vec<Bound>, logger: Arc<Logger>, chan: Channel) -> Rc<Monitor> {
+    pub fn new(
+        config: Config,
+        bound: Vec<Bound>,
+        logger: Arc<Logger>,
+        chan: Channel,
+    ) -> Rc<Monitor> {
         let gates = Gates::new(&config, Arc::clone(&logger));
         Rc::new(Monitor {
             book: RefCell::new(Book {
@@ -161,7 +184,13 @@ impl Monitor {
 
     /// The current config's action called `name`.
     pub fn action_named(&self, name: &str) -> Option<config::Action> {
-        self.book.borrow().config.actions.iter().find(|a| a.name == name).cloned()
+        self.book
+            .borrow()
+            .config
+            .actions
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
     }
 
     /// The current config's actions.
@@ -174,7 +203,11 @@ impl Monitor {
     pub async fn send_config(&self) -> std::io::Result<()> {
         let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
             let b = self.book.borrow();
-            (Rc::clone(&b.config), b.generation, b.bound.iter().map(|x| x.fd.as_raw_fd()).collect())
+            (
+                Rc::clone(&b.config),
+                b.generation,
+                b.bound.iter().map(|x| x.fd.as_raw_fd()).collect(),
+            )
         };
         let max_timeout = config
             .actions
@@ -203,7 +236,10 @@ impl Monitor {
         };
         self.chan.send(&begin.encode(), &[]).await?;
         for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
-            let msg = Down::Listener { index: i as u8, protocol: listener.protocol };
+            let msg = Down::Listener {
+                index: i as u8,
+                protocol: listener.protocol,
+            };
             self.chan.send(&msg.encode(), &[*fd]).await?;
         }
         for net in &l.exempt {
@@ -275,7 +311,8 @@ impl Monitor {
                 if let Some(pid) = net.child.id() {
                     action::kill_group_or_pid(pid, nix::sys::signal::Signal::SIGTERM);
                 }
-                let grace = self.book.borrow().config.daemon.shutdown_grace + Duration::from_secs(1);
+                let grace =
+                    self.book.borrow().config.daemon.shutdown_grace + Duration::from_secs(1);
                 if tokio::time::timeout(grace, net.child.wait()).await.is_err() {
                     let _ = net.child.start_kill();
                     let _ = net.child.wait().await;
@@ -291,7 +328,9 @@ impl Monitor {
                 let _ = net.child.wait().await;
                 self.log(Level::Err, &format!("{e}; stopping"));
                 let config = Rc::clone(&self.book.borrow().config);
-                self.gates.close_all("network process failure", &config).await;
+                self.gates
+                    .close_all("network process failure", &config)
+                    .await;
             }
         }
         result
@@ -307,7 +346,13 @@ impl Monitor {
 
     fn handle(self: &Rc<Self>, req: Request) {
         match req {
-            Request::Run { id, generation, action, peer, target } => {
+            Request::Run {
+                id,
+                generation,
+                action,
+                peer,
+                target,
+            } => {
                 let me = Rc::clone(self);
                 tokio::task::spawn_local(async move {
                     let listener = me.listener_name(peer.listener);
@@ -321,13 +366,20 @@ impl Monitor {
                             status.name()
                         ),
                     );
-                    let _ = me.chan.send(&Down::Status { id, status }.encode(), &[]).await;
+                    let _ = me
+                        .chan
+                        .send(&Down::Status { id, status }.encode(), &[])
+                        .await;
                     if name_is_shutdown(&me, action, generation) && status == Status::Started {
                         me.shutdown.notify_one();
                     }
                 });
             }
-            Request::Fail { peer, reason, failures } => {
+            Request::Fail {
+                peer,
+                reason,
+                failures,
+            } => {
                 self.log(
                     Level::Warning,
                     &format!(
@@ -352,7 +404,11 @@ impl Monitor {
                 );
                 self.on_lockout(peer.addr);
             }
-            Request::Notice { notice, peer, value } => {
+            Request::Notice {
+                notice,
+                peer,
+                value,
+            } => {
                 let listener = self.listener_name(peer.listener);
                 let line = match notice {
                     Notice::HandshakesFull => format!(
@@ -380,7 +436,12 @@ impl Monitor {
 
     /// Runs action `index` of config `generation` for `target` and says
     /// what happened.
-    async fn run_action(self: &Rc<Self>, generation: u32, index: u16, target: IpAddr) -> (Status, String) {
+    async fn run_action(
+        self: &Rc<Self>,
+        generation: u32,
+        index: u16,
+        target: IpAddr,
+    ) -> (Status, String) {
         let (config, current) = {
             let b = self.book.borrow();
             (Rc::clone(&b.config), b.generation)
@@ -390,7 +451,10 @@ impl Monitor {
         };
         let name = action.name.clone();
         if generation != current {
-            self.log(Level::Notice, &format!("action {name}: request from a previous config refused"));
+            self.log(
+                Level::Notice,
+                &format!("action {name}: request from a previous config refused"),
+            );
             return (Status::Refused, name);
         }
         if matches!(action.kind, ActionKind::Shutdown) {
@@ -437,7 +501,13 @@ impl Monitor {
         }
     }
 
-    fn run_plain(self: &Rc<Self>, config: &Rc<Config>, action: &config::Action, run: &config::Argv, target: IpAddr) -> Status {
+    fn run_plain(
+        self: &Rc<Self>,
+        config: &Rc<Config>,
+        action: &config::Action,
+        run: &config::Argv,
+        target: IpAddr,
+    ) -> Status {
         let spec = Spec {
             label: format!("action {} run", action.name),
             argv: run,
@@ -452,16 +522,29 @@ impl Monitor {
                 let name = action.name.clone();
                 let timeout = action.timeout;
                 let pid = started.pid;
-                self.log(Level::Notice, &format!("action {name} run pid={pid} started for addr={target}"));
+                self.log(
+                    Level::Notice,
+                    &format!("action {name} run pid={pid} started for addr={target}"),
+                );
                 tokio::task::spawn_local(async move {
                     let outcome = started.wait(timeout).await;
-                    me.log(Level::Notice, &format!("action {name} run pid={pid} {}", outcome.describe()));
+                    me.log(
+                        Level::Notice,
+                        &format!("action {name} run pid={pid} {}", outcome.describe()),
+                    );
                     me.finished(&name);
                 });
                 Status::Started
             }
             Err(e) => {
-                self.log(Level::Err, &format!("action {} run failed to start {}: {e}", action.name, run.program()));
+                self.log(
+                    Level::Err,
+                    &format!(
+                        "action {} run failed to start {}: {e}",
+                        action.name,
+                        run.program()
+                    ),
+                );
                 self.finished(&action.name);
                 Status::Failed
             }
@@ -510,12 +593,18 @@ impl Monitor {
                 let timeout = cmd.timeout;
                 tokio::task::spawn_local(async move {
                     let outcome = started.wait(timeout).await;
-                    me.log(Level::Notice, &format!("on_lockout for addr={addr} {}", outcome.describe()));
+                    me.log(
+                        Level::Notice,
+                        &format!("on_lockout for addr={addr} {}", outcome.describe()),
+                    );
                     done(&me);
                 });
             }
             Err(e) => {
-                self.log(Level::Err, &format!("on_lockout failed to start {}: {e}", cmd.argv.program()));
+                self.log(
+                    Level::Err,
+                    &format!("on_lockout failed to start {}: {e}", cmd.argv.program()),
+                );
                 done(self);
             }
         }
@@ -541,7 +630,10 @@ impl Monitor {
             Ok(b) => b,
             Err(e) => {
                 self.book.borrow_mut().bound = restore(old, &self.book.borrow().config);
-                self.log(Level::Err, &format!("reload failed: {e}; keeping the running config"));
+                self.log(
+                    Level::Err,
+                    &format!("reload failed: {e}; keeping the running config"),
+                );
                 return;
             }
         };
@@ -558,7 +650,10 @@ impl Monitor {
         }
         match self.send_config().await {
             Ok(()) => self.log(Level::Notice, &format!("reloaded {}", path.display())),
-            Err(e) => self.log(Level::Err, &format!("reload: sending config to the network process failed: {e}")),
+            Err(e) => self.log(
+                Level::Err,
+                &format!("reload: sending config to the network process failed: {e}"),
+            ),
         }
     }
 }
@@ -577,8 +672,7 @@ fn restore(mut old: Vec<Bound>, config: &Config) -> Vec<Bound> {
 fn name_is_shutdown(m: &Monitor, index: u16, generation: u32) -> bool {
     let b = m.book.borrow();
     b.generation == generation
-        && b
-            .config
+        && b.config
             .actions
             .get(usize::from(index))
             .is_some_and(|a| matches!(a.kind, ActionKind::Shutdown))

@@ -100,12 +100,19 @@ impl State {
     }
 
     fn fail(self: &Rc<Self>, peer: Peer, reason: Reason) {
-        let strike = self.table.borrow_mut().fail(peer.addr, std::time::Instant::now());
+        let strike = self
+            .table
+            .borrow_mut()
+            .fail(peer.addr, std::time::Instant::now());
         let failures = match strike {
             Strike::Counted { failures } | Strike::LockedOut { failures } => failures,
             Strike::Exempt => 0,
         };
-        self.send(Request::Fail { peer, reason, failures });
+        self.send(Request::Fail {
+            peer,
+            reason,
+            failures,
+        });
         if let Strike::LockedOut { failures } = strike {
             self.send(Request::Lockout { peer, failures });
         }
@@ -116,7 +123,11 @@ impl State {
         let full = self.table.borrow_mut().take_full_note();
         if full {
             let cap = self.table.borrow().capacity() as u32;
-            self.send(Request::Notice { notice: Notice::SourceTableFull, peer, value: cap });
+            self.send(Request::Notice {
+                notice: Notice::SourceTableFull,
+                peer,
+                value: cap,
+            });
         }
     }
 }
@@ -234,7 +245,8 @@ fn to_limits(cfg: &NetConfig) -> Limits {
 /// Pins the prepared key states in RAM. Returns false if the system
 /// refused (RLIMIT_MEMLOCK); keys then stay usable, only swappable.
 fn lock_secrets(config: &NetConfig) -> bool {
-    crate::sys::lock_slice(config.postern.prepared()) & crate::sys::lock_slice(config.ostiary.prepared())
+    crate::sys::lock_slice(config.postern.prepared())
+        & crate::sys::lock_slice(config.ostiary.prepared())
 }
 
 type BeginFields = (u32, NetLimits, u16, u16, u16);
@@ -250,9 +262,13 @@ async fn receive_config(
         None => {
             let r = chan.recv(buf).await.map_err(NetError::Channel)?;
             match Down::decode(&buf[..r.len]) {
-                Some(Down::Begin { generation, limits, listeners, exempt, actions }) => {
-                    (generation, limits, listeners, exempt, actions)
-                }
+                Some(Down::Begin {
+                    generation,
+                    limits,
+                    listeners,
+                    exempt,
+                    actions,
+                }) => (generation, limits, listeners, exempt, actions),
                 _ => return Err(NetError::Protocol("expected config")),
             }
         }
@@ -269,14 +285,24 @@ async fn receive_config(
         }
         match Down::decode(&buf[..r.len]) {
             Some(Down::Listener { index, protocol }) => {
-                let fd = r.fds.pop().ok_or(NetError::Protocol("listener without socket"))?;
+                let fd = r
+                    .fds
+                    .pop()
+                    .ok_or(NetError::Protocol("listener without socket"))?;
                 let std_listener = std::net::TcpListener::from(fd);
-                std_listener.set_nonblocking(true).map_err(NetError::Listener)?;
+                std_listener
+                    .set_nonblocking(true)
+                    .map_err(NetError::Listener)?;
                 let l = TcpListener::from_std(std_listener).map_err(NetError::Listener)?;
                 listeners.push((l, protocol, index));
             }
             Some(Down::Exempt(net)) => exempt.push(net),
-            Some(Down::Action { index, password, bind_source, secret }) => {
+            Some(Down::Action {
+                index,
+                password,
+                bind_source,
+                secret,
+            }) => {
                 let aref = ActionRef { index, bind_source };
                 if password {
                     passwords.push((aref, secret));
@@ -338,23 +364,42 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                 // Typically EMFILE/ENFILE: note once per episode, back off
                 // briefly so the loop does not spin, and keep serving.
                 if !state.accept_error_noted.replace(true) {
-                    let peer = Peer { listener: index, addr: local_ip(&listener), port: 0 };
+                    let peer = Peer {
+                        listener: index,
+                        addr: local_ip(&listener),
+                        port: 0,
+                    };
                     let errno = e.raw_os_error().unwrap_or(0) as u32;
-                    state.send(Request::Notice { notice: Notice::AcceptError, peer, value: errno });
+                    state.send(Request::Notice {
+                        notice: Notice::AcceptError,
+                        peer,
+                        value: errno,
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let ip = wire::canonical_ip(addr.ip());
-        let peer = Peer { listener: index, addr: ip, port: addr.port() };
-        let admit = state.table.borrow_mut().admit(ip, std::time::Instant::now());
+        let peer = Peer {
+            listener: index,
+            addr: ip,
+            port: addr.port(),
+        };
+        let admit = state
+            .table
+            .borrow_mut()
+            .admit(ip, std::time::Instant::now());
         match admit {
             Admit::Yes => {}
             Admit::Locked => continue,
             Admit::RateLimited { first } => {
                 if first {
-                    state.send(Request::Notice { notice: Notice::RateLimited, peer, value: 0 });
+                    state.send(Request::Notice {
+                        notice: Notice::RateLimited,
+                        peer,
+                        value: 0,
+                    });
                 }
                 continue;
             }
@@ -362,15 +407,23 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
         state.note_table_full(peer);
         if state.slots.borrow_mut().take_full_note() {
             let cap = state.config.borrow().limits.max_handshakes.get() as u32;
-            state.send(Request::Notice { notice: Notice::HandshakesFull, peer, value: cap });
+            state.send(Request::Notice {
+                notice: Notice::HandshakesFull,
+                peer,
+                value: cap,
+            });
         }
         let (id, evicted) = state.slots.borrow_mut().reserve();
         if let Some((_, (old, handle))) = evicted {
             handle.abort();
             state.fail(old, Reason::Evicted);
         }
-        let task = tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, protocol, id));
-        state.slots.borrow_mut().insert(id, ip, (peer, task.abort_handle()));
+        let task =
+            tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, protocol, id));
+        state
+            .slots
+            .borrow_mut()
+            .insert(id, ip, (peer, task.abort_handle()));
     }
 }
 
@@ -399,7 +452,9 @@ struct AckGuard(Rc<State>);
 
 impl Drop for AckGuard {
     fn drop(&mut self) {
-        self.0.acks_in_flight.set(self.0.acks_in_flight.get().saturating_sub(1));
+        self.0
+            .acks_in_flight
+            .set(self.0.acks_in_flight.get().saturating_sub(1));
     }
 }
 
@@ -412,7 +467,10 @@ fn io_reason(e: &std::io::Error) -> Reason {
 
 /// Reads exactly `N` bytes under `deadline`, mapping every failure to its
 /// reason. Never reads more than `N` bytes.
-async fn read_fixed<const N: usize>(stream: &mut TcpStream, deadline: Instant) -> Result<[u8; N], Reason> {
+async fn read_fixed<const N: usize>(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> Result<[u8; N], Reason> {
     let mut buf = [0u8; N];
     match tokio::time::timeout_at(deadline, stream.read_exact(&mut buf)).await {
         Err(_) => Err(Reason::Timeout),
@@ -429,7 +487,10 @@ fn sent_extra(stream: &TcpStream) -> bool {
 }
 
 async fn connection(state: Rc<State>, stream: TcpStream, peer: Peer, protocol: Protocol, id: u64) {
-    let guard = SlotGuard { state: Rc::clone(&state), id };
+    let guard = SlotGuard {
+        state: Rc::clone(&state),
+        id,
+    };
     let cfg = Rc::clone(&state.config.borrow());
     let deadline = Instant::now() + cfg.limits.handshake_timeout;
     let _ = stream.set_nodelay(true);
@@ -448,7 +509,11 @@ async fn postern1(
     guard: SlotGuard,
 ) {
     let Ok(greeting) = wire::fresh_greeting() else {
-        state.send(Request::Notice { notice: Notice::RandomFailed, peer, value: 0 });
+        state.send(Request::Notice {
+            notice: Notice::RandomFailed,
+            peer,
+            value: 0,
+        });
         return;
     };
     match tokio::time::timeout_at(deadline, stream.write_all(&greeting)).await {
@@ -503,7 +568,11 @@ async fn ostiary4(
 ) {
     let mut salt = [0u8; OSTIARY_SALT_LEN];
     if getrandom::getrandom(&mut salt).is_err() {
-        state.send(Request::Notice { notice: Notice::RandomFailed, peer, value: 0 });
+        state.send(Request::Notice {
+            notice: Notice::RandomFailed,
+            peer,
+            value: 0,
+        });
         return;
     }
     match tokio::time::timeout_at(deadline, stream.write_all(&salt)).await {
@@ -530,10 +599,20 @@ async fn ostiary4(
 }
 
 /// Asks the monitor to run an action and waits for its status.
-async fn ask_monitor(state: &Rc<State>, cfg: &NetConfig, action: u16, peer: Peer, target: IpAddr) -> Option<Status> {
+async fn ask_monitor(
+    state: &Rc<State>,
+    cfg: &NetConfig,
+    action: u16,
+    peer: Peer,
+    target: IpAddr,
+) -> Option<Status> {
     if state.acks_in_flight.get() >= MAX_PENDING_ACKS {
         if !state.lock_noted.replace(true) {
-            state.send(Request::Notice { notice: Notice::HandshakesFull, peer, value: MAX_PENDING_ACKS as u32 });
+            state.send(Request::Notice {
+                notice: Notice::HandshakesFull,
+                peer,
+                value: MAX_PENDING_ACKS as u32,
+            });
         }
         return None;
     }
@@ -544,7 +623,13 @@ async fn ask_monitor(state: &Rc<State>, cfg: &NetConfig, action: u16, peer: Peer
     state.next_id.set(id.wrapping_add(1).max(1));
     let (tx, rx) = oneshot::channel();
     state.pending.borrow_mut().insert(id, tx);
-    let req = Request::Run { id, generation: cfg.generation, action, peer, target };
+    let req = Request::Run {
+        id,
+        generation: cfg.generation,
+        action,
+        peer,
+        target,
+    };
     if state.chan.send(&req.encode(), &[]).await.is_err() {
         state.pending.borrow_mut().remove(&id);
         return None;

@@ -92,8 +92,10 @@ pub fn prepare_chroot(dir: &Path) -> Result<(), PrivError> {
 /// (so other processes of the same uid cannot ptrace it or read its
 /// memory through /proc).
 pub fn harden_self() -> Result<(), PrivError> {
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| PrivError::Call("setrlimit(RLIMIT_CORE)", e))?;
-    nix::sys::prctl::set_dumpable(false).map_err(|e| PrivError::Call("prctl(PR_SET_DUMPABLE)", e))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| PrivError::Call("setrlimit(RLIMIT_CORE)", e))?;
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| PrivError::Call("prctl(PR_SET_DUMPABLE)", e))?;
     Ok(())
 }
 
@@ -121,14 +123,17 @@ pub fn enter_jail(jail: &Jail) -> Result<bool, PrivError> {
         if groups.iter().any(|g| *g != gid) {
             return Err(PrivError::Verify("supplementary groups"));
         }
-        if nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::seteuid(Uid::from_raw(0)).is_ok() {
+        if nix::unistd::setuid(Uid::from_raw(0)).is_ok()
+            || nix::unistd::seteuid(Uid::from_raw(0)).is_ok()
+        {
             return Err(PrivError::Verify("root could be regained"));
         }
         if jail.gid != 0 && nix::unistd::setgid(Gid::from_raw(0)).is_ok() {
             return Err(PrivError::Verify("gid 0 could be regained"));
         }
     }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError::Call("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(|e| PrivError::Call("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
     harden_self()?;
     setrlimit(Resource::RLIMIT_NOFILE, jail.nofile, jail.nofile)
         .map_err(|e| PrivError::Call("setrlimit(RLIMIT_NOFILE)", e))?;

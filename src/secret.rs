@@ -231,12 +231,18 @@ mod tests {
     // right error.
     #[test]
     fn key_parse_errors() {
-        assert_eq!(Key::from_base64("Zm9v").unwrap_err(), KeyError::WrongLength(3));
+        assert_eq!(
+            Key::from_base64("Zm9v").unwrap_err(),
+            KeyError::WrongLength(3)
+        );
         assert_eq!(Key::from_base64("!!!!").unwrap_err(), KeyError::NotBase64);
         assert_eq!(Key::from_base64("Zm9=v").unwrap_err(), KeyError::NotBase64);
         assert_eq!(Key::from_base64("Zh==").unwrap_err(), KeyError::NotBase64);
         let long = b64_encode(&[7u8; 40]);
-        assert_eq!(Key::from_base64(&long).unwrap_err(), KeyError::WrongLength(40));
+        assert_eq!(
+            Key::from_base64(&long).unwrap_err(),
+            KeyError::WrongLength(40)
+        );
         let good = b64_encode(&[9u8; 32]);
         let k = Key::from_base64(&format!("  {good}\n")).unwrap();
         assert_eq!(k.expose(), &[9u8; 32]);
@@ -248,7 +254,10 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         assert_eq!(format!("{:?}", Key::from_bytes([1; 32])), "Key(<redacted>)");
-        assert_eq!(format!("{:?}", Password::new(b"pw".to_vec())), "Password(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Password::new(b"pw".to_vec())),
+            "Password(<redacted>)"
+        );
     }
 
     // Goal: generated keys are 32 bytes from the OS and differ.
@@ -257,6 +266,9 @@ mod tests {
         let a = Key::generate().unwrap();
         let b = Key::generate().unwrap();
         assert!(!a.ct_eq(&b));
-        assert_eq!(Key::from_base64(&a.to_base64()).unwrap().expose(), a.expose());
+        assert_eq!(
+            Key::from_base64(&a.to_base64()).unwrap().expose(),
+            a.expose()
+        );
     }
 }

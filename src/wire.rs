@@ -239,7 +239,11 @@ impl Verifier {
 
     /// Checks a postern-1 reply. Returns the index of the matching key and
     /// the asserted address it carries.
-    pub fn check_reply(&self, greeting: &Greeting, reply: &Reply) -> Option<(usize, Option<IpAddr>)> {
+    pub fn check_reply(
+        &self,
+        greeting: &Greeting,
+        reply: &Reply,
+    ) -> Option<(usize, Option<IpAddr>)> {
         let mut field = [0u8; ADDR_LEN];
         field.copy_from_slice(&reply[..ADDR_LEN]);
         let idx = self.find(&reply[ADDR_LEN..], |k| {
@@ -249,7 +253,11 @@ impl Verifier {
     }
 
     /// Checks an ostiary-4 reply against every password.
-    pub fn check_ostiary(&self, salt: &[u8; OSTIARY_SALT_LEN], reply: &[u8; OSTIARY_REPLY_LEN]) -> Option<usize> {
+    pub fn check_ostiary(
+        &self,
+        salt: &[u8; OSTIARY_SALT_LEN],
+        reply: &[u8; OSTIARY_REPLY_LEN],
+    ) -> Option<usize> {
         self.find(reply, |k| k.mac(&[salt]))
     }
 
@@ -291,15 +299,19 @@ mod tests {
     // Goal: the ostiary-4 vector from Ostiary 4.0 holds.
     #[test]
     fn ostiary_vector() {
-        let salt: [u8; 32] = unhex("f2abdc79cfcc1b109ebc8e9fa65605e9d7a3fe9a2be2fe119356a800cf418c1f")
-            .try_into()
-            .unwrap();
+        let salt: [u8; 32] =
+            unhex("f2abdc79cfcc1b109ebc8e9fa65605e9d7a3fe9a2be2fe119356a800cf418c1f")
+                .try_into()
+                .unwrap();
         let pw = MacKey::new(b"Sample");
         assert_eq!(
             ostiary_reply(&pw, &salt).to_vec(),
             unhex("72f5556a4e4c61cdfd198426718c4ba72db2a169c619cfa453f5410ea2821129")
         );
-        let v = Verifier::from_passwords([&Password::new(b"other".to_vec()), &Password::new(b"Sample".to_vec())]);
+        let v = Verifier::from_passwords([
+            &Password::new(b"other".to_vec()),
+            &Password::new(b"Sample".to_vec()),
+        ]);
         assert_eq!(v.check_ostiary(&salt, &ostiary_reply(&pw, &salt)), Some(1));
         assert_eq!(v.check_ostiary(&salt, &[0u8; 32]), None);
     }

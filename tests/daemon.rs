@@ -18,7 +18,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// A config with two `touch`-like actions writing `{addr}` into files.
-fn two_actions(s: &Scratch, extra_limits: &str) -> (String, postern::secret::Key, postern::secret::Key) {
+fn two_actions(
+    s: &Scratch,
+    extra_limits: &str,
+) -> (String, postern::secret::Key, postern::secret::Key) {
     let (ka, ba) = key();
     let (kb, bb) = key();
     let cfg = format!(
@@ -53,7 +56,9 @@ fn correct_key_fires_only_that_action() {
     let out = std::fs::read_to_string(&alpha).unwrap();
     assert!(out.lines().any(|l| l == "::1 alpha ::1"), "{out}");
     assert!(!beta.exists(), "beta must not fire");
-    assert!(d.lines().iter().any(|l| l.contains("ok src=127.0.0.1") && l.contains("action=alpha") && l.contains("status=started")));
+    assert!(d.lines().iter().any(|l| l.contains("ok src=127.0.0.1")
+        && l.contains("action=alpha")
+        && l.contains("status=started")));
 }
 
 // Goal: a wrong key fires nothing, gets no ack, and is logged as a
@@ -78,7 +83,10 @@ fn wrong_key_fires_nothing() {
 #[test]
 fn every_short_and_long_reply_is_a_failure() {
     let s = Scratch::new("lengths");
-    let (cfg, ka, _) = two_actions(&s, "exempt = [\"127.0.0.0/8\"]\nrate_burst = 1000\nrate_per_minute = 60000");
+    let (cfg, ka, _) = two_actions(
+        &s,
+        "exempt = [\"127.0.0.0/8\"]\nrate_burst = 1000\nrate_per_minute = 60000",
+    );
     let alpha = s.path("alpha.out");
     let d = Daemon::start(s, &cfg);
     for len in 0..REPLY_LEN {
@@ -118,7 +126,10 @@ fn silent_peer_times_out() {
     let _ = c.read_to_end(&mut rest);
     let took = t.elapsed();
     assert!(rest.is_empty());
-    assert!(took >= Duration::from_millis(200) && took < 3 * SEC, "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < 3 * SEC,
+        "closed after {took:?}"
+    );
     d.wait_log("reason=timeout", 5 * SEC);
 }
 
@@ -137,10 +148,16 @@ fn lockout_after_n_failures_and_expiry() {
     d.wait_log("lockout src=127.0.0.2", 5 * SEC);
     assert_eq!(trigger_from(d.addr(), a, &ka, None), Outcome::NoGreeting);
     // Another source is still served.
-    assert_eq!(trigger_from(d.addr(), Some(ip("127.0.0.3")), &ka, None), Outcome::Ack(Status::Started));
+    assert_eq!(
+        trigger_from(d.addr(), Some(ip("127.0.0.3")), &ka, None),
+        Outcome::Ack(Status::Started)
+    );
     std::thread::sleep(Duration::from_millis(1200));
     d.wait_log("exit=0", 5 * SEC);
-    assert_eq!(trigger_from(d.addr(), a, &ka, None), Outcome::Ack(Status::Started));
+    assert_eq!(
+        trigger_from(d.addr(), a, &ka, None),
+        Outcome::Ack(Status::Started)
+    );
 }
 
 // Goal: a locked source is closed before the greeting, so it learns
@@ -182,9 +199,16 @@ fn eviction_lets_real_client_through() {
     }
     d.wait_log("limit max_handshakes=8", 5 * SEC);
     let t = Instant::now();
-    assert_eq!(trigger_from(d.addr(), Some(ip("127.0.2.1")), &ka, None), Outcome::Ack(Status::Started));
+    assert_eq!(
+        trigger_from(d.addr(), Some(ip("127.0.2.1")), &ka, None),
+        Outcome::Ack(Status::Started)
+    );
     assert!(t.elapsed() < 2 * SEC, "real client took {:?}", t.elapsed());
-    assert_eq!(d.count("limit max_handshakes=8"), 1, "the limit is logged once, not per event");
+    assert_eq!(
+        d.count("limit max_handshakes=8"),
+        1,
+        "the limit is logged once, not per event"
+    );
     assert!(d.count("reason=evicted") >= 32);
 }
 
@@ -202,12 +226,21 @@ fn bind_source_mismatch_refused() {
     );
     let d = Daemon::start(s, &cfg);
     let src = Some(ip("127.0.0.5"));
-    assert_eq!(trigger_from(d.addr(), src, &k, Some(ip("203.0.113.9"))), Outcome::Ack(Status::Refused));
-    assert_eq!(trigger_from(d.addr(), src, &k, None), Outcome::Ack(Status::Refused));
+    assert_eq!(
+        trigger_from(d.addr(), src, &k, Some(ip("203.0.113.9"))),
+        Outcome::Ack(Status::Refused)
+    );
+    assert_eq!(
+        trigger_from(d.addr(), src, &k, None),
+        Outcome::Ack(Status::Refused)
+    );
     d.wait_log("reason=bind-mismatch", 5 * SEC);
     std::thread::sleep(Duration::from_millis(200));
     assert!(!out.exists());
-    assert_eq!(trigger_from(d.addr(), src, &k, src), Outcome::Ack(Status::Started));
+    assert_eq!(
+        trigger_from(d.addr(), src, &k, src),
+        Outcome::Ack(Status::Started)
+    );
     assert_eq!(wait_file(&out, 5 * SEC).trim(), "127.0.0.5");
 }
 
@@ -226,7 +259,10 @@ fn action_timeout_kills_process_group() {
     let d = Daemon::start(s, &cfg);
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
     let text = wait_file(&pids, 5 * SEC);
-    let nums: Vec<u32> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let nums: Vec<u32> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     assert!(nums.iter().all(|p| pid_alive(*p)));
     d.wait_log("timeout; process group killed", 10 * SEC);
     let end = Instant::now() + 5 * SEC;
@@ -315,7 +351,11 @@ fn sighup_valid_and_invalid() {
     d.signal(nix::sys::signal::Signal::SIGHUP);
     d.wait_log("reloaded", 5 * SEC);
     assert_eq!(trigger(d.addr(), &k2), Outcome::Ack(Status::Started));
-    assert_eq!(trigger_from(d.addr(), locked, &k1, None), Outcome::NoGreeting, "lockout survives reload");
+    assert_eq!(
+        trigger_from(d.addr(), locked, &k1, None),
+        Outcome::NoGreeting,
+        "lockout survives reload"
+    );
     // Invalid: the old config stays.
     d.rewrite("[[listen]]\naddress = \"not an address\"\n");
     d.signal(nix::sys::signal::Signal::SIGHUP);
@@ -330,9 +370,14 @@ fn sighup_valid_and_invalid() {
 // and fires the action; a wrong password fires nothing.
 #[test]
 fn ostiary_vector_mode() {
-    let salt: [u8; 32] = hex("f2abdc79cfcc1b109ebc8e9fa65605e9d7a3fe9a2be2fe119356a800cf418c1f").try_into().unwrap();
+    let salt: [u8; 32] = hex("f2abdc79cfcc1b109ebc8e9fa65605e9d7a3fe9a2be2fe119356a800cf418c1f")
+        .try_into()
+        .unwrap();
     let want = hex("72f5556a4e4c61cdfd198426718c4ba72db2a169c619cfa453f5410ea2821129");
-    assert_eq!(wire::ostiary_reply(&MacKey::new(b"Sample"), &salt).to_vec(), want);
+    assert_eq!(
+        wire::ostiary_reply(&MacKey::new(b"Sample"), &salt).to_vec(),
+        want
+    );
 
     let s = Scratch::new("ostiary");
     let out = s.path("ost.out");
@@ -346,19 +391,26 @@ fn ostiary_vector_mode() {
         let mut c = connect(d.addr(), None);
         let mut salt = [0u8; 32];
         c.read_exact(&mut salt).unwrap();
-        c.write_all(&wire::ostiary_reply(&MacKey::new(pw), &salt)).unwrap();
+        c.write_all(&wire::ostiary_reply(&MacKey::new(pw), &salt))
+            .unwrap();
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
         rest
     };
     assert!(exchange(b"Wrong").is_empty());
     d.wait_log("reason=bad-mac", 5 * SEC);
-    assert!(exchange(b"Sample").is_empty(), "ostiary-4 sends nothing back");
+    assert!(
+        exchange(b"Sample").is_empty(),
+        "ostiary-4 sends nothing back"
+    );
     assert_eq!(wait_file(&out, 5 * SEC).trim(), "127.0.0.1");
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 // Goal: `--check` accepts a valid config and rejects an invalid one with
@@ -369,11 +421,25 @@ fn check_mode_exit_codes() {
     let (cfg, _, _) = two_actions(&s, "");
     let good = s.path("good.toml");
     write_private(&good, &cfg);
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_posternd")).arg("--config").arg(&good).arg("--check").output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_posternd"))
+        .arg("--config")
+        .arg(&good)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let bad = s.path("bad.toml");
     write_private(&bad, "[[listen]]\naddress = \"127.0.0.1:0\"\nbogus = 1\n");
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_posternd")).arg("--config").arg(&bad).arg("--check").output().unwrap();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_posternd"))
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check")
+        .output()
+        .unwrap();
     assert_eq!(st.status.code(), Some(1));
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("bad.toml"), "{err}");

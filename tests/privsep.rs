@@ -53,21 +53,37 @@ fn network_process_is_jailed() {
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let uid = nobody.uid.as_raw().to_string();
     let gid = nobody.gid.as_raw().to_string();
-    assert_eq!(status_field(net, "Uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
-    assert_eq!(status_field(net, "Gid"), format!("{gid}\t{gid}\t{gid}\t{gid}"));
+    assert_eq!(
+        status_field(net, "Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}")
+    );
+    assert_eq!(
+        status_field(net, "Gid"),
+        format!("{gid}\t{gid}\t{gid}\t{gid}")
+    );
     assert_eq!(status_field(net, "Groups"), "");
     assert_eq!(status_field(net, "NoNewPrivs"), "1");
     assert_eq!(status_field(net, "CapEff"), "0000000000000000");
     assert_eq!(status_field(net, "CapPrm"), "0000000000000000");
     let root = std::fs::read_link(format!("/proc/{net}/root")).unwrap();
     assert_eq!(root, chroot);
-    assert_eq!(std::fs::read_dir(&chroot).unwrap().count(), 0, "the chroot is empty");
+    assert_eq!(
+        std::fs::read_dir(&chroot).unwrap().count(),
+        0,
+        "the chroot is empty"
+    );
     // Seen from inside its root, /etc/passwd does not exist.
     assert!(!std::path::Path::new(&format!("/proc/{net}/root/etc/passwd")).exists());
     let limits = std::fs::read_to_string(format!("/proc/{net}/limits")).unwrap();
-    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
     assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
-    let files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
     let soft: u64 = files.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(soft < 1024, "{files}");
     // The monitor itself is not dumpable either: its /proc files are root's.
@@ -77,7 +93,11 @@ fn network_process_is_jailed() {
 async fn forged(bytes: Vec<u8>) -> (Result<(), MonitorError>, u32) {
     let s = Scratch::new("forged");
     std::fs::create_dir_all(s.path("state")).unwrap();
-    let user = if is_root() { "nobody".to_string() } else { whoami() };
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
     let (cfg, _) = simple_config(&s, &user);
     let path = s.path("c.toml");
     write_private(&path, &cfg);
@@ -87,7 +107,10 @@ async fn forged(bytes: Vec<u8>) -> (Result<(), MonitorError>, u32) {
     let bound = postern::monitor::bind_all(&config, &mut Vec::new(), None).unwrap();
     let m = Monitor::new(config, bound, logger, Channel::new(mine).unwrap());
     // A stand-in for the network process that the monitor must kill.
-    let child = tokio::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let child = tokio::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let pid = child.id().unwrap();
     let fake_net = Channel::new(theirs).unwrap();
     let sender = tokio::task::spawn_local(async move {
@@ -96,17 +119,25 @@ async fn forged(bytes: Vec<u8>) -> (Result<(), MonitorError>, u32) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(fake_net);
     });
-    let r = tokio::time::timeout(Duration::from_secs(4), m.run(NetChild { child })).await.expect("monitor must react");
+    let r = tokio::time::timeout(Duration::from_secs(4), m.run(NetChild { child }))
+        .await
+        .expect("monitor must react");
     sender.abort();
     (r, pid)
 }
 
 fn whoami() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap().name
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name
 }
 
 fn run_local<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
@@ -115,23 +146,68 @@ fn run_local<F: std::future::Future>(f: F) -> F::Output {
 // error (posternd then exits non-zero).
 #[test]
 fn forged_request_kills_daemon() {
-    let peer = Peer { listener: 0, addr: "127.0.0.1".parse().unwrap(), port: 1 };
-    let out_of_range = Request::Run { id: 1, generation: 1, action: 7, peer, target: peer.addr }.encode().to_vec();
-    let mut short = Request::Fail { peer, reason: Reason::BadMac, failures: 1 }.encode().to_vec();
+    let peer = Peer {
+        listener: 0,
+        addr: "127.0.0.1".parse().unwrap(),
+        port: 1,
+    };
+    let out_of_range = Request::Run {
+        id: 1,
+        generation: 1,
+        action: 7,
+        peer,
+        target: peer.addr,
+    }
+    .encode()
+    .to_vec();
+    let mut short = Request::Fail {
+        peer,
+        reason: Reason::BadMac,
+        failures: 1,
+    }
+    .encode()
+    .to_vec();
     short.pop();
-    let mut long = Request::Fail { peer, reason: Reason::BadMac, failures: 1 }.encode().to_vec();
+    let mut long = Request::Fail {
+        peer,
+        reason: Reason::BadMac,
+        failures: 1,
+    }
+    .encode()
+    .to_vec();
     long.push(0);
-    let garbage: Vec<u8> = (0..REQUEST_LEN as u8).map(|i| i.wrapping_mul(151).wrapping_add(7)).collect();
-    for (what, bytes) in [("out-of-range index", out_of_range), ("short", short), ("long", long), ("garbage", garbage)] {
+    let garbage: Vec<u8> = (0..REQUEST_LEN as u8)
+        .map(|i| i.wrapping_mul(151).wrapping_add(7))
+        .collect();
+    for (what, bytes) in [
+        ("out-of-range index", out_of_range),
+        ("short", short),
+        ("long", long),
+        ("garbage", garbage),
+    ] {
         let (r, pid) = run_local(forged(bytes));
         assert!(matches!(r, Err(MonitorError::Forged(_))), "{what}: {r:?}");
-        assert!(!pid_alive(pid), "{what}: the network process must be killed");
+        assert!(
+            !pid_alive(pid),
+            "{what}: the network process must be killed"
+        );
     }
     // Control: a well-formed request is not fatal (the monitor keeps
     // running until the test's timeout).
-    let ok = Request::Fail { peer, reason: Reason::BadMac, failures: 1 }.encode().to_vec();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let r = tokio::task::LocalSet::new().block_on(&rt, async { tokio::time::timeout(Duration::from_millis(500), forged(ok)).await });
+    let ok = Request::Fail {
+        peer,
+        reason: Reason::BadMac,
+        failures: 1,
+    }
+    .encode()
+    .to_vec();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = tokio::task::LocalSet::new().block_on(&rt, async {
+        tokio::time::timeout(Duration::from_millis(500), forged(ok)).await
+    });
     assert!(r.is_err(), "a valid request must not stop the monitor");
 }
 
@@ -140,11 +216,19 @@ fn forged_request_kills_daemon() {
 #[test]
 fn killing_network_process_stops_daemon() {
     let s = Scratch::new("killnet");
-    let user = if is_root() { "nobody".to_string() } else { whoami() };
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
     let (cfg, _) = simple_config(&s, &user);
     let mut d = Daemon::start(s, &cfg);
     let net = d.network_pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(net as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(net as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let st = d.wait_exit(5 * SEC).expect("posternd must exit");
     assert!(!st.success(), "{st:?}");
     assert!(d.count("network process gone") >= 1);
@@ -156,7 +240,11 @@ fn killing_network_process_stops_daemon() {
 #[test]
 fn killing_monitor_stops_network_process() {
     let s = Scratch::new("killmon");
-    let user = if is_root() { "nobody".to_string() } else { whoami() };
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
     let (cfg, _) = simple_config(&s, &user);
     let mut d = Daemon::start(s, &cfg);
     let net = d.network_pid();
@@ -190,8 +278,16 @@ fn actions_run_as_configured_user() {
     let d = Daemon::start(s, &cfg);
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
     let got = wait_file(&out, 5 * SEC);
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
-    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap().gid.as_raw();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
     assert_eq!(got.trim(), format!("{nobody} {nogroup} {nogroup}"));
 }
 
@@ -200,7 +296,11 @@ fn actions_run_as_configured_user() {
 #[test]
 fn socket_activation() {
     let s = Scratch::new("activation");
-    let user = if is_root() { "nobody".to_string() } else { whoami() };
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (k, b) = key();
@@ -209,19 +309,39 @@ fn socket_activation() {
         daemon_table(&s)
     );
     let fd = listener.as_raw_fd();
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
     let d = Daemon::start_with(s, &cfg, |cmd| {
         let exe = env!("CARGO_BIN_EXE_posternd");
-        let program = cmd.get_args().map(|a| a.to_string_lossy().to_string()).collect::<Vec<_>>();
-        let dup = if fd == 3 { String::new() } else { format!("exec 3<&{fd} {fd}<&-; ") };
-        let script = format!("{dup}LISTEN_PID=$$ LISTEN_FDS=1 exec {exe} {}", program.join(" "));
+        let program = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect::<Vec<_>>();
+        let dup = if fd == 3 {
+            String::new()
+        } else {
+            format!("exec 3<&{fd} {fd}<&-; ")
+        };
+        let script = format!(
+            "{dup}LISTEN_PID=$$ LISTEN_FDS=1 exec {exe} {}",
+            program.join(" ")
+        );
         let mut sh = std::process::Command::new("/bin/bash");
         sh.arg("-c").arg(script);
         *cmd = sh;
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped())
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
     });
     drop(listener);
-    assert!(d.lines().iter().any(|l| l.contains("socket-activated")), "{:?}", d.lines());
+    assert!(
+        d.lines().iter().any(|l| l.contains("socket-activated")),
+        "{:?}",
+        d.lines()
+    );
     assert_eq!(d.addr(), addr);
     assert_eq!(trigger(addr, &k), Outcome::Ack(Status::Started));
 }

@@ -88,11 +88,19 @@ impl Daemon {
         Self::start_with(scratch, config, |c| c)
     }
 
-    pub fn start_with(scratch: Scratch, config: &str, tweak: impl FnOnce(&mut Command) -> &mut Command) -> Daemon {
+    pub fn start_with(
+        scratch: Scratch,
+        config: &str,
+        tweak: impl FnOnce(&mut Command) -> &mut Command,
+    ) -> Daemon {
         let path = scratch.path("posternd.toml");
         write_private(&path, config);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_posternd"));
-        cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         tweak(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -107,7 +115,13 @@ impl Daemon {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut d = Daemon { child, log, config: path, listeners: Vec::new(), scratch };
+        let mut d = Daemon {
+            child,
+            log,
+            config: path,
+            listeners: Vec::new(),
+            scratch,
+        };
         let line = d.wait_log("started version=", Duration::from_secs(10));
         d.listeners = parse_listeners(&line);
         d
@@ -125,7 +139,8 @@ impl Daemon {
     /// The network process's pid (the monitor's only direct child that is
     /// a posternd).
     pub fn network_pid(&self) -> u32 {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid())).unwrap();
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid())).unwrap();
         for c in children.split_whitespace() {
             let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmd).contains("--network-child") {
@@ -152,12 +167,19 @@ impl Daemon {
     pub fn wait_log_n(&self, needle: &str, n: usize, limit: Duration) -> String {
         let end = Instant::now() + limit;
         loop {
-            let hits: Vec<String> = self.lines().into_iter().filter(|l| l.contains(needle)).collect();
+            let hits: Vec<String> = self
+                .lines()
+                .into_iter()
+                .filter(|l| l.contains(needle))
+                .collect();
             if hits.len() >= n {
                 return hits[n - 1].clone();
             }
             if Instant::now() > end {
-                panic!("no {n} log line(s) with {needle:?} within {limit:?}; log:\n{}", self.lines().join("\n"));
+                panic!(
+                    "no {n} log line(s) with {needle:?} within {limit:?}; log:\n{}",
+                    self.lines().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -190,7 +212,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             if self.wait_exit(Duration::from_secs(5)).is_none() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
@@ -232,11 +257,22 @@ pub fn connect(to: SocketAddr, from: Option<IpAddr>) -> TcpStream {
     match from {
         None => TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap(),
         Some(src) => {
-            use nix::sys::socket::{bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+            use nix::sys::socket::{
+                bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType,
+                SockaddrStorage,
+            };
             use std::os::fd::AsRawFd;
-            let fam = if src.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let fam = if src.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
             let fd = socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
-            bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(src, 0))).unwrap();
+            bind(
+                fd.as_raw_fd(),
+                &SockaddrStorage::from(SocketAddr::new(src, 0)),
+            )
+            .unwrap();
             nconnect(fd.as_raw_fd(), &SockaddrStorage::from(to)).unwrap();
             TcpStream::from(fd)
         }
@@ -253,7 +289,12 @@ pub fn read_greeting(s: &mut TcpStream) -> Option<[u8; GREETING_LEN]> {
 }
 
 /// A whole postern-1 exchange with `key`, asserting `asserted`.
-pub fn trigger_from(to: SocketAddr, from: Option<IpAddr>, key: &Key, asserted: Option<IpAddr>) -> Outcome {
+pub fn trigger_from(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    key: &Key,
+    asserted: Option<IpAddr>,
+) -> Outcome {
     let mut s = connect(to, from);
     let Some(g) = read_greeting(&mut s) else {
         return Outcome::NoGreeting;
@@ -293,7 +334,12 @@ pub fn wait_file(path: &Path, limit: Duration) -> String {
 
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
