@@ -40,8 +40,16 @@ fn main() -> ExitCode {
 
 /// Writes to stdout; a closed stdout is a local error.
 fn print(text: &str) -> u8 {
+    print_parts(&[text])
+}
+
+fn print_parts(parts: &[&str]) -> u8 {
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    let written = parts
+        .iter()
+        .try_for_each(|p| out.write_all(p.as_bytes()))
+        .and_then(|()| out.flush());
+    match written {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("postern: cannot write output: {e}");
@@ -51,13 +59,11 @@ fn print(text: &str) -> u8 {
 }
 
 /// Prints a key (keygen and key derivation only: printing it is the point).
+/// The newline is written separately so the key text is never copied into
+/// a larger buffer.
 fn secret_out(key: Result<postern::secret::Key, SecretError>) -> u8 {
     match key {
-        Ok(k) => {
-            let mut line = k.to_base64();
-            line.push('\n');
-            print(&line)
-        }
+        Ok(k) => print_parts(&[&k.to_base64(), "\n"]),
         Err(e) => {
             eprintln!("postern: {e}");
             exit::LOCAL
