@@ -115,13 +115,16 @@ fn failed_start_answers_failed_and_runs_stop() {
 fn serve_exit_closes_gate() {
     let s = Scratch::new("serveexit");
     let (k, b) = key();
+    let (kdud, b2) = key();
     let cfg = format!(
         "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"brief\"\nkey = \"{b}\"\nserve = [\"/bin/sleep\", \"1\"]\nttl = \"1m\"\n\
          [[action]]\nname = \"dud\"\nkey = \"{b2}\"\nserve = [\"/bin/false\"]\nttl = \"1m\"\n",
         daemon_table(&s),
-        b2 = key().1
+
     );
     let d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &kdud), Outcome::Ack(Status::Failed));
+    d.wait_log("gate dud serve pid=", 5 * SEC);
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
     d.wait_log("gate brief serve exited early", 5 * SEC);
     d.wait_log("gate brief closed (serve exited)", 5 * SEC);
