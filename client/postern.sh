@@ -1,0 +1,931 @@
+#!/bin/sh
+# postern.sh: reference postern-1 / ostiary-4 client in POSIX sh.
+#
+# Needs only a POSIX shell (dash, bash, busybox ash), openssl 1.1.1 or
+# later, and od/dd/tr/mkfifo/mktemp/ls from coreutils or busybox. The TCP
+# transport is bash's /dev/tcp when run by bash, else socat, else nc
+# (OpenBSD, traditional or busybox). Set POSTERN_TRANSPORT=devtcp|socat|nc
+# to choose.
+#
+# No secret is ever placed on the command line of a program this script
+# runs (command lines are world-readable in /proc). HMAC-SHA256 is
+# computed here as H((K^opad) || H((K^ipad) || m)): the XOR is shell
+# arithmetic, the padded key blocks are written by the printf builtin
+# (which does not exec) into a pipe to `openssl dgst -sha256 -binary`.
+# Passphrases reach openssl on standard input (`-pass stdin`). Secrets
+# are held in shell variables and pipes only, never in files; the
+# temporary directory (mode 0700) holds two FIFOs and public bytes.
+#
+# The specification is PROTOCOL.md; `postern.sh help` lists the options
+# and exit codes.
+
+set -u
+umask 077
+LC_ALL=C
+export LC_ALL
+
+PROG=postern.sh
+DEFAULT_PORT=7001
+DEFAULT_TIMEOUT=10
+PBKDF2_ITERATIONS=600000
+
+# Exit codes (PROTOCOL.md, "Client exit codes").
+EX_OK=0
+EX_NOACK=2
+EX_NET=3
+EX_REFUSED=4
+EX_FAILED=5
+EX_USAGE=64
+
+usage() {
+    cat <<EOF
+usage:
+  $PROG trigger HOST[:PORT] [KEY SOURCE] [--assert-addr ADDR] [--timeout SECS]
+  $PROG trigger HOST[:PORT] --protocol ostiary-4 [--password-file F] [--timeout SECS]
+  $PROG keygen
+  $PROG selftest VECTORS_DIR
+
+key sources (postern-1; without one, the key is prompted for):
+  --key-file F                          base64 key in F (mode 0600)
+  --key-env VAR                         base64 key in environment variable VAR
+  --passphrase --host-name N --action A key derived from a prompted passphrase
+  --master F --host-name N --action A   key derived from a fleet master key in F
+
+options:
+  --assert-addr ADDR  bind the request to this IPv4 or IPv6 address
+  --timeout SECS      whole-exchange deadline in whole seconds (default $DEFAULT_TIMEOUT)
+  --protocol P        postern-1 (default) or ostiary-4
+  --password-file F   ostiary-4 password (one trailing newline is ignored)
+
+HOST[:PORT]: name, a.b.c.d, [v6] or [v6]:port; the default port is $DEFAULT_PORT.
+
+exit codes: 0 accepted (ostiary-4: reply sent), 2 no or bad acknowledgement,
+3 network error or timeout, 4 refused, 5 failed to start, 64 usage or
+local setup error (unreadable key, key file open to group or others).
+EOF
+}
+
+# ---------------------------------------------------------------------------
+# Small helpers
+
+fail_local() {
+    printf '%s: %s\n' "$PROG" "$1" >&2
+    exit "$EX_USAGE"
+}
+
+fail_usage() {
+    printf '%s: %s\n' "$PROG" "$1" >&2
+    printf 'run "%s help" for usage\n' "$PROG" >&2
+    exit "$EX_USAGE"
+}
+
+# The one line of output for a trigger, then exit.
+result() {
+    printf '%s: %s\n' "$TARGET" "$2"
+    exit "$1"
+}
+
+# Bytes on standard input -> lower-case hex on standard output.
+tohex() {
+    od -A n -t x1 -v | tr -d ' \n'
+}
+
+# Hex in $1 -> a printf format of \ooo escapes in ESC. No fork, no exec.
+esc_of_hex() {
+    _eh=$1
+    ESC=
+    while [ -n "$_eh" ]; do
+        _ev=$((0x${_eh%"${_eh#??}"}))
+        _eh=${_eh#??}
+        ESC="$ESC\\$((_ev >> 6))$((_ev >> 3 & 7))$((_ev & 7))"
+    done
+}
+
+# First $2 bytes of hex $1.
+hex_head() {
+    _hh=$1
+    _hr=$1
+    _hn=0
+    while [ "$_hn" -lt "$2" ] && [ -n "$_hr" ]; do
+        _hr=${_hr#??}
+        _hn=$((_hn + 1))
+    done
+    printf '%s' "${_hh%"$_hr"}"
+}
+
+sha256_hex() {
+    esc_of_hex "$1"
+    printf "$ESC" | openssl dgst -sha256 -binary | tohex
+}
+
+# HMAC-SHA256(key = hex $1, msg = hex $2), printed as hex. The key and the
+# padded key blocks only ever travel through pipes into openssl's stdin.
+hmac_hex() {
+    _mk=$1
+    if [ "${#_mk}" -gt 128 ]; then
+        _mk=$(sha256_hex "$_mk")
+    fi
+    _mi=
+    _mo=
+    _mn=0
+    while [ "$_mn" -lt 64 ]; do
+        if [ -n "$_mk" ]; then
+            _mb=$((0x${_mk%"${_mk#??}"}))
+            _mk=${_mk#??}
+        else
+            _mb=0
+        fi
+        _mx=$((_mb ^ 54))
+        _mi="$_mi\\$((_mx >> 6))$((_mx >> 3 & 7))$((_mx & 7))"
+        _mx=$((_mb ^ 92))
+        _mo="$_mo\\$((_mx >> 6))$((_mx >> 3 & 7))$((_mx & 7))"
+        _mn=$((_mn + 1))
+    done
+    esc_of_hex "$2"
+    _mh=$({ printf "$_mi"; printf "$ESC"; } | openssl dgst -sha256 -binary | tohex)
+    esc_of_hex "$_mh"
+    { printf "$_mo"; printf "$ESC"; } | openssl dgst -sha256 -binary | tohex
+    _mi= _mo= _mh= _mb= _mx=
+}
+
+# Text -> hex (host names, action names, labels; nothing secret).
+hex_of_text() {
+    printf '%s' "$1" | tohex
+}
+
+LABEL_REPLY=$(printf 'postern-1 reply\000' | tohex)
+LABEL_ACK=$(printf 'postern-1 ack\000' | tohex)
+GREETING_TAG=$(printf 'PST1' | tohex)
+
+# Strip leading and trailing blanks, tabs, CRs and newlines from $1 into TRIMMED.
+trim() {
+    _ws=' 	
+'
+    TRIMMED=$1
+    TRIMMED=${TRIMMED#"${TRIMMED%%[!"$_ws"]*}"}
+    TRIMMED=${TRIMMED%"${TRIMMED##*[!"$_ws"]}"}
+}
+
+# Base64 text $1 -> 32-byte key as hex in KEYHEX. Same rules as the daemon:
+# standard alphabet, padding optional, canonical trailing bits, exactly 32
+# bytes. On error, sets KEYERR and returns 1. The text and the key only
+# travel through a pipe into and out of `openssl base64 -d`.
+key_of_b64() {
+    KEYHEX=
+    trim "$1"
+    _kt=$TRIMMED
+    TRIMMED=
+    KEYERR="key is not valid base64; generate one with \`$PROG keygen\`"
+    case $_kt in
+        '' | *[!A-Za-z0-9+/=]*) return 1 ;;
+    esac
+    _kb=${_kt%%=*}
+    _kp=${_kt#"$_kb"}
+    case $_kp in
+        '') ;;
+        = | ==) [ $((${#_kt} % 4)) -eq 0 ] || return 1 ;;
+        *) return 1 ;;
+    esac
+    case $((${#_kb} % 4)) in
+        1) return 1 ;;
+        2) _kt="$_kb==" ;;
+        3) _kt="$_kb=" ;;
+        0) _kt=$_kb ;;
+    esac
+    _kn=$((${#_kb} / 4 * 3))
+    case $((${#_kb} % 4)) in 2) _kn=$((_kn + 1)) ;; 3) _kn=$((_kn + 2)) ;; esac
+    if [ "$_kn" -ne 32 ]; then
+        KEYERR="key decodes to $_kn bytes, but must be exactly 32; generate one with \`$PROG keygen\`"
+        return 1
+    fi
+    # 43 characters carry 258 bits: the last one's two low bits must be 0.
+    _kl=${_kb#"${_kb%?}"}
+    case $_kl in
+        [AEIMQUYcgkosw048]) ;;
+        *) return 1 ;;
+    esac
+    KEYHEX=$(printf '%s' "$_kt" | openssl base64 -d -A | tohex)
+    _kt= _kb=
+    [ "${#KEYHEX}" -eq 64 ] || { KEYHEX=; return 1; }
+}
+
+# Refuse a secret file that group or others can read (or write).
+check_private() {
+    [ -f "$1" ] || fail_local "$1: no such file"
+    [ -r "$1" ] || fail_local "$1: permission denied"
+    _pm=$(ls -lnLd -- "$1") || fail_local "$1: cannot stat"
+    _pm=${_pm%% *}
+    case $_pm in
+        ????------*) ;;
+        *) fail_local "$1 is readable by group or others; run chmod 600 $1" ;;
+    esac
+}
+
+# Whole text of file $1 into FILETEXT (for base64 keys).
+read_text_file() {
+    FILETEXT=
+    while IFS= read -r _fl || [ -n "$_fl" ]; do
+        FILETEXT="$FILETEXT$_fl
+"
+    done <"$1"
+    _fl=
+}
+
+# Read one line without echo from the terminal (or a plain line from a
+# non-terminal stdin, for scripts) into SECRET.
+prompt_secret() {
+    SECRET=
+    if [ -t 0 ]; then
+        printf '%s' "$1" >&2
+        STTY_RESTORE=1
+        stty -echo
+        IFS= read -r SECRET || true
+        stty echo
+        STTY_RESTORE=
+        printf '\n' >&2
+    else
+        IFS= read -r SECRET || true
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Addresses
+
+# Dotted quad $1 -> 8 hex digits in V4HEX. No leading zeros (as the daemon).
+ipv4_hex() {
+    V4HEX=
+    case $1 in
+        *.*.*.*.* | *..* | .* | *.) return 1 ;;
+        *.*.*.*) ;;
+        *) return 1 ;;
+    esac
+    _ia=$1.
+    _in=0
+    while [ -n "$_ia" ]; do
+        _io=${_ia%%.*}
+        _ia=${_ia#*.}
+        case $_io in
+            '' | *[!0-9]* | 0?* | ????*) return 1 ;;
+        esac
+        [ "$_io" -le 255 ] || return 1
+        V4HEX=$V4HEX$(printf '%02x' "$_io")
+        _in=$((_in + 1))
+    done
+    [ "$_in" -eq 4 ]
+}
+
+# Colon-separated hex groups $1 (no "::") -> hex in GROUPHEX, count in NGROUPS.
+v6_groups() {
+    GROUPHEX=
+    NGROUPS=0
+    [ -z "$1" ] && return 0
+    case $1 in
+        :* | *: | *::*) return 1 ;;
+    esac
+    _gs=$1:
+    while [ -n "$_gs" ]; do
+        _gg=${_gs%%:*}
+        _gs=${_gs#*:}
+        case $_gg in
+            '' | ?????* | *[!0-9A-Fa-f]*) return 1 ;;
+        esac
+        GROUPHEX=$GROUPHEX$(printf '%04x' "$((0x$_gg))")
+        NGROUPS=$((NGROUPS + 1))
+    done
+}
+
+# IPv6 text $1 -> 32 hex digits in V6HEX. Handles "::" and a trailing
+# embedded dotted quad; rejects zone ids and anything else.
+ipv6_hex() {
+    V6HEX=
+    _6a=$1
+    case $_6a in
+        '' | *[!0-9A-Fa-f:.]*) return 1 ;;
+        *:::* | *::*::*) return 1 ;;
+        *:*) ;;
+        *) return 1 ;;
+    esac
+    _6tail=
+    case $_6a in
+        *.*)
+            _6q=${_6a##*:}
+            ipv4_hex "$_6q" || return 1
+            _6a=${_6a%"$_6q"}
+            case $_6a in
+                *::) ;;
+                *:) _6a=${_6a%:} ;;
+                *) return 1 ;;
+            esac
+            _6tail=$V4HEX
+            ;;
+    esac
+    _6want=8
+    [ -n "$_6tail" ] && _6want=6
+    case $_6a in
+        *::*)
+            v6_groups "${_6a%%::*}" || return 1
+            _6l=$GROUPHEX
+            _6ln=$NGROUPS
+            v6_groups "${_6a#*::}" || return 1
+            _6n=$((_6want - _6ln - NGROUPS))
+            [ "$_6n" -ge 1 ] || return 1
+            V6HEX=$_6l
+            while [ "$_6n" -gt 0 ]; do
+                V6HEX=${V6HEX}0000
+                _6n=$((_6n - 1))
+            done
+            V6HEX=$V6HEX$GROUPHEX$_6tail
+            ;;
+        *)
+            v6_groups "$_6a" || return 1
+            [ "$NGROUPS" -eq "$_6want" ] || return 1
+            V6HEX=$GROUPHEX$_6tail
+            ;;
+    esac
+    [ "${#V6HEX}" -eq 32 ]
+}
+
+ZERO_ADDR=00000000000000000000000000000000
+
+# Asserted address $1 ("none" or empty: no assertion) -> 16-byte field
+# as hex in ADDRHEX. Returns 1 with ADDRERR set on error.
+addr_field() {
+    ADDRERR=
+    case $1 in
+        '' | none) ADDRHEX=$ZERO_ADDR; return 0 ;;
+        *%*) ADDRERR="$1: zone ids cannot be asserted"; return 1 ;;
+        *:*)
+            ipv6_hex "$1" || { ADDRERR="$1: not an IPv6 address"; return 1; }
+            ADDRHEX=$V6HEX
+            ;;
+        *)
+            ipv4_hex "$1" || { ADDRERR="$1: not an IPv4 address"; return 1; }
+            ADDRHEX=00000000000000000000ffff$V4HEX
+            ;;
+    esac
+    if [ "$ADDRHEX" = "$ZERO_ADDR" ] || [ "$ADDRHEX" = 00000000000000000000ffff00000000 ]; then
+        ADDRERR="$1: the unspecified address cannot be asserted; omit --assert-addr"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Key derivation
+
+passphrase_salt() {
+    _ps=$(printf 'postern-1 passphrase\000%s\000%s' "$1" "$2" | openssl dgst -sha256 -binary | tohex)
+    hex_head "$_ps" 8
+}
+
+# PBKDF2-HMAC-SHA256(passphrase $1, salt hex $2, 600000, 32) -> KEYHEX.
+# The passphrase is written to openssl's stdin, never to its argv.
+# `enc -P` prints key= (32 bytes for AES-256) from a 48-byte PBKDF2
+# output; its first 32 bytes are PBKDF2 block 1, i.e. the 32-byte result.
+pbkdf2_key() {
+    KEYHEX=
+    _po=$(printf '%s\n' "$1" | openssl enc -aes-256-cbc -pbkdf2 -md sha256 \
+        -iter "$PBKDF2_ITERATIONS" -S "$2" -P -pass stdin 2>/dev/null) || return 1
+    while IFS= read -r _pl; do
+        case $_pl in key=*) KEYHEX=${_pl#key=} ;; esac
+    done <<EOF
+$_po
+EOF
+    _po= _pl=
+    KEYHEX=$(printf '%s' "$KEYHEX" | tr 'A-F' 'a-f')
+    [ "${#KEYHEX}" -eq 64 ]
+}
+
+# HMAC-SHA256(master hex $1, "postern-1 fleet\0" || host || "\0" || action).
+fleet_key() {
+    _fm=$(printf 'postern-1 fleet\000%s\000%s' "$2" "$3" | tohex)
+    hmac_hex "$1" "$_fm"
+}
+
+# ---------------------------------------------------------------------------
+# Messages (hex in, hex out)
+
+reply_hex() { # key greeting addr_field
+    printf '%s%s' "$3" "$(hmac_hex "$1" "$LABEL_REPLY$2$3")"
+}
+
+ack_hex() { # key greeting reply status(2 hex digits)
+    printf '%s%s' "$4" "$(hmac_hex "$1" "$LABEL_ACK$2$3$4")"
+}
+
+# Verify ack $4 for key $1, greeting $2, reply $3. Prints the status
+# byte (01..04) and returns 0, or returns 1 for a forged, corrupted or
+# unknown-status ack.
+verify_ack() {
+    _vs=$(hex_head "$4" 1)
+    case $_vs in 01 | 02 | 03 | 04) ;; *) return 1 ;; esac
+    [ "$(ack_hex "$1" "$2" "$3" "$_vs")" = "$4" ] || return 1
+    printf '%s' "$_vs"
+}
+
+# ---------------------------------------------------------------------------
+# Transport. Exactly one connection per run. READER, TRANSPORT_PID and
+# WATCHDOG are our own children; cleanup ends them by pid.
+
+TMPD=
+READER=
+TRANSPORT_PID=
+WATCHDOG=
+STTY_RESTORE=
+RFD=
+WFD=
+
+cleanup() {
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    [ -n "$READER" ] && kill "$READER" 2>/dev/null
+    [ -n "$TRANSPORT_PID" ] && kill "$TRANSPORT_PID" 2>/dev/null
+    [ -n "$STTY_RESTORE" ] && stty echo 2>/dev/null
+    [ -n "$TMPD" ] && rm -rf "$TMPD"
+    WATCHDOG= READER= TRANSPORT_PID= TMPD=
+}
+
+on_alarm() {
+    [ -n "$READER" ] && kill "$READER" 2>/dev/null
+    READER=
+    result "$EX_NET" "connection failed: timed out"
+}
+
+pick_transport() {
+    TRANSPORT=${POSTERN_TRANSPORT:-}
+    if [ -z "$TRANSPORT" ]; then
+        if [ -n "${BASH_VERSION:-}" ]; then
+            TRANSPORT=devtcp
+        elif command -v socat >/dev/null 2>&1; then
+            TRANSPORT=socat
+        elif command -v nc >/dev/null 2>&1; then
+            TRANSPORT=nc
+        else
+            fail_local "no TCP transport: run under bash, or install socat or nc"
+        fi
+    fi
+    case $TRANSPORT in
+        devtcp) [ -n "${BASH_VERSION:-}" ] || fail_local "POSTERN_TRANSPORT=devtcp needs bash" ;;
+        socat | nc) command -v "$TRANSPORT" >/dev/null 2>&1 || fail_local "$TRANSPORT not found" ;;
+        *) fail_local "POSTERN_TRANSPORT must be devtcp, socat or nc" ;;
+    esac
+}
+
+# The whole exchange is bounded: a watchdog sends SIGALRM after TIMEOUT
+# seconds, and every blocking read is a background dd we can kill.
+start_watchdog() {
+    (
+        trap 'kill "$_wsl" 2>/dev/null; exit 0' TERM
+        _wsl=
+        sleep "$TIMEOUT" &
+        _wsl=$!
+        wait "$_wsl" && kill -s ALRM "$MAINPID"
+    ) </dev/null >/dev/null 2>&1 &
+    WATCHDOG=$!
+}
+
+# Last line of the transport's error output, after its last ": ".
+transport_reason() {
+    _tr=
+    if [ -s "$TMPD/err" ]; then
+        while IFS= read -r _tl; do
+            [ -n "$_tl" ] && _tr=$_tl
+        done <"$TMPD/err"
+    fi
+    _tr=${_tr##*: }
+    printf '%s' "${_tr:-connection closed}"
+}
+
+open_connection() {
+    case $TRANSPORT in
+        devtcp)
+            # bash only; SIGALRM interrupts a hanging connect.
+            if { exec 5<>"/dev/tcp/$HOST/$PORT"; } 2>"$TMPD/err"; then
+                RFD=5
+                WFD=5
+            else
+                result "$EX_NET" "connection failed: $(transport_reason)"
+            fi
+            ;;
+        nc | socat)
+            mkfifo "$TMPD/tx" "$TMPD/rx" || fail_local "cannot create FIFOs in $TMPD"
+            if [ "$TRANSPORT" = nc ]; then
+                nc "$HOST" "$PORT" <"$TMPD/tx" >"$TMPD/rx" 2>"$TMPD/err" &
+            else
+                case $HOST in *:*) _sh="[$HOST]" ;; *) _sh=$HOST ;; esac
+                # -t: after our half-close, keep reading for the ack.
+                socat -t "$TIMEOUT" - "TCP:$_sh:$PORT" <"$TMPD/tx" >"$TMPD/rx" 2>"$TMPD/err" &
+            fi
+            TRANSPORT_PID=$!
+            # Same order as the child opens them, so neither open blocks.
+            exec 3>"$TMPD/tx" 4<"$TMPD/rx"
+            RFD=4
+            WFD=3
+            ;;
+    esac
+}
+
+# Read exactly $1 bytes (fewer only at end of stream) into file $2.
+read_exact() {
+    dd bs=1 count="$1" <&"$RFD" 3>&- >"$2" 2>/dev/null &
+    READER=$!
+    wait "$READER"
+    READER=
+    RECEIVED=$(tohex <"$2")
+}
+
+send_hex() {
+    esc_of_hex "$1"
+    printf "$ESC" >&"$WFD" 2>/dev/null || result "$EX_NET" "connection failed: connection reset while sending"
+}
+
+# Signal end of our data. The FIFO transports need it to notice the
+# server's close; the server never reads past its fixed length, so the
+# half-close cannot disturb it.
+end_sending() {
+    if [ "$WFD" = 3 ]; then
+        exec 3>&-
+        WFD=
+    fi
+}
+
+# Nothing (or too little) came before the server closed: tell a failed
+# connect from a server that closed on purpose.
+closed_early() {
+    if [ -n "$TRANSPORT_PID" ]; then
+        end_sending
+        wait "$TRANSPORT_PID"
+        _rc=$?
+        TRANSPORT_PID=
+        if [ "$_rc" -ne 0 ] && [ -s "$TMPD/err" ] && [ -z "$RECEIVED" ]; then
+            result "$EX_NET" "connection failed: $(transport_reason)"
+        fi
+    fi
+    result "$EX_NOACK" "$1"
+}
+
+# ---------------------------------------------------------------------------
+# Commands
+
+parse_target() {
+    TARGET=$1
+    case $1 in
+        \[*\]:*)
+            HOST=${1#\[}
+            HOST=${HOST%%\]*}
+            PORT=${1##*\]:}
+            ;;
+        \[*\])
+            HOST=${1#\[}
+            HOST=${HOST%\]}
+            PORT=$DEFAULT_PORT
+            ;;
+        *:*:*)
+            HOST=$1
+            PORT=$DEFAULT_PORT
+            ;;
+        *:*)
+            HOST=${1%:*}
+            PORT=${1##*:}
+            ;;
+        *)
+            HOST=$1
+            PORT=$DEFAULT_PORT
+            ;;
+    esac
+    case $HOST in
+        '' | -* | *[!A-Za-z0-9._:%-]*) fail_usage "$1: not a host name or address" ;;
+    esac
+    case $PORT in
+        '' | *[!0-9]* | ??????*) fail_usage "$1: bad port" ;;
+    esac
+    [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || fail_usage "$1: bad port"
+}
+
+cmd_trigger() {
+    [ $# -ge 1 ] || fail_usage "trigger needs HOST[:PORT]"
+    case $1 in -*) fail_usage "trigger needs HOST[:PORT] first" ;; esac
+    parse_target "$1"
+    shift
+    KEY_FILE= KEY_ENV= PASSPHRASE= MASTER= HOST_NAME= ACTION= ASSERT=
+    TIMEOUT=$DEFAULT_TIMEOUT PROTOCOL=postern-1 PASSWORD_FILE=
+    _set_proto=
+    while [ $# -gt 0 ]; do
+        _opt=$1
+        _val=
+        _has=
+        case $_opt in
+            --*=*) _val=${_opt#*=}; _opt=${_opt%%=*}; _has=1 ;;
+        esac
+        case $_opt in
+            --passphrase)
+                [ -z "$_has" ] || fail_usage "--passphrase takes no value"
+                PASSPHRASE=1
+                shift
+                continue
+                ;;
+            --key-file | --key-env | --master | --host-name | --action | --assert-addr | --timeout | --protocol | --password-file)
+                if [ -z "$_has" ]; then
+                    [ $# -ge 2 ] || fail_usage "$_opt needs a value"
+                    _val=$2
+                    shift
+                fi
+                shift
+                ;;
+            *) fail_usage "unknown option: $_opt" ;;
+        esac
+        case $_opt in
+            --key-file) KEY_FILE=$_val ;;
+            --key-env) KEY_ENV=$_val ;;
+            --master) MASTER=$_val ;;
+            --host-name) HOST_NAME=$_val ;;
+            --action) ACTION=$_val ;;
+            --assert-addr) ASSERT=$_val ;;
+            --timeout) TIMEOUT=$_val ;;
+            --protocol) PROTOCOL=$_val; _set_proto=1 ;;
+            --password-file) PASSWORD_FILE=$_val ;;
+        esac
+    done
+
+    case $TIMEOUT in
+        '' | *[!0-9]* | 0* | ??????*) fail_usage "--timeout must be a whole number of seconds, 1 or more" ;;
+    esac
+    _sources=0
+    [ -n "$KEY_FILE" ] && _sources=$((_sources + 1))
+    [ -n "$KEY_ENV" ] && _sources=$((_sources + 1))
+    [ -n "$PASSPHRASE" ] && _sources=$((_sources + 1))
+    [ -n "$MASTER" ] && _sources=$((_sources + 1))
+
+    case $PROTOCOL in
+        postern-1)
+            [ -z "$PASSWORD_FILE" ] || fail_usage "--password-file is for --protocol ostiary-4"
+            [ "$_sources" -le 1 ] || fail_usage "give one key source: --key-file, --key-env, --passphrase or --master"
+            if [ -n "$PASSPHRASE" ] || [ -n "$MASTER" ]; then
+                [ -n "$HOST_NAME" ] && [ -n "$ACTION" ] || fail_usage "--passphrase and --master need --host-name and --action"
+            else
+                [ -z "$HOST_NAME" ] && [ -z "$ACTION" ] || fail_usage "--host-name and --action go with --passphrase or --master"
+            fi
+            addr_field "$ASSERT" || fail_usage "--assert-addr $ADDRERR"
+            ;;
+        ostiary-4)
+            [ "$_sources" -eq 0 ] && [ -z "$HOST_NAME" ] && [ -z "$ACTION" ] ||
+                fail_usage "ostiary-4 takes a password (--password-file), not a key"
+            [ -z "$ASSERT" ] || fail_usage "ostiary-4 cannot assert an address"
+            ;;
+        *) fail_usage "--protocol must be postern-1 or ostiary-4" ;;
+    esac
+
+    # Load or derive the secret before connecting: the server's deadline
+    # must not be spent on PBKDF2.
+    KEYHEX=
+    if [ "$PROTOCOL" = ostiary-4 ]; then
+        if [ -n "$PASSWORD_FILE" ]; then
+            check_private "$PASSWORD_FILE"
+            KEYHEX=$(tohex <"$PASSWORD_FILE")
+            case $KEYHEX in *0d0a) KEYHEX=${KEYHEX%0d0a} ;; *0a) KEYHEX=${KEYHEX%0a} ;; esac
+        else
+            prompt_secret "ostiary-4 password for $TARGET: "
+            KEYHEX=$(hex_of_text "$SECRET")
+            SECRET=
+        fi
+        [ -n "$KEYHEX" ] || fail_local "the password is empty"
+        [ "${#KEYHEX}" -le 2048 ] || fail_local "the password is longer than 1024 bytes"
+    elif [ -n "$KEY_FILE" ]; then
+        check_private "$KEY_FILE"
+        read_text_file "$KEY_FILE"
+        key_of_b64 "$FILETEXT" || fail_local "$KEY_FILE: $KEYERR"
+        FILETEXT=
+    elif [ -n "$KEY_ENV" ]; then
+        case $KEY_ENV in
+            '' | [0-9]* | *[!A-Za-z0-9_]*) fail_usage "--key-env needs a variable name" ;;
+        esac
+        eval "_kv=\${$KEY_ENV-}"
+        [ -n "$_kv" ] || fail_local "environment variable $KEY_ENV is not set"
+        # Keep it out of the environment of every program run from here.
+        unset "$KEY_ENV"
+        key_of_b64 "$_kv" || fail_local "$KEY_ENV: $KEYERR"
+        _kv=
+    elif [ -n "$MASTER" ]; then
+        check_private "$MASTER"
+        read_text_file "$MASTER"
+        key_of_b64 "$FILETEXT" || fail_local "$MASTER: $KEYERR"
+        FILETEXT=
+        KEYHEX=$(fleet_key "$KEYHEX" "$HOST_NAME" "$ACTION")
+    elif [ -n "$PASSPHRASE" ]; then
+        prompt_secret "passphrase for $HOST_NAME/$ACTION: "
+        [ -n "$SECRET" ] || fail_local "the passphrase is empty"
+        pbkdf2_key "$SECRET" "$(passphrase_salt "$HOST_NAME" "$ACTION")" ||
+            fail_local "openssl could not derive the key (openssl 1.1.1 or later is needed for -pbkdf2)"
+        SECRET=
+    else
+        prompt_secret "key for $TARGET (base64): "
+        key_of_b64 "$SECRET" || fail_local "$KEYERR"
+        SECRET=
+    fi
+
+    pick_transport
+    MAINPID=$$
+    trap '' PIPE
+    trap on_alarm ALRM
+    TMPD=$(mktemp -d "${TMPDIR:-/tmp}/postern.XXXXXX") || fail_local "cannot create a temporary directory"
+    start_watchdog
+    open_connection
+
+    if [ "$PROTOCOL" = ostiary-4 ]; then
+        read_exact 32 "$TMPD/salt"
+        [ "${#RECEIVED}" -eq 64 ] || closed_early "no salt (locked out, rate limited or busy)"
+        send_hex "$(hmac_hex "$KEYHEX" "$RECEIVED")"
+        end_sending
+        # Wait for the server's close so the reply is surely delivered.
+        read_exact 1 "$TMPD/eof"
+        result "$EX_OK" "reply sent (ostiary-4 gives no acknowledgement)"
+    fi
+
+    read_exact 36 "$TMPD/greeting"
+    _g=$RECEIVED
+    [ "${#_g}" -eq 72 ] || closed_early "no greeting (locked out, rate limited or busy)"
+    [ "$(hex_head "$_g" 4)" = "$GREETING_TAG" ] ||
+        result "$EX_NET" "connection failed: not a postern-1 server (bad greeting)"
+    _r=$(reply_hex "$KEYHEX" "$_g" "$ADDRHEX")
+    send_hex "$_r"
+    end_sending
+    read_exact 33 "$TMPD/ack"
+    _a=$RECEIVED
+    if [ -z "$_a" ]; then
+        result "$EX_NOACK" "no acknowledgement (wrong key, locked out or refused)"
+    fi
+    [ "${#_a}" -eq 66 ] || result "$EX_NOACK" "bad acknowledgement (truncated)"
+    _s=$(verify_ack "$KEYHEX" "$_g" "$_r" "$_a") ||
+        result "$EX_NOACK" "bad acknowledgement (forged or corrupted)"
+    KEYHEX=
+    case $_s in
+        01) result "$EX_OK" "accepted, action started" ;;
+        02) result "$EX_OK" "accepted, already active" ;;
+        03) result "$EX_REFUSED" "acknowledged, refused (cooldown, busy or address binding)" ;;
+        *) result "$EX_FAILED" "acknowledged, failed to start" ;;
+    esac
+}
+
+cmd_keygen() {
+    [ $# -eq 0 ] || fail_usage "keygen takes no arguments"
+    openssl rand -base64 32 || fail_local "openssl rand failed"
+}
+
+# ---------------------------------------------------------------------------
+# Self-test against tests/vectors/*.vectors
+
+ST_PASS=0
+ST_FAIL=0
+
+check() { # name got want
+    if [ "$2" = "$3" ]; then
+        ST_PASS=$((ST_PASS + 1))
+        printf 'ok   %s\n' "$1"
+    else
+        ST_FAIL=$((ST_FAIL + 1))
+        printf 'FAIL %s\n     got  %s\n     want %s\n' "$1" "$2" "$3"
+    fi
+}
+
+# Calls $2 (a function) once per blank-line-separated case of file $1,
+# with the case's "name = value" lines in variables v_NAME.
+each_case() {
+    _cf=$1
+    _cb=$2
+    _cnames=
+    while :; do
+        _line=
+        IFS= read -r _line
+        _more=$?
+        case $_line in
+            '#'*) ;;
+            *' = '*)
+                _cn=${_line%% = *}
+                case $_cn in '' | *[!a-z0-9_]*) continue ;; esac
+                eval "v_$_cn=\${_line#* = }"
+                _cnames="$_cnames $_cn"
+                ;;
+            *)
+                if [ -n "$_cnames" ]; then
+                    "$_cb"
+                    for _cn in $_cnames; do unset "v_$_cn"; done
+                    _cnames=
+                fi
+                ;;
+        esac
+        [ "$_more" -eq 0 ] || break
+    done <"$_cf"
+    if [ -n "$_cnames" ]; then
+        "$_cb"
+        for _cn in $_cnames; do unset "v_$_cn"; done
+    fi
+}
+
+st_postern_case() {
+    _n="postern-1 case ${v_case:-?}"
+    key_of_b64 "$v_key" || KEYHEX="(decode error: $KEYERR)"
+    check "$_n key" "$KEYHEX" "$v_key_hex"
+    addr_field "$v_addr" || ADDRHEX="(error: $ADDRERR)"
+    check "$_n addr_field" "$ADDRHEX" "$v_addr_field"
+    _r=$(reply_hex "$v_key_hex" "$v_greeting" "$v_addr_field")
+    check "$_n reply" "$_r" "$v_reply"
+    for _st in 01:started 02:already_active 03:refused 04:failed; do
+        _b=${_st%%:*}
+        _nm=${_st#*:}
+        eval "_want=\$v_ack_$_nm"
+        check "$_n ack_$_nm" "$(ack_hex "$v_key_hex" "$v_greeting" "$v_reply" "$_b")" "$_want"
+        check "$_n verify ack_$_nm" "$(verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$_want" || echo rejected)" "$_b"
+    done
+    # Tampering: another status byte under the same MAC, and a flipped MAC bit.
+    _tam=02${v_ack_started#01}
+    check "$_n forged status rejected" "$(verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$_tam" || echo rejected)" rejected
+    _last=${v_ack_started#"${v_ack_started%?}"}
+    case $_last in 0) _flip=1 ;; *) _flip=0 ;; esac
+    _tam=${v_ack_started%?}$_flip
+    check "$_n flipped mac rejected" "$(verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$_tam" || echo rejected)" rejected
+}
+
+st_ostiary_case() {
+    check "ostiary-4 case ${v_case:-?} reply" \
+        "$(hmac_hex "$(hex_of_text "$v_password")" "$v_salt")" "$v_reply"
+}
+
+st_kdf_case() {
+    check "kdf salt" "$(passphrase_salt "$v_host" "$v_action")" "$v_salt"
+    check "kdf iterations" "$v_iterations" "$PBKDF2_ITERATIONS"
+    key_of_b64 "$v_passphrase_key"
+    _want=$KEYHEX
+    pbkdf2_key "$v_passphrase" "$v_salt" || KEYHEX="(openssl enc -pbkdf2 failed)"
+    check "kdf passphrase_key" "$KEYHEX" "$_want"
+    key_of_b64 "$v_fleet_key"
+    _want=$KEYHEX
+    key_of_b64 "$v_master"
+    check "kdf fleet_key" "$(fleet_key "$KEYHEX" "$v_host" "$v_action")" "$_want"
+}
+
+st_builtin() {
+    # RFC 4231 test cases 2 and 6 (the second has a key longer than a block).
+    check "hmac rfc4231 case 2" "$(hmac_hex "$(hex_of_text Jefe)" "$(hex_of_text 'what do ya want for nothing?')")" \
+        5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843
+    _k=
+    _i=0
+    while [ "$_i" -lt 131 ]; do _k=${_k}aa; _i=$((_i + 1)); done
+    check "hmac rfc4231 case 6" "$(hmac_hex "$_k" "$(hex_of_text 'Test Using Larger Than Block-Size Key - Hash Key First')")" \
+        60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54
+    for _c in \
+        "::1=00000000000000000000000000000001" \
+        "2001:db8::=20010db8000000000000000000000000" \
+        "fe80::1:2=fe800000000000000000000000010002" \
+        "1:2:3:4:5:6:7:8=00010002000300040005000600070008" \
+        "1:2:3:4:5:6:7::=00010002000300040005000600070000" \
+        "::ffff:192.0.2.1=00000000000000000000ffffc0000201" \
+        "64:ff9b::198.51.100.7=0064ff9b0000000000000000c6336407" \
+        "2001:DB8:0:0:0:0:0:42=20010db8000000000000000000000042" \
+        "10.1.2.3=00000000000000000000ffff0a010203"; do
+        addr_field "${_c%%=*}" || ADDRHEX="(error: $ADDRERR)"
+        check "addr ${_c%%=*}" "$ADDRHEX" "${_c#*=}"
+    done
+    for _c in 1:2:3:4:5:6:7:8:9 1::2::3 12345::1 :1:2:3:4:5:6:7 1:2:3:4:5:6:7: fe80::1%eth0 \
+        1.2.3 1.2.3.256 01.2.3.4 1.2.3.4.5 ::1.2.3 g::1 :: 0.0.0.0 1:2:3:4:5:6:7:8::; do
+        addr_field "$_c" && _got=accepted || _got=rejected
+        check "addr $_c rejected" "$_got" rejected
+    done
+    for _c in Zm9v '!!!!' 'Zm9=v' Zh== \
+        AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB= \
+        AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==; do
+        key_of_b64 "$_c" && _got=accepted || _got=rejected
+        check "base64 $_c rejected" "$_got" rejected
+    done
+    key_of_b64 "  AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8
+" || KEYHEX=rejected
+    check "base64 unpadded with whitespace" "$KEYHEX" 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
+}
+
+cmd_selftest() {
+    [ $# -eq 1 ] || fail_usage "selftest needs VECTORS_DIR"
+    for _f in postern-1 ostiary-4 kdf; do
+        [ -r "$1/$_f.vectors" ] || fail_local "$1/$_f.vectors: not readable"
+    done
+    each_case "$1/postern-1.vectors" st_postern_case
+    each_case "$1/ostiary-4.vectors" st_ostiary_case
+    each_case "$1/kdf.vectors" st_kdf_case
+    st_builtin
+    printf '%s passed, %s failed\n' "$ST_PASS" "$ST_FAIL"
+    [ "$ST_FAIL" -eq 0 ]
+}
+
+# ---------------------------------------------------------------------------
+
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+[ $# -ge 1 ] || { usage >&2; exit "$EX_USAGE"; }
+command -v openssl >/dev/null 2>&1 || fail_local "openssl not found"
+_cmd=$1
+shift
+case $_cmd in
+    trigger) cmd_trigger "$@" ;;
+    keygen) cmd_keygen "$@" ;;
+    selftest) cmd_selftest "$@" ;;
+    help | -h | --help) usage ;;
+    *) fail_usage "unknown command: $_cmd" ;;
+esac
