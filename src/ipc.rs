@@ -104,15 +104,19 @@ pub enum Notice {
     AcceptError = 4,
     /// The OS random generator failed; the connection was dropped.
     RandomFailed = 5,
+    /// Log events were dropped because the monitor fell behind; value is
+    /// how many. Its source address is unspecified (0.0.0.0).
+    EventsDropped = 6,
 }
 
 impl Notice {
-    const ALL: [Notice; 5] = [
+    const ALL: [Notice; 6] = [
         Notice::HandshakesFull,
         Notice::SourceTableFull,
         Notice::RateLimited,
         Notice::AcceptError,
         Notice::RandomFailed,
+        Notice::EventsDropped,
     ];
 
     fn from_u16(v: u16) -> Option<Notice> {

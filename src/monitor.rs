@@ -428,6 +428,9 @@ impl Monitor {
                     Notice::RandomFailed => {
                         "error the OS random generator failed; connection dropped".to_string()
                     }
+                    Notice::EventsDropped => format!(
+                        "limit log events: {value} dropped while the log fell behind a flood"
+                    ),
                 };
                 self.log(Level::Warning, &line);
             }

@@ -15,7 +15,7 @@
 //!    carries its answer; on failure the connection just closes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -23,19 +23,22 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::{timeout, Instant};
 
 use crate::channel::Channel;
 use crate::config::{IpNet, Limits, Protocol};
-use crate::ipc::{Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN};
+use crate::ipc::{Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
 use crate::limits::{Admit, Slots, SourceTable, Strike};
 use crate::secret::{Key, Password, KEY_LEN};
 use crate::wire::{self, Status, Verifier, OSTIARY_REPLY_LEN, OSTIARY_SALT_LEN, REPLY_LEN};
 
 /// Authenticated requests waiting for the monitor's answer, at most.
 pub const MAX_PENDING_ACKS: usize = 64;
+/// Log events waiting for the monitor, at most; beyond, they are counted
+/// and dropped (and the count is logged).
+pub const MAX_QUEUED_EVENTS: usize = 4096;
 
 /// Why the network process stopped.
 #[derive(Debug)]
@@ -87,16 +90,60 @@ struct State {
     acks_in_flight: Cell<usize>,
     accept_error_noted: Cell<bool>,
     lock_noted: Cell<bool>,
+    events: RefCell<VecDeque<[u8; REQUEST_LEN]>>,
+    events_ready: Notify,
+    events_dropped: Cell<u32>,
+}
+
+/// Sends queued log events to the monitor, in order, one at a time.
+async fn event_sender(state: Rc<State>) {
+    loop {
+        let next = state.events.borrow_mut().pop_front();
+        match next {
+            Some(bytes) => {
+                if state.chan.send(&bytes, &[]).await.is_err() {
+                    // The main loop notices the dead channel and exits.
+                    return;
+                }
+            }
+            None => {
+                let dropped = state.events_dropped.replace(0);
+                if dropped > 0 {
+                    let peer = Peer {
+                        listener: 0,
+                        addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                        port: 0,
+                    };
+                    let req = Request::Notice {
+                        notice: Notice::EventsDropped,
+                        peer,
+                        value: dropped,
+                    };
+                    if state.chan.send(&req.encode(), &[]).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                state.events_ready.notified().await;
+            }
+        }
+    }
 }
 
 impl State {
+    /// Queues a log event for the monitor. The queue is bounded: if the
+    /// monitor falls behind, events are dropped and counted, and the count
+    /// is reported once the queue drains, so a flood cannot grow memory.
     fn send(self: &Rc<Self>, req: Request) {
-        // Log events are fire-and-forget; a dead monitor is noticed by the
-        // main loop (channel EOF), which exits.
-        let me = Rc::clone(self);
-        tokio::task::spawn_local(async move {
-            let _ = me.chan.send(&req.encode(), &[]).await;
-        });
+        let mut q = self.events.borrow_mut();
+        if q.len() >= MAX_QUEUED_EVENTS {
+            self.events_dropped
+                .set(self.events_dropped.get().saturating_add(1));
+            return;
+        }
+        q.push_back(req.encode());
+        drop(q);
+        self.events_ready.notify_one();
     }
 
     fn fail(self: &Rc<Self>, peer: Peer, reason: Reason) {
@@ -151,7 +198,11 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
         acks_in_flight: Cell::new(0),
         accept_error_noted: Cell::new(false),
         lock_noted: Cell::new(false),
+        events: RefCell::new(VecDeque::with_capacity(64)),
+        events_ready: Notify::new(),
+        events_dropped: Cell::new(0),
     });
+    tokio::task::spawn_local(event_sender(Rc::clone(&state)));
     let mut accept_tasks = start_listeners(&state, listeners)?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
