@@ -10,8 +10,8 @@
 #
 # Prints one line per check and ends with "N passed, M failed"; exits 1 if
 # any check failed. Without fail2ban-regex it fails when CI=true and is
-# skipped otherwise. The live part uses posternd and postern from
-# ${CARGO_TARGET_DIR:-target}/debug, building them with cargo if needed.
+# skipped otherwise. The live part runs $POSTERND and $POSTERN (default:
+# ${CARGO_TARGET_DIR:-target}/debug), building them with cargo if needed.
 #
 # Usage: tests/e2e/fail2ban.sh   (from anywhere)
 
@@ -87,16 +87,16 @@ expect "" "Jan  5 10:00:04 host $T action x run pid=5 stdout: $FAIL4"
 
 echo "# live posternd"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-POSTERND="$TARGET_DIR/debug/posternd"
-POSTERN="$TARGET_DIR/debug/postern"
+POSTERND=${POSTERND:-$TARGET_DIR/debug/posternd}
+POSTERN=${POSTERN:-$TARGET_DIR/debug/postern}
 if { [ ! -x "$POSTERND" ] || [ ! -x "$POSTERN" ]; } && command -v cargo >/dev/null 2>&1; then
     (cd "$ROOT" && cargo build --quiet --workspace --bins) >/dev/null 2>&1
 fi
 if [ ! -x "$POSTERND" ] || [ ! -x "$POSTERN" ]; then
     if [ "${CI:-}" = "true" ]; then
-        fail "posternd and postern not built in $TARGET_DIR/debug"
+        fail "posternd and postern not found ($POSTERND, $POSTERN)"
     else
-        echo "skip: posternd and postern not built in $TARGET_DIR/debug (cargo build --workspace)"
+        echo "skip: posternd and postern not found ($POSTERND, $POSTERN); run cargo build --workspace"
     fi
     finish
 fi
