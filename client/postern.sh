@@ -482,16 +482,20 @@ start_watchdog() {
     WATCHDOG=$!
 }
 
-# Last line of the transport's error output, after its last ": ".
+# First line of the transport's error output, after its last ": "
+# ("Connection refused", "Name or service not known", ...).
 transport_reason() {
     _tr=
     if [ -s "$TMPD/err" ]; then
         while IFS= read -r _tl; do
-            [ -n "$_tl" ] && _tr=$_tl
+            if [ -n "$_tl" ]; then
+                _tr=$_tl
+                break
+            fi
         done <"$TMPD/err"
     fi
     _tr=${_tr##*: }
-    printf '%s' "${_tr:-connection closed}"
+    printf '%s' "${_tr:-could not connect}"
 }
 
 open_connection() {
@@ -511,8 +515,7 @@ open_connection() {
                 nc "$HOST" "$PORT" <"$TMPD/tx" >"$TMPD/rx" 2>"$TMPD/err" &
             else
                 case $HOST in *:*) _sh="[$HOST]" ;; *) _sh=$HOST ;; esac
-                # -t: after our half-close, keep reading for the ack.
-                socat -t "$TIMEOUT" - "TCP:$_sh:$PORT" <"$TMPD/tx" >"$TMPD/rx" 2>"$TMPD/err" &
+                socat - "TCP:$_sh:$PORT" <"$TMPD/tx" >"$TMPD/rx" 2>"$TMPD/err" &
             fi
             TRANSPORT_PID=$!
             # Same order as the child opens them, so neither open blocks.
@@ -537,25 +540,31 @@ send_hex() {
     printf "$ESC" >&"$WFD" 2>/dev/null || result "$EX_NET" "connection failed: connection reset while sending"
 }
 
-# Signal end of our data. The FIFO transports need it to notice the
-# server's close; the server never reads past its fixed length, so the
-# half-close cannot disturb it.
+# Signal end of our data to nc. OpenBSD nc keeps running after the
+# server closes for as long as its standard input is open, so without
+# this a missing ack would look like a timeout. socat needs no help: it
+# exits half a second after the server closes (and would stop reading
+# half a second after our end closed). The server never reads past its
+# fixed length, so the half-close some nc variants send cannot disturb it.
 end_sending() {
-    if [ "$WFD" = 3 ]; then
+    if [ "$TRANSPORT" = nc ] && [ "$WFD" = 3 ]; then
         exec 3>&-
         WFD=
     fi
 }
 
 # Nothing (or too little) came before the server closed: tell a failed
-# connect from a server that closed on purpose.
+# connect from a server that closed on purpose. (OpenBSD nc cannot show
+# a close before the greeting: with its standard input still open it
+# keeps waiting, and the exchange ends in the timeout instead.)
 closed_early() {
     if [ -n "$TRANSPORT_PID" ]; then
-        end_sending
+        [ "$WFD" = 3 ] && exec 3>&-
+        WFD=
         wait "$TRANSPORT_PID"
         _rc=$?
         TRANSPORT_PID=
-        if [ "$_rc" -ne 0 ] && [ -s "$TMPD/err" ] && [ -z "$RECEIVED" ]; then
+        if [ "$_rc" -ne 0 ] && [ -z "$RECEIVED" ]; then
             result "$EX_NET" "connection failed: $(transport_reason)"
         fi
     fi
