@@ -68,18 +68,26 @@ pub fn run(path: &Path) -> Result<(), StartError> {
 
     // 2. No core dumps, not ptrace-able; pin the keys in memory.
     privsep::harden_self().map_err(|e| StartError(e.to_string()))?;
-    let keys_locked = crate::sys::lock_slice(&config.actions);
+    let mut keys_locked = crate::sys::lock_slice(&config.actions);
+    for a in &config.actions {
+        if let config::ActionSecret::Password(p) = &a.secret {
+            keys_locked &= crate::sys::lock_slice(p.expose());
+        }
+    }
 
     // 3. Bind the listeners, or take them from systemd.
     let activated = listen::activation_fds().map_err(|e| StartError(e.to_string()))?;
     let socket_activated = activated.is_some();
-    let bound = monitor::bind_all(&config, &mut Vec::new(), activated)
+    let (bound, activation_warnings) = monitor::bind_all(&config, &mut Vec::new(), activated)
         .map_err(|e| StartError(e.to_string()))?;
 
     // 4. Open the log.
     let logger = Arc::new(Logger::new(config.daemon.log));
     for w in &config.warnings {
         logger.log(Level::Warning, &format!("config: {w}"));
+    }
+    for w in &activation_warnings {
+        logger.log(Level::Warning, w);
     }
     if !keys_locked {
         logger.log(

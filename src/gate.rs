@@ -711,7 +711,11 @@ impl Gates {
                     match action.as_ref() {
                         Some(a) if !expired && gate_of(a).is_some() => {
                             let remaining = Duration::from_secs(r.deadline - now);
-                            let ceiling = Instant::now() + gate_of(a).map(|g| g.max_open).unwrap_or(remaining).min(remaining.max(Duration::from_secs(1)));
+                            // The ceiling counts from when the gate opened,
+                            // not from this restart.
+                            let max_open = gate_of(a).map(|g| g.max_open).unwrap_or(remaining);
+                            let open_for = Duration::from_secs(now - r.opened);
+                            let ceiling = Instant::now() + max_open.saturating_sub(open_for).max(remaining);
                             let name = r.name.clone();
                             self.open.borrow_mut().insert(
                                 name.clone(),

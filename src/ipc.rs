@@ -10,7 +10,7 @@
 //! ```text
 //! off len field
 //!  0   1  version (1)
-//!  1   1  kind: 1 run, 2 fail, 3 lockout, 4 notice, 5 ok-log
+//!  1   1  kind: 1 run, 2 fail, 3 lockout, 4 notice
 //!  2   2  arg16 (BE): action index | failure reason | notice code
 //!  4   4  arg32 (BE): request id | failure count | notice value
 //!  8   4  config generation (BE)

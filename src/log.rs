@@ -43,6 +43,8 @@ struct Inner {
 pub struct Logger {
     inner: Mutex<Inner>,
     ident: String,
+    /// Standard error is the journal, which tags lines itself.
+    journal: bool,
 }
 
 impl Logger {
@@ -55,6 +57,7 @@ impl Logger {
                 fallback_noted: false,
             }),
             ident: format!("posternd[{}]", std::process::id()),
+            journal: std::env::var_os("JOURNAL_STREAM").is_some(),
         };
         if let Ok(mut inner) = logger.inner.lock() {
             if matches!(target, LogTarget::Syslog { .. }) {
@@ -108,13 +111,12 @@ impl Logger {
             inner.socket = None;
             if !inner.fallback_noted {
                 inner.fallback_noted = true;
-                stderr_line(
-                    &self.ident,
+                self.stderr_line(
                     "log syslog socket /dev/log unavailable; writing to stderr until it returns",
                 );
             }
         }
-        stderr_line(&self.ident, &line);
+        self.stderr_line(&line);
     }
 }
 
@@ -124,29 +126,17 @@ fn connect() -> Option<UnixDatagram> {
     Some(s)
 }
 
-fn stderr_line(ident: &str, line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{ident}: {line}");
-}
-
-/// Maps a facility name to its number.
-pub fn facility_code(name: &str) -> Option<u8> {
-    Some(match name {
-        "kern" => 0,
-        "user" => 1,
-        "daemon" => 3,
-        "auth" => 4,
-        "authpriv" => 10,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        _ => return None,
-    })
+impl Logger {
+    /// Under systemd the journal already records `posternd[PID]`, so the
+    /// tag is left out there; elsewhere every line carries it.
+    fn stderr_line(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.journal {
+            let _ = writeln!(err, "{line}");
+        } else {
+            let _ = writeln!(err, "{}: {line}", self.ident);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -177,14 +167,5 @@ mod tests {
         assert!(got.starts_with("<36>posternd["), "{got}");
         assert!(got.ends_with(": fail src=192.0.2.1?forged=1"), "{got}");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    // Goal: facility names map to RFC 5424 numbers.
-    #[test]
-    fn facilities() {
-        assert_eq!(facility_code("auth"), Some(4));
-        assert_eq!(facility_code("authpriv"), Some(10));
-        assert_eq!(facility_code("local7"), Some(23));
-        assert_eq!(facility_code("bogus"), None);
     }
 }

@@ -35,6 +35,10 @@ use crate::wire::Status;
 
 /// Most `on_lockout` commands running at once; more are skipped (logged).
 pub const MAX_ON_LOCKOUT: usize = 8;
+/// Most run requests being handled at once. The network process never has
+/// more in flight (`net::MAX_PENDING_ACKS`); a compromised one that sends
+/// more is answered "refused" instead of piling up work here.
+pub const MAX_RUN_REQUESTS: usize = 64;
 /// Extra time the network process waits for a run answer, beyond the
 /// longest action deadline.
 const ACK_SLACK: Duration = Duration::from_secs(5);
@@ -75,45 +79,85 @@ pub struct Bound {
 }
 
 /// Binds every listener of `config`, reusing sockets from `old` whose
-/// configured address is unchanged. With `activated` descriptors (systemd),
-/// each configured address must match one of them.
+/// configured address is unchanged. With `activated` descriptors (systemd
+/// socket activation), every configured address must be one of them: a
+/// listener systemd did not pass is an error, and a passed socket that no
+/// `[[listen]]` names is closed with a warning returned to the caller.
 pub fn bind_all(
     config: &Config,
     old: &mut Vec<Bound>,
     activated: Option<Vec<OwnedFd>>,
-) -> Result<Vec<Bound>, ListenError> {
-    let mut pool: Vec<Bound> = std::mem::take(old);
+) -> Result<(Vec<Bound>, Vec<String>), ListenError> {
+    let is_activated = activated.is_some();
+    let mut passed: Vec<Bound> = Vec::new();
     if let Some(fds) = activated {
         for fd in fds {
             let local = local_addr(&fd).ok_or_else(|| {
-                ListenError::Activation("passed descriptor is not a TCP socket".into())
+                ListenError::Activation("a passed descriptor is not a TCP socket".into())
             })?;
-            pool.push(Bound {
+            passed.push(Bound {
                 configured: local,
                 fd,
                 local,
             });
         }
     }
-    let mut out = Vec::new();
+    let mut out: Vec<Bound> = Vec::new();
+    let mut failure = None;
     for l in &config.listeners {
-        let reuse = pool
+        if is_activated {
+            match passed.iter().position(|b| b.local == l.address) {
+                Some(i) => {
+                    let mut b = passed.swap_remove(i);
+                    b.configured = l.address;
+                    out.push(b);
+                }
+                None => {
+                    failure = Some(ListenError::Activation(format!(
+                        "[[listen]] address {} was not passed by systemd; make the .socket unit's ListenStream= match it",
+                        l.address
+                    )));
+                    break;
+                }
+            }
+            continue;
+        }
+        let reuse = old
             .iter()
             .position(|b| b.configured == l.address || b.local == l.address);
         match reuse {
-            Some(i) => out.push(pool.swap_remove(i)),
-            None => {
-                let fd = bind_listener(l.address)?;
-                let local = local_addr(&fd).unwrap_or(l.address);
-                out.push(Bound {
-                    configured: l.address,
-                    fd,
-                    local,
-                });
-            }
+            Some(i) => out.push(old.swap_remove(i)),
+            None => match bind_listener(l.address) {
+                Ok(fd) => {
+                    let local = local_addr(&fd).unwrap_or(l.address);
+                    out.push(Bound {
+                        configured: l.address,
+                        fd,
+                        local,
+                    });
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            },
         }
     }
-    Ok(out)
+    if let Some(e) = failure {
+        // Give the reused sockets back, so a failed reload loses nothing.
+        old.extend(out);
+        return Err(e);
+    }
+    let warnings = passed
+        .iter()
+        .map(|b| {
+            format!(
+                "socket activation: passed socket {} matches no [[listen]]; closed",
+                b.local
+            )
+        })
+        .collect();
+    Ok((out, warnings))
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +174,7 @@ struct Book {
     actions: HashMap<String, ActionState>,
     on_lockout_running: usize,
     on_lockout_noted: bool,
+    runs_in_flight: usize,
 }
 
 /// The monitor.
@@ -165,6 +210,7 @@ impl Monitor {
                 actions: HashMap::new(),
                 on_lockout_running: 0,
                 on_lockout_noted: false,
+                runs_in_flight: 0,
             }),
             logger,
             chan,
@@ -356,7 +402,26 @@ impl Monitor {
                 let me = Rc::clone(self);
                 tokio::task::spawn_local(async move {
                     let listener = me.listener_name(peer.listener);
-                    let (status, name) = me.run_action(generation, action, target).await;
+                    let admitted = {
+                        let mut b = me.book.borrow_mut();
+                        let ok = b.runs_in_flight < MAX_RUN_REQUESTS;
+                        if ok {
+                            b.runs_in_flight += 1;
+                        }
+                        ok
+                    };
+                    let (status, name) = if admitted {
+                        let r = me.run_action(generation, action, target).await;
+                        let mut b = me.book.borrow_mut();
+                        b.runs_in_flight = b.runs_in_flight.saturating_sub(1);
+                        r
+                    } else {
+                        me.log(
+                            Level::Warning,
+                            &format!("limit run requests: {MAX_RUN_REQUESTS} in flight; refusing"),
+                        );
+                        (Status::Refused, "?".to_string())
+                    };
                     me.log(
                         Level::Notice,
                         &format!(
@@ -630,9 +695,13 @@ impl Monitor {
         };
         let mut old = std::mem::take(&mut self.book.borrow_mut().bound);
         let bound = match bind_all(&new, &mut old, None) {
-            Ok(b) => b,
+            Ok((b, _)) => b,
             Err(e) => {
-                self.book.borrow_mut().bound = restore(old, &self.book.borrow().config);
+                let restored = {
+                    let b = self.book.borrow();
+                    restore(old, &b.config)
+                };
+                self.book.borrow_mut().bound = restored;
                 self.log(
                     Level::Err,
                     &format!("reload failed: {e}; keeping the running config"),

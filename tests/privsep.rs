@@ -104,7 +104,7 @@ async fn forged(bytes: Vec<u8>) -> (Result<(), MonitorError>, u32) {
     let config = postern::config::load(&path).unwrap();
     let (mine, theirs) = channel::pair().unwrap();
     let logger = Arc::new(Logger::new(LogTarget::Stderr));
-    let bound = postern::monitor::bind_all(&config, &mut Vec::new(), None).unwrap();
+    let (bound, _) = postern::monitor::bind_all(&config, &mut Vec::new(), None).unwrap();
     let m = Monitor::new(config, bound, logger, Channel::new(mine).unwrap());
     // A stand-in for the network process that the monitor must kill.
     let child = tokio::process::Command::new("/bin/sleep")
@@ -344,4 +344,29 @@ fn socket_activation() {
     );
     assert_eq!(d.addr(), addr);
     assert_eq!(trigger(addr, &k), Outcome::Ack(Status::Started));
+}
+
+// Goal: a SIGHUP that reaches the network process too (e.g. `killall
+// -HUP posternd`) neither kills it nor stops the daemon.
+#[test]
+fn sighup_to_network_process_is_harmless() {
+    let s = Scratch::new("hupnet");
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
+    let (cfg, k) = simple_config(&s, &user);
+    let d = Daemon::start(s, &cfg);
+    let net = d.network_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(net as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reloaded", 5 * SEC);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pid_alive(net));
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
 }

@@ -96,7 +96,8 @@ impl Daemon {
         let path = scratch.path("posternd.toml");
         write_private(&path, config);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_posternd"));
-        cmd.arg("--config")
+        cmd.env_remove("JOURNAL_STREAM")
+            .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
