@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs what tests/e2e/console_lab.sh needs: QEMU (system emulator and
+# qemu-img), websockify, noVNC, Chromium, binutils, Python 3, Node.js with
+# npm, and playwright-core (into tests/lab/node_modules, from the committed
+# package-lock.json; it drives /usr/bin/chromium and never downloads a
+# browser).
+#
+# Run as root after `apt-get update`:
+#
+#   bash tests/lab/install-deps.sh
+#
+# qemu-utils may already come from Debian's bookworm-backports suite, and
+# bookworm's qemu-system-x86 then conflicts with it. So the backports suite
+# is added beside the configured sources, on the same mirror as the
+# existing Debian entries (read from the apt sources at run time), and QEMU
+# is installed from it. On a release other than bookworm nothing is added
+# and QEMU comes from the configured suites.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+LAB=$(cd "$(dirname "$0")" && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps.sh: run as root (apt-get install)" >&2
+    exit 1
+fi
+
+# The Debian mirror the machine already uses: the first URI of an entry
+# whose suites include the release itself (not -security), from deb822
+# .sources files or one-line .list files.
+debian_mirror() {
+    local release=$1 f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk -v rel="$release" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                uris = ""; suites = ""; types = ""
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^[ \t]*#/) continue
+                    if ($i ~ /^URIs:/)   { uris = $i;   sub(/^URIs:[ \t]*/, "", uris) }
+                    if ($i ~ /^Suites:/) { suites = " " $i " "; sub(/^ Suites:/, "", suites) }
+                    if ($i ~ /^Types:/)  { types = $i }
+                }
+                if (types ~ /(^|[ \t])deb([ \t]|$)/ && suites ~ ("[ \t]" rel "[ \t]")) {
+                    split(uris, u, /[ \t]+/); print u[1]; exit
+                }
+            }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        awk -v rel="$release" '
+            $1 == "deb" {
+                i = 2
+                if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == rel) { print $i; exit }
+            }' "$f"
+    done
+}
+
+. /etc/os-release
+codename=${VERSION_CODENAME:-}
+qemu_target=()
+if [ "$codename" = bookworm ]; then
+    mirror=$(debian_mirror bookworm | head -n1)
+    if [ -z "$mirror" ]; then
+        echo "install-deps.sh: no Debian bookworm entry found in the apt sources" >&2
+        exit 1
+    fi
+    list=/etc/apt/sources.list.d/postern-lab-backports.list
+    line="deb $mirror bookworm-backports main"
+    if [ "$(cat "$list" 2>/dev/null)" != "$line" ]; then
+        echo "$line" > "$list"
+        apt-get update -q
+    fi
+    qemu_target=(-t bookworm-backports)
+fi
+
+apt-get install -y -q --no-install-recommends "${qemu_target[@]}" \
+    qemu-system-x86 qemu-utils
+apt-get install -y -q --no-install-recommends \
+    websockify novnc chromium fonts-dejavu-core \
+    binutils python3 nodejs ca-certificates procps
+
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get install -y -q --no-install-recommends npm
+fi
+
+# playwright-core only: its install step downloads nothing.
+cd "$LAB"
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
