@@ -3,7 +3,9 @@
 # qemu-img), websockify, noVNC, Chromium, binutils, Python 3, Node.js with
 # npm, and playwright-core (into tests/lab/node_modules, from the committed
 # package-lock.json; it drives /usr/bin/chromium and never downloads a
-# browser).
+# browser). It also installs the lab's programs into
+# /usr/local/lib/postern/lab, where conf/examples/datacentre.toml names
+# them.
 #
 # Run as root after `apt-get update`:
 #
@@ -84,6 +86,12 @@ apt-get install -y -q --no-install-recommends \
 if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -q --no-install-recommends npm
 fi
+
+# The lab's programs, where the example config expects them.
+install -d -m 755 /usr/local/lib/postern/lab
+install -m 755 "$LAB/vm.sh" "$LAB/qmp.py" "$LAB/console-gateway" "$LAB/mkimage.sh" \
+    /usr/local/lib/postern/lab/
+install -m 644 "$LAB/guest.S" /usr/local/lib/postern/lab/
 
 # playwright-core only: its install step downloads nothing.
 cd "$LAB"
