@@ -3,8 +3,9 @@
 #   1. serve: a trigger starts a supervised sshd (sshd -D) that refused
 #      connections before; ssh logs in and runs a command; at the ttl the
 #      port is refused again and no sshd of the test is left;
-#   2. run + stop: the same with a daemonising sshd started by `run` and
-#      stopped by `stop` (a script killing the pid from its PidFile);
+#   2. run + stop: the same with a daemonising sshd started by `run` (a
+#      script that starts it and waits for its PidFile) and stopped by
+#      `stop` (a script killing the pid from that PidFile);
 #   3. hold_while: a gate with a 2 s ttl stays open while an ssh session is
 #      established (a new login still works 3 s in), and closes within a
 #      few seconds once the session ends;
@@ -21,7 +22,7 @@
 # starts is stopped by PID on exit. KEEP_LAB=1 keeps the lab.
 #
 # Prints one line per check and ends with "N passed, M failed"; exits 1 if
-# any check failed. Takes about 45 s.
+# any check failed. Takes about 20 s.
 #
 # Usage: tests/e2e/sshd.sh   (from anywhere)
 
@@ -121,10 +122,11 @@ while kill -0 "$pid" 2>/dev/null && ! grep -q '^State:.*zombie' "/proc/$pid/stat
 done
 EOF
 # hold_while: exit 0 while a TCP connection to port $1 is established
-# (ss prints a header line, then one line per connection).
+# (the check of conf/examples/sshd-on-demand.toml; ss -H prints one line
+# per connection and no header).
 cat >"$LAB/in-use.sh" <<'EOF'
 #!/bin/sh
-ss -tn state established "( sport = :$1 )" | tail -n +2 | grep -q .
+ss -Htn state established "( sport = :$1 )" | grep -q .
 EOF
 chmod 755 "$LAB/sshd-start.sh" "$LAB/sshd-stop.sh" "$LAB/in-use.sh"
 
