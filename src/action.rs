@@ -236,6 +236,8 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(
 }
 
 fn emit(logger: &Logger, label: &str, line: &[u8], cut: bool) {
+    // A CRLF line end (sshd -e writes them) is a line end, not a "?".
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
     let more = if cut { " [line cut]" } else { "" };
     logger.log(Level::Info, &format!("{label}: {text}{more}"));

@@ -268,6 +268,8 @@ check "serve: posternd logs the gate open" log_has "gate ssh open for addr=127.0
 pid=$(serve_pid ssh)
 check "serve: posternd logs the serve pid ($pid)" [ -n "$pid" ]
 check "serve: sshd listens on :$P_SERVE" wait_until 5 listening "$P_SERVE"
+check "serve: sshd's stderr reaches posternd's log, one clean line each" \
+    wait_until 5 grep -q "gate ssh serve pid=$pid stderr: Server listening on 127.0.0.1 port $P_SERVE\.\$" "$PD_LOG"
 check "serve: ssh logs in and runs a command" ssh_says "$P_SERVE" hello-from-sshd
 check "serve: the sshd listener is posternd's child" [ "$(ppid_of "${pid:-0}")" = "$PD_PID" ]
 if wait_log "$PD_LOG" "gate ssh closed (deadline)" 15; then
