@@ -32,6 +32,10 @@
 #
 # Usage: tests/e2e/relay.sh   (from anywhere)
 
+# Checks run through check, wait_until and eval: single-quoted on purpose
+# (SC2016), and functions called only that way are reachable (SC2317).
+# shellcheck disable=SC2016,SC2317
+
 set -u
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -46,7 +50,7 @@ T_SCRIPT=$(now_ms)
 
 # sshd refuses to start without its privilege-separation directory, which
 # the ssh service normally creates at boot.
-mkdir -p -m 755 /run/sshd
+[ -d /run/sshd ] || mkdir -m 755 /run/sshd
 mkdir -m 700 "$LAB/keys" "$LAB/state" "$LAB/tap"
 
 # --- the relay: sshd that allows one remote forward -----------------------
@@ -155,7 +159,6 @@ import threading
 
 target, out = int(sys.argv[1]), sys.argv[2]
 
-
 def pipe(src, dst, path):
     with open(path, "wb") as f:
         while True:
@@ -175,7 +178,6 @@ def pipe(src, dst, path):
         dst.shutdown(socket.SHUT_WR)
     except OSError:
         pass
-
 
 def handle(client, n):
     base = os.path.join(out, str(n))
@@ -197,7 +199,6 @@ def handle(client, n):
     client.close()
     upstream.close()
     open(base + ".done", "w").close()
-
 
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

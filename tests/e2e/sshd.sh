@@ -26,6 +26,10 @@
 #
 # Usage: tests/e2e/sshd.sh   (from anywhere)
 
+# Checks run through check, wait_until and eval: single-quoted on purpose
+# (SC2016), and functions called only that way are reachable (SC2317).
+# shellcheck disable=SC2016,SC2317
+
 set -u
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -40,7 +44,7 @@ T_SCRIPT=$(now_ms)
 
 # sshd refuses to start without its privilege-separation directory, which
 # the ssh service normally creates at boot.
-mkdir -p -m 755 /run/sshd
+[ -d /run/sshd ] || mkdir -m 755 /run/sshd
 
 # --- keys, sshd configs, helper scripts -----------------------------------
 
@@ -280,7 +284,7 @@ else
     fail "serve: gate closed (deadline) within 15 s"
 fi
 check "serve: after the ttl, ssh to :$P_SERVE is refused" ssh_refused "$P_SERVE"
-check "serve: no sshd of the test remains" no_sshd_left ${pid:-}
+check "serve: no sshd of the test remains" no_sshd_left "${pid:-}"
 
 # --- 2. run + stop ----------------------------------------------------------
 
@@ -302,7 +306,7 @@ else
 fi
 check "run/stop: posternd logs stop exit=0" log_has "gate ssh-run stop exit=0"
 check "run/stop: after the ttl, ssh to :$P_RUN is refused" ssh_refused "$P_RUN"
-check "run/stop: no sshd of the test remains" no_sshd_left ${runpid:-}
+check "run/stop: no sshd of the test remains" no_sshd_left "${runpid:-}"
 
 # --- 3. hold_while ------------------------------------------------------------
 
@@ -336,7 +340,8 @@ else
     fail "hold: the ssh session ended within 15 s"
 fi
 check "hold: afterwards, ssh to :$P_HOLD is refused" ssh_refused "$P_HOLD"
-check "hold: no sshd of the test remains" no_sshd_left ${holdpid:-} $sessions
+# shellcheck disable=SC2086 # $sessions: zero or more pids
+check "hold: no sshd of the test remains" no_sshd_left "${holdpid:-}" $sessions
 
 # --- 4. crash safety ----------------------------------------------------------
 
@@ -367,7 +372,7 @@ else
 fi
 check "crash run/stop: posternd logs it" wait_log "$PD_LOG" "gate ssh-run expired while posternd was down; stopped at start-up" 5
 check "crash run/stop: ssh to :$P_RUN is refused" ssh_refused "$P_RUN"
-check "crash run/stop: no sshd of the test remains" no_sshd_left ${runpid:-}
+check "crash run/stop: no sshd of the test remains" no_sshd_left "${runpid:-}"
 
 note "4b. crash with a serve gate open"
 trigger ssh
@@ -384,7 +389,7 @@ else
     fail "crash serve: sshd died with posternd"
 fi
 check "crash serve: ssh to :$P_SERVE is refused" ssh_refused "$P_SERVE"
-check "crash serve: no sshd of the test remains" no_sshd_left ${pid:-}
+check "crash serve: no sshd of the test remains" no_sshd_left "${pid:-}"
 if start_posternd "$LAB/posternd.toml" "$LAB/posternd-3.log"; then
     check "crash serve: the next start-up clears the record" wait_log "$PD_LOG" "gate ssh (serve) closed at start-up" 5
     kill_posternd TERM
