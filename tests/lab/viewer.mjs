@@ -124,7 +124,7 @@ try {
     executablePath: CHROMIUM,
     headless: true,
     args: FLAGS,
-    viewport: { width: 800, height: 480 },
+    viewport: { width: 960, height: 540 },
   });
   const page = context.pages()[0] || (await context.newPage());
   let wsClosed = false;
