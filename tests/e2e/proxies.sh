@@ -68,6 +68,8 @@ run_client() {
 }
 
 count() { grep -cE -- "$2" "$1" 2>/dev/null || true; }
+# Called through wait_until, which shellcheck cannot follow.
+# shellcheck disable=SC2317
 count_above() { [ "$(count "$1" "$2")" -gt "$3" ]; }
 
 # start_proxy NAME LOG COMMAND...: starts COMMAND in the background
