@@ -1,0 +1,73 @@
+//! The monitor <-> network codec. Network -> monitor requests are the
+//! privilege boundary: any 48 bytes either decode into a request whose
+//! fields are in range and which re-encodes to the same bytes, or are
+//! refused. Monitor -> network messages decode without panics and decode
+//! the same after a re-encode.
+#![no_main]
+
+use std::net::IpAddr;
+
+use libfuzzer_sys::fuzz_target;
+use postern::ipc::{Down, Request, REQUEST_LEN};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let listeners = usize::from(sel & 0x0f);
+    let actions = usize::from(sel >> 4);
+
+    // Requests: fixed length, so the untrusted side has to get every
+    // byte right. Try the body as it is and padded/cut to 48 bytes.
+    let mut fixed = [0u8; REQUEST_LEN];
+    let n = body.len().min(REQUEST_LEN);
+    fixed[..n].copy_from_slice(&body[..n]);
+    for bytes in [body, &fixed[..]] {
+        if let Ok(req) = Request::decode(bytes, listeners, actions) {
+            assert_eq!(bytes.len(), REQUEST_LEN);
+            assert_eq!(&req.encode()[..], bytes, "decode is injective");
+            let peer = match req {
+                Request::Run {
+                    action,
+                    peer,
+                    target,
+                    ..
+                } => {
+                    assert!(usize::from(action) < actions);
+                    assert!(!target.is_unspecified() || target.is_ipv4());
+                    peer
+                }
+                Request::Fail { peer, .. }
+                | Request::Lockout { peer, .. }
+                | Request::Notice { peer, .. } => peer,
+            };
+            assert!(usize::from(peer.listener) < listeners);
+            // Source addresses come out canonical (IPv4-mapped folded).
+            if let IpAddr::V6(v6) = peer.addr {
+                assert!(v6.to_ipv4_mapped().is_none());
+            }
+            // What the monitor does with a source: key it and print it.
+            let _ = postern::limits::SourceKey::of(peer.addr).to_string();
+        }
+    }
+
+    // Down messages: any length up to the channel's maximum.
+    if let Some(msg) = Down::decode(body) {
+        let again = msg.encode();
+        let twice = Down::decode(&again).expect("an encoded message decodes");
+        assert_eq!(again, twice.encode(), "encode(decode(x)) is stable");
+        match &msg {
+            Down::Exempt(net) => {
+                // The network process matches every source against it.
+                let _ = net.contains(IpAddr::from([192, 0, 2, 1]));
+                let _ = net.contains("2001:db8::1".parse::<IpAddr>().expect("literal"));
+                let _ = net.contains(net.addr);
+            }
+            Down::Begin { limits, .. } => {
+                assert!(limits.max_handshakes.get() > 0);
+            }
+            _ => {}
+        }
+        let _ = format!("{msg:?}");
+    }
+});
