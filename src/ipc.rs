@@ -557,6 +557,11 @@ impl Down {
                     // 0.0.0.0 encodes as ::ffff:0.0.0.0, which decodes fine.
                     return None;
                 }
+                // IpNet::contains shifts by (32 or 128) - prefix: a longer
+                // prefix would overflow there.
+                if prefix > if is_v4 { 32 } else { 128 } {
+                    return None;
+                }
                 Down::Exempt(IpNet { addr, prefix })
             }
             DOWN_ACTION => {
