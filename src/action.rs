@@ -84,6 +84,8 @@ pub struct Started {
     /// Its pid.
     pub pid: u32,
     pumps: Vec<tokio::task::JoinHandle<()>>,
+    logger: Arc<Logger>,
+    label: String,
 }
 
 /// Starts a command: argv exec'd directly, environment holding only PATH,
@@ -124,7 +126,13 @@ pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> 
             budget,
         )));
     }
-    Ok(Started { child, pid, pumps })
+    Ok(Started {
+        child,
+        pid,
+        pumps,
+        logger: Arc::clone(logger),
+        label: spec.label.clone(),
+    })
 }
 
 impl Started {
@@ -136,7 +144,9 @@ impl Started {
 
     /// Waits until the command exits or `deadline` passes; on the deadline
     /// the whole process group gets SIGTERM, then SIGKILL. When the main
-    /// process has exited, anything it left in its group is killed too.
+    /// process exits in time, what it left running is not touched: a `run`
+    /// command may legitimately start a daemon (which may still be in the
+    /// group between its fork and its setsid); that is logged instead.
     pub async fn wait(mut self, deadline: Duration) -> Outcome {
         let outcome = match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(Ok(status)) => Outcome::Exited(status),
@@ -150,10 +160,19 @@ impl Started {
                     kill_group(self.pid, Signal::SIGKILL);
                     let _ = self.child.wait().await;
                 }
+                kill_group(self.pid, Signal::SIGKILL);
                 Outcome::TimedOut
             }
         };
-        kill_group(self.pid, Signal::SIGKILL);
+        if matches!(outcome, Outcome::Exited(_)) && group_alive(self.pid) {
+            self.logger.log(
+                Level::Notice,
+                &format!(
+                    "{} pid={}: processes it started are still running in process group {}",
+                    self.label, self.pid, self.pid
+                ),
+            );
+        }
         // Give the pumps a moment to log what is left, then stop them: a
         // grandchild that escaped the group must not keep them alive.
         for p in self.pumps.drain(..) {
@@ -176,6 +195,14 @@ pub fn kill_group_or_pid(pid: u32, sig: Signal) {
         if raw > 1 && killpg(Pid::from_raw(raw), sig).is_err() {
             let _ = nix::sys::signal::kill(Pid::from_raw(raw), sig);
         }
+    }
+}
+
+/// Whether any process is left in process group `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    match i32::try_from(pgid) {
+        Ok(raw) if raw > 1 => killpg(Pid::from_raw(raw), None).is_ok(),
+        _ => false,
     }
 }
 

@@ -47,6 +47,12 @@ pub struct Logger {
     journal: bool,
 }
 
+impl core::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Logger")
+    }
+}
+
 impl Logger {
     /// A logger writing to `target`, tagged `posternd[pid]`.
     pub fn new(target: LogTarget) -> Logger {
