@@ -25,7 +25,7 @@ import time
 
 PROG = "postern.py"
 DEFAULT_PORT = 7001
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 30.0
 PBKDF2_ITERATIONS = 600000
 MAX_PASSWORD_LEN = 1024
 
@@ -43,6 +43,7 @@ FLEET_LABEL = b"postern-1 fleet\0"
 
 # Exit codes (PROTOCOL.md, "Client exit codes").
 EX_OK = 0
+EX_LOCAL = 1
 EX_NOACK = 2
 EX_NET = 3
 EX_REFUSED = 4
@@ -58,30 +59,33 @@ STATUS = {
 
 USAGE = """\
 usage:
-  {p} trigger HOST[:PORT] [KEY SOURCE] [--assert-addr ADDR] [--timeout SECS] [--proxy URL]
-  {p} trigger HOST[:PORT] --protocol ostiary-4 [--password-file F] [--timeout SECS]
-  {p} keygen
-  {p} selftest VECTORS_DIR
+  {p} trigger HOST[:PORT] [ACTION] [options]
+  {p} keygen                   print a fresh base64 key
+  {p} selftest VECTORS_DIR     check the computations against the test vectors
 
-key sources (postern-1; without one, the key is prompted for):
-  --key-file F                          base64 key in F (mode 0600)
-  --key-env VAR                         base64 key in environment variable VAR
-  --passphrase --host-name N --action A key derived from a prompted passphrase
-  --master F --host-name N --action A   key derived from a fleet master key in F
+key sources (choose one; default: prompt for the base64 key):
+  --key-file FILE       base64 key in FILE (must be chmod 600)
+  --key-env VAR         base64 key (ostiary-4: the password) in variable VAR
+  --passphrase          prompt for a passphrase; needs --action (and --host-name)
+  --master FILE         derive from the fleet master key in FILE; needs --action
+  --password-file FILE  ostiary-4 password in FILE (one trailing newline dropped)
+  --action NAME         action name for derivation (also the 2nd positional)
+  --host-name NAME      host name for derivation (default: HOST as given)
 
 options:
-  --assert-addr ADDR  bind the request to this IPv4 or IPv6 address
-  --timeout SECS      whole-exchange deadline in seconds (default {t:g})
-  --protocol P        postern-1 (default) or ostiary-4
-  --password-file F   ostiary-4 password (one trailing newline is ignored)
-  --proxy URL         connect through http://HOST:PORT (CONNECT) or
-                      socks5://HOST:PORT (no authentication)
+  --protocol P          postern-1 (default) or ostiary-4
+  --assert-addr ADDR    ask the server to bind the action to ADDR (postern-1)
+  --timeout SECS        bound for connect, challenge and ack, each (default {t:g})
+  --proxy URL           http://HOST:PORT (CONNECT) or socks5://HOST:PORT
 
-HOST[:PORT]: name, a.b.c.d, [v6] or [v6]:port; the default port is {d}.
+HOST[:PORT]: a name, a.b.c.d, [v6] or [v6]:port; the default port is {d}.
+Prompts read the terminal with echo off, or one line of standard input when
+standard input is not a terminal.
 
-exit codes: 0 accepted (ostiary-4: reply sent), 2 no or bad acknowledgement,
-3 network error or timeout, 4 refused, 5 failed to start, 64 usage or
-local setup error (unreadable key, key file open to group or others).
+exit codes: 0 accepted (started, already active; ostiary-4: reply sent),
+1 local error (key, password, terminal), 2 no acknowledgement,
+3 network error or timeout, 4 acknowledged but refused,
+5 acknowledged but failed to start, 64 usage error.
 """.format(p=PROG, t=DEFAULT_TIMEOUT, d=DEFAULT_PORT)
 
 
@@ -95,7 +99,11 @@ class Done(Exception):
 
 
 class LocalError(Exception):
-    """A usage or local setup problem (exit 64)."""
+    """A key, password or terminal could not be used (exit 1)."""
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit 64)."""
 
 
 # ---------------------------------------------------------------------------
@@ -113,7 +121,8 @@ def key_from_b64(text, what="key"):
     """Base64 text -> 32-byte key, with the daemon's rules: standard
     alphabet, padding optional, canonical trailing bits, surrounding
     whitespace ignored. Messages never include the input."""
-    bad = LocalError("%s is not valid base64; generate one with `%s keygen`" % (what, PROG))
+    prefix = "" if what == "key" else what + ": "
+    bad = LocalError("%skey is not valid base64; generate one with `%s keygen`" % (prefix, PROG))
     t = text.strip()
     body = t.rstrip("=")
     pad = len(t) - len(body)
@@ -125,8 +134,8 @@ def key_from_b64(text, what="key"):
         raise bad
     n = len(body) // 4 * 3 + max(len(body) % 4 - 1, 0)
     if n != 32:
-        raise LocalError("%s decodes to %d bytes, but must be exactly 32; generate one with `%s keygen`"
-                         % (what, n, PROG))
+        raise LocalError("%skey decodes to %d bytes, but must be exactly 32; generate one with `%s keygen`"
+                         % (prefix, n, PROG))
     raw = base64.b64decode(body + "=" * (-len(body) % 4))
     if base64.b64encode(raw).decode("ascii").rstrip("=") != body:
         raise bad
@@ -203,9 +212,9 @@ def check_private(path):
     try:
         st = os.stat(path)
     except OSError as e:
-        raise LocalError("%s: %s" % (path, e.strerror or e))
+        raise LocalError("cannot read %s: %s" % (path, (e.strerror or str(e)).lower()))
     if not stat.S_ISREG(st.st_mode):
-        raise LocalError("%s: not a regular file" % path)
+        raise LocalError("cannot read %s: not a regular file" % path)
     # Windows has no such mode bits; everywhere else they are checked.
     if os.name != "nt" and st.st_mode & 0o077:
         raise LocalError("%s is readable by group or others; run chmod 600 %s" % (path, path))
@@ -217,7 +226,7 @@ def read_private(path):
         with open(path, "rb") as f:
             return f.read(65536)
     except OSError as e:
-        raise LocalError("%s: %s" % (path, e.strerror or e))
+        raise LocalError("cannot read %s: %s" % (path, (e.strerror or str(e)).lower()))
 
 
 def prompt_secret(prompt):
@@ -228,8 +237,13 @@ def prompt_secret(prompt):
     return line[:-1] if line.endswith("\n") else line
 
 
-def load_secret(args, target):
+def load_secret(args, target, host_name):
     """The key (postern-1) or password (ostiary-4) bytes."""
+    env = None
+    if args.key_env:
+        env = os.environ.pop(args.key_env, None)
+        if not env:
+            raise LocalError("environment variable %s is not set" % args.key_env)
     if args.protocol == "ostiary-4":
         if args.password_file:
             pw = read_private(args.password_file)
@@ -237,30 +251,34 @@ def load_secret(args, target):
                 pw = pw[:-2]
             elif pw.endswith(b"\n"):
                 pw = pw[:-1]
+            if not pw:
+                raise LocalError("%s is empty" % args.password_file)
+        elif env is not None:
+            pw = env.encode("utf-8")
         else:
-            pw = prompt_secret("ostiary-4 password for %s: " % target).encode()
-        if not pw:
-            raise LocalError("the password is empty")
+            pw = prompt_secret("password for %s: " % target).encode("utf-8")
+            if not pw:
+                raise LocalError("empty password")
         if len(pw) > MAX_PASSWORD_LEN:
             raise LocalError("the password is longer than %d bytes" % MAX_PASSWORD_LEN)
         return pw
     if args.key_file:
         text = read_private(args.key_file).decode("ascii", "replace")
         return key_from_b64(text, args.key_file)
-    if args.key_env:
-        text = os.environ.pop(args.key_env, None)
-        if not text:
-            raise LocalError("environment variable %s is not set" % args.key_env)
-        return key_from_b64(text, args.key_env)
+    if env is not None:
+        return key_from_b64(env, "$" + args.key_env)
     if args.master:
         master = key_from_b64(read_private(args.master).decode("ascii", "replace"), args.master)
-        return key_from_master(master, args.host_name, args.action)
+        return key_from_master(master, host_name, args.action)
     if args.passphrase:
-        pp = prompt_secret("passphrase for %s/%s: " % (args.host_name, args.action))
+        pp = prompt_secret("passphrase for %s: " % target)
         if not pp:
-            raise LocalError("the passphrase is empty")
-        return key_from_passphrase(pp.encode("utf-8"), args.host_name, args.action)
-    return key_from_b64(prompt_secret("key for %s (base64): " % target))
+            raise LocalError("empty passphrase")
+        return key_from_passphrase(pp.encode("utf-8"), host_name, args.action)
+    text = prompt_secret("base64 key for %s: " % target)
+    if not text:
+        raise LocalError("empty key")
+    return key_from_b64(text)
 
 
 # ---------------------------------------------------------------------------
@@ -273,7 +291,7 @@ def parse_target(text, default_port=DEFAULT_PORT):
     if text.startswith("["):
         end = text.find("]")
         if end < 0 or (end + 1 < len(text) and text[end + 1] != ":"):
-            raise LocalError("%s: not a host name or address" % text)
+            raise UsageError("%s: not a host name or address" % text)
         host = text[1:end]
         if end + 1 < len(text):
             port = text[end + 2:]
@@ -281,63 +299,123 @@ def parse_target(text, default_port=DEFAULT_PORT):
         host, port = text.split(":")
     if not host or host.startswith("-") or any(
             not (c.isascii() and (c.isalnum() or c in "._:%-")) for c in host):
-        raise LocalError("%s: not a host name or address" % text)
+        raise UsageError("%s: not a host name or address" % text)
     if not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
-        raise LocalError("%s: bad port" % text)
+        raise UsageError("bad port in %s: use a number from 1 to 65535" % text)
     return host, int(port)
 
 
-def reason(err):
-    if isinstance(err, socket.timeout):
-        return "timed out"
-    if isinstance(err, socket.gaierror):
-        return err.strerror or str(err)
-    return getattr(err, "strerror", None) or str(err) or type(err).__name__
+def secs(t):
+    """Seconds as people write them: "30 s", "0.5 s"."""
+    return "%d s" % t if t == int(t) else "%.1f s" % t
+
+
+def authority(host, port):
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def socks_reply_text(code):
+    return {
+        1: "general failure",
+        2: "connection not allowed by ruleset",
+        3: "network unreachable",
+        4: "host unreachable",
+        5: "connection refused",
+        6: "TTL expired",
+        7: "command not supported",
+        8: "address type not supported",
+    }.get(code, "unknown error")
+
+
+def oserror_text(e):
+    return (getattr(e, "strerror", None) or str(e) or type(e).__name__).lower()
 
 
 class Conn:
-    """One TCP connection under one deadline; reads are exact or short
-    only at end of stream."""
+    """One TCP connection. Every step (connect with any proxy handshake,
+    the challenge, the reply, the ack) is bounded by `timeout` seconds,
+    and reads are exact: short only when the peer closed."""
 
-    def __init__(self, deadline):
-        self.deadline = deadline
+    def __init__(self, timeout):
+        self.timeout = timeout
         self.sock = None
+        self.deadline = None
+
+    def start(self):
+        self.deadline = time.monotonic() + self.timeout
 
     def remaining(self):
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise Done(EX_NET, "connection failed: timed out")
-        return left
+        return max(self.deadline - time.monotonic(), 0.001)
 
     def connect(self, host, port, proxy):
+        """Raises Done(EX_NET, ...) with the Rust client's wording."""
+        self.start()
+        where = authority(host, port)
+        if proxy is None:
+            self.sock = self._tcp(host, port, where)
+            return
+        kind, phost, pport = proxy
+        url = "%s://%s" % (kind, authority(phost, pport))
         try:
-            if proxy is None:
-                self.sock = socket.create_connection((host, port), timeout=self.remaining())
+            self.sock = socket.create_connection((phost, pport), timeout=self.remaining())
+        except socket.timeout:
+            raise Done(EX_NET, "connection failed: proxy %s: timed out" % url)
+        except OSError as e:
+            raise Done(EX_NET, "connection failed: proxy %s: %s" % (url, oserror_text(e)))
+        try:
+            if kind == "http":
+                self._http_connect(where)
             else:
-                scheme, phost, pport = proxy
-                self.sock = socket.create_connection((phost, pport), timeout=self.remaining())
-        except (OSError, socket.timeout) as e:
-            raise Done(EX_NET, "connection failed: %s" % reason(e))
-        if proxy is not None:
-            if proxy[0] == "http":
-                self.http_connect(host, port)
-            else:
-                self.socks5_connect(host, port)
+                self._socks5_connect(host, port)
+        except ProxyFailure as e:
+            raise Done(EX_NET, "connection failed: %s (%s)" % (e, url))
 
-    def read(self, n):
+    def _tcp(self, host, port, where):
+        try:
+            infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise Done(EX_NET, "connection failed: cannot resolve %s: %s" % (host, e.strerror or e))
+        if not infos:
+            raise Done(EX_NET, "connection failed: %s has no address" % host)
+        last = None
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(self.remaining())
+            try:
+                sock.connect(addr)
+                return sock
+            except socket.timeout:
+                sock.close()
+                raise Done(EX_NET, "connection failed: timed out after %s connecting to %s"
+                           % (secs(self.timeout), where))
+            except ConnectionRefusedError as e:
+                last = ("refused", e)
+            except OSError as e:
+                last = ("other", e)
+            sock.close()
+        if last[0] == "refused":
+            raise Done(EX_NET, "connection failed: connection refused by %s" % where)
+        raise Done(EX_NET, "connection failed: cannot connect to %s: %s" % (where, oserror_text(last[1])))
+
+    def read(self, n, on_timeout, on_close):
+        """Exactly n bytes. On timeout raises Done(EX_NET, on_timeout); on a
+        close or reset before n bytes, returns what came if on_close is
+        None, else raises Done(*on_close)."""
         buf = b""
         while len(buf) < n:
             self.sock.settimeout(self.remaining())
             try:
                 chunk = self.sock.recv(n - len(buf))
             except socket.timeout:
-                raise Done(EX_NET, "connection failed: timed out")
+                raise Done(EX_NET, "connection failed: " + on_timeout)
             except ConnectionError:
-                break
+                chunk = b""
             except OSError as e:
-                raise Done(EX_NET, "connection failed: %s" % reason(e))
+                raise Done(EX_NET, "connection failed: " + oserror_text(e))
             if not chunk:
-                break
+                if on_close is None:
+                    return buf
+                raise Done(*on_close)
             buf += chunk
         return buf
 
@@ -346,109 +424,157 @@ class Conn:
         try:
             self.sock.sendall(data)
         except socket.timeout:
-            raise Done(EX_NET, "connection failed: timed out")
+            raise Done(EX_NET, "connection failed: timed out after %s sending the reply"
+                       % secs(self.timeout))
+        except ConnectionError:
+            raise Done(EX_NOACK, "no acknowledgement (wrong key, locked out or refused)")
         except OSError as e:
-            raise Done(EX_NET, "connection failed: %s" % reason(e))
+            raise Done(EX_NET, "connection failed: " + oserror_text(e))
 
     def close(self):
         if self.sock is not None:
             self.sock.close()
 
     # Proxies. Both read their answer exactly, byte by byte where the
-    # length is not known, so no greeting byte is ever swallowed.
+    # length is not known, so no challenge byte is ever swallowed.
 
-    def http_connect(self, host, port):
-        authority = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-        self.send(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (authority, authority)).encode())
+    def _proxy_read(self, n):
+        buf = b""
+        while len(buf) < n:
+            self.sock.settimeout(self.remaining())
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except socket.timeout:
+                raise ProxyFailure("proxy did not answer in time")
+            except OSError as e:
+                raise ProxyFailure("proxy handshake failed: " + oserror_text(e))
+            if not chunk:
+                raise ProxyFailure("proxy closed the connection during the handshake")
+            buf += chunk
+        return buf
+
+    def _proxy_send(self, data):
+        self.sock.settimeout(self.remaining())
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise ProxyFailure("proxy did not answer in time")
+        except OSError as e:
+            raise ProxyFailure("proxy handshake failed: " + oserror_text(e))
+
+    def _http_connect(self, where):
+        self._proxy_send(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (where, where)).encode())
         head = b""
         while not head.endswith(b"\r\n\r\n"):
             if len(head) >= 8192:
-                raise Done(EX_NET, "connection failed: proxy: response too long")
-            c = self.read(1)
-            if not c:
-                raise Done(EX_NET, "connection failed: proxy closed the connection")
-            head += c
-        status = head.split(b"\r\n", 1)[0].split()
-        if len(status) < 2 or not status[0].startswith(b"HTTP/") or status[1] != b"200":
-            raise Done(EX_NET, "connection failed: proxy: %s"
-                       % head.split(b"\r\n", 1)[0].decode("latin-1"))
+                raise ProxyFailure("proxy response header is longer than 8 KiB")
+            head += self._proxy_read(1)
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ProxyFailure("proxy did not answer with HTTP/1.x")
+        if parts[1] != "200":
+            raise ProxyFailure("proxy refused: HTTP %s %s" % (parts[1], parts[2] if len(parts) > 2 else ""))
 
-    def socks5_connect(self, host, port):
-        self.send(b"\x05\x01\x00")
-        if self.read(2) != b"\x05\x00":
-            raise Done(EX_NET, "connection failed: proxy: socks5 needs authentication")
+    def _socks5_connect(self, host, port):
+        self._proxy_send(b"\x05\x01\x00")
+        hello = self._proxy_read(2)
+        if hello[0] != 5:
+            raise ProxyFailure("proxy did not answer as a SOCKS5 server")
+        if hello[1] != 0:
+            raise ProxyFailure("proxy refused: SOCKS5 authentication required (only no-auth is supported)")
         try:
             ip = ipaddress.ip_address(host)
             dest = (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
         except ValueError:
             name = host.encode("idna")
             if len(name) > 255:
-                raise Done(EX_NET, "connection failed: host name too long")
+                raise ProxyFailure("host name too long for SOCKS5")
             dest = b"\x03" + bytes([len(name)]) + name
-        self.send(b"\x05\x01\x00" + dest + port.to_bytes(2, "big"))
-        head = self.read(4)
-        if len(head) != 4 or head[0] != 5:
-            raise Done(EX_NET, "connection failed: proxy: bad socks5 reply")
+        self._proxy_send(b"\x05\x01\x00" + dest + port.to_bytes(2, "big"))
+        head = self._proxy_read(4)
+        if head[0] != 5:
+            raise ProxyFailure("proxy did not answer as a SOCKS5 server")
         if head[1] != 0:
-            raise Done(EX_NET, "connection failed: proxy: socks5 error %d" % head[1])
-        skip = {1: 4, 4: 16}.get(head[3])
-        if head[3] == 3:
-            n = self.read(1)
-            skip = n[0] if n else None
-        if skip is None:
-            raise Done(EX_NET, "connection failed: proxy: bad socks5 reply")
-        if len(self.read(skip + 2)) != skip + 2:
-            raise Done(EX_NET, "connection failed: proxy closed the connection")
+            raise ProxyFailure("proxy refused: SOCKS5 %s (reply %d)" % (socks_reply_text(head[1]), head[1]))
+        if head[3] == 1:
+            skip = 4
+        elif head[3] == 4:
+            skip = 16
+        elif head[3] == 3:
+            skip = self._proxy_read(1)[0]
+        else:
+            raise ProxyFailure("proxy did not answer as a SOCKS5 server")
+        self._proxy_read(skip + 2)
+
+
+class ProxyFailure(Exception):
+    """The proxy handshake failed; the message says how."""
 
 
 def parse_proxy(url):
     for scheme in ("http", "socks5", "socks5h"):
         prefix = scheme + "://"
         if url.startswith(prefix):
-            host, port = parse_target(url[len(prefix):].rstrip("/"), 1080 if scheme != "http" else 8080)
+            rest = url[len(prefix):]
+            if rest.endswith("/"):
+                rest = rest[:-1]
+            if "@" in rest:
+                raise UsageError("proxy credentials are not supported; remove USER@ from the proxy URL")
+            if "/" in rest:
+                raise UsageError("proxy URL must be just SCHEME://HOST:PORT")
+            host, port = parse_target(rest, 8080 if scheme == "http" else 1080)
             return ("http" if scheme == "http" else "socks5", host, port)
-    raise LocalError("--proxy must be http://HOST:PORT or socks5://HOST:PORT")
+    raise UsageError("proxy must be http://HOST:PORT or socks5://HOST:PORT")
+
+
+NO_ACK = (EX_NOACK, "no acknowledgement (wrong key, locked out or refused)")
+CLOSED_EARLY = (EX_NET, "connection failed: server closed before sending its challenge")
 
 
 def trigger(args):
+    """One exchange; always ends by raising Done."""
     host, port = parse_target(args.target)
-    target = args.target
     proxy = parse_proxy(args.proxy) if args.proxy else None
-    # Load or derive the secret before connecting: the server's deadline
-    # must not be spent on PBKDF2.
-    secret = load_secret(args, target)
     field = None
     if args.protocol == "postern-1":
         try:
             field = addr_field(args.assert_addr)
         except ValueError as e:
-            raise LocalError("--assert-addr %s: %s" % (args.assert_addr, e))
-    conn = Conn(time.monotonic() + args.timeout)
+            raise UsageError("--assert-addr %s: %s" % (args.assert_addr, e))
+    # Load or derive the secret before connecting: the server's deadline
+    # must not be spent on PBKDF2.
+    secret = load_secret(args, args.target, args.host_name or host)
+    conn = Conn(args.timeout)
+    t = secs(args.timeout)
     try:
         conn.connect(host, port, proxy)
+        conn.start()
         if args.protocol == "ostiary-4":
-            salt = conn.read(OSTIARY_SALT_LEN)
-            if len(salt) != OSTIARY_SALT_LEN:
-                raise Done(EX_NOACK, "no salt (locked out, rate limited or busy)")
+            salt = conn.read(OSTIARY_SALT_LEN, "timed out after %s waiting for the challenge" % t,
+                             CLOSED_EARLY)
+            conn.start()
             conn.send(hmac_sha256(secret, salt))
-            # Wait for the server's close so the reply is surely delivered.
-            conn.read(1)
+            # Nothing comes back; a clean FIN tells the server the reply is whole.
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
             raise Done(EX_OK, "reply sent (ostiary-4 gives no acknowledgement)")
-        greeting = conn.read(GREETING_LEN)
-        if len(greeting) != GREETING_LEN:
-            raise Done(EX_NOACK, "no greeting (locked out, rate limited or busy)")
+        greeting = conn.read(GREETING_LEN, "timed out after %s waiting for the challenge" % t,
+                             CLOSED_EARLY)
         if greeting[:4] != GREETING_TAG:
-            raise Done(EX_NET, "connection failed: not a postern-1 server (bad greeting)")
+            raise Done(EX_NET, "connection failed: bad greeting: not a postern-1 server")
         reply = reply_for(secret, greeting, field)
+        conn.start()
         conn.send(reply)
-        ack = conn.read(ACK_LEN)
-        if not ack:
-            raise Done(EX_NOACK, "no acknowledgement (wrong key, locked out or refused)")
-        if len(ack) != ACK_LEN:
-            raise Done(EX_NOACK, "bad acknowledgement (truncated)")
+        conn.start()
+        # A close, even after part of an ack, is the server's way of saying no.
+        ack = conn.read(ACK_LEN, "timed out after %s waiting for the acknowledgement" % t, NO_ACK)
         status = verify_ack(secret, greeting, reply, ack)
         if status is None:
-            raise Done(EX_NOACK, "bad acknowledgement (forged or corrupted)")
+            raise Done(EX_NOACK, "no acknowledgement (the acknowledgement did not verify: "
+                                 "wrong key or tampering)")
         raise Done(*STATUS[status])
     finally:
         conn.close()
@@ -590,45 +716,53 @@ def build_parser():
     sub = p.add_subparsers(dest="command")
     t = sub.add_parser("trigger", add_help=False)
     t.add_argument("target")
+    t.add_argument("positional_action", nargs="?")
     t.add_argument("--key-file")
     t.add_argument("--key-env")
     t.add_argument("--passphrase", action="store_true")
     t.add_argument("--master")
+    t.add_argument("--password-file")
     t.add_argument("--host-name")
     t.add_argument("--action")
     t.add_argument("--assert-addr")
     t.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT)
     t.add_argument("--protocol", choices=["postern-1", "ostiary-4"], default="postern-1")
-    t.add_argument("--password-file")
     t.add_argument("--proxy")
     sub.add_parser("keygen", add_help=False)
     s = sub.add_parser("selftest", add_help=False)
     s.add_argument("vectors_dir")
-    for name in ("help", "-h", "--help"):
-        sub.add_parser(name, add_help=False)
     return p
 
 
 def check_combination(a):
-    sources = sum(bool(x) for x in (a.key_file, a.key_env, a.passphrase, a.master))
-    if a.protocol == "ostiary-4":
-        if sources or a.host_name or a.action:
-            raise LocalError("ostiary-4 takes a password (--password-file), not a key")
-        if a.assert_addr:
-            raise LocalError("ostiary-4 cannot assert an address")
-        return
-    if a.password_file:
-        raise LocalError("--password-file is for --protocol ostiary-4")
+    """Usage rules, as the Rust client has them."""
+    if a.positional_action is not None:
+        if a.action is not None:
+            raise UsageError("give the action once: ACTION or --action")
+        a.action = a.positional_action
+    for name in ("key_file", "key_env", "master", "password_file", "host_name", "action",
+                 "assert_addr", "proxy"):
+        if getattr(a, name) == "":
+            raise UsageError("--%s needs a value" % name.replace("_", "-"))
+    sources = sum(bool(x) for x in (a.key_file, a.key_env, a.passphrase, a.master, a.password_file))
     if sources > 1:
-        raise LocalError("give one key source: --key-file, --key-env, --passphrase or --master")
-    if a.passphrase or a.master:
-        if not (a.host_name and a.action):
-            raise LocalError("--passphrase and --master need --host-name and --action")
-    elif a.host_name or a.action:
-        raise LocalError("--host-name and --action go with --passphrase or --master")
+        raise UsageError("choose one key source: --key-file, --key-env, --passphrase, --master "
+                         "or --password-file")
+    derives = bool(a.passphrase or a.master)
+    if a.protocol == "postern-1" and a.password_file:
+        raise UsageError("--password-file is for --protocol ostiary-4")
+    if a.protocol == "ostiary-4":
+        if a.key_file or derives:
+            raise UsageError("ostiary-4 takes a password: use --password-file, --key-env or the prompt")
+        if a.assert_addr:
+            raise UsageError("--assert-addr needs postern-1; ostiary-4 cannot carry an address")
+    if a.host_name and not derives:
+        raise UsageError("--host-name only applies to --passphrase and --master")
+    if derives and not a.action:
+        raise UsageError("--passphrase and --master need --action NAME")
     if a.key_env is not None and not (a.key_env.replace("_", "a").isalnum()
                                       and a.key_env.isascii() and not a.key_env[:1].isdigit()):
-        raise LocalError("--key-env needs a variable name")
+        raise UsageError("--key-env needs a variable name")
 
 
 def main(argv=None):
@@ -648,9 +782,12 @@ def main(argv=None):
             return selftest(args.vectors_dir)
         check_combination(args)
         trigger(args)
+    except UsageError as e:
+        sys.stderr.write("%s: %s\nrun \"%s help\" for usage\n" % (PROG, e, PROG))
+        return EX_USAGE
     except LocalError as e:
         sys.stderr.write("%s: %s\n" % (PROG, e))
-        return EX_USAGE
+        return EX_LOCAL
     except Done as d:
         print("%s: %s" % (args.target, d.message))
         return d.code

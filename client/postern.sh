@@ -26,11 +26,12 @@ export LC_ALL
 
 PROG=postern.sh
 DEFAULT_PORT=7001
-DEFAULT_TIMEOUT=10
+DEFAULT_TIMEOUT=30
 PBKDF2_ITERATIONS=600000
 
 # Exit codes (PROTOCOL.md, "Client exit codes").
 EX_OK=0
+EX_LOCAL=1
 EX_NOACK=2
 EX_NET=3
 EX_REFUSED=4
@@ -40,28 +41,33 @@ EX_USAGE=64
 usage() {
     cat <<EOF
 usage:
-  $PROG trigger HOST[:PORT] [KEY SOURCE] [--assert-addr ADDR] [--timeout SECS]
-  $PROG trigger HOST[:PORT] --protocol ostiary-4 [--password-file F] [--timeout SECS]
-  $PROG keygen
-  $PROG selftest VECTORS_DIR
+  $PROG trigger HOST[:PORT] [ACTION] [options]
+  $PROG keygen                   print a fresh base64 key
+  $PROG selftest VECTORS_DIR     check the computations against the test vectors
 
-key sources (postern-1; without one, the key is prompted for):
-  --key-file F                          base64 key in F (mode 0600)
-  --key-env VAR                         base64 key in environment variable VAR
-  --passphrase --host-name N --action A key derived from a prompted passphrase
-  --master F --host-name N --action A   key derived from a fleet master key in F
+key sources (choose one; default: prompt for the base64 key):
+  --key-file FILE       base64 key in FILE (must be chmod 600)
+  --key-env VAR         base64 key (ostiary-4: the password) in variable VAR
+  --passphrase          prompt for a passphrase; needs --action (and --host-name)
+  --master FILE         derive from the fleet master key in FILE; needs --action
+  --password-file FILE  ostiary-4 password in FILE (one trailing newline dropped)
+  --action NAME         action name for derivation (also the 2nd positional)
+  --host-name NAME      host name for derivation (default: HOST as given)
 
 options:
-  --assert-addr ADDR  bind the request to this IPv4 or IPv6 address
-  --timeout SECS      whole-exchange deadline in whole seconds (default $DEFAULT_TIMEOUT)
-  --protocol P        postern-1 (default) or ostiary-4
-  --password-file F   ostiary-4 password (one trailing newline is ignored)
+  --protocol P          postern-1 (default) or ostiary-4
+  --assert-addr ADDR    ask the server to bind the action to ADDR (postern-1)
+  --timeout SECS        bound for the whole exchange, whole seconds (default $DEFAULT_TIMEOUT)
 
-HOST[:PORT]: name, a.b.c.d, [v6] or [v6]:port; the default port is $DEFAULT_PORT.
+HOST[:PORT]: a name, a.b.c.d, [v6] or [v6]:port; the default port is $DEFAULT_PORT.
+Prompts read the terminal with echo off, or one line of standard input when
+standard input is not a terminal. Transport: bash's /dev/tcp under bash,
+else socat, else nc; POSTERN_TRANSPORT=devtcp|socat|nc chooses.
 
-exit codes: 0 accepted (ostiary-4: reply sent), 2 no or bad acknowledgement,
-3 network error or timeout, 4 refused, 5 failed to start, 64 usage or
-local setup error (unreadable key, key file open to group or others).
+exit codes: 0 accepted (started, already active; ostiary-4: reply sent),
+1 local error (key, password, terminal), 2 no acknowledgement,
+3 network error or timeout, 4 acknowledged but refused,
+5 acknowledged but failed to start, 64 usage error.
 EOF
 }
 
@@ -70,7 +76,7 @@ EOF
 
 fail_local() {
     printf '%s: %s\n' "$PROG" "$1" >&2
-    exit "$EX_USAGE"
+    exit "$EX_LOCAL"
 }
 
 fail_usage() {
@@ -153,9 +159,10 @@ hex_of_text() {
     printf '%s' "$1" | tohex
 }
 
-LABEL_REPLY=$(printf 'postern-1 reply\000' | tohex)
-LABEL_ACK=$(printf 'postern-1 ack\000' | tohex)
-GREETING_TAG=$(printf 'PST1' | tohex)
+# "postern-1 reply\0", "postern-1 ack\0" and "PST1" in hex.
+LABEL_REPLY=706f737465726e2d31207265706c7900
+LABEL_ACK=706f737465726e2d312061636b00
+GREETING_TAG=50535431
 
 # Strip leading and trailing blanks, tabs, CRs and newlines from $1 into TRIMMED.
 trim() {
@@ -211,9 +218,10 @@ key_of_b64() {
 
 # Refuse a secret file that group or others can read (or write).
 check_private() {
-    [ -f "$1" ] || fail_local "$1: no such file"
-    [ -r "$1" ] || fail_local "$1: permission denied"
-    _pm=$(ls -lnLd -- "$1") || fail_local "$1: cannot stat"
+    [ -e "$1" ] || fail_local "cannot read $1: no such file"
+    [ -f "$1" ] || fail_local "cannot read $1: not a regular file"
+    [ -r "$1" ] || fail_local "cannot read $1: permission denied"
+    _pm=$(ls -lnLd -- "$1") || fail_local "cannot read $1"
     _pm=${_pm%% *}
     case $_pm in
         ????------*) ;;
@@ -446,7 +454,7 @@ cleanup() {
 on_alarm() {
     [ -n "$READER" ] && kill "$READER" 2>/dev/null
     READER=
-    result "$EX_NET" "connection failed: timed out"
+    result "$EX_NET" "connection failed: timed out after $TIMEOUT s $PHASE"
 }
 
 pick_transport() {
@@ -482,8 +490,19 @@ start_watchdog() {
     WATCHDOG=$!
 }
 
+# Why the connection could not be made, worded as the Rust client does.
+connect_failed() {
+    case $HOST in *:*) _ca="[$HOST]:$PORT" ;; *) _ca="$HOST:$PORT" ;; esac
+    _cr=$(transport_reason)
+    case $_cr in
+        [Cc]onnection\ refused) result "$EX_NET" "connection failed: connection refused by $_ca" ;;
+        '') result "$EX_NET" "connection failed: cannot connect to $_ca" ;;
+        *) result "$EX_NET" "connection failed: cannot connect to $_ca: $_cr" ;;
+    esac
+}
+
 # First line of the transport's error output, after its last ": "
-# ("Connection refused", "Name or service not known", ...).
+# ("Connection refused", "Name or service not known", ...), or nothing.
 transport_reason() {
     _tr=
     if [ -s "$TMPD/err" ]; then
@@ -494,8 +513,7 @@ transport_reason() {
             fi
         done <"$TMPD/err"
     fi
-    _tr=${_tr##*: }
-    printf '%s' "${_tr:-could not connect}"
+    printf '%s' "${_tr##*: }"
 }
 
 open_connection() {
@@ -506,7 +524,7 @@ open_connection() {
                 RFD=5
                 WFD=5
             else
-                result "$EX_NET" "connection failed: $(transport_reason)"
+                connect_failed
             fi
             ;;
         nc | socat)
@@ -537,7 +555,8 @@ read_exact() {
 
 send_hex() {
     esc_of_hex "$1"
-    printf "$ESC" >&"$WFD" 2>/dev/null || result "$EX_NET" "connection failed: connection reset while sending"
+    printf "$ESC" >&"$WFD" 2>/dev/null ||
+        result "$EX_NOACK" "no acknowledgement (wrong key, locked out or refused)"
 }
 
 # Signal end of our data to nc. OpenBSD nc keeps running after the
@@ -553,8 +572,8 @@ end_sending() {
     fi
 }
 
-# Nothing (or too little) came before the server closed: tell a failed
-# connect from a server that closed on purpose. (OpenBSD nc cannot show
+# The challenge did not arrive whole: tell a failed connect from a
+# server that closed on purpose (a locked-out or over-rate source). (OpenBSD nc cannot show
 # a close before the greeting: with its standard input still open it
 # keeps waiting, and the exchange ends in the timeout instead.)
 closed_early() {
@@ -565,10 +584,10 @@ closed_early() {
         _rc=$?
         TRANSPORT_PID=
         if [ "$_rc" -ne 0 ] && [ -z "$RECEIVED" ]; then
-            result "$EX_NET" "connection failed: $(transport_reason)"
+            connect_failed
         fi
     fi
-    result "$EX_NOACK" "$1"
+    result "$EX_NET" "connection failed: server closed before sending its challenge"
 }
 
 # ---------------------------------------------------------------------------
@@ -616,7 +635,8 @@ cmd_trigger() {
     shift
     KEY_FILE= KEY_ENV= PASSPHRASE= MASTER= HOST_NAME= ACTION= ASSERT=
     TIMEOUT=$DEFAULT_TIMEOUT PROTOCOL=postern-1 PASSWORD_FILE=
-    _set_proto=
+    _positional=
+    _sources=0
     while [ $# -gt 0 ]; do
         _opt=$1
         _val=
@@ -628,6 +648,7 @@ cmd_trigger() {
             --passphrase)
                 [ -z "$_has" ] || fail_usage "--passphrase takes no value"
                 PASSPHRASE=1
+                _sources=$((_sources + 1))
                 shift
                 continue
                 ;;
@@ -639,63 +660,84 @@ cmd_trigger() {
                 fi
                 shift
                 ;;
-            *) fail_usage "unknown option: $_opt" ;;
+            -*) fail_usage "unknown option: $_opt" ;;
+            *)
+                [ -z "$_positional" ] || fail_usage "unexpected argument: $_opt"
+                _positional=$_opt
+                shift
+                continue
+                ;;
         esac
+        [ -n "$_val" ] || fail_usage "$_opt needs a value"
         case $_opt in
-            --key-file) KEY_FILE=$_val ;;
-            --key-env) KEY_ENV=$_val ;;
-            --master) MASTER=$_val ;;
+            --key-file) KEY_FILE=$_val; _sources=$((_sources + 1)) ;;
+            --key-env) KEY_ENV=$_val; _sources=$((_sources + 1)) ;;
+            --master) MASTER=$_val; _sources=$((_sources + 1)) ;;
+            --password-file) PASSWORD_FILE=$_val; _sources=$((_sources + 1)) ;;
             --host-name) HOST_NAME=$_val ;;
             --action) ACTION=$_val ;;
             --assert-addr) ASSERT=$_val ;;
             --timeout) TIMEOUT=$_val ;;
-            --protocol) PROTOCOL=$_val; _set_proto=1 ;;
-            --password-file) PASSWORD_FILE=$_val ;;
+            --protocol) PROTOCOL=$_val ;;
         esac
     done
+    if [ -n "$_positional" ]; then
+        [ -z "$ACTION" ] || fail_usage "give the action once: ACTION or --action"
+        ACTION=$_positional
+    fi
 
     case $TIMEOUT in
         '' | *[!0-9]* | 0* | ??????*) fail_usage "--timeout must be a whole number of seconds, 1 or more" ;;
     esac
-    _sources=0
-    [ -n "$KEY_FILE" ] && _sources=$((_sources + 1))
-    [ -n "$KEY_ENV" ] && _sources=$((_sources + 1))
-    [ -n "$PASSPHRASE" ] && _sources=$((_sources + 1))
-    [ -n "$MASTER" ] && _sources=$((_sources + 1))
-
+    [ "$_sources" -le 1 ] ||
+        fail_usage "choose one key source: --key-file, --key-env, --passphrase, --master or --password-file"
+    _derives=
+    [ -n "$PASSPHRASE" ] || [ -n "$MASTER" ] && _derives=1
     case $PROTOCOL in
         postern-1)
             [ -z "$PASSWORD_FILE" ] || fail_usage "--password-file is for --protocol ostiary-4"
-            [ "$_sources" -le 1 ] || fail_usage "give one key source: --key-file, --key-env, --passphrase or --master"
-            if [ -n "$PASSPHRASE" ] || [ -n "$MASTER" ]; then
-                [ -n "$HOST_NAME" ] && [ -n "$ACTION" ] || fail_usage "--passphrase and --master need --host-name and --action"
-            else
-                [ -z "$HOST_NAME" ] && [ -z "$ACTION" ] || fail_usage "--host-name and --action go with --passphrase or --master"
-            fi
             addr_field "$ASSERT" || fail_usage "--assert-addr $ADDRERR"
             ;;
         ostiary-4)
-            [ "$_sources" -eq 0 ] && [ -z "$HOST_NAME" ] && [ -z "$ACTION" ] ||
-                fail_usage "ostiary-4 takes a password (--password-file), not a key"
-            [ -z "$ASSERT" ] || fail_usage "ostiary-4 cannot assert an address"
+            [ -z "$KEY_FILE" ] && [ -z "$_derives" ] ||
+                fail_usage "ostiary-4 takes a password: use --password-file, --key-env or the prompt"
+            [ -z "$ASSERT" ] || fail_usage "--assert-addr needs postern-1; ostiary-4 cannot carry an address"
             ;;
         *) fail_usage "--protocol must be postern-1 or ostiary-4" ;;
     esac
+    [ -z "$HOST_NAME" ] || [ -n "$_derives" ] || fail_usage "--host-name only applies to --passphrase and --master"
+    if [ -n "$_derives" ]; then
+        [ -n "$ACTION" ] || fail_usage "--passphrase and --master need --action NAME"
+        [ -n "$HOST_NAME" ] || HOST_NAME=$HOST
+    fi
 
     # Load or derive the secret before connecting: the server's deadline
     # must not be spent on PBKDF2.
     KEYHEX=
+    if [ -n "$KEY_ENV" ]; then
+        case $KEY_ENV in
+            [0-9]* | *[!A-Za-z0-9_]*) fail_usage "--key-env needs a variable name" ;;
+        esac
+        eval "_kv=\${$KEY_ENV-}"
+        [ -n "$_kv" ] || fail_local "environment variable $KEY_ENV is not set"
+        # Keep it out of the environment of every program run from here.
+        unset "$KEY_ENV"
+    fi
     if [ "$PROTOCOL" = ostiary-4 ]; then
         if [ -n "$PASSWORD_FILE" ]; then
             check_private "$PASSWORD_FILE"
             KEYHEX=$(tohex <"$PASSWORD_FILE")
             case $KEYHEX in *0d0a) KEYHEX=${KEYHEX%0d0a} ;; *0a) KEYHEX=${KEYHEX%0a} ;; esac
+            [ -n "$KEYHEX" ] || fail_local "$PASSWORD_FILE is empty"
+        elif [ -n "$KEY_ENV" ]; then
+            KEYHEX=$(hex_of_text "$_kv")
+            _kv=
         else
-            prompt_secret "ostiary-4 password for $TARGET: "
+            prompt_secret "password for $TARGET: "
             KEYHEX=$(hex_of_text "$SECRET")
             SECRET=
+            [ -n "$KEYHEX" ] || fail_local "empty password"
         fi
-        [ -n "$KEYHEX" ] || fail_local "the password is empty"
         [ "${#KEYHEX}" -le 2048 ] || fail_local "the password is longer than 1024 bytes"
     elif [ -n "$KEY_FILE" ]; then
         check_private "$KEY_FILE"
@@ -703,14 +745,7 @@ cmd_trigger() {
         key_of_b64 "$FILETEXT" || fail_local "$KEY_FILE: $KEYERR"
         FILETEXT=
     elif [ -n "$KEY_ENV" ]; then
-        case $KEY_ENV in
-            '' | [0-9]* | *[!A-Za-z0-9_]*) fail_usage "--key-env needs a variable name" ;;
-        esac
-        eval "_kv=\${$KEY_ENV-}"
-        [ -n "$_kv" ] || fail_local "environment variable $KEY_ENV is not set"
-        # Keep it out of the environment of every program run from here.
-        unset "$KEY_ENV"
-        key_of_b64 "$_kv" || fail_local "$KEY_ENV: $KEYERR"
+        key_of_b64 "$_kv" || fail_local "\$$KEY_ENV: $KEYERR"
         _kv=
     elif [ -n "$MASTER" ]; then
         check_private "$MASTER"
@@ -719,13 +754,14 @@ cmd_trigger() {
         FILETEXT=
         KEYHEX=$(fleet_key "$KEYHEX" "$HOST_NAME" "$ACTION")
     elif [ -n "$PASSPHRASE" ]; then
-        prompt_secret "passphrase for $HOST_NAME/$ACTION: "
-        [ -n "$SECRET" ] || fail_local "the passphrase is empty"
+        prompt_secret "passphrase for $TARGET: "
+        [ -n "$SECRET" ] || fail_local "empty passphrase"
         pbkdf2_key "$SECRET" "$(passphrase_salt "$HOST_NAME" "$ACTION")" ||
             fail_local "openssl could not derive the key (openssl 1.1.1 or later is needed for -pbkdf2)"
         SECRET=
     else
-        prompt_secret "key for $TARGET (base64): "
+        prompt_secret "base64 key for $TARGET: "
+        [ -n "$SECRET" ] || fail_local "empty key"
         key_of_b64 "$SECRET" || fail_local "$KEYERR"
         SECRET=
     fi
@@ -735,35 +771,40 @@ cmd_trigger() {
     trap '' PIPE
     trap on_alarm ALRM
     TMPD=$(mktemp -d "${TMPDIR:-/tmp}/postern.XXXXXX") || fail_local "cannot create a temporary directory"
+    case $HOST in *:*) PHASE="connecting to [$HOST]:$PORT" ;; *) PHASE="connecting to $HOST:$PORT" ;; esac
     start_watchdog
     open_connection
+    PHASE="waiting for the challenge"
 
     if [ "$PROTOCOL" = ostiary-4 ]; then
         read_exact 32 "$TMPD/salt"
-        [ "${#RECEIVED}" -eq 64 ] || closed_early "no salt (locked out, rate limited or busy)"
+        [ "${#RECEIVED}" -eq 64 ] || closed_early
+        PHASE="sending the reply"
         send_hex "$(hmac_hex "$KEYHEX" "$RECEIVED")"
         end_sending
         # Wait for the server's close so the reply is surely delivered.
+        PHASE="waiting for the server to close"
         read_exact 1 "$TMPD/eof"
         result "$EX_OK" "reply sent (ostiary-4 gives no acknowledgement)"
     fi
 
     read_exact 36 "$TMPD/greeting"
     _g=$RECEIVED
-    [ "${#_g}" -eq 72 ] || closed_early "no greeting (locked out, rate limited or busy)"
+    [ "${#_g}" -eq 72 ] || closed_early
     [ "$(hex_head "$_g" 4)" = "$GREETING_TAG" ] ||
-        result "$EX_NET" "connection failed: not a postern-1 server (bad greeting)"
+        result "$EX_NET" "connection failed: bad greeting: not a postern-1 server"
     _r=$(reply_hex "$KEYHEX" "$_g" "$ADDRHEX")
+    PHASE="sending the reply"
     send_hex "$_r"
     end_sending
+    PHASE="waiting for the acknowledgement"
     read_exact 33 "$TMPD/ack"
     _a=$RECEIVED
-    if [ -z "$_a" ]; then
+    # A close (even after part of an ack) is the server's way of saying no.
+    [ "${#_a}" -eq 66 ] ||
         result "$EX_NOACK" "no acknowledgement (wrong key, locked out or refused)"
-    fi
-    [ "${#_a}" -eq 66 ] || result "$EX_NOACK" "bad acknowledgement (truncated)"
     _s=$(verify_ack "$KEYHEX" "$_g" "$_r" "$_a") ||
-        result "$EX_NOACK" "bad acknowledgement (forged or corrupted)"
+        result "$EX_NOACK" "no acknowledgement (the acknowledgement did not verify: wrong key or tampering)"
     KEYHEX=
     case $_s in
         01) result "$EX_OK" "accepted, action started" ;;

@@ -83,6 +83,17 @@ PASSPHRASE="correct horse battery staple"
 PASSPHRASE_KEY=N99s1kxPiQ7EN2hKGjMWufqrEcetcWDcYwePx1DnP34=
 MASTER=PD0+Pzg5Ojs0NTY3MDEyMywtLi8oKSorJCUmJyAhIiM=
 FLEET_KEY=j/eHNJoiARjHkVaYYBdacit07fqjvGesQMDTqlGSriA=
+# The same passphrase and master, derived for host 127.0.0.1, action console.
+LOOPBACK_PASSPHRASE_KEY=$("$PY" -c '
+import base64, hashlib, sys
+salt = hashlib.sha256(b"postern-1 passphrase\x00127.0.0.1\x00console").digest()[:8]
+print(base64.b64encode(hashlib.pbkdf2_hmac("sha256", sys.argv[1].encode(), salt, 600000, 32)).decode())
+' "$PASSPHRASE")
+LOOPBACK_FLEET_KEY=$("$PY" -c '
+import base64, hashlib, hmac, sys
+m = base64.b64decode(sys.argv[1])
+print(base64.b64encode(hmac.new(m, b"postern-1 fleet\x00127.0.0.1\x00console", hashlib.sha256).digest()).decode())
+' "$MASTER")
 
 (
     umask 077
@@ -227,8 +238,9 @@ free_port() {
 # fake_case VARIANT NAME WANT_RC WANT_VERDICT WANT_LINE [CLIENT ARGS...]
 #   WANT_VERDICT: what the server must report, or "-" for no server (the
 #   target is then a closed port). WANT_LINE: the client's output after
-#   "TARGET: ", or "-" to check stderr is non-empty instead. The client
-#   runs `trigger TARGET ARGS...`.
+#   "TARGET: " (@TARGET@ in it stands for the target), or "-" to check
+#   that stderr is not empty instead. The client runs
+#   `trigger TARGET ARGS...`.
 fake_case() {
     _v=$1 _name="$1: $2" _want_rc=$3 _want_verdict=$4 _want_line=$5
     shift 5
@@ -262,7 +274,12 @@ fake_case() {
     [ "$_verdict" = "$_want_verdict" ] || _problem="${_problem:+$_problem; }server saw $_verdict, want $_want_verdict"
     if [ "$_want_line" = - ]; then
         [ -s "$W/err" ] || _problem="${_problem:+$_problem; }no error message"
-    elif [ "$_out" != "$_target: $_want_line" ]; then
+    else
+        case $_want_line in
+            *@TARGET@*) _want_line="${_want_line%%@TARGET@*}$_target${_want_line#*@TARGET@}" ;;
+        esac
+    fi
+    if [ "$_want_line" != - ] && [ "$_out" != "$_target: $_want_line" ]; then
         _problem="${_problem:+$_problem; }output '$_out', want '$_target: $_want_line'"
     fi
     if [ -n "${MAX_SECS:-}" ] && [ $((_t1 - _t0)) -gt "$MAX_SECS" ]; then
@@ -281,11 +298,10 @@ ACTIVE="accepted, already active"
 REFUSED="acknowledged, refused (cooldown, busy or address binding)"
 FAILEDS="acknowledged, failed to start"
 NOACK="no acknowledgement (wrong key, locked out or refused)"
-FORGED="bad acknowledgement (forged or corrupted)"
-TRUNC="bad acknowledgement (truncated)"
-NOGREET="no greeting (locked out, rate limited or busy)"
-BADGREET="connection failed: not a postern-1 server (bad greeting)"
-TIMEDOUT="connection failed: timed out"
+FORGED="no acknowledgement (the acknowledgement did not verify: wrong key or tampering)"
+NOGREET="connection failed: server closed before sending its challenge"
+BADGREET="connection failed: bad greeting: not a postern-1 server"
+TIMEDOUT="connection failed: timed out after"
 OSTIARY="reply sent (ostiary-4 gives no acknowledgement)"
 
 IPV6=
@@ -312,7 +328,7 @@ for v in $VARIANTS; do
     SRV="--mode forged --key-b64 $KEY"
     fake_case "$v" "forged ack" 2 verified "$FORGED" $K "$W/key"
     SRV="--mode truncated --key-b64 $KEY"
-    fake_case "$v" "truncated ack" 2 verified "$TRUNC" $K "$W/key"
+    fake_case "$v" "truncated ack" 2 verified "$NOACK" $K "$W/key"
     SRV="--mode badgreeting --key-b64 $KEY"
     fake_case "$v" "bad greeting" 3 sent-bad-greeting "$BADGREET" $K "$W/key"
     # OpenBSD nc keeps waiting after the server's close while its input is
@@ -320,16 +336,18 @@ for v in $VARIANTS; do
     SRV="--mode close"
     if [ "$v" = dash+nc.openbsd ]; then
         MAX_SECS=4
-        fake_case "$v" "closed before greeting (timeout)" 3 closed "$TIMEDOUT" $K "$W/key" --timeout 2
+        fake_case "$v" "closed before greeting (timeout)" 3 closed \
+            "$TIMEDOUT 2 s waiting for the challenge" $K "$W/key" --timeout 2
     else
-        fake_case "$v" "closed before greeting" 2 closed "$NOGREET" $K "$W/key" --timeout 5
+        fake_case "$v" "closed before greeting" 3 closed "$NOGREET" $K "$W/key" --timeout 5
     fi
     SRV="--mode silent"
     MAX_SECS=4
-    fake_case "$v" "silent server, --timeout 1" 3 client-closed "$TIMEDOUT" $K "$W/key" --timeout 1
+    fake_case "$v" "silent server, --timeout 1" 3 client-closed \
+        "$TIMEDOUT 1 s waiting for the challenge" $K "$W/key" --timeout 1
     # OpenBSD nc says nothing about why it could not connect.
-    _why="Connection refused"
-    [ "$v" = dash+nc.openbsd ] && _why="could not connect"
+    _why="connection refused by @TARGET@"
+    [ "$v" = dash+nc.openbsd ] && _why="cannot connect to @TARGET@"
     fake_case "$v" "connection refused" 3 - "connection failed: $_why" $K "$W/key"
 
     SRV="--mode ostiary --password Sample"
@@ -338,10 +356,23 @@ for v in $VARIANTS; do
     fake_case "$v" "ostiary-4 wrong password (undetectable)" 0 bad-mac "$OSTIARY" \
         --protocol ostiary-4 --password-file "$W/wrong-password"
 
-    fake_case "$v" "key file mode 0644 refused" 64 - - $K "$W/open-key"
-    fake_case "$v" "password file mode 0644 refused" 64 - - --protocol ostiary-4 --password-file "$W/open-password"
-    fake_case "$v" "bad --assert-addr refused" 64 - - $K "$W/key" --assert-addr 1::2::3
-    fake_case "$v" "unknown option refused" 64 - - $K "$W/key" --bogus
+    export POSTERN_TEST_PASSWORD=Sample
+    SRV="--mode ostiary --password Sample"
+    fake_case "$v" "ostiary-4 password from --key-env" 0 verified "$OSTIARY" \
+        --protocol ostiary-4 --key-env POSTERN_TEST_PASSWORD
+    unset POSTERN_TEST_PASSWORD
+
+    # Local errors exit 1 before connecting; usage errors exit 64.
+    fake_case "$v" "key file mode 0644 refused (exit 1)" 1 - - $K "$W/open-key"
+    fake_case "$v" "password file mode 0644 refused (exit 1)" 1 - - --protocol ostiary-4 --password-file "$W/open-password"
+    fake_case "$v" "missing key file (exit 1)" 1 - - $K "$W/no-such-file"
+    fake_case "$v" "malformed key (exit 1)" 1 - - $K "$W/password"
+    fake_case "$v" "bad --assert-addr (exit 64)" 64 - - $K "$W/key" --assert-addr 1::2::3
+    fake_case "$v" "unknown option (exit 64)" 64 - - $K "$W/key" --bogus
+    fake_case "$v" "two key sources (exit 64)" 64 - - $K "$W/key" --master "$W/master" --action a
+    fake_case "$v" "--host-name without derivation (exit 64)" 64 - - $K "$W/key" --host-name h
+    fake_case "$v" "--passphrase without action (exit 64)" 64 - - --passphrase
+    fake_case "$v" "ostiary-4 with --key-file (exit 64)" 64 - - --protocol ostiary-4 $K "$W/key"
 
     SRV="--mode ack --key-b64 $KEY --expect-addr 203.0.113.7"
     fake_case "$v" "asserted IPv4" 0 verified "$STARTED" $K "$W/key" --assert-addr 203.0.113.7
@@ -364,11 +395,21 @@ for v in $VARIANTS; do
     fake_case "$v" "--passphrase" 0 verified "$STARTED" --passphrase --host-name web-17 --action console
     SRV="--mode ack --key-b64 $FLEET_KEY"
     fake_case "$v" "--master" 0 verified "$STARTED" --master "$W/master" --host-name web-17 --action console
+    # Without --host-name, the host as given (here 127.0.0.1) is derived
+    # for; the action may be the second positional.
+    SRV="--mode ack --key-b64 $LOOPBACK_PASSPHRASE_KEY"
+    CLIENT_IN=$W/passphrase-input
+    fake_case "$v" "--passphrase, default host name, positional action" 0 verified "$STARTED" \
+        console --passphrase
+    SRV="--mode ack --key-b64 $LOOPBACK_FLEET_KEY"
+    fake_case "$v" "--master, default host name, positional action" 0 verified "$STARTED" \
+        console --master "$W/master"
 
     if [ "$v" = dash+nc.traditional ]; then
         # Known limitation: traditional nc speaks IPv4 only.
         BIND=::1
-        fake_case "$v" "IPv6 transport unsupported by this nc" 3 - "connection failed: Unknown host" $K "$W/key"
+        fake_case "$v" "IPv6 transport unsupported by this nc" 3 - \
+            "connection failed: cannot connect to @TARGET@: Unknown host" $K "$W/key"
     elif [ -n "$IPV6" ]; then
         SRV="--mode ack --key-b64 $KEY"
         BIND=::1
