@@ -952,6 +952,18 @@ impl Cx<'_> {
             Some(v) => self.path("daemon.state_dir", v),
             None => Some(PathBuf::from(defaults::STATE_DIR)),
         };
+        if let (Some(dir), Some(v)) = (&state_dir, &d.state_dir) {
+            if dir.exists() && !dir.is_dir() {
+                self.err(
+                    "daemon.state_dir",
+                    Some(v.span()),
+                    format!(
+                        "{} exists but is not a directory; point state_dir at a directory (posternd creates it if missing)",
+                        dir.display()
+                    ),
+                );
+            }
+        }
         let chroot_dir = match (&d.chroot, &state_dir) {
             (Some(v), _) => self.path("daemon.chroot", v),
             (None, Some(s)) => Some(s.join(defaults::CHROOT_SUBDIR)),
@@ -1565,8 +1577,13 @@ impl Cx<'_> {
                 "{what} file {shown} is too large ({} bytes, at most {max_len}); it should hold one {what}",
                 m.len()
             ),
-            Ok(_) => match std::fs::read(&path) {
-                Ok(bytes) => return Some(Zeroizing::new(bytes)),
+            // The size above can lie (files in /proc report 0), so the
+            // read itself is bounded too.
+            Ok(_) => match read_bounded(&path, max_len) {
+                Ok(bytes) if bytes.len() as u64 <= max_len => return Some(bytes),
+                Ok(_) => format!(
+                    "{what} file {shown} is too large (more than {max_len} bytes); it should hold one {what}"
+                ),
                 Err(e) => format!("cannot read {what} file {shown}: {}", io_reason(&e)),
             },
         };
@@ -2031,6 +2048,20 @@ impl Cx<'_> {
         };
         NonZeroU32::new(n)
     }
+}
+
+/// Reads at most `max_len + 1` bytes of `path`, so a caller can tell a
+/// file over the bound without ever holding more than that.
+fn read_bounded(path: &Path, max_len: u64) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    // Room for the whole bound up front: the buffer never reallocates, so
+    // no copy of the secret is left behind unzeroized.
+    let cap = usize::try_from(max_len.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(cap));
+    std::fs::File::open(path)?
+        .take(max_len.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 // ---------------------------------------------------------------------------
