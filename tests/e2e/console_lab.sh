@@ -32,14 +32,14 @@
 # Usage: tests/e2e/console_lab.sh      (from anywhere)
 #   POSTERND, POSTERN: the binaries (default ${CARGO_TARGET_DIR:-target}/debug,
 #   built with cargo if missing). CONSOLE_TTL: the console's ttl in seconds
-#   (default 30).
+#   (default 40).
 
 set -u
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LABSRC=$ROOT/tests/lab
 EXAMPLE=$ROOT/conf/examples/datacentre.toml
-CONSOLE_TTL=${CONSOLE_TTL:-30}
+CONSOLE_TTL=${CONSOLE_TTL:-40}
 T0=$(date +%s%N)
 passed=0
 failed=0

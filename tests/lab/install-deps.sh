@@ -81,8 +81,13 @@ apt-get install -y -q --no-install-recommends "${qemu_target[@]}" \
     qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends \
     websockify novnc chromium fonts-dejavu-core \
-    binutils python3 nodejs ca-certificates procps
+    binutils python3 ca-certificates procps util-linux
 
+# Node.js 20 or later (playwright-core's minimum): the machine's own if it
+# has one, else the distribution's.
+if ! command -v node >/dev/null 2>&1; then
+    apt-get install -y -q --no-install-recommends nodejs
+fi
 if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -q --no-install-recommends npm
 fi
