@@ -209,7 +209,6 @@ viewer() {
     node "$LABSRC/viewer.mjs" "$CONSOLE_URL" "$ARTIFACTS/$name" "$@" \
         >"$ARTIFACTS/$name.log" 2>&1 &
     VIEWER_PIDS+=($!)
-    LAST_VIEWER=$!
 }
 event() { grep -qE "^[0-9]+ $2( |$)" "$ARTIFACTS/$1.events" 2>/dev/null; }
 wait_event() { wait_for "event $1 '$2' || event $1 error" "$3" && event "$1" "$2"; }
@@ -349,7 +348,6 @@ screen 'DISK: PRISTINE' 5
 qmp screendump "$ARTIFACTS/screen-1.ppm"
 qmp screendump "$ARTIFACTS/screen-1.png" --format png
 viewer viewer-1 --expect "$ARTIFACTS/screen-1.ppm" --hold 120
-V1=$LAST_VIEWER
 if wait_event viewer-1 ready 40 && event viewer-1 match; then
     ok "headless Chromium shows the VM's console in noVNC: the canvas equals QEMU's screendump (BOOT COUNT: 1, DISK: PRISTINE over QMP)"
 else
@@ -405,7 +403,6 @@ fi
 qmp screendump "$ARTIFACTS/screen-3.ppm"
 qmp screendump "$ARTIFACTS/screen-3.png" --format png
 viewer viewer-2 --expect "$ARTIFACTS/screen-3.ppm" --hold 120
-V2=$LAST_VIEWER
 if wait_event viewer-2 ready 40 && event viewer-2 match; then
     ok "a new viewer shows the reimaged server (canvas equals screendump; screenshot $ARTIFACTS/viewer-2-page.png)"
 else
