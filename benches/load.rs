@@ -1,0 +1,1437 @@
+//! The load tool: throughput under a flood of wrong replies, a legitimate
+//! trigger under attack, memory and idle wake-ups, verify cost, and
+//! trigger-to-action latency of the real, release-built posternd on
+//! loopback. BENCHMARKS.md explains each measure and the design behind the
+//! numbers.
+//!
+//! ```text
+//! cargo bench --bench load               the full suite (a few minutes)
+//! cargo bench --bench load -- --smoke    every measure, briefly: asserts
+//!                                        only that each one runs and reports
+//! cargo bench --bench load -- --only ad  a subset (letters a..e)
+//! ```
+//!
+//! posternd comes from $POSTERND, else `cargo build --release --bin
+//! posternd`; the client from $POSTERN, else `cargo build --release -p
+//! postern-client --bin postern`. Run as root, posternd separates
+//! privileges exactly as in production (network process chrooted, user
+//! nobody).
+//!
+//! Only loopback addresses are loaded (127.0.0.0/8), and every loop is
+//! bounded both in count and in time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use postern::mac::MacKey;
+use postern::secret::{b64_encode, Key};
+use postern::wire::{self, Status, Verifier, ACK_LEN, GREETING_LEN, REPLY_LEN};
+
+type R<T> = Result<T, String>;
+
+/// Deadline for any single network step of a load client.
+const STEP: Duration = Duration::from_secs(5);
+/// Upper bound on iterations of any load loop (they also stop on time).
+const MAX_ITER: u64 = 50_000_000;
+
+// ---------------------------------------------------------------------------
+// Sizes of one suite run.
+
+/// How long and how hard each measure runs.
+#[derive(Debug, Clone)]
+struct Profile {
+    smoke: bool,
+    /// (a) runs per server (median taken), alternating baseline/postern.
+    a_runs: usize,
+    /// (a) action counts.
+    a_actions: Vec<usize>,
+    /// (a) client attempts in flight.
+    a_concurrency: usize,
+    /// (a) warm-up before counting, then the counting window.
+    a_warm: Duration,
+    a_window: Duration,
+    /// (b) distinct flood sources, and the larger set for (c).
+    b_sources: usize,
+    b_sources_big: usize,
+    /// (b) flood attempts in flight.
+    b_flood_concurrency: usize,
+    /// (b) silent connections held open (one distinct source each).
+    b_loris: usize,
+    /// (b) legitimate triggers, and the pause between two.
+    b_triggers: usize,
+    b_gap: Duration,
+    /// (b) attack before the first trigger.
+    b_ramp: Duration,
+    /// (c) idle observation window.
+    c_idle: Duration,
+    /// (d) key counts, samples, and time per sample.
+    d_keys: Vec<usize>,
+    d_samples: usize,
+    d_sample_time: Duration,
+    /// (e) triggers.
+    e_runs: usize,
+}
+
+impl Profile {
+    fn full() -> Profile {
+        Profile {
+            smoke: false,
+            a_runs: 5,
+            a_actions: vec![1, 16, 256],
+            a_concurrency: 64,
+            a_warm: Duration::from_millis(300),
+            a_window: Duration::from_secs(2),
+            b_sources: 500,
+            b_sources_big: 5000,
+            b_flood_concurrency: 128,
+            b_loris: 1000,
+            b_triggers: 200,
+            b_gap: Duration::from_millis(10),
+            b_ramp: Duration::from_millis(500),
+            c_idle: Duration::from_secs(10),
+            d_keys: vec![1, 16, 256, 1024],
+            d_samples: 9,
+            d_sample_time: Duration::from_millis(100),
+            e_runs: 20,
+        }
+    }
+
+    fn smoke() -> Profile {
+        Profile {
+            smoke: true,
+            a_runs: 1,
+            a_actions: vec![1, 16],
+            a_concurrency: 8,
+            a_warm: Duration::from_millis(20),
+            a_window: Duration::from_millis(150),
+            b_sources: 20,
+            b_sources_big: 60,
+            b_flood_concurrency: 8,
+            b_loris: 40,
+            b_triggers: 10,
+            b_gap: Duration::from_millis(5),
+            b_ramp: Duration::from_millis(50),
+            c_idle: Duration::from_millis(500),
+            d_keys: vec![1, 16],
+            d_samples: 3,
+            d_sample_time: Duration::from_millis(5),
+            e_runs: 3,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+fn median_f64(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+/// The `p`-th percentile (0..=100), nearest rank.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.2} MiB", kib as f64 / 1024.0)
+}
+
+/// A loopback source address: 127.`base`.x.y, distinct for each `i` below
+/// 62,500 (y is never 0 or 255).
+fn source(base: u8, i: usize) -> IpAddr {
+    let hi = base.wrapping_add((i / 62_500) as u8);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        hi,
+        ((i / 250) % 250) as u8,
+        (i % 250 + 1) as u8,
+    ))
+}
+
+fn write_private(path: &Path, text: &str) -> R<()> {
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+/// Runs `f` on a fresh current-thread runtime inside a `LocalSet`.
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime always builds");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> R<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit (the attack holds >1000 sockets).
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(s, _)| s)
+        }
+        Err(_) => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Binaries.
+
+struct Bins {
+    posternd: PathBuf,
+    postern: PathBuf,
+}
+
+fn cargo_build(args: &[&str]) -> R<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed: {st}", args.join(" ")))
+    }
+}
+
+/// `<target>/release`, found from this executable (`<target>/release/deps/load-*`).
+fn release_dir() -> R<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("cannot place {}", exe.display()))
+}
+
+fn find_bins() -> R<Bins> {
+    let rel = release_dir()?;
+    let posternd = match std::env::var_os("POSTERND") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            cargo_build(&["build", "--release", "--bin", "posternd"])?;
+            rel.join("posternd")
+        }
+    };
+    let postern = match std::env::var_os("POSTERN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            cargo_build(&[
+                "build",
+                "--release",
+                "-p",
+                "postern-client",
+                "--bin",
+                "postern",
+            ])?;
+            rel.join("postern")
+        }
+    };
+    for p in [&posternd, &postern] {
+        if !p.is_file() {
+            return Err(format!("{} not found", p.display()));
+        }
+    }
+    Ok(Bins { posternd, postern })
+}
+
+// ---------------------------------------------------------------------------
+// /proc readings.
+
+fn proc_field(path: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// VmRSS in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    proc_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// VmHWM (peak RSS) in KiB.
+fn hwm_kib(pid: u32) -> Option<u64> {
+    proc_field(&format!("/proc/{pid}/status"), "VmHWM:")
+}
+
+/// PSS in KiB (needs the right to read the non-dumpable processes: root).
+fn pss_kib(pid: u32) -> Option<u64> {
+    proc_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// Context switches (voluntary + involuntary) of every thread of `pid`.
+fn ctxt_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for t in tasks.flatten().take(1024) {
+        let status = t.path().join("status");
+        let s = status.to_str()?;
+        total += proc_field(s, "voluntary_ctxt_switches:")?;
+        total += proc_field(s, "nonvoluntary_ctxt_switches:")?;
+    }
+    Some(total)
+}
+
+fn threads(pid: u32) -> Option<u64> {
+    proc_field(&format!("/proc/{pid}/status"), "Threads:")
+}
+
+fn sum_opt(pids: &[u32], f: fn(u32) -> Option<u64>) -> Option<u64> {
+    pids.iter().map(|p| f(*p)).sum()
+}
+
+// ---------------------------------------------------------------------------
+// posternd under test.
+
+struct Daemon {
+    child: Child,
+    network: u32,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` into `dir` and starts posternd on it; returns once
+    /// the "started" line is logged and the network process is found.
+    fn start(bins: &Bins, dir: &Path, config: &str) -> R<Daemon> {
+        let path = dir.join("posternd.toml");
+        write_private(&path, config)?;
+        let log = dir.join("posternd.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&bins.posternd)
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bins.posternd.display()))?;
+        let end = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("started version=")) {
+                break l.to_string();
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("posternd exited ({st}):\n{text}"));
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("posternd did not start within 10 s:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let addr = parse_listener(&line).ok_or_else(|| format!("no listener in {line:?}"))?;
+        let pid = child.id();
+        let mut network = None;
+        for _ in 0..400 {
+            network = network_pid(pid);
+            if network.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let Some(network) = network else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("no network process found".into());
+        };
+        Ok(Daemon {
+            child,
+            network,
+            addr,
+            log,
+        })
+    }
+
+    fn pids(&self) -> [u32; 2] {
+        [self.child.id(), self.network]
+    }
+
+    fn count_log(&self, needle: &str) -> usize {
+        let f = match std::fs::File::open(&self.log) {
+            Ok(f) => f,
+            Err(_) => return 0,
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// SIGTERM, then SIGKILL if it is still there after 5 s.
+    fn stop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn parse_listener(line: &str) -> Option<SocketAddr> {
+    let start = line.find("listeners=[")? + "listeners=[".len();
+    let rest = &line[start..];
+    let first = rest.split([' ', ']']).next()?;
+    first[..first.find('(')?].parse().ok()
+}
+
+fn network_pid(monitor: u32) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
+    children.split_whitespace().find_map(|c| {
+        let cmd = std::fs::read(format!("/proc/{c}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .contains("--network-child")
+            .then(|| c.parse().ok())?
+    })
+}
+
+/// One `[[action]]` per key, each running /bin/true.
+fn config_text(dir: &Path, listen: SocketAddr, limits: &str, keys: &[Key], run: &str) -> String {
+    let mut c = format!(
+        "[daemon]\nstate_dir = \"{}\"\nshutdown_grace = \"1s\"\n\n[limits]\n{limits}\n\n\
+         [[listen]]\naddress = \"{listen}\"\n",
+        dir.join("state").display()
+    );
+    for (i, k) in keys.iter().enumerate() {
+        let _ = write!(
+            c,
+            "\n[[action]]\nname = \"a{i}\"\nkey = \"{}\"\nrun = {run}\nsingle_instance = false\n",
+            b64_encode(k.expose())
+        );
+    }
+    c
+}
+
+fn keys(n: usize) -> Vec<Key> {
+    (0..n)
+        .map(|_| Key::generate().expect("the OS random generator works"))
+        .collect()
+}
+
+/// A well-formed reply (no asserted address) under a key that no server
+/// knows: it costs the server a full verification against every key.
+fn wrong_reply() -> [u8; REPLY_LEN] {
+    let stranger = MacKey::new(&[0x5a; 32]);
+    wire::reply(&stranger, &wire::greeting(&[7; 32]), None)
+}
+
+// ---------------------------------------------------------------------------
+// The bare baseline server (a separate process, like posternd's network
+// process): accept, write 36 bytes, read 48 bytes, close. Same listening
+// socket set-up as posternd (postern::listen::bind_listener), same
+// current-thread runtime, no crypto, no limits.
+
+fn baseline_server(addr: &str) -> i32 {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        eprintln!("load: --baseline-server needs ADDR:PORT");
+        return 64;
+    };
+    let fd: OwnedFd = match postern::listen::bind_listener(addr) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("load: baseline: {e}");
+            return 1;
+        }
+    };
+    let std_l = std::net::TcpListener::from(fd);
+    if std_l.set_nonblocking(true).is_err() {
+        return 1;
+    }
+    block(async move {
+        let Ok(l) = tokio::net::TcpListener::from_std(std_l) else {
+            return 1;
+        };
+        println!("listening");
+        let _ = std::io::stdout().flush();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            tokio::task::spawn_local(async move {
+                let _ = s.set_nodelay(true);
+                let greeting = [0x50u8; GREETING_LEN];
+                if let Ok(Ok(())) = tokio::time::timeout(STEP, s.write_all(&greeting)).await {
+                    let mut reply = [0u8; REPLY_LEN];
+                    let _ = tokio::time::timeout(STEP, s.read_exact(&mut reply)).await;
+                }
+            });
+        }
+    })
+}
+
+struct Baseline {
+    child: Child,
+}
+
+impl Baseline {
+    fn start(addr: SocketAddr) -> R<Baseline> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg("--baseline-server")
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("baseline: {e}"))?;
+        let mut out = child.stdout.take().ok_or("baseline: no stdout")?;
+        let mut buf = [0u8; 10];
+        let ok = out.read_exact(&mut buf).is_ok() && &buf == b"listening\n";
+        let mut b = Baseline { child };
+        if !ok {
+            b.stop();
+            return Err("baseline server did not start".into());
+        }
+        Ok(b)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load clients (async, on the bench's own current-thread runtime).
+
+/// How one rejected-handshake attempt went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Greeting read, wrong reply sent, server closed.
+    Done,
+    /// Closed without a greeting (rate limit, lockout, eviction).
+    NoGreeting,
+    /// Connect or I/O failed or timed out.
+    Error,
+}
+
+async fn connect_from(
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(src) = src {
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    match tokio::time::timeout(STEP, sock.connect(dst)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Connect, read the greeting, send `reply`, wait for the server to close.
+async fn attempt(dst: SocketAddr, src: Option<IpAddr>, reply: &[u8; REPLY_LEN]) -> Attempt {
+    let Ok(mut s) = connect_from(dst, src).await else {
+        return Attempt::Error;
+    };
+    let _ = s.set_nodelay(true);
+    let mut g = [0u8; GREETING_LEN];
+    match tokio::time::timeout(STEP, s.read_exact(&mut g)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return Attempt::NoGreeting,
+        Err(_) => return Attempt::Error,
+    }
+    if !matches!(
+        tokio::time::timeout(STEP, s.write_all(reply)).await,
+        Ok(Ok(()))
+    ) {
+        return Attempt::Error;
+    }
+    let mut one = [0u8; 1];
+    match tokio::time::timeout(STEP, s.read(&mut one)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Attempt::Done,
+        _ => Attempt::Error,
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FloodCount {
+    done: u64,
+    no_greeting: u64,
+    errors: u64,
+}
+
+/// `concurrency` closed-loop workers attacking `dst` (from `sources` in
+/// turn, if any) until `until`; attempts ending after `count_from` count.
+async fn flood(
+    dst: SocketAddr,
+    sources: Rc<Vec<IpAddr>>,
+    concurrency: usize,
+    count_from: Instant,
+    until: Instant,
+) -> FloodCount {
+    let counts = Rc::new(Cell::new(FloodCount::default()));
+    let next_src = Rc::new(Cell::new(0usize));
+    let reply = wrong_reply();
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let (counts, next_src, sources) = (
+            Rc::clone(&counts),
+            Rc::clone(&next_src),
+            Rc::clone(&sources),
+        );
+        set.spawn_local(async move {
+            for _ in 0..MAX_ITER {
+                if Instant::now() >= until {
+                    break;
+                }
+                let src = if sources.is_empty() {
+                    None
+                } else {
+                    let i = next_src.get();
+                    next_src.set((i + 1) % sources.len());
+                    Some(sources[i])
+                };
+                let r = attempt(dst, src, &reply).await;
+                if Instant::now() >= count_from && Instant::now() <= until {
+                    let mut c = counts.get();
+                    match r {
+                        Attempt::Done => c.done += 1,
+                        Attempt::NoGreeting => c.no_greeting += 1,
+                        Attempt::Error => c.errors += 1,
+                    }
+                    counts.set(c);
+                }
+                if r == Attempt::Error {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+    }
+    let _ = tokio::time::timeout_at((until + STEP * 2).into(), async {
+        while set.join_next().await.is_some() {}
+    })
+    .await;
+    set.abort_all();
+    counts.get()
+}
+
+/// One silent connection per source, each held until the server closes
+/// it, then opened again; runs until aborted or `until`. Counts
+/// reconnections (= evictions or timeouts by the server).
+async fn slow_loris(
+    dst: SocketAddr,
+    sources: Vec<IpAddr>,
+    until: Instant,
+    reconnects: Rc<Cell<u64>>,
+) {
+    let mut set = JoinSet::new();
+    for src in sources {
+        let reconnects = Rc::clone(&reconnects);
+        set.spawn_local(async move {
+            for round in 0..MAX_ITER {
+                if Instant::now() >= until {
+                    break;
+                }
+                if round > 0 {
+                    reconnects.set(reconnects.get() + 1);
+                }
+                let Ok(mut s) = connect_from(dst, Some(src)).await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let mut buf = [0u8; 64];
+                // Read the greeting and whatever follows; never reply.
+                for _ in 0..16 {
+                    match tokio::time::timeout_at(until.into(), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => continue,
+                        _ => break,
+                    }
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// One legitimate postern-1 trigger (blocking). Ok(latency) if it was
+/// acknowledged as started.
+fn legit_trigger(dst: SocketAddr, key: &MacKey) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect_timeout(&dst, STEP).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    let mut g = [0u8; GREETING_LEN];
+    s.read_exact(&mut g).map_err(|e| format!("greeting: {e}"))?;
+    let r = wire::reply(key, &g, None);
+    s.write_all(&r).map_err(|e| format!("reply: {e}"))?;
+    let mut a = [0u8; ACK_LEN];
+    s.read_exact(&mut a).map_err(|e| format!("ack: {e}"))?;
+    match wire::verify_ack(key, &g, &r, &a) {
+        Some(Status::Started) => Ok(t0.elapsed()),
+        other => Err(format!("ack status {other:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Results.
+
+struct Row {
+    id: String,
+    what: String,
+    result: String,
+    target: String,
+    verdict: &'static str,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, id: &str, what: &str, result: String, target: &str, met: Option<bool>) {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "-",
+        };
+        println!("  {id:<3} {what:<48} {result:<44} {target:<14} {verdict}");
+        self.rows.push(Row {
+            id: id.into(),
+            what: what.into(),
+            result,
+            target: target.into(),
+            verdict,
+        });
+    }
+
+    fn note(&mut self, s: String) {
+        println!("      {s}");
+        self.notes.push(s);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (a) Rejected-handshake throughput, posternd vs the bare baseline.
+
+fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()> {
+    println!("(a) rejected handshakes/s: {} run(s) per server, {} in flight, {:?} window after {:?} warm-up",
+        p.a_runs, p.a_concurrency, p.a_window, p.a_warm);
+    for &n in &p.a_actions {
+        let port = free_port()?;
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = scratch.join(format!("a{n}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ks = keys(n);
+        // The flood must never be locked out or rate-limited: every attempt
+        // then costs the full handshake and a verification against all N
+        // keys. Exempt 127.0.0.0/8 from lockout; exemption does not lift
+        // the rate limit, so raise it to its maximum.
+        let limits = "rate_burst = 1000000\nrate_per_minute = 1000000\nexempt = [\"127.0.0.0/8\"]";
+        let config = config_text(&dir, addr, limits, &ks, "[\"/bin/true\"]");
+        let (mut base, mut post, mut errs) = (Vec::new(), Vec::new(), 0u64);
+        for _ in 0..p.a_runs {
+            // Baseline, then posternd, on the same port, same client.
+            {
+                let _b = Baseline::start(addr)?;
+                let c = run_flood(addr, p);
+                errs += c.errors + c.no_greeting;
+                base.push(c.done as f64 / p.a_window.as_secs_f64());
+            }
+            {
+                let mut d = Daemon::start(bins, &dir, &config)?;
+                let c = run_flood(d.addr, p);
+                errs += c.errors + c.no_greeting;
+                post.push(c.done as f64 / p.a_window.as_secs_f64());
+                d.stop();
+            }
+        }
+        let (b, q) = (median_f64(&base), median_f64(&post));
+        if !(b > 0.0 && q > 0.0) {
+            return Err(format!(
+                "(a) N={n}: no handshake completed (baseline {b}, postern {q})"
+            ));
+        }
+        let ratio = q / b;
+        rep.row(
+            "a",
+            &format!("rejected handshakes/s, {n} action(s)"),
+            format!("{q:.0}/s vs baseline {b:.0}/s = {ratio:.2}"),
+            ">= 0.80",
+            Some(ratio >= 0.8),
+        );
+        rep.note(format!(
+            "a N={n}: postern runs {:?}, baseline runs {:?}, failed attempts {errs}",
+            post.iter().map(|x| x.round() as u64).collect::<Vec<_>>(),
+            base.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
+}
+
+fn run_flood(addr: SocketAddr, p: &Profile) -> FloodCount {
+    let start = Instant::now();
+    let count_from = start + p.a_warm;
+    let until = count_from + p.a_window;
+    block(flood(
+        addr,
+        Rc::new(Vec::new()),
+        p.a_concurrency,
+        count_from,
+        until,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// (b) A legitimate trigger under attack, with (c) memory sampled meanwhile.
+
+struct AttackResult {
+    ok: usize,
+    failures: Vec<String>,
+    latencies: Vec<Duration>,
+    /// Wrong replies the server logged as rejected.
+    rejected: u64,
+    loris_reconnects: u64,
+    attack_time: Duration,
+    peak_rss_sampled: u64,
+    peak_pss_sampled: Option<u64>,
+    hwm: u64,
+}
+
+fn attack_config(dir: &Path, key: &Key) -> String {
+    // Worst case for the server: no lockout and no rate limit, so every
+    // flood attempt costs a full handshake and verification, and the
+    // silent connections are never locked out either. Other limits keep
+    // their defaults (max_handshakes = 256, lockout_table = 4096).
+    let limits = format!(
+        "rate_burst = 1000000\nrate_per_minute = 1000000\nlockout_after = 1000000\n{}",
+        std::env::var("LOAD_B_LIMITS").unwrap_or_default()
+    );
+    config_text(
+        dir,
+        "127.0.0.1:0".parse().expect("literal"),
+        &limits,
+        std::slice::from_ref(key),
+        "[\"/bin/true\"]",
+    )
+}
+
+fn run_attack(
+    d: &Daemon,
+    key: &Key,
+    p: &Profile,
+    flood_sources: usize,
+    triggers: usize,
+) -> AttackResult {
+    let dst = d.addr;
+    let pids = d.pids();
+    let done = Arc::new(AtomicBool::new(false));
+    let legit = {
+        let done = Arc::clone(&done);
+        let mk = MacKey::new(key.expose());
+        let (ramp, gap) = (p.b_ramp, p.b_gap);
+        std::thread::spawn(move || {
+            std::thread::sleep(ramp);
+            let mut out = Vec::with_capacity(triggers);
+            for _ in 0..triggers {
+                out.push(legit_trigger(dst, &mk));
+                std::thread::sleep(gap);
+            }
+            done.store(true, Ordering::SeqCst);
+            out
+        })
+    };
+    let t0 = Instant::now();
+    let hard_end = t0 + p.b_ramp + (STEP * 2 + p.b_gap) * triggers as u32 + STEP;
+    let sources: Rc<Vec<IpAddr>> = Rc::new((0..flood_sources).map(|i| source(16, i)).collect());
+    let loris: Vec<IpAddr> = (0..p.b_loris).map(|i| source(64, i)).collect();
+    let reconnects = Rc::new(Cell::new(0u64));
+    let peak = Rc::new(Cell::new((0u64, None::<u64>)));
+    block({
+        let (reconnects, peak, done) =
+            (Rc::clone(&reconnects), Rc::clone(&peak), Arc::clone(&done));
+        let conc = p.b_flood_concurrency;
+        async move {
+            let mut set = JoinSet::new();
+            set.spawn_local(slow_loris(dst, loris, hard_end, reconnects));
+            set.spawn_local(async move {
+                flood(dst, sources, conc, t0, hard_end).await;
+            });
+            // Sample memory every 50 ms until the legitimate client is done.
+            for _ in 0..MAX_ITER {
+                if done.load(Ordering::SeqCst) || Instant::now() >= hard_end {
+                    break;
+                }
+                let (r, q) = peak.get();
+                let rss = sum_opt(&pids, rss_kib).unwrap_or(0);
+                let pss = sum_opt(&pids, pss_kib);
+                let q = match (q, pss) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                peak.set((r.max(rss), q));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        }
+    });
+    let attack_time = t0.elapsed();
+    let results = legit.join().unwrap_or_default();
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(l) => latencies.push(l),
+            Err(e) => failures.push(e),
+        }
+    }
+    latencies.sort();
+    let (peak_rss_sampled, peak_pss_sampled) = peak.get();
+    AttackResult {
+        ok: latencies.len(),
+        failures,
+        latencies,
+        rejected: d.count_log("reason=bad-mac") as u64,
+        loris_reconnects: reconnects.get(),
+        attack_time,
+        peak_rss_sampled,
+        peak_pss_sampled,
+        hwm: sum_opt(&pids, hwm_kib).unwrap_or(0),
+    }
+}
+
+fn measure_bc(
+    p: &Profile,
+    bins: &Bins,
+    scratch: &Path,
+    rep: &mut Report,
+    want_b: bool,
+    want_c: bool,
+) -> R<()> {
+    let key = keys(1).remove(0);
+    let dir = scratch.join("b");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let d = Daemon::start(bins, &dir, &attack_config(&dir, &key))?;
+    let pids = d.pids();
+
+    if want_c {
+        // (c) idle: settle, then memory and wake-ups with no traffic at all.
+        std::thread::sleep(Duration::from_millis(300));
+        let rss = sum_opt(&pids, rss_kib).ok_or("cannot read VmRSS")?;
+        let pss = sum_opt(&pids, pss_kib);
+        let before = sum_opt(&pids, ctxt_switches).ok_or("cannot read context switches")?;
+        let t = Instant::now();
+        std::thread::sleep(p.c_idle);
+        let after = sum_opt(&pids, ctxt_switches).ok_or("cannot read context switches")?;
+        let rate = (after - before) as f64 / t.elapsed().as_secs_f64();
+        let per = pids
+            .iter()
+            .map(|&pid| {
+                format!(
+                    "pid {pid}: VmRSS {} PSS {} threads {}",
+                    rss_kib(pid).map_or("?".into(), mib),
+                    pss_kib(pid).map_or("n/a".into(), mib),
+                    threads(pid).unwrap_or(0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        rep.row(
+            "c",
+            "idle RSS, both processes (sum of VmRSS)",
+            mib(rss),
+            "-",
+            None,
+        );
+        match pss {
+            Some(pss) => rep.row(
+                "c",
+                "idle PSS, both processes (target measure)",
+                mib(pss),
+                "<= 4 MiB",
+                Some(pss <= 4096),
+            ),
+            None => rep.row(
+                "c",
+                "idle PSS, both processes (needs root)",
+                "n/a".into(),
+                "<= 4 MiB",
+                None,
+            ),
+        }
+        rep.note(format!("c idle: {per}"));
+        rep.row(
+            "c",
+            &format!(
+                "idle wake-ups over {:.1} s, both processes",
+                p.c_idle.as_secs_f64()
+            ),
+            format!("{rate:.2}/s ({} switches)", after - before),
+            "0/s",
+            Some(after == before),
+        );
+    }
+
+    if want_b || want_c {
+        let r = run_attack(&d, &key, p, p.b_sources, p.b_triggers);
+        if want_b {
+            let n = p.b_triggers;
+            let rate = 100.0 * r.ok as f64 / n as f64;
+            rep.row(
+                "b",
+                &format!(
+                    "legit triggers under attack ({} sources, {} silent)",
+                    p.b_sources, p.b_loris
+                ),
+                format!("{}/{n} ok ({rate:.1} %)", r.ok),
+                "100 %",
+                Some(r.ok == n),
+            );
+            let l = &r.latencies;
+            let p99 = percentile(l, 99.0);
+            rep.row(
+                "b",
+                "legit latency p50 / p99 / max",
+                format!(
+                    "{} / {} / {}",
+                    ms(percentile(l, 50.0)),
+                    ms(p99),
+                    ms(l.last().copied().unwrap_or_default())
+                ),
+                "p99 <= 100 ms",
+                Some(!l.is_empty() && p99 <= Duration::from_millis(100)),
+            );
+            rep.note(format!(
+                "b: attack {:.1} s: {} wrong replies rejected (bad-mac lines, {:.0}/s), {} silent connections re-opened after the server closed them",
+                r.attack_time.as_secs_f64(),
+                r.rejected,
+                r.rejected as f64 / r.attack_time.as_secs_f64(),
+                r.loris_reconnects
+            ));
+            for f in r.failures.iter().take(5) {
+                rep.note(format!("b: failed trigger: {f}"));
+            }
+        }
+        if want_c {
+            rep.row(
+                "c",
+                &format!(
+                    "peak RSS during (b), {} sources (sum of VmHWM)",
+                    p.b_sources
+                ),
+                format!("{} (sampled sum {})", mib(r.hwm), mib(r.peak_rss_sampled)),
+                "<= 16 MiB",
+                Some(r.hwm <= 16 * 1024),
+            );
+            if let Some(pss) = r.peak_pss_sampled {
+                rep.row(
+                    "c",
+                    &format!("peak PSS during (b), {} sources (sampled)", p.b_sources),
+                    mib(pss),
+                    "-",
+                    None,
+                );
+            }
+        }
+        drop(d);
+        if want_c {
+            // Same attack from 10x more sources, on a fresh daemon.
+            let dir = scratch.join("c");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let d2 = Daemon::start(bins, &dir, &attack_config(&dir, &key))?;
+            let r2 = run_attack(&d2, &key, p, p.b_sources_big, p.b_triggers);
+            rep.row(
+                "c",
+                &format!(
+                    "peak RSS during (b), {} sources (sum of VmHWM)",
+                    p.b_sources_big
+                ),
+                format!("{} (sampled sum {})", mib(r2.hwm), mib(r2.peak_rss_sampled)),
+                "<= 16 MiB, no growth",
+                Some(r2.hwm <= 16 * 1024),
+            );
+            if let Some(pss) = r2.peak_pss_sampled {
+                rep.row(
+                    "c",
+                    &format!("peak PSS during (b), {} sources (sampled)", p.b_sources_big),
+                    mib(pss),
+                    "-",
+                    None,
+                );
+            }
+            rep.note(format!(
+                "c: {} sources: {}/{} legit ok, {} bad-mac lines in {:.1} s",
+                p.b_sources_big,
+                r2.ok,
+                p.b_triggers,
+                r2.rejected,
+                r2.attack_time.as_secs_f64()
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// (d) Verify cost.
+
+fn measure_d(p: &Profile, rep: &mut Report) -> R<()> {
+    let g = wire::greeting(&[3; 32]);
+    let bad = wrong_reply();
+    for &n in &p.d_keys {
+        let ks = keys(n);
+        let v = Verifier::from_keys(&ks);
+        // Calibrate: iterations per sample so that one takes d_sample_time.
+        let t = Instant::now();
+        let mut calib = 0u64;
+        while t.elapsed() < p.d_sample_time / 4 && calib < MAX_ITER {
+            std::hint::black_box(
+                v.check_reply(std::hint::black_box(&g), std::hint::black_box(&bad)),
+            );
+            calib += 1;
+        }
+        let iters = (calib * 4).max(1);
+        let mut per_key = Vec::new();
+        for _ in 0..p.d_samples {
+            let t = Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(
+                    v.check_reply(std::hint::black_box(&g), std::hint::black_box(&bad)),
+                );
+            }
+            per_key.push(t.elapsed().as_nanos() as f64 / (iters as f64 * n as f64));
+        }
+        let m = median_f64(&per_key);
+        rep.row(
+            "d",
+            &format!("Verifier::check_reply, {n} key(s)"),
+            format!("{m:.0} ns/key ({:.1} us/check)", m * n as f64 / 1e3),
+            "<= 1 us/key",
+            Some(m <= 1000.0),
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// (e) Trigger-to-action latency.
+
+fn stamp(path: &str) -> i32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    match std::fs::write(path, now.to_string()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()> {
+    let dir = scratch.join("e");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let key = keys(1).remove(0);
+    let stamp_file = dir.join("stamp");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let run = format!(
+        "[\"{}\", \"--stamp\", \"{}\"]",
+        exe.display(),
+        stamp_file.display()
+    );
+    let config = config_text(
+        &dir,
+        "127.0.0.1:0".parse().expect("literal"),
+        "",
+        std::slice::from_ref(&key),
+        &run,
+    );
+    let d = Daemon::start(bins, &dir, &config)?;
+    let key_file = dir.join("client.key");
+    write_private(&key_file, &format!("{}\n", b64_encode(key.expose())))?;
+    let mut lat = Vec::new();
+    let mut client_total = Vec::new();
+    for i in 0..p.e_runs {
+        let _ = std::fs::remove_file(&stamp_file);
+        let t0 = SystemTime::now();
+        let t0i = Instant::now();
+        let st = Command::new(&bins.postern)
+            .arg("trigger")
+            .arg(d.addr.to_string())
+            .arg("a0")
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg("--timeout")
+            .arg("5")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("postern: {e}"))?;
+        client_total.push(t0i.elapsed());
+        if !st.success() {
+            return Err(format!("(e) run {i}: postern trigger exited {st}"));
+        }
+        let end = Instant::now() + STEP;
+        let stamp_ns: u128 = loop {
+            if let Some(v) = std::fs::read_to_string(&stamp_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break v;
+            }
+            if Instant::now() > end {
+                return Err(format!("(e) run {i}: the action never ran"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let start_ns = t0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        lat.push(Duration::from_nanos(
+            stamp_ns.saturating_sub(start_ns) as u64
+        ));
+        // Let the action's exit be reaped before the next run.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lat.sort();
+    client_total.sort();
+    let med = percentile(&lat, 50.0);
+    rep.row(
+        "e",
+        &format!("trigger-to-action latency, median of {}", p.e_runs),
+        format!(
+            "{} (min {}, max {})",
+            ms(med),
+            ms(lat[0]),
+            ms(lat[lat.len() - 1])
+        ),
+        "<= 3 ms",
+        Some(med <= Duration::from_millis(3)),
+    );
+    rep.note(format!(
+        "e: client process spawn to exit (ack received), median {}",
+        ms(percentile(&client_total, 50.0))
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// `--flood ADDR SECONDS [IN_FLIGHT]`: the (a) client alone, against any
+/// server (for profiling it); prints attempts per second.
+fn flood_only(args: &[String]) -> i32 {
+    let (Some(addr), Some(secs)) = (
+        args.first().and_then(|a| a.parse::<SocketAddr>().ok()),
+        args.get(1).and_then(|s| s.parse::<f64>().ok()),
+    ) else {
+        eprintln!("load: --flood ADDR SECONDS [IN_FLIGHT]");
+        return 64;
+    };
+    let conc = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let window = Duration::from_secs_f64(secs.clamp(0.1, 600.0));
+    let start = Instant::now();
+    let c = block(flood(
+        addr,
+        Rc::new(Vec::new()),
+        conc,
+        start,
+        start + window,
+    ));
+    println!(
+        "{:.0} attempts/s ({} done, {} without greeting, {} errors)",
+        c.done as f64 / window.as_secs_f64(),
+        c.done,
+        c.no_greeting,
+        c.errors
+    );
+    0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("nproc {nproc}, CPU {cpu}, kernel {}", kernel.trim())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Internal modes: the action of (e), and the baseline server of (a).
+    if let Some(i) = args.iter().position(|a| a == "--stamp") {
+        std::process::exit(stamp(args.get(i + 1).map_or("", String::as_str)));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--baseline-server") {
+        std::process::exit(baseline_server(args.get(i + 1).map_or("", String::as_str)));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--flood") {
+        std::process::exit(flood_only(&args[i + 1..]));
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let only: String = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "abcde".into());
+    let p = if smoke {
+        Profile::smoke()
+    } else {
+        Profile::full()
+    };
+    let started = Instant::now();
+    match run(&p, &only) {
+        Ok(()) => {
+            println!(
+                "load: {} finished in {:.1} s",
+                if smoke { "smoke run" } else { "suite" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => {
+            eprintln!("load: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(p: &Profile, only: &str) -> R<()> {
+    let nofile = raise_nofile();
+    let bins = find_bins()?;
+    let scratch = std::env::temp_dir().join(format!("postern-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "load {}: {} | {} | posternd {} | {}",
+        if p.smoke { "smoke" } else { "full" },
+        date(),
+        machine(),
+        bins.posternd.display(),
+        if is_root() {
+            "root: privilege-separated, network process as nobody"
+        } else {
+            "not root: no chroot, no user switch"
+        }
+    );
+    println!("  bench RLIMIT_NOFILE {nofile}");
+    let mut rep = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let result = (|| -> R<()> {
+        if only.contains('d') {
+            measure_d(p, &mut rep)?;
+        }
+        if only.contains('e') {
+            measure_e(p, &bins, &scratch, &mut rep)?;
+        }
+        if only.contains('b') || only.contains('c') {
+            measure_bc(
+                p,
+                &bins,
+                &scratch,
+                &mut rep,
+                only.contains('b'),
+                only.contains('c'),
+            )?;
+        }
+        if only.contains('a') {
+            measure_a(p, &bins, &scratch, &mut rep)?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    println!();
+    println!("| | measure | result | target | |");
+    println!("|---|---|---|---|---|");
+    for r in &rep.rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.id, r.what, r.result, r.target, r.verdict
+        );
+    }
+    for id in only.chars() {
+        if !rep.rows.iter().any(|r| r.id.starts_with(id)) {
+            return Err(format!("measure {id} reported nothing"));
+        }
+    }
+    Ok(())
+}
