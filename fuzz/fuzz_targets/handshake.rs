@@ -174,7 +174,11 @@ fn payload(inp: &Input<'_>, challenge: &[u8]) -> Vec<u8> {
     let valid: Vec<u8> = if inp.ostiary {
         let mut salt = [0u8; 32];
         salt.copy_from_slice(&challenge[..32]);
-        let pw = if inp.key == 0 { PASSWORD } else { WRONG_PASSWORD };
+        let pw = if inp.key == 0 {
+            PASSWORD
+        } else {
+            WRONG_PASSWORD
+        };
         wire::ostiary_reply(&MacKey::new(pw), &salt).to_vec()
     } else {
         let mut g = [0u8; GREETING_LEN];
@@ -349,7 +353,9 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     let monitor = tokio::task::spawn_local(async move {
         let mut buf = vec![0u8; MAX_DOWN_LEN];
         loop {
-            let Ok(r) = mon.recv(&mut buf).await else { return };
+            let Ok(r) = mon.recv(&mut buf).await else {
+                return;
+            };
             if r.len == 0 && r.fds.is_empty() {
                 return;
             }
@@ -387,7 +393,10 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     }
     let mut challenge = vec![0u8; challenge_len];
     let greeted = read_settled(&s, &mut challenge).await;
-    assert!(greeted, "an unlocked, unlimited source always gets the challenge");
+    assert!(
+        greeted,
+        "an unlocked, unlimited source always gets the challenge"
+    );
     if !inp.ostiary {
         let mut g = [0u8; GREETING_LEN];
         g.copy_from_slice(&challenge);
@@ -481,7 +490,10 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
             _ => None,
         })
         .collect();
-    assert!(runs.len() <= 1, "one connection, at most one run: {requests:?}");
+    assert!(
+        runs.len() <= 1,
+        "one connection, at most one run: {requests:?}"
+    );
     assert_eq!(
         runs.len() + fails.len(),
         1,
@@ -510,14 +522,20 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
                 assert_eq!(asserted, Some(source), "bind_source held");
             }
         }
-        assert!(!reply_done_at.is_some_and(too_late), "a run after the deadline");
+        assert!(
+            !reply_done_at.is_some_and(too_late),
+            "a run after the deadline"
+        );
     }
     // Nothing but an ack ever comes back, and only for a run (or a
     // bind-source refusal).
     let refused_bind = fails.contains(&Reason::BindMismatch);
     if !back.is_empty() {
         assert!(!inp.ostiary, "ostiary-4 sends nothing back");
-        assert!(!runs.is_empty() || refused_bind, "bytes without a run: {back:?}");
+        assert!(
+            !runs.is_empty() || refused_bind,
+            "bytes without a run: {back:?}"
+        );
         assert_eq!(back.len(), ACK_LEN);
     }
     // Liveness: a complete valid reply, alone, in time, with the peer
@@ -526,14 +544,25 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     let stayed = inp.end <= 1 && all_written;
     if let (Some((action, asserted)), true, true, Some(t)) = (valid, alone, stayed, reply_done_at) {
         if in_time(t) {
-            let bind_refused = !inp.ostiary && action == 0 && inp.bind_source && asserted != Some(source);
+            let bind_refused =
+                !inp.ostiary && action == 0 && inp.bind_source && asserted != Some(source);
             if bind_refused {
-                check!(fails == vec![Reason::BindMismatch], "bind refusal expected: {requests:?}");
+                check!(
+                    fails == vec![Reason::BindMismatch],
+                    "bind refusal expected: {requests:?}"
+                );
             } else {
-                check!(runs.len() == 1, "a valid reply in time must run: {requests:?}");
+                check!(
+                    runs.len() == 1,
+                    "a valid reply in time must run: {requests:?}"
+                );
             }
             if !inp.ostiary {
-                let want = if bind_refused { Some(Status::Refused) } else { inp.answer };
+                let want = if bind_refused {
+                    Some(Status::Refused)
+                } else {
+                    inp.answer
+                };
                 match want {
                     Some(st) => {
                         let mut g = [0u8; GREETING_LEN];
@@ -541,10 +570,17 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
                         let mut r = [0u8; REPLY_LEN];
                         r.copy_from_slice(&written);
                         let mut a = [0u8; ACK_LEN];
-                        check!(back.len() == ACK_LEN, "the ack must arrive: {back:?} {requests:?}");
+                        check!(
+                            back.len() == ACK_LEN,
+                            "the ack must arrive: {back:?} {requests:?}"
+                        );
                         a.copy_from_slice(&back);
                         let mk = MacKey::new(&KEYS[usize::from(action)]);
-                        assert_eq!(wire::verify_ack(&mk, &g, &r, &a), Some(st), "the ack carries the answer");
+                        assert_eq!(
+                            wire::verify_ack(&mk, &g, &r, &a),
+                            Some(st),
+                            "the ack carries the answer"
+                        );
                     }
                     None => check!(back.is_empty(), "no answer, no ack"),
                 }
@@ -555,20 +591,40 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     if runs.is_empty() && !refused_bind && inp.end <= 1 && all_written {
         let reason = fails[0];
         if written.len() < reply_len && inp.end == 1 && in_time(last_at) {
-            check!(reason == Reason::ShortReply, "want {:?}: {requests:?}", Reason::ShortReply);
+            check!(
+                reason == Reason::ShortReply,
+                "want {:?}: {requests:?}",
+                Reason::ShortReply
+            );
         }
         if written.len() < reply_len && inp.end == 0 {
-            check!(reason == Reason::Timeout, "want {:?}: {requests:?}", Reason::Timeout);
+            check!(
+                reason == Reason::Timeout,
+                "want {:?}: {requests:?}",
+                Reason::Timeout
+            );
         }
         if reply_done_at.is_none() && too_late(last_at) {
-            check!(reason == Reason::Timeout, "want {:?}: {requests:?}", Reason::Timeout);
+            check!(
+                reason == Reason::Timeout,
+                "want {:?}: {requests:?}",
+                Reason::Timeout
+            );
         }
         if let Some(t) = reply_done_at {
             if in_time(t) && written.len() > reply_len && last_at == t && early.len() < reply_len {
-                check!(reason == Reason::LongReply, "want {:?}: {requests:?}", Reason::LongReply);
+                check!(
+                    reason == Reason::LongReply,
+                    "want {:?}: {requests:?}",
+                    Reason::LongReply
+                );
             }
             if in_time(t) && written.len() == reply_len && valid.is_none() {
-                check!(reason == Reason::BadMac, "want {:?}: {requests:?}", Reason::BadMac);
+                check!(
+                    reason == Reason::BadMac,
+                    "want {:?}: {requests:?}",
+                    Reason::BadMac
+                );
             }
         }
     }

@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
         .map(|i| {
             let mut k = [0u8; 32];
             for (j, b) in k.iter_mut().enumerate() {
-                *b = rest.get((i * 32 + j) % rest.len().max(1)).copied().unwrap_or(0);
+                *b = rest
+                    .get((i * 32 + j) % rest.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
             }
             k[0] ^= i as u8 + 1;
             k[31] = i as u8;
@@ -101,7 +104,10 @@ fuzz_target!(|data: &[u8]| {
     let mut or = [0u8; 32];
     or.copy_from_slice(&reply[16..]);
     if let Some(i) = ov.check_ostiary(&salt, &or) {
-        assert_eq!(wire::ostiary_reply(&MacKey::new(pws[i].expose()), &salt), or);
+        assert_eq!(
+            wire::ostiary_reply(&MacKey::new(pws[i].expose()), &salt),
+            or
+        );
     }
     let real = wire::ostiary_reply(&MacKey::new(pws[1].expose()), &salt);
     let hit = ov.check_ostiary(&salt, &real);

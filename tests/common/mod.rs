@@ -344,3 +344,158 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the adversarial, fault-injection and property tests.
+
+/// A small seeded PRNG (xorshift64*): random cases that can be replayed.
+/// The seed comes from `POSTERN_TEST_SEED` when set, so a failure printed
+/// with its seed can be run again exactly.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed | 1)
+    }
+
+    /// `POSTERN_TEST_SEED`, or `default`.
+    pub fn seed(default: u64) -> u64 {
+        std::env::var("POSTERN_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+pub fn posternd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_posternd")
+}
+
+impl Daemon {
+    /// Like [`Daemon::start`], but runs `wrapper... posternd --config
+    /// PATH`. The wrapper must exec posternd (as `unshare` and `sh -c
+    /// '...; exec "$@"'` do), so that the pid is posternd's.
+    pub fn start_wrapped(scratch: Scratch, config: &str, wrapper: &[String]) -> Daemon {
+        let path = scratch.path("posternd.toml");
+        write_private(&path, config);
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(posternd_bin())
+            .env_remove("JOURNAL_STREAM")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("POSTERN_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut d = Daemon {
+            child,
+            log,
+            config: path,
+            listeners: Vec::new(),
+            scratch,
+        };
+        let line = d.wait_log("started version=", Duration::from_secs(10));
+        d.listeners = parse_listeners(&line);
+        d
+    }
+}
+
+/// Resident memory of `pid` in KiB (VmRSS), 0 if unknown.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Closes `s` with a TCP RST (SO_LINGER 0) instead of a FIN.
+pub fn reset(s: TcpStream) {
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(s);
+}
+
+/// Reads whatever the server still sends until it closes (bounded).
+pub fn drain(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    rest
+}
+
+/// `posternd --config PATH --check`.
+pub fn check_config(path: &Path) -> std::process::Output {
+    Command::new(posternd_bin())
+        .arg("--config")
+        .arg(path)
+        .arg("--check")
+        .output()
+        .unwrap()
+}
+
+/// Lines of a marker file (0 if it does not exist).
+pub fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
