@@ -19,6 +19,10 @@
 # The specification is PROTOCOL.md; `postern.sh help` lists the options
 # and exit codes.
 
+# Formats built from \ooo escapes are the point of esc_of_hex (SC2059);
+# the v_* variables of the self-test are set by eval (SC2154).
+# shellcheck disable=SC2059,SC2154
+
 set -u
 umask 077
 LC_ALL=C
@@ -99,7 +103,7 @@ tohex() {
 # Hex in $1 -> a printf format of \ooo escapes in ESC. No fork, no exec.
 esc_of_hex() {
     _eh=$1
-    ESC=
+    ESC=''
     while [ -n "$_eh" ]; do
         _ev=$((0x${_eh%"${_eh#??}"}))
         _eh=${_eh#??}
@@ -131,8 +135,8 @@ hmac_hex() {
     if [ "${#_mk}" -gt 128 ]; then
         _mk=$(sha256_hex "$_mk")
     fi
-    _mi=
-    _mo=
+    _mi=''
+    _mo=''
     _mn=0
     while [ "$_mn" -lt 64 ]; do
         if [ -n "$_mk" ]; then
@@ -151,7 +155,7 @@ hmac_hex() {
     _mh=$({ printf "$_mi"; printf "$ESC"; } | openssl dgst -sha256 -binary | tohex)
     esc_of_hex "$_mh"
     { printf "$_mo"; printf "$ESC"; } | openssl dgst -sha256 -binary | tohex
-    _mi= _mo= _mh= _mb= _mx=
+    _mi='' _mo='' _mh='' _mb='' _mx=''
 }
 
 # Text -> hex (host names, action names, labels; nothing secret).
@@ -178,10 +182,10 @@ trim() {
 # bytes. On error, sets KEYERR and returns 1. The text and the key only
 # travel through a pipe into and out of `openssl base64 -d`.
 key_of_b64() {
-    KEYHEX=
+    KEYHEX=''
     trim "$1"
     _kt=$TRIMMED
-    TRIMMED=
+    TRIMMED=''
     KEYERR="key is not valid base64; generate one with \`$PROG keygen\`"
     case $_kt in
         '' | *[!A-Za-z0-9+/=]*) return 1 ;;
@@ -199,6 +203,7 @@ key_of_b64() {
         3) _kt="$_kb=" ;;
         0) _kt=$_kb ;;
     esac
+    # shellcheck disable=SC2017 # whole groups of four only
     _kn=$((${#_kb} / 4 * 3))
     case $((${#_kb} % 4)) in 2) _kn=$((_kn + 1)) ;; 3) _kn=$((_kn + 2)) ;; esac
     if [ "$_kn" -ne 32 ]; then
@@ -212,7 +217,7 @@ key_of_b64() {
         *) return 1 ;;
     esac
     KEYHEX=$(printf '%s' "$_kt" | openssl base64 -d -A | tohex)
-    _kt= _kb=
+    _kt='' _kb=''
     [ "${#KEYHEX}" -eq 64 ] || { KEYHEX=; return 1; }
 }
 
@@ -231,25 +236,25 @@ check_private() {
 
 # Whole text of file $1 into FILETEXT (for base64 keys).
 read_text_file() {
-    FILETEXT=
+    FILETEXT=''
     while IFS= read -r _fl || [ -n "$_fl" ]; do
         FILETEXT="$FILETEXT$_fl
 "
     done <"$1"
-    _fl=
+    _fl=''
 }
 
 # Read one line without echo from the terminal (or a plain line from a
 # non-terminal stdin, for scripts) into SECRET.
 prompt_secret() {
-    SECRET=
+    SECRET=''
     if [ -t 0 ]; then
         printf '%s' "$1" >&2
         STTY_RESTORE=1
         stty -echo
         IFS= read -r SECRET || true
         stty echo
-        STTY_RESTORE=
+        STTY_RESTORE=''
         printf '\n' >&2
     else
         IFS= read -r SECRET || true
@@ -261,7 +266,7 @@ prompt_secret() {
 
 # Dotted quad $1 -> 8 hex digits in V4HEX. No leading zeros (as the daemon).
 ipv4_hex() {
-    V4HEX=
+    V4HEX=''
     case $1 in
         *.*.*.*.* | *..* | .* | *.) return 1 ;;
         *.*.*.*) ;;
@@ -284,7 +289,7 @@ ipv4_hex() {
 
 # Colon-separated hex groups $1 (no "::") -> hex in GROUPHEX, count in NGROUPS.
 v6_groups() {
-    GROUPHEX=
+    GROUPHEX=''
     NGROUPS=0
     [ -z "$1" ] && return 0
     case $1 in
@@ -305,7 +310,7 @@ v6_groups() {
 # IPv6 text $1 -> 32 hex digits in V6HEX. Handles "::" and a trailing
 # embedded dotted quad; rejects zone ids and anything else.
 ipv6_hex() {
-    V6HEX=
+    V6HEX=''
     _6a=$1
     case $_6a in
         '' | *[!0-9A-Fa-f:.]*) return 1 ;;
@@ -313,7 +318,7 @@ ipv6_hex() {
         *:*) ;;
         *) return 1 ;;
     esac
-    _6tail=
+    _6tail=''
     case $_6a in
         *.*)
             _6q=${_6a##*:}
@@ -358,7 +363,7 @@ ZERO_ADDR=00000000000000000000000000000000
 # Asserted address $1 ("none" or empty: no assertion) -> 16-byte field
 # as hex in ADDRHEX. Returns 1 with ADDRERR set on error.
 addr_field() {
-    ADDRERR=
+    ADDRERR=''
     case $1 in
         '' | none) ADDRHEX=$ZERO_ADDR; return 0 ;;
         *%*) ADDRERR="$1: zone ids cannot be asserted"; return 1 ;;
@@ -390,7 +395,7 @@ passphrase_salt() {
 # `enc -P` prints key= (32 bytes for AES-256) from a 48-byte PBKDF2
 # output; its first 32 bytes are PBKDF2 block 1, i.e. the 32-byte result.
 pbkdf2_key() {
-    KEYHEX=
+    KEYHEX=''
     _po=$(printf '%s\n' "$1" | openssl enc -aes-256-cbc -pbkdf2 -md sha256 \
         -iter "$PBKDF2_ITERATIONS" -S "$2" -P -pass stdin 2>/dev/null) || return 1
     while IFS= read -r _pl; do
@@ -398,7 +403,7 @@ pbkdf2_key() {
     done <<EOF
 $_po
 EOF
-    _po= _pl=
+    _po='' _pl=''
     KEYHEX=$(printf '%s' "$KEYHEX" | tr 'A-F' 'a-f')
     [ "${#KEYHEX}" -eq 64 ]
 }
@@ -434,13 +439,13 @@ verify_ack() {
 # Transport. Exactly one connection per run. READER, TRANSPORT_PID and
 # WATCHDOG are our own children; cleanup ends them by pid.
 
-TMPD=
-READER=
-TRANSPORT_PID=
-WATCHDOG=
-STTY_RESTORE=
-RFD=
-WFD=
+TMPD=''
+READER=''
+TRANSPORT_PID=''
+WATCHDOG=''
+STTY_RESTORE=''
+RFD=''
+WFD=''
 
 cleanup() {
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
@@ -448,12 +453,12 @@ cleanup() {
     [ -n "$TRANSPORT_PID" ] && kill "$TRANSPORT_PID" 2>/dev/null
     [ -n "$STTY_RESTORE" ] && stty echo 2>/dev/null
     [ -n "$TMPD" ] && rm -rf "$TMPD"
-    WATCHDOG= READER= TRANSPORT_PID= TMPD=
+    WATCHDOG='' READER='' TRANSPORT_PID='' TMPD=''
 }
 
 on_alarm() {
     [ -n "$READER" ] && kill "$READER" 2>/dev/null
-    READER=
+    READER=''
     result "$EX_NET" "connection failed: timed out after $TIMEOUT s $PHASE"
 }
 
@@ -482,7 +487,7 @@ pick_transport() {
 start_watchdog() {
     (
         trap 'kill "$_wsl" 2>/dev/null; exit 0' TERM
-        _wsl=
+        _wsl=''
         sleep "$TIMEOUT" &
         _wsl=$!
         wait "$_wsl" && kill -s ALRM "$MAINPID"
@@ -504,7 +509,7 @@ connect_failed() {
 # First line of the transport's error output, after its last ": "
 # ("Connection refused", "Name or service not known", ...), or nothing.
 transport_reason() {
-    _tr=
+    _tr=''
     if [ -s "$TMPD/err" ]; then
         while IFS= read -r _tl; do
             if [ -n "$_tl" ]; then
@@ -520,6 +525,7 @@ open_connection() {
     case $TRANSPORT in
         devtcp)
             # bash only; SIGALRM interrupts a hanging connect.
+            # shellcheck disable=SC3025 # only chosen under bash
             if { exec 5<>"/dev/tcp/$HOST/$PORT"; } 2>"$TMPD/err"; then
                 RFD=5
                 WFD=5
@@ -549,13 +555,13 @@ read_exact() {
     dd bs=1 count="$1" <&"$RFD" 3>&- >"$2" 2>/dev/null &
     READER=$!
     wait "$READER"
-    READER=
+    READER=''
     RECEIVED=$(tohex <"$2")
 }
 
 send_hex() {
     esc_of_hex "$1"
-    printf "$ESC" >&"$WFD" 2>/dev/null ||
+    { printf "$ESC" >&"$WFD"; } 2>/dev/null ||
         result "$EX_NOACK" "no acknowledgement (wrong key, locked out or refused)"
 }
 
@@ -568,7 +574,7 @@ send_hex() {
 end_sending() {
     if [ "$TRANSPORT" = nc ] && [ "$WFD" = 3 ]; then
         exec 3>&-
-        WFD=
+        WFD=''
     fi
 }
 
@@ -579,10 +585,10 @@ end_sending() {
 closed_early() {
     if [ -n "$TRANSPORT_PID" ]; then
         [ "$WFD" = 3 ] && exec 3>&-
-        WFD=
+        WFD=''
         wait "$TRANSPORT_PID"
         _rc=$?
-        TRANSPORT_PID=
+        TRANSPORT_PID=''
         if [ "$_rc" -ne 0 ] && [ -z "$RECEIVED" ]; then
             connect_failed
         fi
@@ -623,9 +629,11 @@ parse_target() {
         '' | -* | *[!A-Za-z0-9._:%-]*) fail_usage "$1: not a host name or address" ;;
     esac
     case $PORT in
-        '' | *[!0-9]* | ??????*) fail_usage "$1: bad port" ;;
+        '' | *[!0-9]* | ??????*) fail_usage "bad port in $1: use a number from 1 to 65535" ;;
     esac
-    [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || fail_usage "$1: bad port"
+    if [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
+        fail_usage "bad port in $1: use a number from 1 to 65535"
+    fi
 }
 
 cmd_trigger() {
@@ -633,14 +641,14 @@ cmd_trigger() {
     case $1 in -*) fail_usage "trigger needs HOST[:PORT] first" ;; esac
     parse_target "$1"
     shift
-    KEY_FILE= KEY_ENV= PASSPHRASE= MASTER= HOST_NAME= ACTION= ASSERT=
+    KEY_FILE='' KEY_ENV='' PASSPHRASE='' MASTER='' HOST_NAME='' ACTION='' ASSERT=''
     TIMEOUT=$DEFAULT_TIMEOUT PROTOCOL=postern-1 PASSWORD_FILE=
-    _positional=
+    _positional=''
     _sources=0
     while [ $# -gt 0 ]; do
         _opt=$1
-        _val=
-        _has=
+        _val=''
+        _has=''
         case $_opt in
             --*=*) _val=${_opt#*=}; _opt=${_opt%%=*}; _has=1 ;;
         esac
@@ -691,7 +699,7 @@ cmd_trigger() {
     esac
     [ "$_sources" -le 1 ] ||
         fail_usage "choose one key source: --key-file, --key-env, --passphrase, --master or --password-file"
-    _derives=
+    _derives=''
     [ -n "$PASSPHRASE" ] || [ -n "$MASTER" ] && _derives=1
     case $PROTOCOL in
         postern-1)
@@ -699,8 +707,9 @@ cmd_trigger() {
             addr_field "$ASSERT" || fail_usage "--assert-addr $ADDRERR"
             ;;
         ostiary-4)
-            [ -z "$KEY_FILE" ] && [ -z "$_derives" ] ||
+            if [ -n "$KEY_FILE" ] || [ -n "$_derives" ]; then
                 fail_usage "ostiary-4 takes a password: use --password-file, --key-env or the prompt"
+            fi
             [ -z "$ASSERT" ] || fail_usage "--assert-addr needs postern-1; ostiary-4 cannot carry an address"
             ;;
         *) fail_usage "--protocol must be postern-1 or ostiary-4" ;;
@@ -713,7 +722,7 @@ cmd_trigger() {
 
     # Load or derive the secret before connecting: the server's deadline
     # must not be spent on PBKDF2.
-    KEYHEX=
+    KEYHEX=''
     if [ -n "$KEY_ENV" ]; then
         case $KEY_ENV in
             [0-9]* | *[!A-Za-z0-9_]*) fail_usage "--key-env needs a variable name" ;;
@@ -731,11 +740,11 @@ cmd_trigger() {
             [ -n "$KEYHEX" ] || fail_local "$PASSWORD_FILE is empty"
         elif [ -n "$KEY_ENV" ]; then
             KEYHEX=$(hex_of_text "$_kv")
-            _kv=
+            _kv=''
         else
             prompt_secret "password for $TARGET: "
             KEYHEX=$(hex_of_text "$SECRET")
-            SECRET=
+            SECRET=''
             [ -n "$KEYHEX" ] || fail_local "empty password"
         fi
         [ "${#KEYHEX}" -le 2048 ] || fail_local "the password is longer than 1024 bytes"
@@ -743,27 +752,27 @@ cmd_trigger() {
         check_private "$KEY_FILE"
         read_text_file "$KEY_FILE"
         key_of_b64 "$FILETEXT" || fail_local "$KEY_FILE: $KEYERR"
-        FILETEXT=
+        FILETEXT=''
     elif [ -n "$KEY_ENV" ]; then
         key_of_b64 "$_kv" || fail_local "\$$KEY_ENV: $KEYERR"
-        _kv=
+        _kv=''
     elif [ -n "$MASTER" ]; then
         check_private "$MASTER"
         read_text_file "$MASTER"
         key_of_b64 "$FILETEXT" || fail_local "$MASTER: $KEYERR"
-        FILETEXT=
+        FILETEXT=''
         KEYHEX=$(fleet_key "$KEYHEX" "$HOST_NAME" "$ACTION")
     elif [ -n "$PASSPHRASE" ]; then
         prompt_secret "passphrase for $TARGET: "
         [ -n "$SECRET" ] || fail_local "empty passphrase"
         pbkdf2_key "$SECRET" "$(passphrase_salt "$HOST_NAME" "$ACTION")" ||
             fail_local "openssl could not derive the key (openssl 1.1.1 or later is needed for -pbkdf2)"
-        SECRET=
+        SECRET=''
     else
         prompt_secret "base64 key for $TARGET: "
         [ -n "$SECRET" ] || fail_local "empty key"
         key_of_b64 "$SECRET" || fail_local "$KEYERR"
-        SECRET=
+        SECRET=''
     fi
 
     pick_transport
@@ -805,7 +814,7 @@ cmd_trigger() {
         result "$EX_NOACK" "no acknowledgement (wrong key, locked out or refused)"
     _s=$(verify_ack "$KEYHEX" "$_g" "$_r" "$_a") ||
         result "$EX_NOACK" "no acknowledgement (the acknowledgement did not verify: wrong key or tampering)"
-    KEYHEX=
+    KEYHEX=''
     case $_s in
         01) result "$EX_OK" "accepted, action started" ;;
         02) result "$EX_OK" "accepted, already active" ;;
@@ -840,9 +849,9 @@ check() { # name got want
 each_case() {
     _cf=$1
     _cb=$2
-    _cnames=
+    _cnames=''
     while :; do
-        _line=
+        _line=''
         IFS= read -r _line
         _more=$?
         case $_line in
@@ -857,7 +866,7 @@ each_case() {
                 if [ -n "$_cnames" ]; then
                     "$_cb"
                     for _cn in $_cnames; do unset "v_$_cn"; done
-                    _cnames=
+                    _cnames=''
                 fi
                 ;;
         esac
@@ -915,7 +924,7 @@ st_builtin() {
     # RFC 4231 test cases 2 and 6 (the second has a key longer than a block).
     check "hmac rfc4231 case 2" "$(hmac_hex "$(hex_of_text Jefe)" "$(hex_of_text 'what do ya want for nothing?')")" \
         5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843
-    _k=
+    _k=''
     _i=0
     while [ "$_i" -lt 131 ]; do _k=${_k}aa; _i=$((_i + 1)); done
     check "hmac rfc4231 case 6" "$(hmac_hex "$_k" "$(hex_of_text 'Test Using Larger Than Block-Size Key - Hash Key First')")" \

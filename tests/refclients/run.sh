@@ -290,7 +290,7 @@ fake_case() {
     else
         pass "$_name"
     fi
-    SRV= BIND=127.0.0.1 CLIENT_IN=/dev/null MAX_SECS= PROXY=
+    SRV='' BIND=127.0.0.1 CLIENT_IN=/dev/null MAX_SECS='' PROXY=''
 }
 
 STARTED="accepted, action started"
