@@ -107,7 +107,9 @@ impl fmt::Display for NetError {
             NetError::ChallengeTimeout(t) => {
                 write!(f, "timed out after {} waiting for the challenge", secs(*t))
             }
-            NetError::ChallengeClosed => f.write_str("server closed before sending its challenge"),
+            NetError::ChallengeClosed => f.write_str(
+                "server closed before sending its challenge (locked out, over its rate, or not a postern server)",
+            ),
             NetError::BadGreeting => f.write_str("bad greeting: not a postern-1 server"),
             NetError::SendTimeout(t) => write!(f, "timed out after {} sending the reply", secs(*t)),
             NetError::AckTimeout(t) => {
