@@ -143,6 +143,47 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Live (not zombie) processes in process group `pgid` that started no
+/// earlier than `min_start` ticks after boot: the serve program and what
+/// it forked. While any of them lives the kernel cannot hand the group id
+/// to anyone else, and an unrelated group reusing it later would have to
+/// start after they all died, so these are ours.
+pub fn group_members(pgid: u32, min_start: u64) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        // Fields from 3 on: state, ppid, pgrp, ...; starttime is field 22.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let (Some(state), Some(pgrp), Some(start)) =
+            (fields.first(), fields.get(2), fields.get(19))
+        else {
+            continue;
+        };
+        if *state == "Z" || pgrp.parse::<u32>().ok() != Some(pgid) {
+            continue;
+        }
+        if start.parse::<u64>().is_ok_and(|t| t >= min_start) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Writes `records` to `dir/STATE_FILE` atomically: temp file, fsync,
 /// rename, fsync of the directory.
 pub fn write_state(dir: &Path, records: &[Record]) -> std::io::Result<()> {
@@ -688,19 +729,30 @@ impl Gates {
                     if r.serve {
                         // Its program died with the previous posternd; make
                         // sure, without ever hitting a reused pid.
-                        let same = !r.boot_id.is_empty()
-                            && r.boot_id == boot
-                            && r.pid > 1
-                            && start_ticks(r.pid) == Some(r.start_ticks);
-                        if same {
-                            action::kill_group(r.pid, Signal::SIGKILL);
-                            self.log(
-                                Level::Notice,
-                                &format!(
-                                    "gate {} serve pid={} left by the previous posternd; killed",
-                                    r.name, r.pid
-                                ),
-                            );
+                        if !r.boot_id.is_empty() && r.boot_id == boot && r.pid > 1 {
+                            let left = group_members(r.pid, r.start_ticks);
+                            if !left.is_empty() {
+                                // While any member lives, the kernel cannot
+                                // reuse the group id, so the group is ours.
+                                action::kill_group(r.pid, Signal::SIGKILL);
+                                for pid in &left {
+                                    if let Ok(raw) = i32::try_from(*pid) {
+                                        let _ = nix::sys::signal::kill(
+                                            nix::unistd::Pid::from_raw(raw),
+                                            Signal::SIGKILL,
+                                        );
+                                    }
+                                }
+                                self.log(
+                                    Level::Notice,
+                                    &format!(
+                                        "gate {} serve group {} left {} process(es) by the previous posternd; killed",
+                                        r.name,
+                                        r.pid,
+                                        left.len()
+                                    ),
+                                );
+                            }
                         }
                         self.log(
                             Level::Notice,

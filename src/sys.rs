@@ -35,9 +35,9 @@ pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
 /// - with `run_as = Some((uid, gid))`: calls setgroups([gid]), then
 ///   setgid, then setuid, and fails the spawn unless all three took and
 ///   root cannot be regained;
-/// - with `die_with_parent`: sets PR_SET_PDEATHSIG to SIGKILL, so the
-///   child dies even if posternd is SIGKILLed, and fails the spawn if the
-///   parent is already gone.
+/// - then, with `die_with_parent`: sets PR_SET_PDEATHSIG to SIGKILL (after
+///   the identity change, which would clear it), so the child dies even if
+///   posternd is SIGKILLed, and fails the spawn if the parent is gone.
 pub fn drop_to_in_child(
     cmd: &mut tokio::process::Command,
     run_as: Option<(u32, u32)>,
@@ -45,12 +45,6 @@ pub fn drop_to_in_child(
 ) {
     let parent = nix::unistd::getpid();
     let hook = move || -> std::io::Result<()> {
-        if die_with_parent {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("parent exited before exec"));
-            }
-        }
         if let Some((uid, gid)) = run_as {
             let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
             nix::unistd::setgroups(&[gid])?;
@@ -65,6 +59,14 @@ pub fn drop_to_in_child(
             }
             if !uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
                 return Err(std::io::Error::other("root could be regained"));
+            }
+        }
+        // After the identity change: the kernel clears the parent-death
+        // signal when the credentials change, so it is set last.
+        if die_with_parent {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("parent exited before exec"));
             }
         }
         Ok(())

@@ -256,3 +256,67 @@ fn clean_shutdown_stops_gates() {
     assert!(st.success());
     assert!(!open.exists());
 }
+
+// Goal: a serve program run as another user still dies with posternd (the
+// parent-death signal survives the identity switch).
+#[test]
+fn crash_kills_serve_program_of_other_user() {
+    if !require_root("crash_kills_serve_program_of_other_user") {
+        return;
+    }
+    let s = Scratch::new("crashserveuser");
+    let (k, b) = key();
+    let outdir = s.path("out");
+    std::fs::create_dir_all(&outdir).unwrap();
+    std::fs::set_permissions(&outdir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let pidfile = outdir.join("serve.pid");
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"svc\"\nkey = \"{b}\"\nuser = \"nobody\"\nserve = [\"/bin/sh\", \"-c\", \"echo $$ > {}; exec sleep 300\"]\nttl = \"1m\"\n",
+        daemon_table(&s),
+        pidfile.display()
+    );
+    let mut d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    let pid: u32 = wait_file(&pidfile, 5 * SEC).trim().parse().unwrap();
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    assert!(
+        wait_gone(pid, 5 * SEC),
+        "serve program of another user outlived posternd"
+    );
+}
+
+// Goal: if a serve program's leader is gone but what it forked survives a
+// crash, the next start-up finds the group's members and kills them.
+#[test]
+fn restart_kills_orphaned_serve_children() {
+    let s = Scratch::new("orphans");
+    let (k, b) = key();
+    let pidfile = s.path("child.pid");
+    // The leader forks a child that ignores the parent-death signal's
+    // reach (it is not the direct child) and then exits on SIGTERM only.
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"svc\"\nkey = \"{b}\"\nserve = [\"/bin/sh\", \"-c\", \"sleep 300 & echo $! > {}; wait\"]\nttl = \"1m\"\n",
+        daemon_table(&s),
+        pidfile.display()
+    );
+    let mut d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    let child: u32 = wait_file(&pidfile, 5 * SEC).trim().parse().unwrap();
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    // The shell (leader) dies with posternd; its `sleep` is orphaned.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        pid_alive(child),
+        "the grandchild should have survived the crash"
+    );
+    let scratch = std::mem::replace(&mut d.scratch, Scratch::new("dummy"));
+    drop(d);
+    let d2 = Daemon::start(scratch, &cfg);
+    d2.wait_log(
+        "left 1 process(es) by the previous posternd; killed",
+        5 * SEC,
+    );
+    assert!(wait_gone(child, 5 * SEC));
+}
