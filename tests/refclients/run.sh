@@ -16,12 +16,17 @@
 #
 # Client variants: dash+nc.openbsd, dash+nc.traditional, dash+socat,
 # bash+devtcp, busybox (sh, nc and tools from busybox only), python3.
+# Needs (Debian packages): dash bash socat netcat-openbsd
+# netcat-traditional busybox openssl python3 coreutils.
+#
 # Prints one line per case and ends with "N passed, M failed"; exits 1 if
 # anything failed. A missing tool is a skip, except under CI=true, where
 # it is a failure. POSTERN_TEST_NO_IPV6=1 states that the host has no
-# IPv6 loopback (the IPv6-transport cases are then skipped, even in CI).
+# IPv6 loopback: the IPv6-transport cases are then skipped, even in CI.
+# PYTHON=python3.8 runs the fake server and postern.py with another Python.
 #
-# Key-file permission errors exit 64, like every local setup error.
+# Local errors (a key file readable by group or others, a missing or
+# malformed key) exit 1, usage errors 64, as with the Rust client.
 
 set -u
 LC_ALL=C
@@ -414,6 +419,8 @@ for v in $VARIANTS; do
         SRV="--mode ack --key-b64 $KEY"
         BIND=::1
         fake_case "$v" "IPv6 transport" 0 verified "$STARTED" $K "$W/key"
+    elif [ "${POSTERN_TEST_NO_IPV6:-}" = 1 ]; then
+        printf 'skip %s: IPv6 transport: POSTERN_TEST_NO_IPV6=1\n' "$v"
     else
         skip "$v: IPv6 transport" "no IPv6 loopback (set POSTERN_TEST_NO_IPV6=1 to state that)"
     fi
