@@ -17,7 +17,7 @@
 //! gates concerned (all of them for an unreadable file).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::action::{self, Spec};
@@ -263,6 +264,27 @@ pub struct Gates {
     logger: Arc<Logger>,
     state_dir: RefCell<PathBuf>,
     open: RefCell<HashMap<String, Open>>,
+    /// Gates whose stop is running; a new opening waits for it, or the
+    /// old stop would undo the new run.
+    closing: RefCell<HashSet<String>>,
+    /// Notified whenever a close finishes.
+    closed: Notify,
+}
+
+/// Marks a gate as closing for as long as it lives (even if the closing
+/// task is cancelled), then wakes openings waiting for it.
+struct Closing<'a> {
+    gates: &'a Gates,
+    name: String,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.gates.closing.try_borrow_mut() {
+            c.remove(&self.name);
+        }
+        self.gates.closed.notify_waiters();
+    }
 }
 
 impl Gates {
@@ -272,6 +294,8 @@ impl Gates {
             logger,
             state_dir: RefCell::new(config.daemon.state_dir.clone()),
             open: RefCell::new(HashMap::new()),
+            closing: RefCell::new(HashSet::new()),
+            closed: Notify::new(),
         }
     }
 
@@ -342,6 +366,15 @@ impl Gates {
             return Status::Failed;
         };
         let name = action.name.clone();
+        // A trigger that arrives while this gate's stop (or serve
+        // shutdown) is still running opens it only once that is done.
+        loop {
+            let done = self.closed.notified();
+            if !self.closing.borrow().contains(&name) {
+                break;
+            }
+            done.await;
+        }
         let cwd = &config.daemon.state_dir;
         let now = Instant::now();
         let opened = unix_now();
@@ -609,6 +642,11 @@ impl Gates {
     ) {
         let Some(o) = self.open.borrow_mut().remove(name) else {
             return;
+        };
+        self.closing.borrow_mut().insert(name.to_string());
+        let _closing = Closing {
+            gates: self,
+            name: name.to_string(),
         };
         if o.record.serve {
             stop_serve(o.record.pid, child).await;
