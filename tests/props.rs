@@ -1,0 +1,776 @@
+//! Property tests: many random cases from a seeded PRNG (no dependency;
+//! set POSTERN_TEST_SEED to replay a failing seed, which every failure
+//! message prints).
+//!
+//! - Over random configs and random peers, against the real daemon: no
+//!   action runs without a valid MAC, and each valid handshake runs its
+//!   action exactly once or answers already-active (single instance) or
+//!   refused (cooldown, bind_source).
+//! - The source table never exceeds its bound and, while it need not
+//!   forget anyone, locks exactly as a plain model does.
+//! - The handshake slots never exceed theirs and always evict the oldest.
+//! - The wire and IPC codecs: random replies never verify, random
+//!   requests are refused or re-encode to the same bytes.
+//! - Every opened gate is stopped by its deadline, under random ttls,
+//!   extensions and ceilings.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use postern::config::{IpNet, Limits};
+use postern::ipc::{Down, Request, REQUEST_LEN};
+use postern::limits::{Admit, Slots, SourceKey, SourceTable, Strike};
+use postern::mac::MacKey;
+use postern::secret::Key;
+use postern::wire::{self, Status, Verifier, REPLY_LEN};
+
+const SEC: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------
+// Random configs and random peers against the real daemon.
+
+#[derive(Debug, Clone)]
+struct ActionSpec {
+    name: String,
+    key: Key,
+    single_instance: bool,
+    cooldown_ms: u64,
+    bind_source: bool,
+    busy_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// A complete, valid reply under action `i`'s key.
+    Valid { i: usize, assert: Assert },
+    /// A key no action has.
+    WrongKey,
+    /// A valid reply with one bit flipped.
+    Flipped { i: usize, bit: usize },
+    /// A valid reply cut to `len` bytes, then EOF.
+    Cut { i: usize, len: usize },
+    /// A valid reply followed by `extra` bytes.
+    Extended { i: usize, extra: usize },
+    /// Random bytes.
+    Noise { len: usize },
+    /// A valid reply for an earlier greeting.
+    Replay { i: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Assert {
+    Nothing,
+    Source,
+    Other,
+}
+
+fn random_peer(rng: &mut Prng, n: usize) -> Peer {
+    let i = rng.below(n as u64) as usize;
+    match rng.below(10) {
+        0..=3 => Peer::Valid {
+            i,
+            assert: *rng.pick(&[Assert::Nothing, Assert::Source, Assert::Other]),
+        },
+        4 => Peer::WrongKey,
+        5 => Peer::Flipped {
+            i,
+            bit: rng.below(REPLY_LEN as u64 * 8) as usize,
+        },
+        6 => Peer::Cut {
+            i,
+            len: rng.below(REPLY_LEN as u64) as usize,
+        },
+        7 => Peer::Extended {
+            i,
+            extra: rng.range(1, 64) as usize,
+        },
+        8 => Peer::Noise {
+            len: rng.below(100) as usize,
+        },
+        _ => Peer::Replay { i },
+    }
+}
+
+/// Plays one peer from loopback source `src`; returns the ack's status if
+/// one came back (and verified).
+fn play(
+    to: std::net::SocketAddr,
+    src: IpAddr,
+    peer: Peer,
+    actions: &[ActionSpec],
+    rng: &mut Prng,
+    old_greeting: &mut Option<[u8; wire::GREETING_LEN]>,
+) -> Option<Status> {
+    let other: IpAddr = "192.0.2.99".parse().unwrap();
+    let mut c = connect(to, Some(src));
+    let g = read_greeting(&mut c).expect("exempt loopback is always greeted");
+    let mk = |i: usize| MacKey::new(actions[i].key.expose());
+    let (bytes, signer): (Vec<u8>, Option<(usize, [u8; REPLY_LEN])>) = match peer {
+        Peer::Valid { i, assert } => {
+            let a = match assert {
+                Assert::Nothing => None,
+                Assert::Source => Some(src),
+                Assert::Other => Some(other),
+            };
+            let r = wire::reply(&mk(i), &g, a);
+            (r.to_vec(), Some((i, r)))
+        }
+        Peer::WrongKey => {
+            let (k, _) = key();
+            (
+                wire::reply(&MacKey::new(k.expose()), &g, None).to_vec(),
+                None,
+            )
+        }
+        Peer::Flipped { i, bit } => {
+            let mut r = wire::reply(&mk(i), &g, None);
+            r[bit / 8] ^= 1 << (bit % 8);
+            (r.to_vec(), None)
+        }
+        Peer::Cut { i, len } => (wire::reply(&mk(i), &g, None)[..len].to_vec(), None),
+        Peer::Extended { i, extra } => {
+            let mut v = wire::reply(&mk(i), &g, None).to_vec();
+            v.extend(rng.bytes(extra));
+            (v, None)
+        }
+        Peer::Noise { len } => (rng.bytes(len), None),
+        Peer::Replay { i } => {
+            let old = old_greeting.unwrap_or([7u8; wire::GREETING_LEN]);
+            (wire::reply(&mk(i), &old, None).to_vec(), None)
+        }
+    };
+    *old_greeting = Some(g);
+    c.write_all(&bytes).unwrap();
+    let _ = c.shutdown(Shutdown::Write);
+    let rest = drain(&mut c);
+    match signer {
+        Some((i, r)) => {
+            assert_eq!(
+                rest.len(),
+                wire::ACK_LEN,
+                "a valid reply is always answered"
+            );
+            let mut a = [0u8; wire::ACK_LEN];
+            a.copy_from_slice(&rest);
+            let st = wire::verify_ack(&mk(i), &g, &r, &a);
+            assert!(st.is_some(), "the ack verifies under the action's key");
+            st
+        }
+        None => {
+            assert!(rest.is_empty(), "{peer:?} got {} bytes back", rest.len());
+            None
+        }
+    }
+}
+
+fn random_actions(rng: &mut Prng, dir: &std::path::Path) -> (Vec<ActionSpec>, String) {
+    let n = rng.range(1, 4) as usize;
+    let mut specs = Vec::new();
+    let mut text = String::new();
+    for i in 0..n {
+        let (k, b) = key();
+        let spec = ActionSpec {
+            name: format!("act{i}"),
+            key: k,
+            single_instance: rng.chance(50),
+            cooldown_ms: *rng.pick(&[0, 0, 400, 1500]),
+            bind_source: rng.chance(30),
+            busy_ms: *rng.pick(&[0, 0, 300]),
+        };
+        text.push_str(&format!(
+            "[[action]]\nname = \"{name}\"\nkey = \"{b}\"\nsingle_instance = {si}\nbind_source = {bs}\ncooldown = \"{cd}ms\"\n\
+             run = [\"/bin/sh\", \"-c\", \"echo $1 >> {out}; sleep {busy}\", \"sh\", \"{{addr}}\"]\n",
+            name = spec.name,
+            si = spec.single_instance,
+            bs = spec.bind_source,
+            cd = spec.cooldown_ms,
+            out = dir.join(format!("{}.out", spec.name)).display(),
+            busy = spec.busy_ms as f64 / 1000.0,
+        ));
+        specs.push(spec);
+    }
+    (specs, text)
+}
+
+// Goal: over random configs (1-4 actions, random single_instance,
+// cooldown, bind_source, run time) and random peers (valid, wrong key,
+// flipped bit, cut, extended, noise, replayed), no action runs without a
+// valid MAC, every valid reply gets a signed answer, and each "started"
+// is exactly one run of exactly that action for exactly the address the
+// rules give; "already active" only for single-instance actions and
+// "refused" only for cooldowns and bind_source mismatches.
+#[test]
+fn random_configs_and_peers_fire_only_on_valid_macs() {
+    let seed = Prng::seed(0x9e37_79b9);
+    let mut rng = Prng::new(seed);
+    let configs = 4;
+    let peers_per_config = 60;
+    let mut total_valid = 0;
+    for round in 0..configs {
+        let s = Scratch::new(&format!("prop{round}"));
+        let (actions, text) = random_actions(&mut rng, &s.0);
+        let cfg = format!(
+            "{}[limits]\nexempt = [\"127.0.0.0/8\"]\nrate_burst = 100000\nrate_per_minute = 100000\nhandshake_timeout = \"500ms\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\n{text}",
+            daemon_table(&s)
+        );
+        let outs: Vec<_> = actions
+            .iter()
+            .map(|a| s.path(&format!("{}.out", a.name)))
+            .collect();
+        let d = Daemon::start(s, &cfg);
+        // Expected runs: per action, the addresses it must have run for.
+        let mut expected: Vec<Vec<String>> = vec![Vec::new(); actions.len()];
+        let mut old = None;
+        for _ in 0..peers_per_config {
+            let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, rng.range(1, 20) as u8));
+            let peer = random_peer(&mut rng, actions.len());
+            let st = play(d.addr(), src, peer, &actions, &mut rng, &mut old);
+            let ctx = format!("seed {seed} round {round} {peer:?} {actions:?}");
+            match (peer, st) {
+                (Peer::Valid { i, assert }, Some(st)) => {
+                    total_valid += 1;
+                    let a = &actions[i];
+                    let target = match assert {
+                        Assert::Nothing => src,
+                        Assert::Source => src,
+                        Assert::Other => "192.0.2.99".parse().unwrap(),
+                    };
+                    let bound_ok = !a.bind_source || assert == Assert::Source;
+                    match st {
+                        Status::Started => {
+                            assert!(bound_ok, "{ctx}: started despite bind_source");
+                            expected[i].push(target.to_string());
+                        }
+                        // Busy: a single-instance action already started.
+                        Status::AlreadyActive => assert!(
+                            a.single_instance && !expected[i].is_empty(),
+                            "{ctx}: already active"
+                        ),
+                        // Cooldown (after an earlier start) or bind_source.
+                        Status::Refused => assert!(
+                            !bound_ok || (a.cooldown_ms > 0 && !expected[i].is_empty()),
+                            "{ctx}: refused"
+                        ),
+                        Status::Failed => panic!("{ctx}: /bin/sh failed to start"),
+                    }
+                    if !bound_ok {
+                        assert_eq!(st, Status::Refused, "{ctx}");
+                    }
+                }
+                (Peer::Valid { .. }, None) => panic!("{ctx}: valid reply without ack"),
+                (_, Some(st)) => panic!("{ctx}: invalid reply answered {st:?}"),
+                (_, None) => {}
+            }
+            if rng.chance(10) {
+                std::thread::sleep(Duration::from_millis(rng.range(50, 400)));
+            }
+        }
+        // Every run finishes; the marker files hold exactly the expected
+        // runs (as multisets: runs of one action may overlap).
+        let started: usize = expected.iter().map(Vec::len).sum();
+        if started > 0 {
+            d.wait_log_n(" exit=", started, 20 * SEC);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for (i, want) in expected.iter_mut().enumerate() {
+            let mut got: Vec<String> = std::fs::read_to_string(&outs[i])
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            got.sort();
+            want.sort();
+            assert_eq!(
+                &got, want,
+                "seed {seed} round {round}: runs of {}",
+                actions[i].name
+            );
+        }
+        assert_eq!(d.count("ok src="), d.count("status="), "seed {seed}");
+    }
+    assert!(
+        total_valid >= 40,
+        "seed {seed}: only {total_valid} valid exchanges"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The source table.
+
+#[derive(Debug, Default, Clone)]
+struct ModelEntry {
+    failures: u32,
+    locked_until: Option<Instant>,
+}
+
+fn random_limits(rng: &mut Prng, capacity: usize) -> Limits {
+    Limits {
+        handshake_timeout: SEC,
+        max_handshakes: NonZeroUsize::new(8).unwrap(),
+        rate_burst: NonZeroU32::new(rng.range(1, 5) as u32).unwrap(),
+        rate_per_minute: NonZeroU32::new(rng.range(1, 120) as u32).unwrap(),
+        lockout_after: NonZeroU32::new(rng.range(1, 5) as u32).unwrap(),
+        lockout_duration: Duration::from_millis(rng.range(500, 60_000)),
+        lockout_table: NonZeroUsize::new(capacity).unwrap(),
+        exempt: if rng.chance(50) {
+            vec![IpNet {
+                addr: "10.0.0.0".parse().unwrap(),
+                prefix: 8,
+            }]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// A pool of sources: IPv4 hosts (some exempt) and IPv6 hosts, several
+/// per /64 so that /64 keying is exercised.
+fn source_pool(rng: &mut Prng, n: usize) -> Vec<IpAddr> {
+    (0..n)
+        .map(|_| match rng.below(4) {
+            0 => IpAddr::V4(Ipv4Addr::new(10, 1, 2, rng.below(4) as u8)),
+            1 => IpAddr::V4(Ipv4Addr::new(192, 0, 2, rng.below(16) as u8)),
+            _ => IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                rng.below(3) as u16,
+                rng.below(3) as u16,
+                0,
+                0,
+                0,
+                rng.next_u64() as u16,
+            )),
+        })
+        .collect()
+}
+
+// Goal: under random sequences of admit / fail / succeed over random
+// IPv4 and IPv6 sources at random times, the table never holds more than
+// its capacity; an exempt source is never locked; and when the capacity
+// is large enough that nothing need be forgotten, every answer matches a
+// plain model of the lockout rules (per /32 and per /64).
+#[test]
+fn source_table_is_bounded_and_matches_the_model() {
+    let seed = Prng::seed(0x7ab1e);
+    let mut rng = Prng::new(seed);
+    let mut ops_total = 0u64;
+    for case in 0..1500 {
+        let n = rng.range(1, 40) as usize;
+        let pool = source_pool(&mut rng, n);
+        let distinct = {
+            let mut k: Vec<SourceKey> = pool.iter().map(|ip| SourceKey::of(*ip)).collect();
+            k.sort();
+            k.dedup();
+            k.len()
+        };
+        let roomy = rng.chance(50);
+        let capacity = if roomy {
+            distinct + rng.below(4) as usize
+        } else {
+            rng.range(1, distinct.max(1) as u64) as usize
+        };
+        let limits = random_limits(&mut rng, capacity.max(1));
+        let mut table = SourceTable::new(&limits);
+        let mut model: HashMap<SourceKey, ModelEntry> = HashMap::new();
+        let exempt = |ip: IpAddr| limits.exempt.iter().any(|n| n.contains(ip));
+        let t0 = Instant::now();
+        let mut now = t0;
+        for _ in 0..rng.range(10, 200) {
+            ops_total += 1;
+            now += Duration::from_millis(rng.below(3000));
+            let ip = *rng.pick(&pool);
+            let k = SourceKey::of(ip);
+            let ctx = format!("seed {seed} case {case} ip {ip} capacity {capacity}");
+            match rng.below(3) {
+                0 => {
+                    let got = table.admit(ip, now);
+                    if exempt(ip) {
+                        assert!(!matches!(got, Admit::Locked), "{ctx}: exempt locked");
+                    }
+                    let m = model.entry(k).or_default();
+                    let locked = m.locked_until.is_some_and(|t| t > now) && !exempt(ip);
+                    if !locked {
+                        m.locked_until = None;
+                    }
+                    if roomy {
+                        assert_eq!(matches!(got, Admit::Locked), locked, "{ctx}: admit {got:?}");
+                    }
+                }
+                1 => {
+                    let got = table.fail(ip, now);
+                    if exempt(ip) {
+                        assert_eq!(got, Strike::Exempt, "{ctx}");
+                        continue;
+                    }
+                    let m = model.entry(k).or_default();
+                    m.failures += 1;
+                    let want = if m.failures >= limits.lockout_after.get() {
+                        let f = m.failures;
+                        m.failures = 0;
+                        m.locked_until = Some(now + limits.lockout_duration);
+                        Strike::LockedOut { failures: f }
+                    } else {
+                        Strike::Counted {
+                            failures: m.failures,
+                        }
+                    };
+                    if roomy {
+                        assert_eq!(got, want, "{ctx}");
+                    }
+                }
+                _ => {
+                    table.succeed(ip);
+                    if let Some(m) = model.get_mut(&k) {
+                        m.failures = 0;
+                    }
+                }
+            }
+            assert!(
+                table.len() <= capacity.max(1),
+                "{ctx}: {} entries",
+                table.len()
+            );
+            if roomy {
+                for (ip2, m) in pool.iter().map(|ip| (ip, model.get(&SourceKey::of(*ip)))) {
+                    let want = m.is_some_and(|m| m.locked_until.is_some_and(|t| t > now));
+                    assert_eq!(table.is_locked(*ip2, now), want, "{ctx}: is_locked({ip2})");
+                }
+            }
+            if table.take_full_note() {
+                assert!(
+                    table.len() >= capacity.max(1),
+                    "{ctx}: full note below capacity"
+                );
+            }
+        }
+    }
+    assert!(ops_total > 100_000, "only {ops_total} operations");
+}
+
+// Goal: the handshake slots never hold more than their capacity, evict
+// exactly the oldest handshake, and shrink by evicting the oldest.
+#[test]
+fn slots_are_bounded_and_evict_the_oldest() {
+    let seed = Prng::seed(0x51075);
+    let mut rng = Prng::new(seed);
+    for case in 0..2000 {
+        let mut cap = rng.range(1, 16) as usize;
+        let mut slots: Slots<u64> = Slots::new(NonZeroUsize::new(cap).unwrap());
+        let mut live: Vec<u64> = Vec::new(); // ids in insertion order
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..rng.range(1, 100) {
+            let ctx = format!("seed {seed} case {case}");
+            match rng.below(10) {
+                0..=5 => {
+                    let (id, evicted) = slots.reserve();
+                    if live.len() >= cap {
+                        let oldest = live.remove(0);
+                        assert_eq!(evicted.map(|(_, h)| h), Some(oldest), "{ctx}");
+                    } else {
+                        assert!(evicted.is_none(), "{ctx}");
+                    }
+                    slots.insert(id, a, id);
+                    live.push(id);
+                }
+                6..=8 => {
+                    if !live.is_empty() {
+                        let i = rng.below(live.len() as u64) as usize;
+                        slots.remove(live.remove(i));
+                    }
+                }
+                _ => {
+                    cap = rng.range(1, 16) as usize;
+                    let out = slots.resize(NonZeroUsize::new(cap).unwrap());
+                    let excess = live.len().saturating_sub(cap);
+                    let want: Vec<u64> = live.drain(..excess).collect();
+                    let got: Vec<u64> = out.into_iter().map(|(_, h)| h).collect();
+                    assert_eq!(got, want, "{ctx}");
+                }
+            }
+            assert!(slots.len() <= cap, "{ctx}");
+            assert_eq!(slots.len(), live.len(), "{ctx}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Codecs.
+
+// Goal: random replies never verify, real ones verify under exactly
+// their own key, and acks carry exactly the status they were made with.
+#[test]
+fn random_replies_never_verify() {
+    let seed = Prng::seed(0xacc);
+    let mut rng = Prng::new(seed);
+    let keys: Vec<Key> = (0..8).map(|_| key().0).collect();
+    let v = Verifier::from_keys(&keys);
+    for _ in 0..20_000 {
+        let g = wire::greeting(&rng.bytes(32).try_into().unwrap());
+        let mut r = [0u8; REPLY_LEN];
+        r.copy_from_slice(&rng.bytes(REPLY_LEN));
+        assert_eq!(v.check_reply(&g, &r), None, "seed {seed}");
+        let i = rng.below(8) as usize;
+        let mk = MacKey::new(keys[i].expose());
+        let addr = if rng.chance(50) {
+            Some(IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32)))
+        } else {
+            None
+        };
+        let good = wire::reply(&mk, &g, addr);
+        let want = addr.map(wire::canonical_ip);
+        assert_eq!(v.check_reply(&g, &good), Some((i, want)), "seed {seed}");
+        let st = *rng.pick(&Status::ALL);
+        let a = wire::ack(&mk, &g, &good, st);
+        assert_eq!(wire::verify_ack(&mk, &g, &good, &a), Some(st));
+        let j = (i + 1) % 8;
+        assert_eq!(
+            wire::verify_ack(&MacKey::new(keys[j].expose()), &g, &good, &a),
+            None
+        );
+    }
+}
+
+// Goal: mutated requests (the untrusted direction) are refused or decode
+// to a request that re-encodes to the very same bytes, and arbitrary
+// monitor messages never panic the decoder or what uses its output (an
+// exempt network with an impossible prefix is refused).
+#[test]
+fn ipc_decoding_is_total_and_exact() {
+    let seed = Prng::seed(0x1bc);
+    let mut rng = Prng::new(seed);
+    let peer = postern::ipc::Peer {
+        listener: 1,
+        addr: "192.0.2.5".parse().unwrap(),
+        port: 4242,
+    };
+    let base = Request::Run {
+        id: 3,
+        generation: 2,
+        action: 1,
+        peer,
+        target: "2001:db8::1".parse().unwrap(),
+    }
+    .encode();
+    let mut accepted = 0;
+    for _ in 0..50_000 {
+        let mut b = base;
+        for _ in 0..rng.range(1, 4) {
+            let i = rng.below(REQUEST_LEN as u64) as usize;
+            b[i] = rng.next_u64() as u8;
+        }
+        if let Ok(req) = Request::decode(&b, 2, 3) {
+            accepted += 1;
+            assert_eq!(req.encode(), b, "seed {seed}");
+        }
+        let len = rng.below(80) as usize;
+        let bytes = rng.bytes(len);
+        if let Some(Down::Exempt(net)) = Down::decode(&bytes) {
+            let _ = net.contains(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let _ = net.contains(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        }
+    }
+    assert!(accepted > 100, "seed {seed}: mutations too destructive");
+    // The regression the fuzzer found: prefixes beyond the family's bits.
+    let mut v4 = vec![1u8, 0x92, 33, 1];
+    v4.extend(wire::encode_addr(Some("10.0.0.0".parse().unwrap())));
+    assert!(Down::decode(&v4).is_none(), "IPv4 /33 refused");
+    let mut v6 = vec![1u8, 0x92, 129, 0];
+    v6.extend(wire::encode_addr(Some("2001:db8::".parse().unwrap())));
+    assert!(Down::decode(&v6).is_none(), "IPv6 /129 refused");
+    v6[2] = 128;
+    assert!(Down::decode(&v6).is_some(), "IPv6 /128 accepted");
+}
+
+// ---------------------------------------------------------------------------
+// Gates close by their deadlines.
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[derive(Debug)]
+struct GateSpec {
+    key: Key,
+    ttl_ms: u64,
+    extend: bool,
+    max_open_ms: u64,
+}
+
+/// What the test knows of one opening: bounds on its deadline.
+#[derive(Debug)]
+struct Opening {
+    /// Earliest and latest possible deadline (ms since the epoch).
+    lo: u64,
+    hi: u64,
+    /// Earliest and latest possible ceiling (opening time + max_open).
+    ceil_lo: u64,
+    ceil_hi: u64,
+}
+
+// Goal: under random gates (ttl 1-2 s, extend or not, max_open 1-3 ttls)
+// and random triggers over 5 s, every gate that opened is closed, each
+// close comes no earlier than its deadline and at most 1.5 s after it,
+// where the deadline follows ttl, every extension and the ceiling.
+#[test]
+fn every_opened_gate_closes_by_its_deadline() {
+    let seed = Prng::seed(0x6a7e);
+    let mut rng = Prng::new(seed);
+    let s = Scratch::new("propgates");
+    let mut gates = Vec::new();
+    let mut text = String::new();
+    for i in 0..4 {
+        let (k, b) = key();
+        let ttl_ms = *rng.pick(&[1000, 1500, 2000]);
+        let extend = rng.chance(60);
+        let max_open_ms = ttl_ms * rng.range(1, 3);
+        let marker = s.path(&format!("gate{i}.log"));
+        text.push_str(&format!(
+            "[[action]]\nname = \"gate{i}\"\nkey = \"{b}\"\n\
+             run = [\"/bin/sh\", \"-c\", \"echo open $(date +%s%3N) >> {m}\"]\n\
+             stop = [\"/bin/sh\", \"-c\", \"echo close $(date +%s%3N) >> {m}\"]\n\
+             ttl = \"{ttl_ms}ms\"\nextend = {extend}\nmax_open = \"{max_open_ms}ms\"\n",
+            m = marker.display()
+        ));
+        gates.push(GateSpec {
+            key: k,
+            ttl_ms,
+            extend,
+            max_open_ms,
+        });
+    }
+    let cfg = format!(
+        "{}[limits]\nexempt = [\"127.0.0.0/8\"]\nrate_burst = 100000\nrate_per_minute = 100000\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\n{text}",
+        daemon_table(&s)
+    );
+    let markers: Vec<_> = (0..gates.len())
+        .map(|i| s.path(&format!("gate{i}.log")))
+        .collect();
+    let d = Daemon::start(s, &cfg);
+    let mut openings: Vec<Vec<Opening>> = (0..gates.len()).map(|_| Vec::new()).collect();
+    let start = Instant::now();
+    let mut triggers = 0;
+    while start.elapsed() < 5 * SEC {
+        let i = rng.below(gates.len() as u64) as usize;
+        let g = &gates[i];
+        let before = now_ms();
+        let out = trigger(d.addr(), &g.key);
+        let after = now_ms();
+        triggers += 1;
+        let ctx = format!("seed {seed} {g:?}");
+        match out {
+            Outcome::Ack(Status::Started) => openings[i].push(Opening {
+                lo: before + g.ttl_ms,
+                hi: after + g.ttl_ms,
+                ceil_lo: before + g.max_open_ms,
+                ceil_hi: after + g.max_open_ms,
+            }),
+            Outcome::Ack(Status::AlreadyActive) => {
+                let o = openings[i].last_mut().expect("already active means open");
+                if g.extend {
+                    // Moved to min(trigger time + ttl, ceiling) unless it
+                    // was later already.
+                    o.lo = o.lo.max((before + g.ttl_ms).min(o.ceil_lo));
+                    o.hi = o.hi.max((after + g.ttl_ms).min(o.ceil_hi));
+                }
+            }
+            other => panic!("{ctx}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(50, 700)));
+    }
+    // Everything closes within the longest ceiling plus slack.
+    let last = openings
+        .iter()
+        .flatten()
+        .map(|o| o.hi.max(o.ceil_hi))
+        .max()
+        .unwrap_or(0);
+    while now_ms() < last + 2000 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut closed = 0;
+    for (i, g) in gates.iter().enumerate() {
+        let text = std::fs::read_to_string(&markers[i]).unwrap_or_default();
+        let events: Vec<(&str, u64)> = text
+            .lines()
+            .map(|l| {
+                let (what, ms) = l.split_once(' ').unwrap();
+                (what, ms.trim().parse().unwrap())
+            })
+            .collect();
+        let opens: Vec<u64> = events
+            .iter()
+            .filter(|e| e.0 == "open")
+            .map(|e| e.1)
+            .collect();
+        let closes: Vec<u64> = events
+            .iter()
+            .filter(|e| e.0 == "close")
+            .map(|e| e.1)
+            .collect();
+        let ctx = format!("seed {seed} {g:?}\n{text}");
+        assert_eq!(opens.len(), openings[i].len(), "{ctx}: one run per start");
+        assert_eq!(closes.len(), opens.len(), "{ctx}: every open gate closed");
+        for ((o, c), m) in opens.iter().zip(&closes).zip(&openings[i]) {
+            assert!(c > o, "{ctx}");
+            assert!(
+                *c + 50 >= m.lo,
+                "{ctx}: closed at {c}, before its deadline {}",
+                m.lo
+            );
+            assert!(
+                *c <= m.hi + 1500,
+                "{ctx}: closed at {c}, deadline was {}",
+                m.hi
+            );
+            closed += 1;
+        }
+        // Opened and closed strictly in turn.
+        for w in events.windows(2) {
+            assert_ne!(w[0].0, w[1].0, "{ctx}: two opens or closes in a row");
+        }
+    }
+    assert!(triggers >= 8, "seed {seed}: only {triggers} triggers");
+    eprintln!("{triggers} triggers, {closed} gates opened and closed on time");
+    assert_eq!(d.count("closed (deadline)"), closed);
+}
+
+// Goal (race): a trigger that arrives while a gate's stop command is
+// still running must not have its fresh opening undone by that stop.
+#[test]
+fn reopen_during_stop_is_not_undone() {
+    let s = Scratch::new("reopen");
+    let (k, b) = key();
+    let m = s.path("door.log");
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"door\"\nkey = \"{b}\"\n\
+         run = [\"/bin/sh\", \"-c\", \"echo open $(date +%s%3N) >> {m}\"]\n\
+         stop = [\"/bin/sh\", \"-c\", \"sleep 0.6; echo close $(date +%s%3N) >> {m}\"]\n\
+         ttl = \"1s\"\nextend = false\n",
+        daemon_table(&s),
+        m = m.display()
+    );
+    let d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    // The deadline passes at ~1 s; the stop runs until ~1.6 s.
+    std::thread::sleep(Duration::from_millis(1250));
+    let again = trigger(d.addr(), &k);
+    std::thread::sleep(Duration::from_millis(3500));
+    let text = std::fs::read_to_string(&m).unwrap();
+    eprintln!("{again:?}\n{text}");
+    let kinds: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    for w in kinds.windows(2) {
+        assert_ne!(w[0], w[1], "open and close interleaved:\n{text}");
+    }
+}
