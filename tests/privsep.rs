@@ -370,3 +370,24 @@ fn sighup_to_network_process_is_harmless() {
     assert!(pid_alive(net));
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
 }
+
+// Goal: with NOTIFY_SOCKET set (Type=notify), posternd sends READY=1 once
+// it is configured and serving.
+#[test]
+fn sd_notify_ready() {
+    let s = Scratch::new("notify");
+    let sock_path = s.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(10 * SEC)).unwrap();
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
+    let (cfg, k) = simple_config(&s, &user);
+    let d = Daemon::start_with(s, &cfg, |cmd| cmd.env("NOTIFY_SOCKET", &sock_path));
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+}
