@@ -774,3 +774,472 @@ fn reopen_during_stop_is_not_undone() {
         assert_ne!(w[0], w[1], "open and close interleaved:\n{text}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The network process in-process, with the test playing the monitor.
+
+mod inproc {
+    use super::*;
+    use postern::channel::{self, Channel};
+    use postern::config::Protocol;
+    use postern::ipc::{NetLimits, Notice, Reason, MAX_DOWN_LEN};
+    use postern::secret::Password;
+    use std::cell::RefCell;
+    use std::os::fd::AsRawFd;
+    use std::rc::Rc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Net {
+        pub mon: Rc<Channel>,
+        pub seen: Rc<RefCell<Vec<Request>>>,
+        pub postern: std::net::SocketAddr,
+        pub ostiary: std::net::SocketAddr,
+        listeners: [std::net::TcpListener; 2],
+        pub task: tokio::task::JoinHandle<Result<(), postern::net::NetError>>,
+        pub recorder: tokio::task::JoinHandle<()>,
+    }
+
+    pub struct Setup<'a> {
+        pub generation: u32,
+        pub limits: NetLimits,
+        pub exempt: &'a [IpNet],
+        /// (key bytes, bind_source) for postern-1 actions 0..
+        pub keys: &'a [([u8; 32], bool)],
+        /// ostiary-4 passwords, as the actions after the keys.
+        pub passwords: &'a [&'a [u8]],
+    }
+
+    pub fn limits() -> NetLimits {
+        NetLimits {
+            handshake_timeout: Duration::from_millis(400),
+            max_handshakes: NonZeroUsize::new(16).unwrap(),
+            rate_burst: NonZeroU32::new(1000).unwrap(),
+            rate_per_minute: NonZeroU32::new(60_000).unwrap(),
+            lockout_after: NonZeroU32::new(1000).unwrap(),
+            lockout_duration: Duration::from_secs(60),
+            lockout_table: NonZeroUsize::new(64).unwrap(),
+            ack_timeout: Duration::from_secs(3),
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+
+    pub async fn send(mon: &Channel, listeners: &[std::net::TcpListener; 2], s: &Setup<'_>) {
+        let n_actions = (s.keys.len() + s.passwords.len()) as u16;
+        let begin = Down::Begin {
+            generation: s.generation,
+            limits: s.limits.clone(),
+            listeners: 2,
+            exempt: s.exempt.len() as u16,
+            actions: n_actions,
+        };
+        mon.send(&begin.encode(), &[]).await.unwrap();
+        for (i, (l, p)) in listeners
+            .iter()
+            .zip([Protocol::Postern1, Protocol::Ostiary4])
+            .enumerate()
+        {
+            let m = Down::Listener {
+                index: i as u8,
+                protocol: p,
+            };
+            mon.send(&m.encode(), &[l.as_raw_fd()]).await.unwrap();
+        }
+        for n in s.exempt {
+            mon.send(&Down::Exempt(*n).encode(), &[]).await.unwrap();
+        }
+        for (i, (k, bind)) in s.keys.iter().enumerate() {
+            let m = Down::Action {
+                index: i as u16,
+                password: false,
+                bind_source: *bind,
+                secret: Password::new(k.to_vec()),
+            };
+            mon.send(&m.encode(), &[]).await.unwrap();
+        }
+        for (j, p) in s.passwords.iter().enumerate() {
+            let m = Down::Action {
+                index: (s.keys.len() + j) as u16,
+                password: true,
+                bind_source: false,
+                secret: Password::new(p.to_vec()),
+            };
+            mon.send(&m.encode(), &[]).await.unwrap();
+        }
+        mon.send(&Down::End.encode(), &[]).await.unwrap();
+    }
+
+    impl Net {
+        /// Starts `postern::net::serve` on a fresh channel; a monitor task
+        /// records every request (each must decode) and answers every run
+        /// with `answer`.
+        pub async fn start(s: &Setup<'_>, answer: Status) -> Net {
+            let listeners = [
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            ];
+            let (mon_fd, net_fd) = channel::pair().unwrap();
+            let mon = Rc::new(Channel::new(mon_fd).unwrap());
+            send(&mon, &listeners, s).await;
+            let task = tokio::task::spawn_local(postern::net::serve(net_fd));
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let (m2, s2) = (Rc::clone(&mon), Rc::clone(&seen));
+            let recorder = tokio::task::spawn_local(async move {
+                let mut buf = vec![0u8; MAX_DOWN_LEN];
+                loop {
+                    let Ok(r) = m2.recv(&mut buf).await else {
+                        return;
+                    };
+                    if r.len == 0 {
+                        return;
+                    }
+                    assert!(r.fds.is_empty() && !r.truncated);
+                    let req = Request::decode(&buf[..r.len], 2, 16)
+                        .unwrap_or_else(|e| panic!("undecodable request: {e}"));
+                    s2.borrow_mut().push(req);
+                    if let Request::Run { id, .. } = req {
+                        let _ = m2
+                            .send(&Down::Status { id, status: answer }.encode(), &[])
+                            .await;
+                    }
+                }
+            });
+            Net {
+                postern: listeners[0].local_addr().unwrap(),
+                ostiary: listeners[1].local_addr().unwrap(),
+                listeners,
+                mon,
+                seen,
+                task,
+                recorder,
+            }
+        }
+
+        pub async fn reload(&self, s: &Setup<'_>) {
+            send(&self.mon, &self.listeners, s).await;
+            // Let it apply before the next connection.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        /// Runs and failures so far.
+        pub fn ends(&self) -> usize {
+            self.seen
+                .borrow()
+                .iter()
+                .filter(|r| matches!(r, Request::Run { .. } | Request::Fail { .. }))
+                .count()
+        }
+
+        pub async fn wait_ends(&self, n: usize) {
+            let end = Instant::now() + 5 * SEC;
+            while self.ends() < n {
+                assert!(
+                    Instant::now() < end,
+                    "{} of {n} outcomes: {:?}",
+                    self.ends(),
+                    self.seen.borrow()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        pub fn last_end(&self) -> Request {
+            *self
+                .seen
+                .borrow()
+                .iter()
+                .rev()
+                .find(|r| matches!(r, Request::Run { .. } | Request::Fail { .. }))
+                .unwrap()
+        }
+    }
+
+    pub async fn connect_from(to: std::net::SocketAddr, src: IpAddr) -> tokio::net::TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::new(src, 0)).unwrap();
+        sock.connect(to).await.unwrap()
+    }
+
+    /// Reads up to `n` bytes, or fewer if the peer closes first.
+    pub async fn read_some(s: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match tokio::time::timeout(5 * SEC, s.read(&mut out[got..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(k)) => got += k,
+            }
+        }
+        out.truncate(got);
+        out
+    }
+
+    pub async fn rest(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+        read_some(s, 4096).await
+    }
+
+    pub fn notices(seen: &[Request], which: Notice) -> usize {
+        seen.iter()
+            .filter(|r| matches!(r, Request::Notice { notice, .. } if *notice == which))
+            .count()
+    }
+
+    pub fn fail_reason(r: &Request) -> Option<Reason> {
+        match r {
+            Request::Fail { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    pub async fn write_all(s: &mut tokio::net::TcpStream, b: &[u8]) {
+        let _ = s.write_all(b).await;
+    }
+
+    /// Half-close: shutdown(SHUT_WR).
+    pub async fn half_close(s: &mut tokio::net::TcpStream) {
+        let _ = s.shutdown().await;
+    }
+}
+
+// Goal: the network process itself (postern::net::serve, in this
+// process, the test playing the monitor), over random peers on both
+// protocols: every request it sends decodes; every connection ends in
+// exactly one run or one failure; runs happen only for valid MACs, for
+// the right action and address, and get a verifying ack; failures carry
+// the right reason; a reload swaps keys and limits; eviction, lockout and
+// rate limiting each send their event once; and it stops when the
+// monitor goes away.
+#[test]
+fn network_process_in_process_random_peers() {
+    use inproc::*;
+    use postern::ipc::{Notice, Reason};
+    let seed = Prng::seed(0x0e7_0001);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let mut rng = Prng::new(seed);
+        let keys: Vec<([u8; 32], bool)> = (0..3)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&rng.bytes(32));
+                (k, i == 2)
+            })
+            .collect();
+        let exempt = [IpNet {
+            addr: "127.0.0.0".parse().unwrap(),
+            prefix: 24,
+        }];
+        let pw: &[u8] = b"Sample";
+        let setup = Setup {
+            generation: 1,
+            limits: limits(),
+            exempt: &exempt,
+            keys: &keys,
+            passwords: &[pw],
+        };
+        let net = Net::start(&setup, Status::Started).await;
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.77".parse().unwrap();
+        let mut conns = 0;
+        for case in 0..300 {
+            let ctx = format!("seed {seed} case {case}");
+            conns += 1;
+            if rng.chance(15) {
+                // ostiary-4: right or wrong password; nothing comes back.
+                let mut c = connect_from(net.ostiary, src).await;
+                let salt = read_some(&mut c, 32).await;
+                assert_eq!(salt.len(), 32, "{ctx}");
+                let right = rng.chance(50);
+                let p: &[u8] = if right { pw } else { b"Simple" };
+                let r = wire::ostiary_reply(&MacKey::new(p), &salt.try_into().unwrap());
+                write_all(&mut c, &r).await;
+                half_close(&mut c).await;
+                assert!(rest(&mut c).await.is_empty(), "{ctx}");
+                net.wait_ends(conns).await;
+                match (right, net.last_end()) {
+                    (true, Request::Run { action, target, .. }) => {
+                        assert_eq!((action, target), (3, src), "{ctx}")
+                    }
+                    (false, r) => assert_eq!(fail_reason(&r), Some(Reason::BadMac), "{ctx}"),
+                    (_, r) => panic!("{ctx}: {r:?}"),
+                }
+                continue;
+            }
+            let mut c = connect_from(net.postern, src).await;
+            let g: [u8; wire::GREETING_LEN] = read_some(&mut c, wire::GREETING_LEN)
+                .await
+                .try_into()
+                .unwrap();
+            let i = rng.below(3) as usize;
+            let mk = MacKey::new(&keys[i].0);
+            let asserted = *rng.pick(&[None, Some(src), Some(other)]);
+            let good = wire::reply(&mk, &g, asserted);
+            let kind = rng.below(6);
+            let bytes: Vec<u8> = match kind {
+                0 | 1 => good.to_vec(),
+                2 => {
+                    let mut b = good;
+                    let bit = rng.below(REPLY_LEN as u64 * 8) as usize;
+                    b[bit / 8] ^= 1 << (bit % 8);
+                    b.to_vec()
+                }
+                3 => good[..rng.below(REPLY_LEN as u64) as usize].to_vec(),
+                4 => {
+                    let n = rng.range(1, 40) as usize;
+                    [&good[..], &rng.bytes(n)].concat()
+                }
+                _ => {
+                    let n = rng.below(100) as usize;
+                    rng.bytes(n)
+                }
+            };
+            write_all(&mut c, &bytes).await;
+            half_close(&mut c).await;
+            let back = rest(&mut c).await;
+            net.wait_ends(conns).await;
+            let end = net.last_end();
+            let valid = bytes.len() == REPLY_LEN
+                && (0..3).any(|j| {
+                    let mut f = [0u8; 16];
+                    f.copy_from_slice(&bytes[..16]);
+                    wire::reply(&MacKey::new(&keys[j].0), &g, wire::decode_addr(&f))[..]
+                        == bytes[..]
+                });
+            if !valid {
+                let want = match bytes.len() {
+                    n if n < REPLY_LEN => Reason::ShortReply,
+                    n if n > REPLY_LEN => Reason::LongReply,
+                    _ => Reason::BadMac,
+                };
+                assert_eq!(fail_reason(&end), Some(want), "{ctx}: {end:?}");
+                assert!(back.is_empty(), "{ctx}: bytes for an invalid reply");
+                continue;
+            }
+            let ack: [u8; wire::ACK_LEN] = back.try_into().expect("an ack");
+            let st = wire::verify_ack(&mk, &g, &good, &ack);
+            if keys[i].1 && asserted != Some(src) {
+                assert_eq!(fail_reason(&end), Some(Reason::BindMismatch), "{ctx}");
+                assert_eq!(st, Some(Status::Refused), "{ctx}");
+            } else {
+                match end {
+                    Request::Run {
+                        action,
+                        target,
+                        generation,
+                        ..
+                    } => {
+                        assert_eq!(usize::from(action), i, "{ctx}");
+                        assert_eq!(target, asserted.unwrap_or(src), "{ctx}");
+                        assert_eq!(generation, 1, "{ctx}");
+                    }
+                    r => panic!("{ctx}: {r:?}"),
+                }
+                assert_eq!(st, Some(Status::Started), "{ctx}");
+            }
+        }
+
+        // Reload: new keys, two slots, lockout after 2, a small bucket.
+        let mut new_key = [0u8; 32];
+        new_key.copy_from_slice(&rng.bytes(32));
+        let new_keys = [(new_key, false)];
+        let mut l = limits();
+        l.max_handshakes = NonZeroUsize::new(2).unwrap();
+        l.lockout_after = NonZeroU32::new(2).unwrap();
+        l.rate_burst = NonZeroU32::new(3).unwrap();
+        l.rate_per_minute = NonZeroU32::new(1).unwrap();
+        l.handshake_timeout = Duration::from_secs(5);
+        let setup2 = Setup {
+            generation: 2,
+            limits: l,
+            exempt: &exempt,
+            keys: &new_keys,
+            passwords: &[],
+        };
+        net.reload(&setup2).await;
+        // The old key no longer opens anything; the new one does.
+        let old = Key::from_bytes(keys[0].0);
+        let new = Key::from_bytes(new_key);
+        for (k, want_run) in [(&old, false), (&new, true)] {
+            let src = "127.0.0.2".parse().unwrap();
+            let mut c = connect_from(net.postern, src).await;
+            let g: [u8; wire::GREETING_LEN] = read_some(&mut c, 36).await.try_into().unwrap();
+            write_all(&mut c, &wire::reply(&MacKey::new(k.expose()), &g, None)).await;
+            let back = rest(&mut c).await;
+            conns += 1;
+            net.wait_ends(conns).await;
+            match net.last_end() {
+                Request::Run { generation, .. } => {
+                    assert!(want_run && generation == 2 && back.len() == wire::ACK_LEN)
+                }
+                r => assert!(
+                    !want_run && fail_reason(&r) == Some(Reason::BadMac),
+                    "{r:?}"
+                ),
+            }
+        }
+        // Eviction: three silent peers on two slots; the first is evicted.
+        let mut silent = Vec::new();
+        for j in 0..3 {
+            let src: IpAddr = format!("127.0.0.{}", 50 + j).parse().unwrap();
+            let mut c = connect_from(net.postern, src).await;
+            assert_eq!(read_some(&mut c, 36).await.len(), 36);
+            silent.push(c);
+        }
+        conns += 1;
+        net.wait_ends(conns).await;
+        assert_eq!(fail_reason(&net.last_end()), Some(Reason::Evicted));
+        assert_eq!(notices(&net.seen.borrow(), Notice::HandshakesFull), 1);
+        drop(silent);
+        conns += 2;
+        net.wait_ends(conns).await;
+        // Lockout: a source outside the exempt /24, two bad MACs.
+        let bad: IpAddr = "127.0.1.5".parse().unwrap();
+        for _ in 0..2 {
+            let mut c = connect_from(net.postern, bad).await;
+            assert_eq!(read_some(&mut c, 36).await.len(), 36);
+            write_all(&mut c, &[0u8; REPLY_LEN]).await;
+            assert!(rest(&mut c).await.is_empty());
+            conns += 1;
+            net.wait_ends(conns).await;
+        }
+        let locked = net
+            .seen
+            .borrow()
+            .iter()
+            .filter(|r| matches!(r, Request::Lockout { peer, failures: 2 } if peer.addr == bad))
+            .count();
+        assert_eq!(locked, 1);
+        let mut c = connect_from(net.postern, bad).await;
+        assert!(
+            rest(&mut c).await.is_empty(),
+            "a locked source gets nothing"
+        );
+        // Rate: a fresh source gets its burst of 3, then nothing; noted once.
+        let fast: IpAddr = "127.0.0.9".parse().unwrap();
+        for j in 0..6 {
+            let mut c = connect_from(net.postern, fast).await;
+            let got = read_some(&mut c, 36).await.len();
+            assert_eq!(got, if j < 3 { 36 } else { 0 }, "connection {j}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(notices(&net.seen.borrow(), Notice::RateLimited), 1);
+
+        // The monitor goes away: the network process stops with an error.
+        let Net {
+            mon,
+            task,
+            recorder,
+            ..
+        } = net;
+        recorder.abort();
+        let _ = recorder.await;
+        drop(mon);
+        let ended = tokio::time::timeout(5 * SEC, task).await;
+        assert!(
+            matches!(ended, Ok(Ok(Err(_)))),
+            "serve must end with an error when the monitor closes"
+        );
+    });
+}
