@@ -264,6 +264,15 @@ impl SourceTable {
         }
     }
 
+    /// Whether `ip`'s source has failed since its last success or lockout
+    /// (an untracked or exempt source has not). Under pressure such a
+    /// source waits while clean ones are served.
+    pub fn has_strikes(&self, ip: IpAddr) -> bool {
+        self.entries
+            .get(&SourceKey::of(ip))
+            .is_some_and(|e| e.failures > 0)
+    }
+
     /// Whether `ip` is locked out at `now`.
     pub fn is_locked(&self, ip: IpAddr, now: Instant) -> bool {
         self.entries
@@ -331,6 +340,11 @@ impl<H> Slots<H> {
     /// Removes a finished handshake. Idempotent.
     pub fn remove(&mut self, id: u64) {
         self.pending.remove(&id);
+    }
+
+    /// Whether every slot is taken (the next reservation evicts).
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.capacity.get()
     }
 
     /// Handshakes in progress.
@@ -486,6 +500,25 @@ mod tests {
         s.remove(i1);
         s.remove(i1);
         assert_eq!(s.len(), 1);
+        assert!(!s.is_full());
         assert_eq!(s.drain().len(), 1);
+    }
+
+    // Goal: a source has strikes from its first failure until a success;
+    // unknown and exempt sources never have any.
+    #[test]
+    fn strikes_until_success() {
+        let t0 = Instant::now();
+        let mut t = SourceTable::new(&limits(16, 5, 100, 60));
+        let a = ip("192.0.2.1");
+        assert!(!t.has_strikes(a));
+        t.admit(a, t0);
+        assert!(!t.has_strikes(a));
+        t.fail(a, t0);
+        assert!(t.has_strikes(a));
+        t.succeed(a);
+        assert!(!t.has_strikes(a));
+        t.fail(ip("10.1.2.3"), t0);
+        assert!(!t.has_strikes(ip("10.1.2.3")));
     }
 }

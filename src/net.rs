@@ -8,6 +8,7 @@
 //! One connection (see PROTOCOL.md):
 //! 1. a locked-out or over-rate source is closed at once, with no greeting;
 //! 2. a handshake slot is reserved, evicting the oldest if all are busy;
+//!    while all are busy, a source with strikes is closed at once instead;
 //! 3. the greeting is written and exactly the reply length is read into a
 //!    fixed array, all under one deadline;
 //! 4. the reply is checked against every key in constant time;
@@ -16,12 +17,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -469,6 +471,18 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                 value: cap,
             });
         }
+        // Under pressure (every slot busy), a source with strikes is closed
+        // at once, without a greeting, like a rate-limited one: a flood from
+        // known-bad sources then costs an accept and a close, the accept
+        // queue drains quickly, and only clean sources (a new client, or
+        // one whose last attempt succeeded) evict the oldest handshake.
+        let refuse = {
+            let slots = state.slots.borrow();
+            slots.is_full() && state.table.borrow().has_strikes(ip)
+        };
+        if refuse {
+            continue;
+        }
         let (id, evicted) = state.slots.borrow_mut().reserve();
         if let Some((_, (old, handle))) = evicted {
             handle.abort();
@@ -514,29 +528,45 @@ impl Drop for AckGuard {
     }
 }
 
-fn io_reason(e: &std::io::Error) -> Reason {
-    match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Reason::ShortReply,
-        _ => Reason::Reset,
-    }
-}
-
-/// Reads exactly `N` bytes under `deadline`, mapping every failure to its
-/// reason. Never reads more than `N` bytes.
-async fn read_fixed<const N: usize>(
-    stream: &mut TcpStream,
+/// Reads a reply of exactly `N` bytes under `deadline` into a fixed array,
+/// with a one-byte array behind it in the same vectored read: a byte sent
+/// past the reply that is already there is seen at once (a long reply),
+/// without another system call. Never reads more than `N + 1` bytes, and
+/// maps every failure to its reason.
+async fn read_reply<const N: usize>(
+    stream: &TcpStream,
     deadline: Instant,
 ) -> Result<[u8; N], Reason> {
-    let mut buf = [0u8; N];
-    match tokio::time::timeout_at(deadline, stream.read_exact(&mut buf)).await {
-        Err(_) => Err(Reason::Timeout),
-        Ok(Err(e)) => Err(io_reason(&e)),
-        Ok(Ok(_)) => Ok(buf),
+    let mut reply = [0u8; N];
+    let mut extra = [0u8; 1];
+    let mut got = 0;
+    // Each pass reads at least one byte, or waits for readiness under the
+    // deadline (a spurious wake-up just waits again).
+    while got < N {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => return Err(Reason::Timeout),
+            Ok(Err(_)) => return Err(Reason::Reset),
+            Ok(Ok(())) => {}
+        }
+        let mut bufs = [
+            IoSliceMut::new(&mut reply[got..]),
+            IoSliceMut::new(&mut extra),
+        ];
+        match stream.try_read_vectored(&mut bufs) {
+            Ok(0) => return Err(Reason::ShortReply),
+            Ok(n) if got + n > N => return Err(Reason::LongReply),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Reason::Reset),
+        }
     }
+    Ok(reply)
 }
 
-/// Whether the peer sent anything past the fixed reply. Looks without
-/// waiting, into a one-byte array: a byte already there is a failure.
+/// Whether the peer sent anything past the fixed reply since it was read.
+/// Looks without waiting, into a one-byte array: a byte already there is a
+/// failure. Only an authenticated reply needs this second look; any other
+/// fails anyway.
 fn sent_extra(stream: &TcpStream) -> bool {
     let mut one = [0u8; 1];
     matches!(stream.try_read(&mut one), Ok(n) if n > 0)
@@ -577,17 +607,16 @@ async fn postern1(
         Ok(Err(_)) => return state.fail(peer, Reason::Reset),
         Ok(Ok(())) => {}
     }
-    let reply: [u8; REPLY_LEN] = match read_fixed(&mut stream, deadline).await {
+    let reply: [u8; REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
         Err(reason) => return state.fail(peer, reason),
     };
-    let verdict = cfg.postern.check_reply(&greeting, &reply);
+    let Some((i, asserted)) = cfg.postern.check_reply(&greeting, &reply) else {
+        return state.fail(peer, Reason::BadMac);
+    };
     if sent_extra(&stream) {
         return state.fail(peer, Reason::LongReply);
     }
-    let Some((i, asserted)) = verdict else {
-        return state.fail(peer, Reason::BadMac);
-    };
     let (Some(action), Some(key)) = (cfg.postern_actions.get(i), cfg.postern.key(i)) else {
         return state.fail(peer, Reason::BadMac);
     };
@@ -636,17 +665,17 @@ async fn ostiary4(
         Ok(Err(_)) => return state.fail(peer, Reason::Reset),
         Ok(Ok(())) => {}
     }
-    let reply: [u8; OSTIARY_REPLY_LEN] = match read_fixed(&mut stream, deadline).await {
+    let reply: [u8; OSTIARY_REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
         Err(reason) => return state.fail(peer, reason),
     };
     let verdict = cfg.ostiary.check_ostiary(&salt, &reply);
-    if sent_extra(&stream) {
-        return state.fail(peer, Reason::LongReply);
-    }
     let Some(action) = verdict.and_then(|i| cfg.ostiary_actions.get(i)) else {
         return state.fail(peer, Reason::BadMac);
     };
+    if sent_extra(&stream) {
+        return state.fail(peer, Reason::LongReply);
+    }
     drop(guard);
     // ostiary-4 sends nothing back: close first, then ask.
     drop(stream);
