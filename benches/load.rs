@@ -630,8 +630,8 @@ async fn flood(
     concurrency: usize,
     count_from: Instant,
     until: Instant,
+    counts: Rc<Cell<FloodCount>>,
 ) -> FloodCount {
-    let counts = Rc::new(Cell::new(FloodCount::default()));
     let next_src = Rc::new(Cell::new(0usize));
     let reply = wrong_reply();
     let mut set = JoinSet::new();
@@ -778,8 +778,10 @@ impl Report {
 // (a) Rejected-handshake throughput, posternd vs the bare baseline.
 
 fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()> {
-    println!("(a) rejected handshakes/s: {} run(s) per server, {} in flight, {:?} window after {:?} warm-up",
-        p.a_runs, p.a_concurrency, p.a_window, p.a_warm);
+    println!(
+        "(a) rejected handshakes/s: {} run(s) per server, {} in flight, {:?} window after {:?} warm-up",
+        p.a_runs, p.a_concurrency, p.a_window, p.a_warm
+    );
     for &n in &p.a_actions {
         let port = free_port()?;
         let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -792,30 +794,40 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         // the rate limit, so raise it to its maximum.
         let limits = "rate_burst = 1000000\nrate_per_minute = 1000000\nexempt = [\"127.0.0.0/8\"]";
         let config = config_text(&dir, addr, limits, &ks, "[\"/bin/true\"]");
-        let (mut base, mut post, mut errs) = (Vec::new(), Vec::new(), 0u64);
-        for _ in 0..p.a_runs {
-            // Baseline, then posternd, on the same port, same client.
-            {
-                let _b = Baseline::start(addr)?;
-                let c = run_flood(addr, p);
-                errs += c.errors + c.no_greeting;
-                base.push(c.done as f64 / p.a_window.as_secs_f64());
-            }
-            {
-                let mut d = Daemon::start(bins, &dir, &config)?;
-                let c = run_flood(d.addr, p);
-                errs += c.errors + c.no_greeting;
-                post.push(c.done as f64 / p.a_window.as_secs_f64());
-                d.stop();
+        let (mut base, mut post) = (Vec::<FloodRun>::new(), Vec::<FloodRun>::new());
+        for run in 0..p.a_runs {
+            // Baseline and posternd in turn on the same port with the same
+            // client; which goes first alternates, so drift in the machine's
+            // other load hits both alike.
+            for first_baseline in [run % 2 == 0, run % 2 == 1] {
+                if first_baseline {
+                    let b = Baseline::start(addr)?;
+                    base.push(run_flood(addr, p, &[b.child.id()]));
+                } else {
+                    let mut d = Daemon::start(bins, &dir, &config)?;
+                    post.push(run_flood(d.addr, p, &d.pids()));
+                    d.stop();
+                }
             }
         }
-        let (b, q) = (median_f64(&base), median_f64(&post));
+        let rate = |v: &[FloodRun]| median_f64(&v.iter().map(|r| r.rate).collect::<Vec<_>>());
+        let cpu = |v: &[FloodRun]| median_f64(&v.iter().map(|r| r.server_us).collect::<Vec<_>>());
+        let client =
+            |v: &[FloodRun]| median_f64(&v.iter().map(|r| r.client_us).collect::<Vec<_>>());
+        let (b, q) = (rate(&base), rate(&post));
         if !(b > 0.0 && q > 0.0) {
             return Err(format!(
                 "(a) N={n}: no handshake completed (baseline {b}, postern {q})"
             ));
         }
         let ratio = q / b;
+        let paired = median_f64(
+            &base
+                .iter()
+                .zip(post.iter())
+                .map(|(x, y)| y.rate / x.rate)
+                .collect::<Vec<_>>(),
+        );
         rep.row(
             "a",
             &format!("rejected handshakes/s, {n} action(s)"),
@@ -823,26 +835,93 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
             ">= 0.80",
             Some(ratio >= 0.8),
         );
+        rep.row(
+            "a",
+            &format!("server CPU per rejected handshake, {n} action(s)"),
+            format!("{:.1} us vs baseline {:.1} us", cpu(&post), cpu(&base)),
+            "-",
+            None,
+        );
+        let failed: u64 = base
+            .iter()
+            .chain(post.iter())
+            .map(|r| r.count.errors + r.count.no_greeting)
+            .sum();
         rep.note(format!(
-            "a N={n}: postern runs {:?}, baseline runs {:?}, failed attempts {errs}",
-            post.iter().map(|x| x.round() as u64).collect::<Vec<_>>(),
-            base.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
+            "a N={n}: postern runs {:?}/s, baseline runs {:?}/s, median of paired ratios {paired:.2}; \
+             client CPU per attempt {:.1} us (postern) / {:.1} us (baseline); failed attempts {failed}",
+            post.iter().map(|r| r.rate.round() as u64).collect::<Vec<_>>(),
+            base.iter().map(|r| r.rate.round() as u64).collect::<Vec<_>>(),
+            client(&post),
+            client(&base),
         ));
     }
     Ok(())
 }
 
-fn run_flood(addr: SocketAddr, p: &Profile) -> FloodCount {
+/// One (a) run: rate, and CPU time per completed attempt of the server
+/// processes and of this client.
+struct FloodRun {
+    rate: f64,
+    server_us: f64,
+    client_us: f64,
+    count: FloodCount,
+}
+
+/// Time spent on a CPU by task `path` (a /proc/.../schedstat), in ns.
+fn schedstat_ns(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| schedstat_ns(&format!("/proc/{p}/schedstat")))
+        .sum()
+}
+
+fn run_flood(addr: SocketAddr, p: &Profile, server: &[u32]) -> FloodRun {
     let start = Instant::now();
     let count_from = start + p.a_warm;
     let until = count_from + p.a_window;
-    block(flood(
-        addr,
-        Rc::new(Vec::new()),
-        p.a_concurrency,
-        count_from,
-        until,
-    ))
+    let server = server.to_vec();
+    let conc = p.a_concurrency;
+    // CPU used in the counting window: servers' processes, and this thread
+    // (the client runs on it).
+    let (count, server_ns, client_ns) = block(async move {
+        let probe = tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(count_from.into()).await;
+            let (s0, c0) = (cpu_ns(&server), schedstat_ns("/proc/thread-self/schedstat"));
+            tokio::time::sleep_until(until.into()).await;
+            let (s1, c1) = (cpu_ns(&server), schedstat_ns("/proc/thread-self/schedstat"));
+            (
+                s1.saturating_sub(s0),
+                c1.unwrap_or(0).saturating_sub(c0.unwrap_or(0)),
+            )
+        });
+        let count = flood(
+            addr,
+            Rc::new(Vec::new()),
+            conc,
+            count_from,
+            until,
+            Rc::default(),
+        )
+        .await;
+        let (s, c) = probe.await.unwrap_or((0, 0));
+        (count, s, c)
+    });
+    let done = count.done.max(1) as f64;
+    FloodRun {
+        rate: count.done as f64 / p.a_window.as_secs_f64(),
+        server_us: server_ns as f64 / 1e3 / done,
+        client_us: client_ns as f64 / 1e3 / done,
+        count,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -854,6 +933,8 @@ struct AttackResult {
     latencies: Vec<Duration>,
     /// Wrong replies the server logged as rejected.
     rejected: u64,
+    /// The flood client's view.
+    flood: FloodCount,
     loris_reconnects: u64,
     attack_time: Duration,
     peak_rss_sampled: u64,
@@ -910,15 +991,17 @@ fn run_attack(
     let loris: Vec<IpAddr> = (0..p.b_loris).map(|i| source(64, i)).collect();
     let reconnects = Rc::new(Cell::new(0u64));
     let peak = Rc::new(Cell::new((0u64, None::<u64>)));
+    let flood_counts: Rc<Cell<FloodCount>> = Rc::default();
     block({
         let (reconnects, peak, done) =
             (Rc::clone(&reconnects), Rc::clone(&peak), Arc::clone(&done));
+        let counts = Rc::clone(&flood_counts);
         let conc = p.b_flood_concurrency;
         async move {
             let mut set = JoinSet::new();
             set.spawn_local(slow_loris(dst, loris, hard_end, reconnects));
             set.spawn_local(async move {
-                flood(dst, sources, conc, t0, hard_end).await;
+                flood(dst, sources, conc, t0, hard_end, counts).await;
             });
             // Sample memory every 50 ms until the legitimate client is done.
             for _ in 0..MAX_ITER {
@@ -956,6 +1039,7 @@ fn run_attack(
         failures,
         latencies,
         rejected: d.count_log("reason=bad-mac") as u64,
+        flood: flood_counts.get(),
         loris_reconnects: reconnects.get(),
         attack_time,
         peak_rss_sampled,
@@ -1065,11 +1149,15 @@ fn measure_bc(
                 "p99 <= 100 ms",
                 Some(!l.is_empty() && p99 <= Duration::from_millis(100)),
             );
+            let secs = r.attack_time.as_secs_f64();
             rep.note(format!(
-                "b: attack {:.1} s: {} wrong replies rejected (bad-mac lines, {:.0}/s), {} silent connections re-opened after the server closed them",
-                r.attack_time.as_secs_f64(),
+                "b: attack {secs:.1} s; flood attempts: {} greeted and rejected after verification ({} bad-mac log lines), \
+                 {} closed without a greeting ({:.0}/s), {} errors; silent connections re-opened after the server closed them: {}",
+                r.flood.done,
                 r.rejected,
-                r.rejected as f64 / r.attack_time.as_secs_f64(),
+                r.flood.no_greeting,
+                r.flood.no_greeting as f64 / secs,
+                r.flood.errors,
                 r.loris_reconnects
             ));
             for f in r.failures.iter().take(5) {
@@ -1110,9 +1198,15 @@ fn measure_bc(
                     "peak RSS during (b), {} sources (sum of VmHWM)",
                     p.b_sources_big
                 ),
-                format!("{} (sampled sum {})", mib(r2.hwm), mib(r2.peak_rss_sampled)),
-                "<= 16 MiB, no growth",
-                Some(r2.hwm <= 16 * 1024),
+                format!(
+                    "{} (sampled sum {}), {:+.2} MiB vs {} sources",
+                    mib(r2.hwm),
+                    mib(r2.peak_rss_sampled),
+                    (r2.hwm as f64 - r.hwm as f64) / 1024.0,
+                    p.b_sources
+                ),
+                "<= 16 MiB; growth < 1 MiB",
+                Some(r2.hwm <= 16 * 1024 && r2.hwm < r.hwm + 1024),
             );
             if let Some(pss) = r2.peak_pss_sampled {
                 rep.row(
@@ -1190,21 +1284,75 @@ fn stamp(path: &str) -> i32 {
     }
 }
 
+/// The stamp written by the action of (e), as C: CLOCK_REALTIME in ns,
+/// taken first thing in `main`.
+const STAMP_C: &str = r#"#include <stdio.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    if (argc < 2) return 64;
+    FILE *f = fopen(argv[1], "w");
+    if (!f) return 1;
+    fprintf(f, "%lld%09ld\n", (long long)t.tv_sec, t.tv_nsec);
+    return fclose(f) != 0;
+}
+"#;
+
+/// The action's argv (without the stamp file) and what it is. A tiny C
+/// program starts in a fraction of the time of a Rust one (no std runtime,
+/// statically linked if the toolchain can), so the latency measured is
+/// posternd's, not the stamp program's; `cc` is there wherever cargo
+/// links. Without it, this executable's `--stamp` mode does the job.
+fn stamp_program(dir: &Path) -> R<(Vec<String>, &'static str)> {
+    let src = dir.join("stamp.c");
+    let bin = dir.join("stamp");
+    std::fs::write(&src, STAMP_C).map_err(|e| e.to_string())?;
+    for (flags, kind) in [
+        (&["-O2", "-static"][..], "static C program"),
+        (&["-O2"][..], "C program"),
+    ] {
+        let ok = Command::new("cc")
+            .args(flags)
+            .arg(&src)
+            .arg("-o")
+            .arg(&bin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok((vec![bin.display().to_string()], kind));
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Ok((
+        vec![exe.display().to_string(), "--stamp".into()],
+        "this bench executable (--stamp)",
+    ))
+}
+
 fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()> {
     let dir = scratch.join("e");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let key = keys(1).remove(0);
-    let stamp_file = dir.join("stamp");
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let stamp_file = dir.join("stamp.out");
+    let (stamp_argv, stamp_kind) = stamp_program(&dir)?;
     let run = format!(
-        "[\"{}\", \"--stamp\", \"{}\"]",
-        exe.display(),
+        "[{}, \"{}\"]",
+        stamp_argv
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         stamp_file.display()
     );
+    // Default limits, except the rate: 20 triggers from one address would
+    // exceed the default burst of 10.
     let config = config_text(
         &dir,
         "127.0.0.1:0".parse().expect("literal"),
-        "",
+        "rate_burst = 1000\nrate_per_minute = 60000",
         std::slice::from_ref(&key),
         &run,
     );
@@ -1213,6 +1361,7 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
     write_private(&key_file, &format!("{}\n", b64_encode(key.expose())))?;
     let mut lat = Vec::new();
     let mut client_total = Vec::new();
+    let mut floor = Vec::new();
     for i in 0..p.e_runs {
         let _ = std::fs::remove_file(&stamp_file);
         let t0 = SystemTime::now();
@@ -1252,9 +1401,30 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         ));
         // Let the action's exit be reaped before the next run.
         std::thread::sleep(Duration::from_millis(20));
+        // The floor on this machine: this process starting the stamp
+        // program itself (one process start; a trigger needs two, the
+        // client's and the action's).
+        let _ = std::fs::remove_file(&stamp_file);
+        let t0 = SystemTime::now();
+        let st = Command::new(&stamp_argv[0])
+            .args(&stamp_argv[1..])
+            .arg(&stamp_file)
+            .status()
+            .map_err(|e| format!("stamp: {e}"))?;
+        let stamp_ns: Option<u128> = std::fs::read_to_string(&stamp_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        match (st.success(), stamp_ns) {
+            (true, Some(v)) => {
+                let start_ns = t0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                floor.push(Duration::from_nanos(v.saturating_sub(start_ns) as u64));
+            }
+            _ => return Err(format!("(e) run {i}: the stamp program failed")),
+        }
     }
     lat.sort();
     client_total.sort();
+    floor.sort();
     let med = percentile(&lat, 50.0);
     rep.row(
         "e",
@@ -1268,6 +1438,11 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         "<= 3 ms",
         Some(med <= Duration::from_millis(3)),
     );
+    rep.note(format!(
+        "e: the action is a {stamp_kind} writing CLOCK_REALTIME; the same program started \
+         directly by this process reaches its stamp in {} (median): one process start",
+        ms(percentile(&floor, 50.0))
+    ));
     rep.note(format!(
         "e: client process spawn to exit (ack received), median {}",
         ms(percentile(&client_total, 50.0))
@@ -1296,6 +1471,7 @@ fn flood_only(args: &[String]) -> i32 {
         conc,
         start,
         start + window,
+        Rc::default(),
     ));
     println!(
         "{:.0} attempts/s ({} done, {} without greeting, {} errors)",
