@@ -817,3 +817,101 @@ fn check_accepts_the_base_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// Goal: a lockout flood (20 sources, each locked by one bad reply) can
+// never run more than 8 [on_lockout] commands at once: the rest are
+// skipped, with one log line for the whole episode; every lockout is
+// still enforced and logged, and once the commands end new lockouts run
+// theirs again.
+#[test]
+fn lockout_flood_runs_at_most_eight_on_lockout_commands() {
+    let s = Scratch::new("lockflood");
+    let out = s.path("reported");
+    let (k, b) = key();
+    let cfg = format!(
+        "{}[on_lockout]\nrun = [\"/bin/sh\", \"-c\", \"echo $1 >> {}; sleep 2\", \"sh\", \"{{addr}}\"]\ntimeout = \"5s\"\n\
+         [limits]\nlockout_after = 1\nlockout_duration = \"10m\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n",
+        daemon_table(&s),
+        out.display()
+    );
+    let d = Daemon::start(s, &cfg);
+    let (bad, _) = key();
+    let n = 20;
+    for i in 0..n {
+        let src = Some(ip(&format!("127.0.4.{}", i + 1)));
+        assert_eq!(trigger_from(d.addr(), src, &bad, None), Outcome::NoAck);
+    }
+    d.wait_log_n("lockout src=127.0.4.", n, 10 * SEC);
+    d.wait_log("limit on_lockout: 8 already running", 5 * SEC);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(line_count(&out), 8, "exactly 8 ran");
+    assert_eq!(d.count("limit on_lockout"), 1, "one line per episode");
+    for i in 0..n {
+        let src = Some(ip(&format!("127.0.4.{}", i + 1)));
+        assert_eq!(trigger_from(d.addr(), src, &k, None), Outcome::NoGreeting);
+    }
+    // The commands end; the next lockout reports again.
+    d.wait_log_n("on_lockout for addr=", 8, 10 * SEC);
+    assert_eq!(
+        trigger_from(d.addr(), Some(ip("127.0.5.1")), &bad, None),
+        Outcome::NoAck
+    );
+    let end = Instant::now() + 5 * SEC;
+    while line_count(&out) < 9 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(line_count(&out), 9);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("127.0.5.1"));
+    assert_eq!(
+        trigger_from(d.addr(), Some(ip("127.0.6.1")), &k, None),
+        Outcome::Ack(Status::Started)
+    );
+}
+
+// Goal: misuse of the command line is refused with the usage and exit
+// status 64 (no arguments, unknown ones, --config without a file, a
+// forged --network-child), --help and --version answer 0, and a
+// --network-child handed a descriptor that is not open exits 1.
+#[test]
+fn command_line_misuse_is_refused() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(posternd_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for args in [
+        &[][..],
+        &["--bogus"][..],
+        &["--config"][..],
+        &["--check"][..],
+        &["--network-child"][..],
+        &["--network-child", "x", "-", "0", "0", "64"][..],
+    ] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(64), "{args:?}: {text}");
+        assert!(
+            text.contains("usage") || text.contains("--network-child"),
+            "{args:?}: {text}"
+        );
+    }
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("usage: posternd --config FILE"), "{text}");
+    let (code, text) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(text.starts_with("posternd "), "{text}");
+    let (code, text) = run(&["--network-child", "987", "-", "0", "0", "64"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not open"), "{text}");
+}

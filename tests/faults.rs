@@ -663,3 +663,380 @@ fn state_records_from_a_jumping_clock() {
     let _ = bystander.kill();
     let _ = bystander.wait();
 }
+
+// Goal: a damaged state file fails closed: a record whose name is
+// readable but whose fields are not has its gate stopped; a record for
+// an action no longer configured is reported (its stop is unknown); both
+// leave the file; start-up and service go on.
+#[test]
+fn damaged_state_records_fail_closed() {
+    let s = Scratch::new("damaged");
+    let c = canary(&s);
+    let (_, b) = key();
+    let (gate, open) = door(&s, "door", &b, "1h");
+    std::fs::write(&open, b"").unwrap();
+    let state = s.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let now = postern::gate::unix_now();
+    std::fs::write(
+        state.join("gates.state"),
+        format!(
+            "gate name=door kind=walk pid=0 start=0 boot=- opened={now} deadline={} addr=192.0.2.1\n\
+             gate name=ghost kind=run pid=0 start=0 boot=- opened={now} deadline={} addr=192.0.2.2\n",
+            now + 600,
+            now + 600
+        ),
+    )
+    .unwrap();
+    let cfg = base(&s, "", &gate, &c);
+    let d = Daemon::start(s, &cfg);
+    d.wait_log("gate door: record unreadable; stopping it", 5 * SEC);
+    d.wait_log("gate ghost recorded open but no longer configured", 5 * SEC);
+    let stops = PathBuf::from(format!("{}.stops", open.display()));
+    assert_eq!(wait_file(&stops, 5 * SEC).trim(), "stopped");
+    assert!(!open.exists());
+    // Start-up rewrites the file once every record has been dealt with.
+    let end = Instant::now() + 5 * SEC;
+    while state_text(&d).contains("name=") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = state_text(&d);
+    assert!(!text.contains("name="), "{text}");
+    c.fires(&d);
+}
+
+// Goal: a state file that cannot be read at all (a directory in its
+// place) stops every gate at start-up; since it cannot be rewritten
+// either, gates refuse to open ("failed", stop run) while plain actions
+// keep working.
+#[test]
+fn unreadable_state_file_stops_every_gate() {
+    let s = Scratch::new("statedir");
+    let c = canary(&s);
+    let (k, b) = key();
+    let (gate, open) = door(&s, "door", &b, "1h");
+    std::fs::write(&open, b"").unwrap();
+    std::fs::create_dir_all(s.path("state").join("gates.state")).unwrap();
+    std::fs::write(s.path("state").join("gates.state").join("x"), b"").unwrap();
+    let cfg = base(&s, "", &gate, &c);
+    let d = Daemon::start(s, &cfg);
+    d.wait_log("unreadable", 5 * SEC);
+    d.wait_log("stopping every gate", 5 * SEC);
+    let stops = PathBuf::from(format!("{}.stops", open.display()));
+    assert_eq!(wait_file(&stops, 5 * SEC).trim(), "stopped");
+    d.wait_log("gates will refuse to open", 5 * SEC);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Failed));
+    d.wait_log("closing it now", 5 * SEC);
+    assert!(!open.exists());
+    c.fires(&d);
+}
+
+// Goal: a hold_while program deleted while its gate is open: at the
+// deadline posternd logs that it could not start it and closes the gate
+// on time rather than holding it open.
+#[test]
+fn hold_while_program_missing_closes_on_time() {
+    let s = Scratch::new("nohold");
+    let c = canary(&s);
+    let (k, b) = key();
+    let (gate, open) = door(&s, "door", &b, "1s");
+    let hold = s.path("busy.sh");
+    script(&hold, "exit 0");
+    let gate = format!(
+        "{gate}hold_while = [\"{}\"]\nhold_interval = \"5s\"\n",
+        hold.display()
+    );
+    let cfg = base(&s, "", &gate, &c);
+    let d = Daemon::start(s, &cfg);
+    let t0 = Instant::now();
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    std::fs::remove_file(&hold).unwrap();
+    d.wait_log("gate door hold_while failed to start", 5 * SEC);
+    d.wait_log("gate door closed (deadline)", 5 * SEC);
+    assert!(
+        t0.elapsed() < 4 * SEC,
+        "held past its deadline: {:?}",
+        t0.elapsed()
+    );
+    assert!(!open.exists());
+    c.fires(&d);
+}
+
+// Goal: an [on_lockout] program deleted after load: the lockout still
+// happens and is logged, the failure to start the program is logged, and
+// the daemon keeps serving everybody else.
+#[test]
+fn on_lockout_program_missing() {
+    let s = Scratch::new("nolockcmd");
+    let c = canary(&s);
+    let prog = s.path("report.sh");
+    script(&prog, "true");
+    let cfg = format!(
+        "{}[on_lockout]\nrun = [\"{}\", \"{{addr}}\"]\n[limits]\nlockout_after = 1\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\n{}",
+        daemon_table(&s),
+        prog.display(),
+        c.table
+    );
+    let d = Daemon::start(s, &cfg);
+    std::fs::remove_file(&prog).unwrap();
+    let (bad, _) = key();
+    let src = Some("127.0.0.66".parse().unwrap());
+    assert_eq!(trigger_from(d.addr(), src, &bad, None), Outcome::NoAck);
+    d.wait_log("lockout src=127.0.0.66", 5 * SEC);
+    let line = d.wait_log("on_lockout failed to start", 5 * SEC);
+    assert!(line.contains(&prog.display().to_string()), "{line}");
+    assert_eq!(
+        trigger_from(d.addr(), src, &c.key, None),
+        Outcome::NoGreeting
+    );
+    c.fires(&d);
+}
+
+// Goal: start-up fails closed, with exit status 1 and a message saying
+// what to fix, when a listener's port is taken, when the state directory
+// cannot be created, and when the config is invalid.
+#[test]
+fn startup_failures_exit_nonzero_with_a_message() {
+    let s = Scratch::new("startfail");
+    let c = canary(&s);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(s.path("afile"), b"").unwrap();
+    let cases = [
+        (
+            "port",
+            base(&s, "", "", &c).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            format!("cannot listen on 127.0.0.1:{port}"),
+        ),
+        (
+            "state",
+            format!(
+                "[daemon]\nstate_dir = \"{}/sub/state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n{}",
+                s.path("afile").display(),
+                c.table
+            ),
+            "cannot create it".to_string(),
+        ),
+        (
+            "config",
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n".to_string(),
+            "fix the config".to_string(),
+        ),
+    ];
+    for (what, cfg, want) in cases {
+        let path = s.path(&format!("{what}.toml"));
+        write_private(&path, &cfg);
+        let mut child = std::process::Command::new(posternd_bin())
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + 10 * SEC;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("{what}: posternd did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(&want), "{what}: {err}");
+    }
+    drop(taken);
+}
+
+// Goal: a reload (SIGHUP) whose new listener cannot be bound is refused
+// as a whole: the running config, its listeners and its actions stay.
+#[test]
+fn reload_that_cannot_bind_keeps_the_running_config() {
+    let s = Scratch::new("reloadbind");
+    let c = canary(&s);
+    let cfg = base(&s, "", "", &c);
+    let d = Daemon::start(s, &cfg);
+    let port = d.addr().port();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let (k2, b2) = key();
+    let new = cfg.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        + &format!(
+            "[[listen]]\naddress = \"127.0.0.1:{busy}\"\n[[action]]\nname = \"new\"\nkey = \"{b2}\"\nrun = [\"/bin/true\"]\n"
+        );
+    d.rewrite(&new);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = d.wait_log("reload failed", 5 * SEC);
+    assert!(line.contains(&format!("127.0.0.1:{busy}")), "{line}");
+    assert_eq!(
+        trigger(d.addr(), &k2),
+        Outcome::NoAck,
+        "the new action is not live"
+    );
+    c.fires(&d);
+    drop(taken);
+    // Once the port is free, the same reload goes through.
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reloaded", 5 * SEC);
+    assert_eq!(trigger(d.addr(), &k2), Outcome::Ack(Status::Started));
+    c.fires(&d);
+}
+
+// Goal: syslog that works, goes away, and comes back (root: a private
+// mount namespace with its own /dev, holding a socket this test serves):
+// lines arrive as syslog datagrams; while the socket is gone they go to
+// stderr, announced once; when it is back they go to syslog again.
+#[test]
+fn syslog_goes_away_and_comes_back() {
+    if !require_root("syslog_goes_away_and_comes_back") {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let s = Scratch::new("syslogflap");
+    let c = canary(&s);
+    let sock = s.path("log.sock");
+    let server = UnixDatagram::bind(&sock).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let cfg = base(
+        &s,
+        "log = \"syslog\"\nsyslog_facility = \"local3\"\n",
+        "",
+        &c,
+    );
+    let olddev = s.path("olddev");
+    std::fs::create_dir_all(&olddev).unwrap();
+    let setup = format!(
+        "mount --bind /dev {o}; mount -t tmpfs -o mode=755 postern-dev /dev; \
+         for f in null zero urandom random; do touch /dev/$f; mount --bind {o}/$f /dev/$f; done; \
+         ln -s {sock} /dev/log",
+        o = olddev.display(),
+        sock = sock.display()
+    );
+    // start_wrapped waits for "started" on stderr, which syslog takes:
+    // read it from the socket instead.
+    let wrapper: Vec<String> = vec![
+        "unshare".into(),
+        "-m".into(),
+        "--propagation".into(),
+        "private".into(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("set -e; {setup}; exec \"$@\""),
+        "sh".into(),
+    ];
+    let path = s.path("posternd.toml");
+    write_private(&path, &cfg);
+    let mut child = KillOnDrop(
+        std::process::Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(posternd_bin())
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let sink = std::sync::Arc::clone(&stderr_lines);
+        let err = child.0.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+    }
+    let recv_until = |needle: &str| -> String {
+        let end = Instant::now() + 10 * SEC;
+        let mut buf = [0u8; 2048];
+        loop {
+            assert!(Instant::now() < end, "no syslog line with {needle:?}");
+            if let Ok(n) = server.recv(&mut buf) {
+                let line = String::from_utf8_lossy(&buf[..n]).to_string();
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+    };
+    let started = recv_until("started version=");
+    // local3 (19) * 8 + notice (5) = 157.
+    assert!(started.starts_with("<157>posternd["), "{started}");
+    let listen: std::net::SocketAddr = {
+        let a = started.split("listeners=[").nth(1).unwrap();
+        a[..a.find('(').unwrap()].parse().unwrap()
+    };
+    assert_eq!(trigger(listen, &c.key), Outcome::Ack(Status::Started));
+    recv_until("ok src=127.0.0.1");
+    // The syslog daemon goes away.
+    drop(server);
+    std::fs::remove_file(&sock).unwrap();
+    for _ in 0..2 {
+        assert_eq!(trigger(listen, &c.key), Outcome::Ack(Status::Started));
+    }
+    let end = Instant::now() + 5 * SEC;
+    while stderr_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("ok src="))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < end, "{:?}", stderr_lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fallbacks = stderr_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("unavailable; writing to stderr"))
+        .count();
+    assert_eq!(fallbacks, 1);
+    // And comes back.
+    let server = UnixDatagram::bind(&sock).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert_eq!(trigger(listen, &c.key), Outcome::Ack(Status::Started));
+    let end = Instant::now() + 10 * SEC;
+    let mut buf = [0u8; 2048];
+    let mut back = false;
+    while !back && Instant::now() < end {
+        if let Ok(n) = server.recv(&mut buf) {
+            back = String::from_utf8_lossy(&buf[..n]).contains("ok src=127.0.0.1");
+        }
+    }
+    assert!(back, "syslog not used again once it returned");
+    drop(child);
+}
+
+/// Stops a posternd started by hand (SIGTERM, then SIGKILL), even when
+/// the test fails half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + 5 * SEC;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
