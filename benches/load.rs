@@ -1548,6 +1548,19 @@ fn main() {
 
 fn run(p: &Profile, only: &str) -> R<()> {
     let nofile = raise_nofile();
+    // (b) holds every silent connection and the flood's at once, plus the
+    // legitimate client's and a margin.
+    let mut p = p.clone();
+    let needed = (p.b_loris + p.b_flood_concurrency + 64) as u64;
+    if nofile < needed {
+        let fit = nofile.saturating_sub((p.b_flood_concurrency + 64) as u64) as usize;
+        println!(
+            "  RLIMIT_NOFILE {nofile} < {needed}: (b) holds {fit} silent connections, not {}",
+            p.b_loris
+        );
+        p.b_loris = fit;
+    }
+    let p = &p;
     let bins = find_bins()?;
     let scratch = std::env::temp_dir().join(format!("postern-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
