@@ -452,6 +452,7 @@ fn source_table_is_bounded_and_matches_the_model() {
             }
         }
     }
+    eprintln!("{ops_total} table operations in 1500 random sequences");
     assert!(ops_total > 100_000, "only {ops_total} operations");
 }
 
@@ -797,6 +798,8 @@ mod inproc {
         listeners: [std::net::TcpListener; 2],
         pub task: tokio::task::JoinHandle<Result<(), postern::net::NetError>>,
         pub recorder: tokio::task::JoinHandle<()>,
+        /// While set, the monitor stops reading (it "falls behind").
+        pub paused: Rc<std::cell::Cell<bool>>,
     }
 
     pub struct Setup<'a> {
@@ -883,9 +886,14 @@ mod inproc {
             let task = tokio::task::spawn_local(postern::net::serve(net_fd));
             let seen = Rc::new(RefCell::new(Vec::new()));
             let (m2, s2) = (Rc::clone(&mon), Rc::clone(&seen));
+            let paused = Rc::new(std::cell::Cell::new(false));
+            let p2 = Rc::clone(&paused);
             let recorder = tokio::task::spawn_local(async move {
                 let mut buf = vec![0u8; MAX_DOWN_LEN];
                 loop {
+                    while p2.get() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     let Ok(r) = m2.recv(&mut buf).await else {
                         return;
                     };
@@ -911,6 +919,7 @@ mod inproc {
                 seen,
                 task,
                 recorder,
+                paused,
             }
         }
 
@@ -1237,9 +1246,87 @@ fn network_process_in_process_random_peers() {
         let _ = recorder.await;
         drop(mon);
         let ended = tokio::time::timeout(5 * SEC, task).await;
+        match ended {
+            Ok(Ok(Err(e))) => assert!(e.to_string().contains("monitor"), "{e}"),
+            other => panic!("serve must end with an error when the monitor closes: {other:?}"),
+        }
+
+        // A monitor that falls behind a flood: the network process queues
+        // at most MAX_QUEUED_EVENTS log events, counts what it drops, and
+        // reports the count once the monitor reads again.
+        let mut l = limits();
+        l.rate_burst = NonZeroU32::new(1_000_000).unwrap();
+        l.rate_per_minute = NonZeroU32::new(1_000_000).unwrap();
+        l.handshake_timeout = Duration::from_secs(5);
+        let setup3 = Setup {
+            generation: 3,
+            limits: l,
+            exempt: &exempt,
+            keys: &keys,
+            passwords: &[],
+        };
+        let net = Net::start(&setup3, Status::Started).await;
+        net.paused.set(true);
+        let flood = postern::net::MAX_QUEUED_EVENTS + 1500;
+        for _ in 0..flood {
+            let c = connect_from(net.postern, src).await;
+            drop(c);
+            tokio::task::yield_now().await;
+        }
+        // Every handshake has failed (short reply) by now or soon.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        net.paused.set(false);
+        let end = Instant::now() + 10 * SEC;
+        let dropped = loop {
+            let d: u32 = net
+                .seen
+                .borrow()
+                .iter()
+                .filter_map(|r| match r {
+                    Request::Notice {
+                        notice: Notice::EventsDropped,
+                        value,
+                        ..
+                    } => Some(*value),
+                    _ => None,
+                })
+                .sum();
+            if d > 0 && net.ends() + d as usize >= flood {
+                break d;
+            }
+            assert!(
+                Instant::now() < end,
+                "no drop report: {} events",
+                net.ends()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            net.ends() + dropped as usize,
+            flood,
+            "every event delivered or counted"
+        );
+        eprintln!(
+            "flood of {flood}: {} events delivered, {dropped} counted as dropped",
+            net.ends()
+        );
+
+        // A graceful stop (SIGTERM): no new connections, but a handshake
+        // already under way finishes within the grace and gets its ack.
+        let mut c = connect_from(net.postern, src).await;
+        let g: [u8; wire::GREETING_LEN] = read_some(&mut c, 36).await.try_into().unwrap();
+        nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mk = MacKey::new(&keys[0].0);
+        let r = wire::reply(&mk, &g, None);
+        write_all(&mut c, &r).await;
+        let back: [u8; wire::ACK_LEN] = rest(&mut c).await.try_into().expect("ack after SIGTERM");
+        assert_eq!(wire::verify_ack(&mk, &g, &r, &back), Some(Status::Started));
+        let Net { task, .. } = net;
+        let ended = tokio::time::timeout(5 * SEC, task).await;
         assert!(
-            matches!(ended, Ok(Ok(Err(_)))),
-            "serve must end with an error when the monitor closes"
+            matches!(ended, Ok(Ok(Ok(())))),
+            "a graceful stop is Ok: {ended:?}"
         );
     });
 }
