@@ -483,7 +483,8 @@ fn wrong_reply() -> [u8; REPLY_LEN] {
 // The bare baseline server (a separate process, like posternd's network
 // process): accept, write 36 bytes, read 48 bytes, close. Same listening
 // socket set-up as posternd (postern::listen::bind_listener), same
-// current-thread runtime, no crypto, no limits.
+// current-thread runtime; nothing else: no socket options, no randomness,
+// no crypto, no limits, no logging.
 
 fn baseline_server(addr: &str) -> i32 {
     let Ok(addr) = addr.parse::<SocketAddr>() else {
@@ -513,7 +514,6 @@ fn baseline_server(addr: &str) -> i32 {
                 continue;
             };
             tokio::task::spawn_local(async move {
-                let _ = s.set_nodelay(true);
                 let greeting = [0x50u8; GREETING_LEN];
                 if let Ok(Ok(())) = tokio::time::timeout(STEP, s.write_all(&greeting)).await {
                     let mut reply = [0u8; REPLY_LEN];
@@ -812,6 +812,13 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         }
         let rate = |v: &[FloodRun]| median_f64(&v.iter().map(|r| r.rate).collect::<Vec<_>>());
         let cpu = |v: &[FloodRun]| median_f64(&v.iter().map(|r| r.server_us).collect::<Vec<_>>());
+        let share = |v: &[FloodRun], i: usize| {
+            median_f64(
+                &v.iter()
+                    .map(|r| r.per_process_us.get(i).copied().unwrap_or(0.0))
+                    .collect::<Vec<_>>(),
+            )
+        };
         let client =
             |v: &[FloodRun]| median_f64(&v.iter().map(|r| r.client_us).collect::<Vec<_>>());
         let (b, q) = (rate(&base), rate(&post));
@@ -838,7 +845,14 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         rep.row(
             "a",
             &format!("server CPU per rejected handshake, {n} action(s)"),
-            format!("{:.1} us vs baseline {:.1} us", cpu(&post), cpu(&base)),
+            format!(
+                "{:.1} us (monitor {:.1} + network {:.1}) vs baseline {:.1} us = {:.2}",
+                cpu(&post),
+                share(&post, 0),
+                share(&post, 1),
+                cpu(&base),
+                cpu(&base) / cpu(&post)
+            ),
             "-",
             None,
         );
@@ -864,6 +878,8 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
 struct FloodRun {
     rate: f64,
     server_us: f64,
+    /// Per server process, in the order given (posternd: monitor, network).
+    per_process_us: Vec<f64>,
     client_us: f64,
     count: FloodCount,
 }
@@ -878,10 +894,10 @@ fn schedstat_ns(path: &str) -> Option<u64> {
         .ok()
 }
 
-fn cpu_ns(pids: &[u32]) -> u64 {
+fn cpu_ns(pids: &[u32]) -> Vec<u64> {
     pids.iter()
-        .filter_map(|p| schedstat_ns(&format!("/proc/{p}/schedstat")))
-        .sum()
+        .map(|p| schedstat_ns(&format!("/proc/{p}/schedstat")).unwrap_or(0))
+        .collect()
 }
 
 fn run_flood(addr: SocketAddr, p: &Profile, server: &[u32]) -> FloodRun {
@@ -899,7 +915,10 @@ fn run_flood(addr: SocketAddr, p: &Profile, server: &[u32]) -> FloodRun {
             tokio::time::sleep_until(until.into()).await;
             let (s1, c1) = (cpu_ns(&server), schedstat_ns("/proc/thread-self/schedstat"));
             (
-                s1.saturating_sub(s0),
+                s1.iter()
+                    .zip(s0.iter())
+                    .map(|(b, a)| b.saturating_sub(*a))
+                    .collect::<Vec<_>>(),
                 c1.unwrap_or(0).saturating_sub(c0.unwrap_or(0)),
             )
         });
@@ -912,13 +931,14 @@ fn run_flood(addr: SocketAddr, p: &Profile, server: &[u32]) -> FloodRun {
             Rc::default(),
         )
         .await;
-        let (s, c) = probe.await.unwrap_or((0, 0));
+        let (s, c) = probe.await.unwrap_or_default();
         (count, s, c)
     });
     let done = count.done.max(1) as f64;
     FloodRun {
         rate: count.done as f64 / p.a_window.as_secs_f64(),
-        server_us: server_ns as f64 / 1e3 / done,
+        server_us: server_ns.iter().sum::<u64>() as f64 / 1e3 / done,
+        per_process_us: server_ns.iter().map(|n| *n as f64 / 1e3 / done).collect(),
         client_us: client_ns as f64 / 1e3 / done,
         count,
     }
