@@ -136,12 +136,14 @@ impl Logger {
     /// Under systemd the journal already records `posternd[PID]`, so the
     /// tag is left out there; elsewhere every line carries it.
     fn stderr_line(&self, line: &str) {
-        let mut err = std::io::stderr().lock();
-        if self.journal {
-            let _ = writeln!(err, "{line}");
+        // One write per line: stderr is unbuffered, and a single write(2)
+        // also keeps lines whole when several processes share the stream.
+        let text = if self.journal {
+            format!("{line}\n")
         } else {
-            let _ = writeln!(err, "{}: {line}", self.ident);
-        }
+            format!("{}: {line}\n", self.ident)
+        };
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 }
 

@@ -444,3 +444,36 @@ fn check_mode_exit_codes() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("bad.toml"), "{err}");
 }
+
+// Goal: while every slot is busy, a source that has failed since its last
+// success gets no greeting, while a clean source still evicts the oldest.
+#[test]
+fn struck_sources_refused_at_capacity() {
+    let s = Scratch::new("struck");
+    let (cfg, ka, _) = two_actions(
+        &s,
+        "max_handshakes = 4\nhandshake_timeout = \"30s\"\nrate_burst = 1000\nrate_per_minute = 60000\nlockout_after = 100",
+    );
+    let d = Daemon::start(s, &cfg);
+    let (bad, _) = key();
+    let struck = Some(ip("127.0.3.1"));
+    assert_eq!(trigger_from(d.addr(), struck, &bad, None), Outcome::NoAck);
+    d.wait_log("fail src=127.0.3.1", 5 * SEC);
+    let mut silent = Vec::new();
+    for i in 0..4u8 {
+        let mut c = connect(d.addr(), Some(ip(&format!("127.0.4.{}", i + 1))));
+        read_greeting(&mut c).unwrap();
+        silent.push(c);
+    }
+    // Full: the struck source is closed before the greeting...
+    assert_eq!(
+        trigger_from(d.addr(), struck, &ka, None),
+        Outcome::NoGreeting
+    );
+    // ...while a clean source evicts the oldest holder and gets through.
+    assert_eq!(
+        trigger_from(d.addr(), Some(ip("127.0.5.1")), &ka, None),
+        Outcome::Ack(Status::Started)
+    );
+    d.wait_log("reason=evicted", 5 * SEC);
+}
