@@ -800,12 +800,15 @@ impl Gates {
                     }
                     match action.as_ref() {
                         Some(a) if !expired && gate_of(a).is_some() => {
-                            let remaining = Duration::from_secs(r.deadline - now);
                             // The ceiling counts from when the gate opened,
-                            // not from this restart.
-                            let max_open = gate_of(a).map(|g| g.max_open).unwrap_or(remaining);
+                            // not from this restart, and a recorded deadline
+                            // beyond it (a stale or edited file) is cut back.
+                            let recorded = Duration::from_secs(r.deadline - now);
+                            let max_open = gate_of(a).map(|g| g.max_open).unwrap_or(recorded);
                             let open_for = Duration::from_secs(now - r.opened);
-                            let ceiling = Instant::now() + max_open.saturating_sub(open_for).max(remaining);
+                            let left = max_open.saturating_sub(open_for);
+                            let remaining = recorded.min(left).max(Duration::from_secs(1));
+                            let ceiling = Instant::now() + left.max(remaining);
                             let name = r.name.clone();
                             self.open.borrow_mut().insert(
                                 name.clone(),

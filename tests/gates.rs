@@ -320,3 +320,41 @@ fn restart_kills_orphaned_serve_children() {
     );
     assert!(wait_gone(child, 5 * SEC));
 }
+
+// Goal: a recorded deadline beyond the gate's max_open (a stale or edited
+// state file) is cut back to max_open from when the gate opened.
+#[test]
+fn rearm_clamps_recorded_deadline_to_max_open() {
+    let s = Scratch::new("clamp");
+    let (_k, b) = key();
+    let cfg = door_config(&s, &b, "1s", &touch_open(&s), "max_open = \"2s\"\n");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::create_dir_all(s.path("state")).unwrap();
+    std::fs::write(s.path("open"), b"").unwrap();
+    std::fs::write(
+        s.path("state").join("gates.state"),
+        format!(
+            "gate name=door kind=run pid=0 start=0 boot=- opened={now} deadline={} addr=127.0.0.1\n",
+            now + 3600
+        ),
+    )
+    .unwrap();
+    let open = s.path("open");
+    let t0 = Instant::now();
+    let d = Daemon::start(s, &cfg);
+    let line = d.wait_log("gate door re-armed", 5 * SEC);
+    assert!(
+        line.contains("closes in 1s") || line.contains("closes in 2s"),
+        "{line}"
+    );
+    d.wait_log("gate door closed (deadline)", 10 * SEC);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(!open.exists());
+}
