@@ -586,6 +586,37 @@ async fn connection(state: Rc<State>, stream: TcpStream, peer: Peer, protocol: P
     }
 }
 
+/// The OS generator failed: drop the connection (never a weaker nonce).
+fn random_failed(state: &Rc<State>, peer: Peer) {
+    state.send(Request::Notice {
+        notice: Notice::RandomFailed,
+        peer,
+        value: 0,
+    });
+}
+
+/// Writes the greeting (or salt) under the handshake deadline; a failure
+/// is recorded against the peer and reported as false.
+async fn send_challenge(
+    state: &Rc<State>,
+    stream: &mut TcpStream,
+    challenge: &[u8],
+    peer: Peer,
+    deadline: Instant,
+) -> bool {
+    match tokio::time::timeout_at(deadline, stream.write_all(challenge)).await {
+        Ok(Ok(())) => true,
+        Err(_) => {
+            state.fail(peer, Reason::Timeout);
+            false
+        }
+        Ok(Err(_)) => {
+            state.fail(peer, Reason::Reset);
+            false
+        }
+    }
+}
+
 async fn postern1(
     state: &Rc<State>,
     cfg: &Rc<NetConfig>,
@@ -595,17 +626,10 @@ async fn postern1(
     guard: SlotGuard,
 ) {
     let Ok(greeting) = wire::fresh_greeting() else {
-        state.send(Request::Notice {
-            notice: Notice::RandomFailed,
-            peer,
-            value: 0,
-        });
-        return;
+        return random_failed(state, peer);
     };
-    match tokio::time::timeout_at(deadline, stream.write_all(&greeting)).await {
-        Err(_) => return state.fail(peer, Reason::Timeout),
-        Ok(Err(_)) => return state.fail(peer, Reason::Reset),
-        Ok(Ok(())) => {}
+    if !send_challenge(state, &mut stream, &greeting, peer, deadline).await {
+        return;
     }
     let reply: [u8; REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
@@ -653,17 +677,10 @@ async fn ostiary4(
 ) {
     let mut salt = [0u8; OSTIARY_SALT_LEN];
     if getrandom::getrandom(&mut salt).is_err() {
-        state.send(Request::Notice {
-            notice: Notice::RandomFailed,
-            peer,
-            value: 0,
-        });
-        return;
+        return random_failed(state, peer);
     }
-    match tokio::time::timeout_at(deadline, stream.write_all(&salt)).await {
-        Err(_) => return state.fail(peer, Reason::Timeout),
-        Ok(Err(_)) => return state.fail(peer, Reason::Reset),
-        Ok(Ok(())) => {}
+    if !send_challenge(state, &mut stream, &salt, peer, deadline).await {
+        return;
     }
     let reply: [u8; OSTIARY_REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,

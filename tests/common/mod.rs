@@ -82,27 +82,9 @@ pub fn daemon_table(scratch: &Scratch) -> String {
 }
 
 impl Daemon {
-    /// Writes `config` (mode 600) and starts posternd on it; waits for the
-    /// "started" line and learns the real ports from it.
-    pub fn start(scratch: Scratch, config: &str) -> Daemon {
-        Self::start_with(scratch, config, |c| c)
-    }
-
-    pub fn start_with(
-        scratch: Scratch,
-        config: &str,
-        tweak: impl FnOnce(&mut Command) -> &mut Command,
-    ) -> Daemon {
-        let path = scratch.path("posternd.toml");
-        write_private(&path, config);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posternd"));
-        cmd.env_remove("JOURNAL_STREAM")
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        tweak(&mut cmd);
+    /// Spawns `cmd` (a posternd, perhaps behind a wrapper), collects its
+    /// log, waits for the "started" line and learns the real ports.
+    fn spawn(mut cmd: Command, path: PathBuf, scratch: Scratch) -> Daemon {
         let mut child = cmd.spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
@@ -126,6 +108,30 @@ impl Daemon {
         let line = d.wait_log("started version=", Duration::from_secs(10));
         d.listeners = parse_listeners(&line);
         d
+    }
+
+    /// Writes `config` (mode 600) and starts posternd on it; waits for the
+    /// "started" line and learns the real ports from it.
+    pub fn start(scratch: Scratch, config: &str) -> Daemon {
+        Self::start_with(scratch, config, |c| c)
+    }
+
+    pub fn start_with(
+        scratch: Scratch,
+        config: &str,
+        tweak: impl FnOnce(&mut Command) -> &mut Command,
+    ) -> Daemon {
+        let path = scratch.path("posternd.toml");
+        write_private(&path, config);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posternd"));
+        cmd.env_remove("JOURNAL_STREAM")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        Daemon::spawn(cmd, path, scratch)
     }
 
     /// The first listener's address.
@@ -417,29 +423,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("POSTERN_TEST_LOG").is_some() {
-                    eprintln!("{line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut d = Daemon {
-            child,
-            log,
-            config: path,
-            listeners: Vec::new(),
-            scratch,
-        };
-        let line = d.wait_log("started version=", Duration::from_secs(10));
-        d.listeners = parse_listeners(&line);
-        d
+        Daemon::spawn(cmd, path, scratch)
     }
 }
 
