@@ -42,6 +42,9 @@ pub const MAX_PENDING_ACKS: usize = 64;
 /// and dropped (and the count is logged).
 pub const MAX_QUEUED_EVENTS: usize = 4096;
 
+/// Accept failures are logged at most once in this long.
+pub const ACCEPT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Why the network process stopped.
 #[derive(Debug)]
 pub enum NetError {
@@ -90,7 +93,9 @@ struct State {
     pending: RefCell<HashMap<u32, oneshot::Sender<Status>>>,
     next_id: Cell<u32>,
     acks_in_flight: Cell<usize>,
-    accept_error_noted: Cell<bool>,
+    /// When an accept failure was last logged (at most one line per
+    /// ACCEPT_NOTE_INTERVAL, however the failures and successes interleave).
+    accept_error_noted: Cell<Option<Instant>>,
     lock_noted: Cell<bool>,
     events: RefCell<VecDeque<[u8; REQUEST_LEN]>>,
     events_ready: Notify,
@@ -198,7 +203,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(1),
         acks_in_flight: Cell::new(0),
-        accept_error_noted: Cell::new(false),
+        accept_error_noted: Cell::new(None),
         lock_noted: Cell::new(false),
         events: RefCell::new(VecDeque::with_capacity(64)),
         events_ready: Notify::new(),
@@ -414,14 +419,19 @@ fn start_listeners(
 async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol, index: u8) {
     loop {
         let (stream, addr) = match listener.accept().await {
-            Ok(x) => {
-                state.accept_error_noted.set(false);
-                x
-            }
+            Ok(x) => x,
             Err(e) => {
-                // Typically EMFILE/ENFILE: note once per episode, back off
-                // briefly so the loop does not spin, and keep serving.
-                if !state.accept_error_noted.replace(true) {
+                // Typically EMFILE/ENFILE: log at most once per interval
+                // (near the limit, accepts succeed and fail in turn, so
+                // "once until the next success" would still flood), back
+                // off briefly so the loop does not spin, and keep serving.
+                let now = Instant::now();
+                let due = match state.accept_error_noted.get() {
+                    None => true,
+                    Some(last) => now.saturating_duration_since(last) >= ACCEPT_NOTE_INTERVAL,
+                };
+                if due {
+                    state.accept_error_noted.set(Some(now));
                     let peer = Peer {
                         listener: index,
                         addr: local_ip(&listener),

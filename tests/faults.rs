@@ -523,7 +523,7 @@ fn syslog_socket_absent_falls_back_to_stderr() {
 
 // Goal: the network process out of file descriptors (its RLIMIT_NOFILE
 // lowered under it with prlimit while silent peers hold handshakes):
-// accept fails, is logged once for the whole episode, and posternd serves
+// accept fails, is logged once (held down for 30 s), and posternd serves
 // again as soon as descriptors free up.
 #[test]
 fn network_process_out_of_descriptors() {
@@ -571,6 +571,7 @@ fn network_process_out_of_descriptors() {
         queued.push(connect(d.addr(), None));
     }
     let line = d.wait_log("accept failed on listener=", 5 * SEC);
+    let first = Instant::now();
     assert!(
         line.to_lowercase().contains("too many open files"),
         "{line}"
@@ -583,10 +584,15 @@ fn network_process_out_of_descriptors() {
     let t = Instant::now();
     c.fires(&d);
     assert!(t.elapsed() < 5 * SEC);
-    // Each accept that succeeds ends an episode, so the queued peers
-    // refilling the two freed descriptors may open one more; never one
-    // line per failed accept (there were dozens of retries).
-    assert!(d.count("accept failed") <= 3, "{}", d.lines().join("\n"));
+    // Near the limit accepts succeed and fail in turn as the queued peers
+    // refill the freed descriptors; still one line for the whole run (the
+    // note is held down for 30 s), never one per failed accept (there
+    // were dozens of retries).
+    assert!(
+        first.elapsed() < 30 * SEC,
+        "the test ran past the hold-down"
+    );
+    assert_eq!(d.count("accept failed"), 1, "{}", d.lines().join("\n"));
 }
 
 fn boot_id() -> String {
