@@ -105,7 +105,7 @@ pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> 
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    crate::sys::drop_to_in_child(&mut cmd, spec.run_as.map(|r| (r.uid, r.gid)), true);
+    crate::sys::drop_to_in_child(&mut cmd, spec.run_as.map(|r| (r.uid, r.gid)), true, false);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let budget = Rc::new(Cell::new(MAX_OUTPUT_PER_RUN));

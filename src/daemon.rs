@@ -212,7 +212,7 @@ fn spawn_network(
         .env_clear()
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    crate::sys::drop_to_in_child(&mut cmd, None, true);
+    crate::sys::drop_to_in_child(&mut cmd, None, true, true);
     cmd.spawn()
 }
 

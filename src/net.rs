@@ -216,10 +216,9 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
         .map_err(NetError::Channel)?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(NetError::Channel)?;
-    // Reloads are the monitor's business; a SIGHUP sent to every posternd
-    // process (e.g. by `killall -HUP`) must not kill this one.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(NetError::Channel)?;
+    // Reloads are the monitor's business: SIGHUP has been ignored since
+    // before exec (see sys::drop_to_in_child), so a SIGHUP sent to every
+    // posternd process (e.g. by `killall -HUP`) cannot kill this one.
     loop {
         tokio::select! {
             r = state.chan.recv(&mut buf) => {
@@ -257,7 +256,6 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {}
         }
     }
     // Graceful stop: no new connections; running handshakes get the grace.

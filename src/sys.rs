@@ -5,7 +5,8 @@
 //!   inherited across exec, or passed by systemd socket activation.
 //! - [`drop_to_in_child`]: the pre-exec hook that switches an action's
 //!   identity (setgroups, then setgid, then setuid, each checked) and ties
-//!   the child's life to posternd's (PR_SET_PDEATHSIG).
+//!   the child's life to posternd's (PR_SET_PDEATHSIG), and for the
+//!   network process ignores SIGHUP from before exec.
 //! - [`lock_slice`]: mlock(2) over a live allocation holding key material.
 #![allow(unsafe_code)]
 
@@ -37,11 +38,15 @@ pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
 ///   root cannot be regained;
 /// - then, with `die_with_parent`: sets PR_SET_PDEATHSIG to SIGKILL (after
 ///   the identity change, which would clear it), so the child dies even if
-///   posternd is SIGKILLed, and fails the spawn if the parent is gone.
+///   posternd is SIGKILLed, and fails the spawn if the parent is gone;
+/// - then, with `ignore_hangup`: sets SIGHUP to SIG_IGN, a disposition
+///   that survives exec, so a SIGHUP sent to every posternd process (say
+///   by `killall -HUP`) cannot kill the child before it has started.
 pub fn drop_to_in_child(
     cmd: &mut tokio::process::Command,
     run_as: Option<(u32, u32)>,
     die_with_parent: bool,
+    ignore_hangup: bool,
 ) {
     let parent = nix::unistd::getpid();
     let hook = move || -> std::io::Result<()> {
@@ -69,11 +74,22 @@ pub fn drop_to_in_child(
                 return Err(std::io::Error::other("parent exited before exec"));
             }
         }
+        if ignore_hangup {
+            let ignore = nix::sys::signal::SigAction::new(
+                nix::sys::signal::SigHandler::SigIgn,
+                nix::sys::signal::SaFlags::empty(),
+                nix::sys::signal::SigSet::empty(),
+            );
+            // SAFETY: SIG_IGN installs no handler code, so there is no
+            // handler whose safety could be violated; sigaction(2) is
+            // async-signal-safe.
+            unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGHUP, &ignore) }?;
+        }
         Ok(())
     };
     // SAFETY: the hook runs between fork and exec in the child. It only
     // makes raw system calls through nix (prctl, getppid, setgroups,
-    // setgid, setuid, get*id), which are async-signal-safe; it does not
+    // setgid, setuid, get*id, sigaction), which are async-signal-safe; it does not
     // allocate, except for the io::Error on a failure path, after which
     // the child exits without exec (std reports the error to the parent).
     unsafe {

@@ -347,7 +347,8 @@ fn socket_activation() {
 }
 
 // Goal: a SIGHUP that reaches the network process too (e.g. `killall
-// -HUP posternd`) neither kills it nor stops the daemon.
+// -HUP posternd`), even in the instant after it was started, neither
+// kills it nor stops the daemon.
 #[test]
 fn sighup_to_network_process_is_harmless() {
     let s = Scratch::new("hupnet");
@@ -359,6 +360,15 @@ fn sighup_to_network_process_is_harmless() {
     let (cfg, k) = simple_config(&s, &user);
     let d = Daemon::start(s, &cfg);
     let net = d.network_pid();
+    // Ignored from before exec, not caught by a handler installed later:
+    // SIGHUP is bit 0 of the SigIgn mask.
+    let status = std::fs::read_to_string(format!("/proc/{net}/status")).unwrap();
+    let ign = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(ign & 1, 1, "SIGHUP not ignored in the network process");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(net as i32),
         nix::sys::signal::Signal::SIGHUP,
