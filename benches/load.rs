@@ -715,7 +715,7 @@ async fn slow_loris(
     while set.join_next().await.is_some() {}
 }
 
-/// One legitimate postern-1 trigger (blocking). Ok(latency) if it was
+/// One legitimate postern-2 trigger (blocking). Ok(latency) if it was
 /// acknowledged as started.
 fn legit_trigger(dst: SocketAddr, key: &MacKey) -> Result<Duration, String> {
     let t0 = Instant::now();

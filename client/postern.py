@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""postern.py: reference postern-1 / ostiary-4 client, one file.
+"""postern.py: reference postern-2 / ostiary-4 client, one file.
 
 Python 3.8 or later, standard library only, so it runs unchanged in
 Pythonista (iOS), Pydroid (Android) or any desktop Python. The
@@ -29,17 +29,17 @@ DEFAULT_TIMEOUT = 30.0
 PBKDF2_ITERATIONS = 600000
 MAX_PASSWORD_LEN = 1024
 
-GREETING_TAG = b"PST1"
+GREETING_TAG = b"PST2"
 GREETING_LEN = 36
 ADDR_LEN = 16
 REPLY_LEN = 48
 ACK_LEN = 33
 OSTIARY_SALT_LEN = 32
 
-REPLY_LABEL = b"postern-1 reply\0"
-ACK_LABEL = b"postern-1 ack\0"
-PASSPHRASE_LABEL = b"postern-1 passphrase\0"
-FLEET_LABEL = b"postern-1 fleet\0"
+REPLY_LABEL = b"postern-2 reply\0"
+ACK_LABEL = b"postern-2 ack\0"
+PASSPHRASE_LABEL = b"postern-2 passphrase\0"
+FLEET_LABEL = b"postern-2 fleet\0"
 
 # Exit codes (PROTOCOL.md, "Client exit codes").
 EX_OK = 0
@@ -73,8 +73,8 @@ key sources (choose one; default: prompt for the base64 key):
   --host-name NAME      host name for derivation (default: HOST as given)
 
 options:
-  --protocol P          postern-1 (default) or ostiary-4
-  --assert-addr ADDR    ask the server to bind the action to ADDR (postern-1)
+  --protocol P          postern-2 (default) or ostiary-4
+  --assert-addr ADDR    ask the server to bind the action to ADDR (postern-2)
   --timeout SECS        bound for connect, challenge and ack, each (default {t:g})
   --proxy URL           http://HOST:PORT (CONNECT) or socks5://HOST:PORT
 
@@ -238,7 +238,7 @@ def prompt_secret(prompt):
 
 
 def load_secret(args, target, host_name):
-    """The key (postern-1) or password (ostiary-4) bytes."""
+    """The key (postern-2) or password (ostiary-4) bytes."""
     env = None
     if args.key_env:
         env = os.environ.pop(args.key_env, None)
@@ -537,7 +537,7 @@ def trigger(args):
     host, port = parse_target(args.target)
     proxy = parse_proxy(args.proxy) if args.proxy else None
     field = None
-    if args.protocol == "postern-1":
+    if args.protocol == "postern-2":
         try:
             field = addr_field(args.assert_addr)
         except ValueError as e:
@@ -564,7 +564,7 @@ def trigger(args):
         greeting = conn.read(GREETING_LEN, "timed out after %s waiting for the challenge" % t,
                              CLOSED_EARLY)
         if greeting[:4] != GREETING_TAG:
-            raise Done(EX_NET, "connection failed: bad greeting: not a postern-1 server")
+            raise Done(EX_NET, "connection failed: bad greeting: not a postern-2 server")
         reply = reply_for(secret, greeting, field)
         conn.start()
         conn.send(reply)
@@ -622,8 +622,8 @@ def selftest(vdir):
         except (LocalError, ValueError) as e:
             return "(error: %s)" % e
 
-    for c in read_vectors(os.path.join(vdir, "postern-1.vectors")):
-        n = "postern-1 case %s" % c.get("case", "?")
+    for c in read_vectors(os.path.join(vdir, "postern-2.vectors")):
+        n = "postern-2 case %s" % c.get("case", "?")
         key = bytes.fromhex(c["key_hex"])
         g = bytes.fromhex(c["greeting"])
         r = bytes.fromhex(c["reply"])
@@ -726,7 +726,7 @@ def build_parser():
     t.add_argument("--action")
     t.add_argument("--assert-addr")
     t.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT)
-    t.add_argument("--protocol", choices=["postern-1", "ostiary-4"], default="postern-1")
+    t.add_argument("--protocol", choices=["postern-2", "ostiary-4"], default="postern-2")
     t.add_argument("--proxy")
     sub.add_parser("keygen", add_help=False)
     s = sub.add_parser("selftest", add_help=False)
@@ -749,13 +749,13 @@ def check_combination(a):
         raise UsageError("choose one key source: --key-file, --key-env, --passphrase, --master "
                          "or --password-file")
     derives = bool(a.passphrase or a.master)
-    if a.protocol == "postern-1" and a.password_file:
+    if a.protocol == "postern-2" and a.password_file:
         raise UsageError("--password-file is for --protocol ostiary-4")
     if a.protocol == "ostiary-4":
         if a.key_file or derives:
             raise UsageError("ostiary-4 takes a password: use --password-file, --key-env or the prompt")
         if a.assert_addr:
-            raise UsageError("--assert-addr needs postern-1; ostiary-4 cannot carry an address")
+            raise UsageError("--assert-addr needs postern-2; ostiary-4 cannot carry an address")
     if a.host_name and not derives:
         raise UsageError("--host-name only applies to --passphrase and --master")
     if derives and not a.action:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# postern.sh: reference postern-1 / ostiary-4 client in POSIX sh.
+# postern.sh: reference postern-2 / ostiary-4 client in POSIX sh.
 #
 # Needs only a POSIX shell (dash, bash, busybox ash), openssl 1.1.1 or
 # later, and od/dd/tr/mkfifo/mktemp/ls from coreutils or busybox. The TCP
@@ -59,8 +59,8 @@ key sources (choose one; default: prompt for the base64 key):
   --host-name NAME      host name for derivation (default: HOST as given)
 
 options:
-  --protocol P          postern-1 (default) or ostiary-4
-  --assert-addr ADDR    ask the server to bind the action to ADDR (postern-1)
+  --protocol P          postern-2 (default) or ostiary-4
+  --assert-addr ADDR    ask the server to bind the action to ADDR (postern-2)
   --timeout SECS        bound for the whole exchange, whole seconds (default $DEFAULT_TIMEOUT)
 
 HOST[:PORT]: a name, a.b.c.d, [v6] or [v6]:port; the default port is $DEFAULT_PORT.
@@ -163,7 +163,7 @@ hex_of_text() {
     printf '%s' "$1" | tohex
 }
 
-# "postern-1 reply\0", "postern-1 ack\0" and "PST1" in hex.
+# "postern-2 reply\0", "postern-2 ack\0" and "PST2" in hex.
 LABEL_REPLY=706f737465726e2d31207265706c7900
 LABEL_ACK=706f737465726e2d312061636b00
 GREETING_TAG=50535431
@@ -386,7 +386,7 @@ addr_field() {
 # Key derivation
 
 passphrase_salt() {
-    _ps=$(printf 'postern-1 passphrase\000%s\000%s' "$1" "$2" | openssl dgst -sha256 -binary | tohex)
+    _ps=$(printf 'postern-2 passphrase\000%s\000%s' "$1" "$2" | openssl dgst -sha256 -binary | tohex)
     hex_head "$_ps" 8
 }
 
@@ -408,9 +408,9 @@ EOF
     [ "${#KEYHEX}" -eq 64 ]
 }
 
-# HMAC-SHA256(master hex $1, "postern-1 fleet\0" || host || "\0" || action).
+# HMAC-SHA256(master hex $1, "postern-2 fleet\0" || host || "\0" || action).
 fleet_key() {
-    _fm=$(printf 'postern-1 fleet\000%s\000%s' "$2" "$3" | tohex)
+    _fm=$(printf 'postern-2 fleet\000%s\000%s' "$2" "$3" | tohex)
     hmac_hex "$1" "$_fm"
 }
 
@@ -642,7 +642,7 @@ cmd_trigger() {
     parse_target "$1"
     shift
     KEY_FILE='' KEY_ENV='' PASSPHRASE='' MASTER='' HOST_NAME='' ACTION='' ASSERT=''
-    TIMEOUT=$DEFAULT_TIMEOUT PROTOCOL=postern-1 PASSWORD_FILE=
+    TIMEOUT=$DEFAULT_TIMEOUT PROTOCOL=postern-2 PASSWORD_FILE=
     _positional=''
     _sources=0
     while [ $# -gt 0 ]; do
@@ -702,7 +702,7 @@ cmd_trigger() {
     _derives=''
     [ -n "$PASSPHRASE" ] || [ -n "$MASTER" ] && _derives=1
     case $PROTOCOL in
-        postern-1)
+        postern-2)
             [ -z "$PASSWORD_FILE" ] || fail_usage "--password-file is for --protocol ostiary-4"
             addr_field "$ASSERT" || fail_usage "--assert-addr $ADDRERR"
             ;;
@@ -710,9 +710,9 @@ cmd_trigger() {
             if [ -n "$KEY_FILE" ] || [ -n "$_derives" ]; then
                 fail_usage "ostiary-4 takes a password: use --password-file, --key-env or the prompt"
             fi
-            [ -z "$ASSERT" ] || fail_usage "--assert-addr needs postern-1; ostiary-4 cannot carry an address"
+            [ -z "$ASSERT" ] || fail_usage "--assert-addr needs postern-2; ostiary-4 cannot carry an address"
             ;;
-        *) fail_usage "--protocol must be postern-1 or ostiary-4" ;;
+        *) fail_usage "--protocol must be postern-2 or ostiary-4" ;;
     esac
     [ -z "$HOST_NAME" ] || [ -n "$_derives" ] || fail_usage "--host-name only applies to --passphrase and --master"
     if [ -n "$_derives" ]; then
@@ -801,7 +801,7 @@ cmd_trigger() {
     _g=$RECEIVED
     [ "${#_g}" -eq 72 ] || closed_early
     [ "$(hex_head "$_g" 4)" = "$GREETING_TAG" ] ||
-        result "$EX_NET" "connection failed: bad greeting: not a postern-1 server"
+        result "$EX_NET" "connection failed: bad greeting: not a postern-2 server"
     _r=$(reply_hex "$KEYHEX" "$_g" "$ADDRHEX")
     PHASE="sending the reply"
     send_hex "$_r"
@@ -879,7 +879,7 @@ each_case() {
 }
 
 st_postern_case() {
-    _n="postern-1 case ${v_case:-?}"
+    _n="postern-2 case ${v_case:-?}"
     key_of_b64 "$v_key" || KEYHEX="(decode error: $KEYERR)"
     check "$_n key" "$KEYHEX" "$v_key_hex"
     addr_field "$v_addr" || ADDRHEX="(error: $ADDRERR)"
@@ -960,10 +960,10 @@ st_builtin() {
 
 cmd_selftest() {
     [ $# -eq 1 ] || fail_usage "selftest needs VECTORS_DIR"
-    for _f in postern-1 ostiary-4 kdf; do
+    for _f in postern-2 ostiary-4 kdf; do
         [ -r "$1/$_f.vectors" ] || fail_local "$1/$_f.vectors: not readable"
     done
-    each_case "$1/postern-1.vectors" st_postern_case
+    each_case "$1/postern-2.vectors" st_postern_case
     each_case "$1/ostiary-4.vectors" st_ostiary_case
     each_case "$1/kdf.vectors" st_kdf_case
     st_builtin

@@ -46,11 +46,11 @@
 //!
 //! [[listen]]                      # at least one, at most 64
 //! address = "127.0.0.1:7001"      # IP literal and port; "[::1]:7001" for IPv6; port 0 picks one
-//! protocol = "postern-1"          # or "ostiary-4"; default "postern-1"
+//! protocol = "postern-2"          # or "ostiary-4"; default "postern-2"
 //!
 //! [[action]]                      # at least one, at most 4096
 //! name = "sshd"                   # unique, 1-64 of A-Z a-z 0-9 . _ -
-//! # exactly one secret; key/key_file need a postern-1 listener,
+//! # exactly one secret; key/key_file need a postern-2 listener,
 //! # password/password_file an ostiary-4 listener. Secret files must not be
 //! # accessible by group or others (chmod 600).
 //! key = "<base64 of 32 bytes>"    # or key_file = "keys/sshd.key" (relative to this file)
@@ -66,10 +66,10 @@
 //! hold_while = ["/usr/local/bin/in-use"]   # at the deadline: exit 0 keeps the gate open
 //! hold_interval = "60s"           # extension granted by a successful hold_while
 //! user = "root"                   # optional (default: posternd's own user); group optional
-//! timeout = "60s"                 # deadline for run, stop and hold_while
+//! timeout = "60s"                 # deadline for run, stop and hold_while; at most 2m for a gate with run
 //! cooldown = "0s"                 # minimum time between two starts
 //! single_instance = true          # a trigger while running answers "already active"
-//! bind_source = false             # postern-1 only: the asserted address must be the source
+//! bind_source = false             # postern-2 only: the asserted address must be the source
 //! ```
 //!
 //! Durations are strings of number-unit pairs: `"500ms"`, `"30s"`, `"15m"`,
@@ -119,6 +119,11 @@ pub mod defaults {
     pub const LOCKOUT_TABLE: usize = 4096;
     /// `[[action]] timeout`.
     pub const ACTION_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `[[action]] timeout` of a gate with `run`: at most this. A trigger's
+    /// ack waits for the gate's `stop` (if it is closing) and then its
+    /// `run`, so twice this plus the serve settle time and slack stays
+    /// within the protocol's ack deadline (`wire::ACK_DEADLINE_SECS`).
+    pub const MAX_GATE_TIMEOUT: Duration = Duration::from_secs(120);
     /// Grace between SIGTERM and SIGKILL when stopping a process group.
     pub const KILL_GRACE: Duration = Duration::from_secs(5);
     /// `hold_interval` for gates with `hold_while`.
@@ -150,7 +155,7 @@ pub mod defaults {
     /// `[daemon] stop_on_exit`.
     pub const STOP_ON_EXIT: bool = true;
     /// `[[listen]] protocol`.
-    pub const PROTOCOL: &str = "postern-1";
+    pub const PROTOCOL: &str = "postern-2";
     /// `[[action]] extend`.
     pub const EXTEND: bool = true;
     /// `[[action]] max_open` is this many ttls when `extend` or
@@ -302,8 +307,8 @@ pub struct Listener {
 /// A wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// `postern-1` (the default).
-    Postern1,
+    /// `postern-2` (the default).
+    Postern2,
     /// `ostiary-4` compatibility.
     Ostiary4,
 }
@@ -312,7 +317,7 @@ impl Protocol {
     /// The config spelling.
     pub fn name(self) -> &'static str {
         match self {
-            Protocol::Postern1 => "postern-1",
+            Protocol::Postern2 => "postern-2",
             Protocol::Ostiary4 => "ostiary-4",
         }
     }
@@ -353,10 +358,24 @@ pub struct Command {
 /// An action's secret.
 #[derive(Debug, Clone)]
 pub enum ActionSecret {
-    /// postern-1: a 32-byte key (`key` or `key_file`).
+    /// postern-2: a 32-byte key (`key` or `key_file`).
     Key(Key),
     /// ostiary-4: a password (`password` or `password_file`).
     Password(Password),
+}
+
+/// Whether two actions are the same in every respect: the same secret
+/// (compared in constant time) and the same name, commands and settings.
+/// A reload that leaves an action the same lets requests from handshakes
+/// that began before it run.
+pub fn same_action(a: &Action, b: &Action) -> bool {
+    let secrets = match (&a.secret, &b.secret) {
+        (ActionSecret::Key(x), ActionSecret::Key(y)) => x.ct_eq(y),
+        (ActionSecret::Password(x), ActionSecret::Password(y)) => x.ct_eq(y),
+        _ => false,
+    };
+    // Debug prints every field but the secret, which shows as <redacted>.
+    secrets && format!("{a:?}") == format!("{b:?}")
 }
 
 /// `[[action]]`.
@@ -1162,7 +1181,7 @@ impl Cx<'_> {
 
     // --- [[listen]] ---------------------------------------------------------
 
-    /// The listeners, and (postern-1 present, ostiary-4 present) when every
+    /// The listeners, and (postern-2 present, ostiary-4 present) when every
     /// protocol is known.
     fn listeners(
         &mut self,
@@ -1203,7 +1222,7 @@ impl Cx<'_> {
                             dotted(&prefix, "protocol"),
                             Some(p.span()),
                             format!(
-                                "unknown protocol \"{}\"; use \"postern-1\" or \"ostiary-4\"",
+                                "unknown protocol \"{}\"; use \"postern-2\" or \"ostiary-4\"",
                                 p.get_ref()
                             ),
                         );
@@ -1212,7 +1231,7 @@ impl Cx<'_> {
                 }
             };
             match (protocol, protocols.as_mut()) {
-                (Some(Protocol::Postern1), Some(p)) => p.0 = true,
+                (Some(Protocol::Postern2), Some(p)) => p.0 = true,
                 (Some(Protocol::Ostiary4), Some(p)) => p.1 = true,
                 (None, _) => protocols = None,
                 (Some(_), None) => {}
@@ -1429,6 +1448,20 @@ impl Cx<'_> {
             );
             return None;
         }
+        if let (Some(ActionKind::Run { gate: Some(_), .. }), Some(t)) = (&kind, timeout) {
+            if t > defaults::MAX_GATE_TIMEOUT {
+                self.err(
+                    dotted(prefix, "timeout"),
+                    a.timeout.as_ref().map(Spanned::span),
+                    format!(
+                        "at most {}s for a gate with run: the trigger's ack waits for run, and must come within {}s (PROTOCOL.md, the ack deadline); lower it",
+                        defaults::MAX_GATE_TIMEOUT.as_secs(),
+                        crate::wire::ACK_DEADLINE_SECS
+                    ),
+                );
+                return None;
+            }
+        }
         let (secret, key, span) = secret?;
         let action = Action {
             name: name?,
@@ -1468,7 +1501,7 @@ impl Cx<'_> {
                 self.err(
                     prefix,
                     Some(raw.span()),
-                    "no secret; set exactly one of key, key_file (postern-1) or password, password_file (ostiary-4)",
+                    "no secret; set exactly one of key, key_file (postern-2) or password, password_file (ostiary-4)",
                 );
                 return None;
             }
@@ -1536,7 +1569,7 @@ impl Cx<'_> {
         if let Some((postern, ostiary)) = protocols {
             let unreachable = match secret {
                 ActionSecret::Key(_) if !postern => Some(
-                    "unreachable action: a key is used by postern-1, but no [[listen]] has protocol = \"postern-1\"; add one or use a password",
+                    "unreachable action: a key is used by postern-2, but no [[listen]] has protocol = \"postern-2\"; add one or use a password",
                 ),
                 ActionSecret::Password(_) if !ostiary => Some(
                     "unreachable action: a password is used by ostiary-4, but no [[listen]] has protocol = \"ostiary-4\"; add one or use a key",
@@ -2159,7 +2192,7 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 
 fn parse_protocol(s: &str) -> Option<Protocol> {
     match s {
-        "postern-1" => Some(Protocol::Postern1),
+        "postern-2" => Some(Protocol::Postern2),
         "ostiary-4" => Some(Protocol::Ostiary4),
         _ => None,
     }
@@ -2287,7 +2320,7 @@ mod tests {
         }
     }
 
-    /// One postern-1 listener (lines 1-2).
+    /// One postern-2 listener (lines 1-2).
     const L1: &str = "[[listen]]\naddress = \"127.0.0.1:7001\"\n";
     /// One ostiary-4 listener (3 lines).
     const L4: &str = "[[listen]]\naddress = \"127.0.0.1:7002\"\nprotocol = \"ostiary-4\"\n";
@@ -2426,7 +2459,7 @@ builtin = "shutdown"
             vec![
                 Listener {
                     address: "127.0.0.1:7001".parse().unwrap(),
-                    protocol: Protocol::Postern1
+                    protocol: Protocol::Postern2
                 },
                 Listener {
                     address: "[::1]:7002".parse().unwrap(),
@@ -2532,7 +2565,7 @@ builtin = "shutdown"
         assert_eq!(l.lockout_table.get(), defaults::LOCKOUT_TABLE);
         assert!(l.exempt.is_empty());
         assert!(c.on_lockout.is_none());
-        assert_eq!(c.listeners[0].protocol, Protocol::Postern1);
+        assert_eq!(c.listeners[0].protocol, Protocol::Postern2);
         let a = &c.actions[0];
         assert_eq!(a.run_as, None);
         assert_eq!(a.timeout, defaults::ACTION_TIMEOUT);
@@ -2678,10 +2711,10 @@ builtin = "shutdown"
             ("listen", "no [[listen]] table; add one", 0, ACT.to_owned()),
             ("listen", "too many [[listen]] tables (65); at most 64", 129, [many_listeners.as_str(), ACT].concat()),
             ("listen[2].address", "duplicate address 127.0.0.1:7001 (also listen[1])", 4, [L1, L1, ACT].concat()),
-            ("listen[2].protocol", "unknown protocol \"ostiary-5\"; use \"postern-1\" or \"ostiary-4\"", 5, [L1, "[[listen]]\naddress = \"127.0.0.1:7002\"\nprotocol = \"ostiary-5\"\n", ACT].concat()),
+            ("listen[2].protocol", "unknown protocol \"ostiary-5\"; use \"postern-2\" or \"ostiary-4\"", 5, [L1, "[[listen]]\naddress = \"127.0.0.1:7002\"\nprotocol = \"ostiary-5\"\n", ACT].concat()),
             ("listen[1].address", "\"127.0.0.1\" is not an IP address and port", 2, ["[[listen]]\naddress = \"127.0.0.1\"\n", ACT].concat()),
             ("listen[1].address", "host names are not resolved", 2, ["[[listen]]\naddress = \"localhost:7001\"\n", ACT].concat()),
-            ("listen[1].address", "missing; write e.g. address", 1, ["[[listen]]\nprotocol = \"postern-1\"\n", ACT].concat()),
+            ("listen[1].address", "missing; write e.g. address", 1, ["[[listen]]\nprotocol = \"postern-2\"\n", ACT].concat()),
             // Actions: count and names.
             ("action", "no [[action]] table; add at least one", 0, L1.to_owned()),
             ("action", "too many [[action]] tables (4097); at most 4096", 3 + 4 * 4096, [L1, many_actions.as_str()].concat()),
@@ -2708,7 +2741,7 @@ builtin = "shutdown"
             ("action[1].password", "key and password are both set; keep exactly one", 6, [L1, AH, KEY, "password = \"pw\"\n", RUN].concat()),
             ("action[1].key_file", "key and key_file are both set", 6, [L1, AH, KEY, "key_file = \"a.key\"\n", RUN].concat()),
             ("action[1]", "no secret; set exactly one of key, key_file", 3, [L1, AH, RUN].concat()),
-            ("action[1].key", "unreachable action: a key is used by postern-1", 6, [L4, AH, KEY, RUN].concat()),
+            ("action[1].key", "unreachable action: a key is used by postern-2", 6, [L4, AH, KEY, RUN].concat()),
             ("action[1].password", "unreachable action: a password is used by ostiary-4", 5, [L1, AH, "password = \"pw\"\n", RUN].concat()),
             ("action[1].bind_source", "ostiary-4 carries no address", 8, [L4, AH, "password = \"pw\"\n", RUN, "bind_source = true\n"].concat()),
             ("action[2].key", "same key as action[1]; give every action its own key", 9, [L1, ACT, BH, KEY, RUN].concat()),

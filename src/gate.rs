@@ -33,7 +33,7 @@ use crate::action::{self, Spec};
 use crate::config::{Action, ActionKind, Argv, Config, Gate};
 use crate::log::{Level, Logger};
 use crate::monitor::Monitor;
-use crate::wire::Status;
+use crate::wire::{Answer, Reason, Status};
 
 /// State file name inside `state_dir`.
 pub const STATE_FILE: &str = "gates.state";
@@ -269,6 +269,29 @@ pub struct Gates {
     closing: RefCell<HashSet<String>>,
     /// Notified whenever a close finishes.
     closed: Notify,
+    /// Gates whose opening (`run`, or a `serve` settling) is in progress;
+    /// a trigger that arrives meanwhile waits for the outcome.
+    opening: RefCell<HashSet<String>>,
+    /// Notified whenever an opening finishes.
+    opened: Notify,
+    /// The answer of each gate's last finished opening.
+    outcome: RefCell<HashMap<String, Answer>>,
+}
+
+/// Marks a gate as opening for as long as it lives (even if the opening
+/// task is cancelled), then wakes triggers waiting for the outcome.
+struct Opening<'a> {
+    gates: &'a Gates,
+    name: String,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut o) = self.gates.opening.try_borrow_mut() {
+            o.remove(&self.name);
+        }
+        self.gates.opened.notify_waiters();
+    }
 }
 
 /// Marks a gate as closing for as long as it lives (even if the closing
@@ -296,7 +319,41 @@ impl Gates {
             open: RefCell::new(HashMap::new()),
             closing: RefCell::new(HashSet::new()),
             closed: Notify::new(),
+            opening: RefCell::new(HashSet::new()),
+            opened: Notify::new(),
+            outcome: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// If gate `name` is being opened, waits until that is done. Returns
+    /// the answer of that opening if it failed, so that the waiting trigger
+    /// is told exactly what happened; `None` when nothing was in progress or
+    /// the opening succeeded (the gate is open now).
+    pub async fn wait_opening(&self, name: &str) -> Option<Answer> {
+        let mut waited = false;
+        loop {
+            let done = self.opened.notified();
+            if !self.opening.borrow().contains(name) {
+                break;
+            }
+            waited = true;
+            done.await;
+        }
+        if !waited {
+            return None;
+        }
+        self.outcome
+            .borrow()
+            .get(name)
+            .copied()
+            .filter(|a| a.status == Status::Failed)
+    }
+
+    /// Seconds from now until the open gate `name` closes (at least 1).
+    fn seconds_left(o: &Open) -> u32 {
+        let left = o.deadline.saturating_duration_since(Instant::now());
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
     }
 
     fn log(&self, level: Level, msg: &str) {
@@ -318,25 +375,35 @@ impl Gates {
         write_state(&self.state_dir.borrow(), &records)
     }
 
-    /// A trigger for an open gate: extend it (if allowed) and answer
-    /// "already active". `None` when the gate is not open.
-    pub async fn try_extend(&self, name: &str, action: &Action) -> Option<Status> {
+    /// A trigger for an open gate. For the address it is open for: extend
+    /// it (if allowed) and answer "already active" with the seconds left.
+    /// For another address: refuse, saying it is open for another address
+    /// and when it closes (nothing was done for this one). `None` when the
+    /// gate is not open.
+    pub async fn try_extend(&self, name: &str, action: &Action, addr: IpAddr) -> Option<Answer> {
         let gate = gate_of(action)?;
-        let changed = {
+        let (changed, left) = {
             let mut open = self.open.borrow_mut();
             let o = open.get_mut(name)?;
+            if o.record.addr != addr {
+                return Some(
+                    Answer::because(Status::Refused, Reason::OpenForOther)
+                        .with_seconds(Self::seconds_left(o)),
+                );
+            }
             if !gate.extend {
-                return Some(Status::AlreadyActive);
+                return Some(Answer::bare(Status::AlreadyActive).with_seconds(Self::seconds_left(o)));
             }
             let new = (Instant::now() + gate.ttl).min(o.ceiling);
-            if new > o.deadline {
+            let changed = if new > o.deadline {
                 let added = new - o.deadline;
                 o.deadline = new;
                 o.record.deadline = o.record.deadline.saturating_add(added.as_secs());
                 true
             } else {
                 false
-            }
+            };
+            (changed, Self::seconds_left(o))
         };
         if changed {
             if let Err(e) = self.persist() {
@@ -351,7 +418,7 @@ impl Gates {
             }
             self.log(Level::Notice, &format!("gate {name} extended"));
         }
-        Some(Status::AlreadyActive)
+        Some(Answer::bare(Status::AlreadyActive).with_seconds(left))
     }
 
     /// Opens the gate of `action` for `addr`.
@@ -361,9 +428,28 @@ impl Gates {
         config: &Config,
         action: &Action,
         addr: IpAddr,
-    ) -> Status {
+    ) -> Answer {
+        let name = action.name.clone();
+        self.opening.borrow_mut().insert(name.clone());
+        let _opening = Opening {
+            gates: self,
+            name: name.clone(),
+        };
+        let answer = self.open_inner(monitor, config, action, addr).await;
+        self.outcome.borrow_mut().insert(name, answer);
+        answer
+    }
+
+    async fn open_inner(
+        &self,
+        monitor: &Rc<Monitor>,
+        config: &Config,
+        action: &Action,
+        addr: IpAddr,
+    ) -> Answer {
+        let failed = |reason| Answer::because(Status::Failed, reason);
         let Some(gate) = gate_of(action) else {
-            return Status::Failed;
+            return failed(Reason::SpawnFailed);
         };
         let name = action.name.clone();
         // A trigger that arrives while this gate's stop (or serve
@@ -395,26 +481,30 @@ impl Gates {
                 gate: Some((stop, _)),
             } => {
                 let spec = spec(&name, "run", run, addr, action, cwd);
-                let ok = match action::start(&spec, &self.logger) {
+                let why = match action::start(&spec, &self.logger) {
                     Ok(s) => {
                         let outcome = s.wait(action.timeout).await;
                         self.log(
                             Level::Notice,
                             &format!("gate {name} run {}", outcome.describe()),
                         );
-                        outcome.success()
+                        match outcome {
+                            o if o.success() => None,
+                            action::Outcome::TimedOut => Some(Reason::RunTimedOut),
+                            _ => Some(Reason::RunFailed),
+                        }
                     }
                     Err(e) => {
                         self.log(
                             Level::Err,
                             &format!("gate {name} run failed to start {}: {e}", run.program()),
                         );
-                        false
+                        Some(Reason::SpawnFailed)
                     }
                 };
-                if !ok {
+                if let Some(reason) = why {
                     self.run_stop(&name, stop, addr, action, cwd).await;
-                    return Status::Failed;
+                    return failed(reason);
                 }
             }
             ActionKind::Serve { serve, .. } => {
@@ -426,7 +516,7 @@ impl Gates {
                             Level::Err,
                             &format!("gate {name} serve failed to start {}: {e}", serve.program()),
                         );
-                        return Status::Failed;
+                        return failed(Reason::SpawnFailed);
                     }
                 };
                 tokio::time::sleep(SERVE_SETTLE).await;
@@ -440,7 +530,7 @@ impl Gates {
                         ),
                     );
                     action::kill_group(s.pid, Signal::SIGKILL);
-                    return Status::Failed;
+                    return failed(Reason::ServeExited);
                 }
                 record.serve = true;
                 record.pid = s.pid;
@@ -452,7 +542,7 @@ impl Gates {
                     &format!("gate {name} serve pid={pid} started"),
                 );
             }
-            _ => return Status::Failed,
+            _ => return failed(Reason::SpawnFailed),
         }
         let ceiling = now + gate.max_open;
         self.open.borrow_mut().insert(
@@ -471,7 +561,7 @@ impl Gates {
                 &format!("gate {name}: cannot record it in the state file ({e}); closing it now"),
             );
             self.close(&name, "state file unwritable", action).await;
-            return Status::Failed;
+            return failed(Reason::StateUnwritable);
         }
         self.log(
             Level::Notice,
@@ -482,7 +572,7 @@ impl Gates {
             ),
         );
         self.arm(monitor, &name);
-        Status::Started
+        Answer::bare(Status::Started).with_seconds(u32::try_from(gate.ttl.as_secs().max(1)).unwrap_or(u32::MAX))
     }
 
     /// Starts the task that closes gate `name` at its deadline (or when

@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{IpNet, Protocol};
 use crate::secret::Password;
-use crate::wire::{decode_addr, encode_addr, Status, ADDR_LEN};
+use crate::wire::{decode_addr, encode_addr, Answer, ADDR_LEN, ACK_BODY_LEN};
 
 /// IPC format version.
 pub const VERSION: u8 = 1;
@@ -107,16 +107,20 @@ pub enum Notice {
     /// Log events were dropped because the monitor fell behind; value is
     /// how many. Its source address is unspecified (0.0.0.0).
     EventsDropped = 6,
+    /// A peer closed right after the challenge without sending a byte
+    /// (not counted as a failure: PROTOCOL.md).
+    NoReply = 7,
 }
 
 impl Notice {
-    const ALL: [Notice; 6] = [
+    const ALL: [Notice; 7] = [
         Notice::HandshakesFull,
         Notice::SourceTableFull,
         Notice::RateLimited,
         Notice::AcceptError,
         Notice::RandomFailed,
         Notice::EventsDropped,
+        Notice::NoReply,
     ];
 
     fn from_u16(v: u16) -> Option<Notice> {
@@ -388,8 +392,8 @@ pub enum Down {
     Status {
         /// The request's id.
         id: u32,
-        /// What happened.
-        status: Status,
+        /// What happened, why, and for how long: the ack's body.
+        answer: Answer,
     },
     /// Start of a config; `listeners`, `exempt` and `actions` records follow.
     Begin {
@@ -417,7 +421,7 @@ pub enum Down {
     Action {
         /// Index (order of `[[action]]`).
         index: u16,
-        /// ostiary-4 password rather than postern-1 key.
+        /// ostiary-4 password rather than postern-2 key.
         password: bool,
         /// Refuse unless the asserted address is the source.
         bind_source: bool,
@@ -444,10 +448,9 @@ impl Down {
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut b = Zeroizing::new(vec![VERSION]);
         match self {
-            Down::Status { id, status } => {
+            Down::Status { id, answer } => {
                 b.push(DOWN_STATUS);
-                b.push(status.to_byte());
-                b.push(0);
+                b.extend_from_slice(&answer.to_bytes());
                 b.extend_from_slice(&id.to_be_bytes());
             }
             Down::Begin {
@@ -476,7 +479,7 @@ impl Down {
                 b.push(DOWN_LISTENER);
                 b.push(*index);
                 b.push(match protocol {
-                    Protocol::Postern1 => 1,
+                    Protocol::Postern2 => 1,
                     Protocol::Ostiary4 => 2,
                 });
             }
@@ -512,11 +515,14 @@ impl Down {
         }
         let d = match r.u8()? {
             DOWN_STATUS => {
-                let status = Status::from_byte(r.u8()?)?;
-                r.u8()?;
+                let mut body = [0u8; ACK_BODY_LEN];
+                for b in body.iter_mut() {
+                    *b = r.u8()?;
+                }
+                let answer = Answer::from_bytes(&body)?;
                 Down::Status {
                     id: r.u32()?,
-                    status,
+                    answer,
                 }
             }
             DOWN_BEGIN => {
@@ -543,7 +549,7 @@ impl Down {
             DOWN_LISTENER => {
                 let index = r.u8()?;
                 let protocol = match r.u8()? {
-                    1 => Protocol::Postern1,
+                    1 => Protocol::Postern2,
                     2 => Protocol::Ostiary4,
                     _ => return None,
                 };
@@ -740,7 +746,15 @@ mod tests {
         let msgs = [
             Down::Status {
                 id: 9,
-                status: Status::AlreadyActive,
+                answer: Answer::bare(crate::wire::Status::AlreadyActive).with_seconds(600),
+            },
+            Down::Status {
+                id: 10,
+                answer: Answer::because(
+                    crate::wire::Status::Refused,
+                    crate::wire::Reason::Cooldown,
+                )
+                .with_seconds(40),
             },
             Down::Begin {
                 generation: 4,

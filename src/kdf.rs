@@ -3,11 +3,11 @@
 //! PROTOCOL.md, "Deriving keys"), so any client can compute the same key.
 //!
 //! Passphrase: `PBKDF2-HMAC-SHA256(passphrase, salt, 600000, 32)` where
-//! `salt = SHA-256("postern-1 passphrase\0" || host || "\0" || action)[0..8]`.
+//! `salt = SHA-256("postern-2 passphrase\0" || host || "\0" || action)[0..8]`.
 //! The salt is 8 bytes so that `openssl enc -pbkdf2 -S` (which takes exactly
 //! 8) can reproduce it while reading the passphrase from standard input.
 //!
-//! Fleet: `HMAC-SHA256(master, "postern-1 fleet\0" || host || "\0" || action)`.
+//! Fleet: `HMAC-SHA256(master, "postern-2 fleet\0" || host || "\0" || action)`.
 //! A host holds only its own derived keys; HMAC is a PRF, so they reveal
 //! nothing about the master or about other hosts' keys.
 
@@ -20,9 +20,9 @@ use crate::secret::Key;
 /// PBKDF2 iteration count for passphrase keys.
 pub const PBKDF2_ITERATIONS: u32 = 600_000;
 /// Label that opens the passphrase salt preimage.
-pub const PASSPHRASE_LABEL: &[u8] = b"postern-1 passphrase\0";
+pub const PASSPHRASE_LABEL: &[u8] = b"postern-2 passphrase\0";
 /// Label that opens the fleet derivation message.
-pub const FLEET_LABEL: &[u8] = b"postern-1 fleet\0";
+pub const FLEET_LABEL: &[u8] = b"postern-2 fleet\0";
 
 /// The 8-byte PBKDF2 salt for `host` and `action`.
 pub fn passphrase_salt(host: &str, action: &str) -> [u8; 8] {

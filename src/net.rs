@@ -34,7 +34,10 @@ use crate::config::{IpNet, Limits, Protocol};
 use crate::ipc::{Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
 use crate::limits::{Admit, Slots, SourceTable, Strike};
 use crate::secret::{Key, Password, KEY_LEN};
-use crate::wire::{self, Status, Verifier, OSTIARY_REPLY_LEN, OSTIARY_SALT_LEN, REPLY_LEN};
+use crate::wire::{
+    self, Answer, Reason as AckReason, Status, Verifier, OSTIARY_REPLY_LEN, OSTIARY_SALT_LEN,
+    REPLY_LEN,
+};
 
 /// Authenticated requests waiting for the monitor's answer, at most.
 pub const MAX_PENDING_ACKS: usize = 64;
@@ -66,7 +69,7 @@ impl core::fmt::Display for NetError {
     }
 }
 
-/// A postern-1 or ostiary-4 action as the network process knows it.
+/// A postern-2 or ostiary-4 action as the network process knows it.
 #[derive(Debug, Clone, Copy)]
 struct ActionRef {
     index: u16,
@@ -90,7 +93,7 @@ struct State {
     config: RefCell<Rc<NetConfig>>,
     table: RefCell<SourceTable>,
     slots: RefCell<Slots<(Peer, AbortHandle)>>,
-    pending: RefCell<HashMap<u32, oneshot::Sender<Status>>>,
+    pending: RefCell<HashMap<u32, oneshot::Sender<Answer>>>,
     next_id: Cell<u32>,
     acks_in_flight: Cell<usize>,
     /// When an accept failure was last logged (at most one line per
@@ -230,9 +233,9 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                     return Err(NetError::Protocol("oversized message"));
                 }
                 match Down::decode(&buf[..r.len]) {
-                    Some(Down::Status { id, status }) => {
+                    Some(Down::Status { id, answer }) => {
                         if let Some(tx) = state.pending.borrow_mut().remove(&id) {
-                            let _ = tx.send(status);
+                            let _ = tx.send(answer);
                         }
                     }
                     Some(Down::Begin { generation, limits, listeners, exempt, actions }) => {
@@ -272,9 +275,9 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
             r = state.chan.recv(&mut buf) => {
                 if let Ok(r) = r {
                     if r.len == 0 { break; }
-                    if let Some(Down::Status { id, status }) = Down::decode(&buf[..r.len]) {
+                    if let Some(Down::Status { id, answer }) = Down::decode(&buf[..r.len]) {
                         if let Some(tx) = state.pending.borrow_mut().remove(&id) {
-                            let _ = tx.send(status);
+                            let _ = tx.send(answer);
                         }
                     }
                 } else {
@@ -540,11 +543,11 @@ impl Drop for AckGuard {
 /// with a one-byte array behind it in the same vectored read: a byte sent
 /// past the reply that is already there is seen at once (a long reply),
 /// without another system call. Never reads more than `N + 1` bytes, and
-/// maps every failure to its reason.
+/// maps every failure to its reason and how many bytes had arrived.
 async fn read_reply<const N: usize>(
     stream: &TcpStream,
     deadline: Instant,
-) -> Result<[u8; N], Reason> {
+) -> Result<[u8; N], (Reason, usize)> {
     let mut reply = [0u8; N];
     let mut extra = [0u8; 1];
     let mut got = 0;
@@ -552,8 +555,8 @@ async fn read_reply<const N: usize>(
     // deadline (a spurious wake-up just waits again).
     while got < N {
         match tokio::time::timeout_at(deadline, stream.readable()).await {
-            Err(_) => return Err(Reason::Timeout),
-            Ok(Err(_)) => return Err(Reason::Reset),
+            Err(_) => return Err((Reason::Timeout, got)),
+            Ok(Err(_)) => return Err((Reason::Reset, got)),
             Ok(Ok(())) => {}
         }
         let mut bufs = [
@@ -561,11 +564,11 @@ async fn read_reply<const N: usize>(
             IoSliceMut::new(&mut extra),
         ];
         match stream.try_read_vectored(&mut bufs) {
-            Ok(0) => return Err(Reason::ShortReply),
-            Ok(n) if got + n > N => return Err(Reason::LongReply),
+            Ok(0) => return Err((Reason::ShortReply, got)),
+            Ok(n) if got + n > N => return Err((Reason::LongReply, got)),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(Reason::Reset),
+            Err(_) => return Err((Reason::Reset, got)),
         }
     }
     Ok(reply)
@@ -589,7 +592,7 @@ async fn connection(state: Rc<State>, stream: TcpStream, peer: Peer, protocol: P
     let deadline = Instant::now() + cfg.limits.handshake_timeout;
     let _ = stream.set_nodelay(true);
     match protocol {
-        Protocol::Postern1 => postern1(&state, &cfg, stream, peer, deadline, guard).await,
+        Protocol::Postern2 => postern2(&state, &cfg, stream, peer, deadline, guard).await,
         Protocol::Ostiary4 => ostiary4(&state, &cfg, stream, peer, deadline, guard).await,
     }
 }
@@ -625,7 +628,7 @@ async fn send_challenge(
     }
 }
 
-async fn postern1(
+async fn postern2(
     state: &Rc<State>,
     cfg: &Rc<NetConfig>,
     mut stream: TcpStream,
@@ -641,7 +644,7 @@ async fn postern1(
     }
     let reply: [u8; REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
-        Err(reason) => return state.fail(peer, reason),
+        Err((reason, got)) => return closed_or_failed(state, peer, reason, got),
     };
     let Some((i, asserted)) = cfg.postern.check_reply(&greeting, &reply) else {
         return state.fail(peer, Reason::BadMac);
@@ -656,23 +659,42 @@ async fn postern1(
     // be evicted, and forgive the source's strikes.
     drop(guard);
     state.table.borrow_mut().succeed(peer.addr);
-    let target = if action.bind_source {
-        if asserted != Some(peer.addr) {
-            state.fail(peer, Reason::BindMismatch);
-            let ack = wire::ack(key, &greeting, &reply, Status::Refused);
-            let _ = timeout(cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
-            return;
-        }
-        peer.addr
+    let refuse = |why| Answer::because(Status::Refused, why);
+    let answer = if action.bind_source && asserted != Some(peer.addr) {
+        state.fail(peer, Reason::BindMismatch);
+        Some(refuse(AckReason::AddressBinding))
+    } else if asserted.is_some_and(|a| !wire::asserted_allowed(a)) {
+        Some(refuse(AckReason::AddressNotAllowed))
     } else {
-        asserted.unwrap_or(peer.addr)
+        let target = asserted.unwrap_or(peer.addr);
+        match ask_monitor(state, cfg, action.index, peer, target).await {
+            Asked::Answer(a) => Some(a),
+            Asked::Busy => Some(refuse(AckReason::Busy)),
+            Asked::NoAnswer => None,
+        }
     };
-    let Some(status) = ask_monitor(state, cfg, action.index, peer, target).await else {
+    let Some(answer) = answer else {
         return;
     };
-    let ack = wire::ack(key, &greeting, &reply, status);
+    let ack = wire::ack(key, &greeting, &reply, answer);
     let _ = timeout(cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
     let _ = stream.shutdown().await;
+}
+
+/// A handshake that ended before a whole reply: a peer that closed without
+/// sending a single byte is not counted (a client on the wrong protocol
+/// closes right after the challenge; PROTOCOL.md), anything else is a
+/// failure of its source.
+fn closed_or_failed(state: &Rc<State>, peer: Peer, reason: Reason, got: usize) {
+    if reason == Reason::ShortReply && got == 0 {
+        state.send(Request::Notice {
+            notice: Notice::NoReply,
+            peer,
+            value: 0,
+        });
+    } else {
+        state.fail(peer, reason);
+    }
 }
 
 async fn ostiary4(
@@ -692,7 +714,7 @@ async fn ostiary4(
     }
     let reply: [u8; OSTIARY_REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
-        Err(reason) => return state.fail(peer, reason),
+        Err((reason, got)) => return closed_or_failed(state, peer, reason, got),
     };
     let verdict = cfg.ostiary.check_ostiary(&salt, &reply);
     let Some(action) = verdict.and_then(|i| cfg.ostiary_actions.get(i)) else {
@@ -708,14 +730,24 @@ async fn ostiary4(
     let _ = ask_monitor(state, cfg, action.index, peer, peer.addr).await;
 }
 
-/// Asks the monitor to run an action and waits for its status.
+/// What came of asking the monitor.
+enum Asked {
+    /// The monitor's answer.
+    Answer(Answer),
+    /// Too many authenticated requests are waiting already; not asked.
+    Busy,
+    /// The monitor did not answer in time, or the channel failed.
+    NoAnswer,
+}
+
+/// Asks the monitor to run an action and waits for its answer.
 async fn ask_monitor(
     state: &Rc<State>,
     cfg: &NetConfig,
     action: u16,
     peer: Peer,
     target: IpAddr,
-) -> Option<Status> {
+) -> Asked {
     if state.acks_in_flight.get() >= MAX_PENDING_ACKS {
         if !state.lock_noted.replace(true) {
             state.send(Request::Notice {
@@ -724,7 +756,7 @@ async fn ask_monitor(
                 value: MAX_PENDING_ACKS as u32,
             });
         }
-        return None;
+        return Asked::Busy;
     }
     state.lock_noted.set(false);
     state.acks_in_flight.set(state.acks_in_flight.get() + 1);
@@ -742,12 +774,12 @@ async fn ask_monitor(
     };
     if state.chan.send(&req.encode(), &[]).await.is_err() {
         state.pending.borrow_mut().remove(&id);
-        return None;
+        return Asked::NoAnswer;
     }
     let answer = timeout(cfg.limits.ack_timeout, rx).await;
     state.pending.borrow_mut().remove(&id);
     match answer {
-        Ok(Ok(status)) => Some(status),
-        _ => None,
+        Ok(Ok(answer)) => Asked::Answer(answer),
+        _ => Asked::NoAnswer,
     }
 }

@@ -9,7 +9,7 @@
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-/// Length of a postern-1 action key in bytes.
+/// Length of a postern-2 action key in bytes.
 pub const KEY_LEN: usize = 32;
 
 /// A 32-byte action key. Zeroized on drop; never printed.

@@ -1,14 +1,14 @@
 //! The wire formats, as bytes and typed values. No I/O happens here.
 //!
-//! `postern-1` (see PROTOCOL.md):
+//! `postern-2` (see PROTOCOL.md):
 //!
 //! ```text
-//! server -> client  greeting  36 bytes  "PST1" || nonce[32]
-//! client -> server  reply     48 bytes  asserted_addr[16] || mac[32]
-//! server -> client  ack       33 bytes  status[1] || ack_mac[32]   (success only)
+//! server -> client  greeting  36 bytes  "PST2" || nonce[32]
+//! client -> server  reply     48 bytes  addr_field[16] || mac[32]
+//! server -> client  ack       38 bytes  status[1] || reason[1] || seconds[4] || ack_mac[32]
 //!
-//! mac     = HMAC-SHA256(key, "postern-1 reply\0" || greeting || asserted_addr)
-//! ack_mac = HMAC-SHA256(key, "postern-1 ack\0" || greeting || reply || status)
+//! mac     = HMAC-SHA256(key, "PST2-R\0" || nonce || addr_field)          (55 bytes: one block)
+//! ack_mac = HMAC-SHA256(key, "PST2-A\0" || greeting || reply || status || reason || seconds)
 //! ```
 //!
 //! `ostiary-4`: the server sends a 32-byte salt, the client answers
@@ -21,37 +21,55 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use zeroize::Zeroize;
 
 use crate::mac::{MacKey, MAC_LEN};
 use crate::secret::{Key, Password};
 
-/// The four bytes that open every postern-1 greeting: protocol and version.
-pub const GREETING_TAG: [u8; 4] = *b"PST1";
+/// The four bytes that open every postern-2 greeting: protocol and version.
+pub const GREETING_TAG: [u8; 4] = *b"PST2";
 /// Nonce length in bytes (both protocols).
 pub const NONCE_LEN: usize = 32;
-/// postern-1 greeting length.
+/// postern-2 greeting length.
 pub const GREETING_LEN: usize = 4 + NONCE_LEN;
 /// Asserted-address field length.
 pub const ADDR_LEN: usize = 16;
-/// postern-1 reply length.
+/// postern-2 reply length.
 pub const REPLY_LEN: usize = ADDR_LEN + MAC_LEN;
-/// postern-1 ack length.
-pub const ACK_LEN: usize = 1 + MAC_LEN;
+/// Length of the ack's body: status, reason, seconds.
+pub const ACK_BODY_LEN: usize = 1 + 1 + 4;
+/// postern-2 ack length.
+pub const ACK_LEN: usize = ACK_BODY_LEN + MAC_LEN;
 /// ostiary-4 salt length.
 pub const OSTIARY_SALT_LEN: usize = 32;
 /// ostiary-4 reply length.
 pub const OSTIARY_REPLY_LEN: usize = 32;
+/// The longest an ostiary-4 password can be and still be sent by Ostiary
+/// 4.0's own client, which reads at most 63 bytes.
+pub const OSTCLIENT_MAX_PASSWORD: usize = 63;
 
-/// Domain-separation label for the reply MAC.
-pub const REPLY_LABEL: &[u8] = b"postern-1 reply\0";
+/// Domain-separation label for the reply MAC. With the nonce and the
+/// address field the MAC input is 55 bytes, the most that SHA-256 pads
+/// into one block, so a reply costs two compressions per key.
+pub const REPLY_LABEL: &[u8; 7] = b"PST2-R\0";
 /// Domain-separation label for the ack MAC.
-pub const ACK_LABEL: &[u8] = b"postern-1 ack\0";
+pub const ACK_LABEL: &[u8; 7] = b"PST2-A\0";
+/// Length of the reply MAC's input.
+pub const REPLY_MAC_INPUT_LEN: usize = REPLY_LABEL.len() + NONCE_LEN + ADDR_LEN;
+const _: () = assert!(REPLY_MAC_INPUT_LEN <= 55, "the reply MAC input must fit one block");
 
-/// A postern-1 greeting.
+/// The longest the server may take from the last byte of the reply to the
+/// first byte of the ack, in seconds. The config bounds every wait that
+/// comes before an ack (a gate's `stop`, if it is closing, then its `run`:
+/// at most 2 minutes each) so that this always holds; clients wait this
+/// long for the ack unless told otherwise.
+pub const ACK_DEADLINE_SECS: u64 = 300;
+
+/// A postern-2 greeting.
 pub type Greeting = [u8; GREETING_LEN];
-/// A postern-1 reply.
+/// A postern-2 reply.
 pub type Reply = [u8; REPLY_LEN];
-/// A postern-1 ack.
+/// A postern-2 ack.
 pub type Ack = [u8; ACK_LEN];
 
 /// What the server did with an authenticated request. Carried in the ack.
@@ -59,17 +77,20 @@ pub type Ack = [u8; ACK_LEN];
 pub enum Status {
     /// The action was started (or, for a gate, the gate was opened).
     Started = 1,
-    /// The action is still running, or the gate was already open.
+    /// The effect is in place: the action is still running
+    /// (`single_instance`), or its gate is open for this address.
     AlreadyActive = 2,
-    /// Refused: the action is cooling down, busy, or the address binding
-    /// did not hold.
+    /// Authenticated, but not run; the reason says why.
     Refused = 3,
-    /// The action could not be started.
+    /// The action could not be started or did not succeed; the reason
+    /// says why.
     Failed = 4,
 }
 
 impl Status {
-    /// All statuses, in wire order.
+    /// All statuses, in wire order. Bytes 5 and 6 are reserved for
+    /// closing a gate early ("closed", "not-open"); 0 and 7..=255 are
+    /// never sent.
     pub const ALL: [Status; 4] = [
         Status::Started,
         Status::AlreadyActive,
@@ -103,6 +124,194 @@ impl Status {
     }
 }
 
+/// Why a request was refused or failed. Carried in the ack; `None` (0) with
+/// `started` and `already-active`. A client shows a byte it does not know
+/// as a number ([`Reason::Unknown`]) and still honours the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No reason: the request succeeded.
+    None,
+    /// Refused: the action's `cooldown` has not passed; `seconds` says
+    /// how long until it has.
+    Cooldown,
+    /// Refused: too many authenticated requests are already being served;
+    /// retry shortly.
+    Busy,
+    /// Refused: `bind_source` holds and the asserted address is not the
+    /// connection's source address.
+    AddressBinding,
+    /// Refused: the asserted address cannot be acted for (unspecified,
+    /// broadcast, multicast, IPv4-compatible or link-local; PROTOCOL.md).
+    AddressNotAllowed,
+    /// Refused: the gate is open for another address; `seconds` says how
+    /// long until it closes.
+    OpenForOther,
+    /// Refused: a reload between the greeting and the request removed the
+    /// action or changed its key or commands.
+    ConfigChanged,
+    /// Refused: posternd is shutting down.
+    ShuttingDown,
+    /// Failed: the program could not be started.
+    SpawnFailed,
+    /// Failed: the gate's `run` exited non-zero or was killed.
+    RunFailed,
+    /// Failed: the gate's `run` did not finish within its `timeout`.
+    RunTimedOut,
+    /// Failed: the `serve` program exited at once.
+    ServeExited,
+    /// Failed: the gate could not be recorded in the state file, so it was
+    /// closed again.
+    StateUnwritable,
+    /// A reason byte this implementation does not know.
+    Unknown(u8),
+}
+
+impl Reason {
+    /// Every reason this implementation sends, for tests and docs.
+    pub const KNOWN: [Reason; 13] = [
+        Reason::None,
+        Reason::Cooldown,
+        Reason::Busy,
+        Reason::AddressBinding,
+        Reason::AddressNotAllowed,
+        Reason::OpenForOther,
+        Reason::ConfigChanged,
+        Reason::ShuttingDown,
+        Reason::SpawnFailed,
+        Reason::RunFailed,
+        Reason::RunTimedOut,
+        Reason::ServeExited,
+        Reason::StateUnwritable,
+    ];
+
+    /// The wire byte. Refusals are 1..=15, failures 16..=31.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Reason::None => 0,
+            Reason::Cooldown => 1,
+            Reason::Busy => 2,
+            Reason::AddressBinding => 3,
+            Reason::AddressNotAllowed => 4,
+            Reason::OpenForOther => 5,
+            Reason::ConfigChanged => 6,
+            Reason::ShuttingDown => 7,
+            Reason::SpawnFailed => 16,
+            Reason::RunFailed => 17,
+            Reason::RunTimedOut => 18,
+            Reason::ServeExited => 19,
+            Reason::StateUnwritable => 20,
+            Reason::Unknown(b) => b,
+        }
+    }
+
+    /// Parses the wire byte; never fails.
+    pub fn from_byte(b: u8) -> Reason {
+        Reason::KNOWN
+            .into_iter()
+            .find(|r| r.to_byte() == b)
+            .unwrap_or(Reason::Unknown(b))
+    }
+
+    /// Stable lower-case name, used in logs and `--json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::None => "none",
+            Reason::Cooldown => "cooldown",
+            Reason::Busy => "busy",
+            Reason::AddressBinding => "address-binding",
+            Reason::AddressNotAllowed => "address-not-allowed",
+            Reason::OpenForOther => "open-for-other-address",
+            Reason::ConfigChanged => "config-changed",
+            Reason::ShuttingDown => "shutting-down",
+            Reason::SpawnFailed => "spawn-failed",
+            Reason::RunFailed => "run-failed",
+            Reason::RunTimedOut => "run-timed-out",
+            Reason::ServeExited => "serve-exited",
+            Reason::StateUnwritable => "state-unwritable",
+            Reason::Unknown(_) => "unknown",
+        }
+    }
+
+    /// A short phrase for people: "cooling down", "the run command failed".
+    pub fn describe(self) -> String {
+        match self {
+            Reason::None => "no reason given".into(),
+            Reason::Cooldown => "cooling down".into(),
+            Reason::Busy => "the server is busy".into(),
+            Reason::AddressBinding => {
+                "the asserted address is not this connection's source (bind_source)".into()
+            }
+            Reason::AddressNotAllowed => "the asserted address cannot be acted for".into(),
+            Reason::OpenForOther => "it is open for another address".into(),
+            Reason::ConfigChanged => "the server's config changed; try again".into(),
+            Reason::ShuttingDown => "the server is shutting down".into(),
+            Reason::SpawnFailed => "the program could not be started".into(),
+            Reason::RunFailed => "the run command failed".into(),
+            Reason::RunTimedOut => "the run command timed out".into(),
+            Reason::ServeExited => "the served program exited at once".into(),
+            Reason::StateUnwritable => "the server could not record the gate".into(),
+            Reason::Unknown(b) => format!("reason {b}"),
+        }
+    }
+}
+
+/// The typed body of an ack: what happened, why, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// What the server did.
+    pub status: Status,
+    /// Why, for `refused` and `failed`; [`Reason::None`] otherwise.
+    pub reason: Reason,
+    /// Seconds: until the gate closes (`started`, `already-active`, and
+    /// `refused` with [`Reason::OpenForOther`]), or until a retry can
+    /// succeed (`refused` with [`Reason::Cooldown`]); 0 when there is no
+    /// such time (a plain `run` has no deadline).
+    pub seconds: u32,
+}
+
+impl Answer {
+    /// An answer with no reason and no time.
+    pub fn bare(status: Status) -> Answer {
+        Answer {
+            status,
+            reason: Reason::None,
+            seconds: 0,
+        }
+    }
+
+    /// A refusal or failure for `reason`, with no time.
+    pub fn because(status: Status, reason: Reason) -> Answer {
+        Answer {
+            status,
+            reason,
+            seconds: 0,
+        }
+    }
+
+    /// The same answer with `seconds` set.
+    pub fn with_seconds(self, seconds: u32) -> Answer {
+        Answer { seconds, ..self }
+    }
+
+    /// The six body bytes, in wire order.
+    pub fn to_bytes(self) -> [u8; ACK_BODY_LEN] {
+        let mut b = [0u8; ACK_BODY_LEN];
+        b[0] = self.status.to_byte();
+        b[1] = self.reason.to_byte();
+        b[2..].copy_from_slice(&self.seconds.to_be_bytes());
+        b
+    }
+
+    /// Parses the six body bytes; `None` for an unknown status.
+    pub fn from_bytes(b: &[u8; ACK_BODY_LEN]) -> Option<Answer> {
+        Some(Answer {
+            status: Status::from_byte(b[0])?,
+            reason: Reason::from_byte(b[1]),
+            seconds: u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
+        })
+    }
+}
+
 /// Builds a greeting around a nonce.
 pub fn greeting(nonce: &[u8; NONCE_LEN]) -> Greeting {
     let mut g = [0u8; GREETING_LEN];
@@ -119,7 +328,13 @@ pub fn fresh_greeting() -> Result<Greeting, getrandom::Error> {
     Ok(greeting(&nonce))
 }
 
-/// Whether a greeting carries the postern-1 tag (client side check).
+/// Whether the first four bytes of a greeting carry the postern-2 tag
+/// (client side check, made before the rest is read).
+pub fn tag_is_valid(tag: &[u8; 4]) -> bool {
+    *tag == GREETING_TAG
+}
+
+/// Whether a greeting carries the postern-2 tag.
 pub fn greeting_is_valid(g: &Greeting) -> bool {
     g[..4] == GREETING_TAG
 }
@@ -156,10 +371,38 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether a decoded asserted address may be acted for (PROTOCOL.md, "The
+/// asserted address"). Refused: the unspecified addresses, the IPv4
+/// limited broadcast, IPv4 and IPv6 multicast (link-local multicast
+/// included), IPv6 link-local unicast (the field has no room for a zone),
+/// and the deprecated IPv4-compatible form `::a.b.c.d` (except `::1`).
+/// IPv4-mapped fields were already decoded to IPv4 by [`decode_addr`], so
+/// their forms of these are refused too.
+pub fn asserted_allowed(ip: IpAddr) -> bool {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let ipv4_compatible = s[..6] == [0; 6] && v6 != Ipv6Addr::LOCALHOST;
+            let link_local = s[0] & 0xffc0 == 0xfe80;
+            !(v6.is_unspecified() || v6.is_multicast() || ipv4_compatible || link_local)
+        }
+    }
+}
+
+/// The reply MAC's input: label, nonce, address field (55 bytes).
+fn reply_input(greeting: &Greeting, field: &[u8; ADDR_LEN]) -> [u8; REPLY_MAC_INPUT_LEN] {
+    let mut m = [0u8; REPLY_MAC_INPUT_LEN];
+    m[..REPLY_LABEL.len()].copy_from_slice(REPLY_LABEL);
+    m[REPLY_LABEL.len()..REPLY_LABEL.len() + NONCE_LEN].copy_from_slice(&greeting[4..]);
+    m[REPLY_LABEL.len() + NONCE_LEN..].copy_from_slice(field);
+    m
+}
+
 /// The reply a client sends for `greeting`, under `key`, asserting `addr`.
 pub fn reply(key: &MacKey, greeting: &Greeting, addr: Option<IpAddr>) -> Reply {
     let field = encode_addr(addr);
-    let mac = key.mac(&[REPLY_LABEL, greeting, &field]);
+    let mac = key.mac(&[&reply_input(greeting, &field)]);
     let mut r = [0u8; REPLY_LEN];
     r[..ADDR_LEN].copy_from_slice(&field);
     r[ADDR_LEN..].copy_from_slice(&mac);
@@ -167,22 +410,23 @@ pub fn reply(key: &MacKey, greeting: &Greeting, addr: Option<IpAddr>) -> Reply {
 }
 
 /// The ack the server sends after a verified reply.
-pub fn ack(key: &MacKey, greeting: &Greeting, reply: &Reply, status: Status) -> Ack {
-    let s = [status.to_byte()];
-    let mac = key.mac(&[ACK_LABEL, greeting, reply, &s]);
+pub fn ack(key: &MacKey, greeting: &Greeting, reply: &Reply, answer: Answer) -> Ack {
+    let body = answer.to_bytes();
+    let mac = key.mac(&[ACK_LABEL, greeting, reply, &body]);
     let mut a = [0u8; ACK_LEN];
-    a[0] = s[0];
-    a[1..].copy_from_slice(&mac);
+    a[..ACK_BODY_LEN].copy_from_slice(&body);
+    a[ACK_BODY_LEN..].copy_from_slice(&mac);
     a
 }
 
-/// Client side: checks an ack in constant time and returns its status.
-/// `None` means the ack is forged, corrupted, or has an unknown status.
-pub fn verify_ack(key: &MacKey, greeting: &Greeting, reply: &Reply, ack: &Ack) -> Option<Status> {
-    let s = [ack[0]];
-    let mac = key.mac(&[ACK_LABEL, greeting, reply, &s]);
-    if bool::from(mac.ct_eq(&ack[1..])) {
-        Status::from_byte(ack[0])
+/// Client side: checks an ack in constant time and returns its body.
+/// `None` means the ack is forged or corrupted, or has an unknown status.
+pub fn verify_ack(key: &MacKey, greeting: &Greeting, reply: &Reply, ack: &Ack) -> Option<Answer> {
+    let mut body = [0u8; ACK_BODY_LEN];
+    body.copy_from_slice(&ack[..ACK_BODY_LEN]);
+    let mac = key.mac(&[ACK_LABEL, greeting, reply, &body]);
+    if bool::from(mac.ct_eq(&ack[ACK_BODY_LEN..])) {
+        Answer::from_bytes(&body)
     } else {
         None
     }
@@ -203,7 +447,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Prepares postern-1 keys. Index `i` of the result refers to `keys[i]`.
+    /// Prepares postern-2 keys. Index `i` of the result refers to `keys[i]`.
     pub fn from_keys<'a>(keys: impl IntoIterator<Item = &'a Key>) -> Self {
         Verifier {
             keys: keys.into_iter().map(|k| MacKey::new(k.expose())).collect(),
@@ -237,7 +481,7 @@ impl Verifier {
         self.keys.get(index)
     }
 
-    /// Checks a postern-1 reply. Returns the index of the matching key and
+    /// Checks a postern-2 reply. Returns the index of the matching key and
     /// the asserted address it carries.
     pub fn check_reply(
         &self,
@@ -246,9 +490,9 @@ impl Verifier {
     ) -> Option<(usize, Option<IpAddr>)> {
         let mut field = [0u8; ADDR_LEN];
         field.copy_from_slice(&reply[..ADDR_LEN]);
-        let idx = self.find(&reply[ADDR_LEN..], |k| {
-            k.mac(&[REPLY_LABEL, greeting, &field])
-        })?;
+        // The input is the same for every key: built once.
+        let input = reply_input(greeting, &field);
+        let idx = self.find(&reply[ADDR_LEN..], |k| k.mac(&[&input]))?;
         Some((idx, decode_addr(&field)))
     }
 
@@ -265,8 +509,11 @@ impl Verifier {
         let mut found = Choice::from(0);
         let mut index: u32 = 0;
         for (i, key) in self.keys.iter().enumerate() {
-            let want = compute(key);
+            // A computed MAC is a valid answer to this challenge: wiped
+            // as soon as it is compared.
+            let mut want = compute(key);
             let hit = want.ct_eq(got);
+            want.zeroize();
             // Key counts are bounded far below u32::MAX by the config.
             index.conditional_assign(&(i as u32), hit);
             found |= hit;

@@ -175,7 +175,7 @@ fn random_bytes_fire_nothing() {
         }
         let rest = drain(&mut c);
         assert!(
-            rest.len() <= unread && (rest.is_empty() || rest.starts_with(b"PST1")),
+            rest.len() <= unread && (rest.is_empty() || rest.starts_with(b"PST2")),
             "seed {seed}: {} bytes after random input",
             rest.len()
         );

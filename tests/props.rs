@@ -806,7 +806,7 @@ mod inproc {
         pub generation: u32,
         pub limits: NetLimits,
         pub exempt: &'a [IpNet],
-        /// (key bytes, bind_source) for postern-1 actions 0..
+        /// (key bytes, bind_source) for postern-2 actions 0..
         pub keys: &'a [([u8; 32], bool)],
         /// ostiary-4 passwords, as the actions after the keys.
         pub passwords: &'a [&'a [u8]],
@@ -838,7 +838,7 @@ mod inproc {
         mon.send(&begin.encode(), &[]).await.unwrap();
         for (i, (l, p)) in listeners
             .iter()
-            .zip([Protocol::Postern1, Protocol::Ostiary4])
+            .zip([Protocol::Postern2, Protocol::Ostiary4])
             .enumerate()
         {
             let m = Down::Listener {

@@ -47,8 +47,8 @@ Key sources for trigger (choose one; default: prompt for the base64 key):
   --host-name NAME       host name for derivation (default: HOST as given)
 
 Trigger options:
-  --protocol P           postern-1 (default) or ostiary-4
-  --assert-addr ADDR     ask the server to bind the action to ADDR (postern-1)
+  --protocol P           postern-2 (default) or ostiary-4
+  --assert-addr ADDR     ask the server to bind the action to ADDR (postern-2)
   --timeout SECS         bound for connect, challenge and ack, each (default 30)
   --proxy URL            http://HOST:PORT (CONNECT) or socks5://HOST:PORT
   --inventory FILE       inventory (default $XDG_CONFIG_HOME/postern/hosts.toml,
@@ -376,7 +376,7 @@ fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
             "--protocol" => {
                 let v = t.value(&o, v)?;
                 let p = Protocol::parse(&v).ok_or_else(|| {
-                    usage(format!("--protocol {v:?}: use postern-1 or ostiary-4"))
+                    usage(format!("--protocol {v:?}: use postern-2 or ostiary-4"))
                 })?;
                 set_once(&mut a.protocol, &o, p)?;
             }
@@ -483,7 +483,7 @@ mod tests {
             "--proxy",
             "socks5://127.0.0.1:1080",
             "--json",
-            "--protocol=postern-1",
+            "--protocol=postern-2",
             "--inventory",
             "/inv.toml",
             "--parallel",
@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(t.timeout, Some(Duration::from_secs(5)));
         assert_eq!(t.proxy.unwrap().to_string(), "socks5://127.0.0.1:1080");
         assert!(t.json);
-        assert_eq!(t.protocol, Some(Protocol::Postern1));
+        assert_eq!(t.protocol, Some(Protocol::Postern2));
         assert_eq!(t.inventory, Some("/inv.toml".into()));
         assert_eq!(t.parallel.map(NonZeroUsize::get), Some(4));
 
@@ -586,7 +586,7 @@ mod tests {
             ),
             (
                 &["trigger", "h", "--protocol", "ssh"],
-                "use postern-1 or ostiary-4",
+                "use postern-2 or ostiary-4",
             ),
             (
                 &["trigger", "h", "--assert-addr", "here"],

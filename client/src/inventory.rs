@@ -8,7 +8,7 @@
 //! [hosts.web-17]
 //! address = "192.0.2.17"          # IP address or host name
 //! port = 7001                     # optional
-//! protocol = "postern-1"          # optional: postern-1 or ostiary-4
+//! protocol = "postern-2"          # optional: postern-2 or ostiary-4
 //! timeout = 10                    # optional, seconds
 //! proxy = "socks5://127.0.0.1:1080"   # optional; "none" overrides [defaults]
 //! master_file = "~/.config/postern/fleet.key"  # optional
@@ -16,7 +16,7 @@
 //! [hosts.web-17.actions.console]
 //! key_file = "~/.config/postern/keys/web-17-console.key"
 //! # or: key_env = "VAR" | passphrase = true | master = true | password_file = "..."
-//! assert_addr = "203.0.113.5"     # optional, postern-1 only
+//! assert_addr = "203.0.113.5"     # optional, postern-2 only
 //!
 //! [groups]
 //! rack-4 = ["web-17", "web-18"]
@@ -151,7 +151,7 @@ pub struct Host {
 pub struct Action {
     /// Where its key (or password) comes from; paths are absolute.
     pub source: KeySource,
-    /// The address to assert (postern-1).
+    /// The address to assert (postern-2).
     pub assert_addr: Option<IpAddr>,
 }
 
@@ -347,7 +347,7 @@ impl Cx<'_> {
             Protocol::parse(&t).ok_or_else(|| {
                 self.invalid(
                     key,
-                    format!("unknown protocol {t:?}; use \"postern-1\" or \"ostiary-4\""),
+                    format!("unknown protocol {t:?}; use \"postern-2\" or \"ostiary-4\""),
                 )
             })
         })
@@ -407,7 +407,7 @@ impl Cx<'_> {
                 .unwrap_or(DEFAULT_PORT),
             protocol: self
                 .protocol("defaults.protocol", raw.protocol)?
-                .unwrap_or(Protocol::Postern1),
+                .unwrap_or(Protocol::Postern2),
             timeout: self.timeout("defaults.timeout", raw.timeout)?,
             proxy: self.proxy("defaults.proxy", raw.proxy)?.flatten(),
             master_file: raw
@@ -517,10 +517,10 @@ impl Cx<'_> {
             }
         };
         match (protocol, &source) {
-            (Protocol::Postern1, KeySource::PasswordFile(_)) => {
+            (Protocol::Postern2, KeySource::PasswordFile(_)) => {
                 return Err(self.invalid(
                     key,
-                    "password_file is for ostiary-4 hosts; postern-1 uses key_file, key_env, passphrase or master"
+                    "password_file is for ostiary-4 hosts; postern-2 uses key_file, key_env, passphrase or master"
                         .to_owned(),
                 ))
             }
@@ -620,7 +620,7 @@ rack-4 = ["web-18", "web-17"]
         let inv = parse(FULL).unwrap();
         let w17 = inv.host("web-17").unwrap();
         assert_eq!(w17.target.to_string(), "192.0.2.17:7002");
-        assert_eq!(w17.protocol, Protocol::Postern1);
+        assert_eq!(w17.protocol, Protocol::Postern2);
         assert_eq!(w17.timeout, Some(Duration::from_secs(10)));
         assert_eq!(
             w17.proxy.as_ref().unwrap().to_string(),

@@ -14,7 +14,7 @@
 //! - `deadline.rs`   fixed-length reads and writes that finish by a deadline.
 //! - `proxy.rs`      proxy URLs, HTTP CONNECT and SOCKS5 (RFC 1928) handshakes.
 //! - `transport.rs`  name resolution and TCP connect under a timeout, via a proxy or not.
-//! - `trigger.rs`    one postern-1 or ostiary-4 exchange, start to finish.
+//! - `trigger.rs`    one postern-2 or ostiary-4 exchange, start to finish.
 //! - `outcome.rs`    what one trigger came to, and its exit code.
 //! - `fleet.rs`      running many jobs on a bounded pool of threads.
 //! - `output.rs`     human lines, the summary table, JSON lines.

@@ -38,7 +38,7 @@ pub enum NoAck {
 /// How one trigger ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// postern-1: the server authenticated us and says what it did.
+    /// postern-2: the server authenticated us and says what it did.
     Acknowledged(Status),
     /// ostiary-4: the reply went out; the protocol never answers.
     ReplySent,

@@ -232,7 +232,7 @@ mod tests {
             ),
             (
                 Outcome::Unreachable(NetError::BadGreeting),
-                "h: connection failed: bad greeting: not a postern-1 server",
+                "h: connection failed: bad greeting: not a postern-2 server",
             ),
         ];
         for (o, want) in cases {
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(
             json_report(&b, &rows[1].1),
             "{\"host\":\"db\\\"1\",\"action\":\"console\",\"address\":\"192.0.2.1:7001\",\
-             \"protocol\":\"postern-1\",\"outcome\":\"no-ack\",\"success\":false,\"exit_code\":2,\
+             \"protocol\":\"postern-2\",\"outcome\":\"no-ack\",\"success\":false,\"exit_code\":2,\
              \"latency_ms\":12,\"detail\":\"wrong key, locked out or refused\"}"
         );
         assert!(json_report(&a, &rows[0].1).ends_with("\"detail\":null}"));

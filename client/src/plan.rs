@@ -34,9 +34,9 @@ use crate::trigger::{Credential, Protocol, DEFAULT_TIMEOUT};
 /// The secret a job answers with.
 #[derive(Debug, Clone)]
 pub enum JobSecret {
-    /// A postern-1 key, ready.
+    /// A postern-2 key, ready.
     Key(Key),
-    /// A postern-1 key still to be stretched from a passphrase.
+    /// A postern-2 key still to be stretched from a passphrase.
     Passphrase {
         /// The passphrase (shared by every host of a group).
         passphrase: Arc<SecretLine>,
@@ -63,7 +63,7 @@ pub struct Job {
     pub proxy: Option<Proxy>,
     /// Per-phase timeout.
     pub timeout: Duration,
-    /// The address to assert (postern-1).
+    /// The address to assert (postern-2).
     pub assert_addr: Option<IpAddr>,
     /// What to answer with.
     pub secret: JobSecret,
@@ -74,7 +74,7 @@ impl Job {
     /// (600 000 iterations), which takes a noticeable fraction of a second.
     pub fn credential(&self) -> Credential {
         match &self.secret {
-            JobSecret::Key(k) => Credential::Postern1 {
+            JobSecret::Key(k) => Credential::Postern2 {
                 key: MacKey::new(k.expose()),
                 assert_addr: self.assert_addr,
             },
@@ -84,7 +84,7 @@ impl Job {
                 action,
             } => {
                 let key = kdf::key_from_passphrase(passphrase.as_bytes(), host, action);
-                Credential::Postern1 {
+                Credential::Postern2 {
                     key: MacKey::new(key.expose()),
                     assert_addr: self.assert_addr,
                 }
@@ -99,7 +99,7 @@ impl Job {
     pub fn protocol(&self) -> Protocol {
         match self.secret {
             JobSecret::Password(_) => Protocol::Ostiary4,
-            _ => Protocol::Postern1,
+            _ => Protocol::Postern2,
         }
     }
 }
@@ -201,11 +201,11 @@ fn load_inventory(args: &TriggerArgs) -> Result<Option<Inventory>, PlanError> {
 fn plan_direct(args: &TriggerArgs) -> Result<Job, PlanError> {
     let target = Target::parse(&args.target, DEFAULT_PORT)
         .map_err(|e| usage(format!("{e} (and no inventory host of that name)")))?;
-    let protocol = args.protocol.unwrap_or(Protocol::Postern1);
+    let protocol = args.protocol.unwrap_or(Protocol::Postern2);
     let source = args.source.clone().unwrap_or(KeySource::Prompt);
     let derives = matches!(source, KeySource::Passphrase | KeySource::Master(_));
     match (protocol, &source) {
-        (Protocol::Postern1, KeySource::PasswordFile(_)) => {
+        (Protocol::Postern2, KeySource::PasswordFile(_)) => {
             return Err(usage("--password-file is for --protocol ostiary-4"))
         }
         (Protocol::Ostiary4, KeySource::File(_) | KeySource::Passphrase | KeySource::Master(_)) => {
@@ -218,7 +218,7 @@ fn plan_direct(args: &TriggerArgs) -> Result<Job, PlanError> {
     }
     if protocol == Protocol::Ostiary4 && args.assert_addr.is_some() {
         return Err(usage(
-            "--assert-addr needs postern-1; ostiary-4 cannot carry an address",
+            "--assert-addr needs postern-2; ostiary-4 cannot carry an address",
         ));
     }
     if args.host_name.is_some() && !derives {
@@ -361,13 +361,13 @@ impl Secrets {
         action: &str,
     ) -> Result<JobSecret, SecretError> {
         Ok(match (protocol, source) {
-            (Protocol::Postern1, KeySource::File(p)) => JobSecret::Key(keys::load_key_file(p)?),
-            (Protocol::Postern1, KeySource::Env(v)) => JobSecret::Key(keys::key_from_env(v)?),
-            (Protocol::Postern1, KeySource::Prompt) => JobSecret::Key(keys::prompt_key(label)?),
-            (Protocol::Postern1, KeySource::Master(p)) => {
+            (Protocol::Postern2, KeySource::File(p)) => JobSecret::Key(keys::load_key_file(p)?),
+            (Protocol::Postern2, KeySource::Env(v)) => JobSecret::Key(keys::key_from_env(v)?),
+            (Protocol::Postern2, KeySource::Prompt) => JobSecret::Key(keys::prompt_key(label)?),
+            (Protocol::Postern2, KeySource::Master(p)) => {
                 JobSecret::Key(kdf::key_from_master(self.master(p)?, host, action))
             }
-            (Protocol::Postern1, KeySource::Passphrase) => {
+            (Protocol::Postern2, KeySource::Passphrase) => {
                 let passphrase = match &self.passphrase {
                     Some(p) => Arc::clone(p),
                     None => {

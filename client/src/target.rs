@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-/// The port postern-1 servers listen on unless told otherwise.
+/// The port postern-2 servers listen on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7001;
 /// Longest host name accepted (the DNS limit on a full name).
 pub const MAX_HOST_LEN: usize = 253;

@@ -1,8 +1,8 @@
 //! One trigger, start to finish: connect, read the challenge, send the
-//! reply in one write, and (postern-1) read and verify the ack.
+//! reply in one write, and (postern-2) read and verify the ack.
 //!
 //! ```text
-//! postern-1  <- greeting 36   -> reply 48 (one write)   <- ack 33, or close
+//! postern-2  <- greeting 36   -> reply 48 (one write)   <- ack 33, or close
 //! ostiary-4  <- salt 32       -> reply 32 (one write)   nothing comes back
 //! ```
 //!
@@ -29,8 +29,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// `postern-1`: HMAC reply with an authenticated ack (the default).
-    Postern1,
+    /// `postern-2`: HMAC reply with an authenticated ack (the default).
+    Postern2,
     /// `ostiary-4`: HMAC reply, no ack.
     Ostiary4,
 }
@@ -39,7 +39,7 @@ impl Protocol {
     /// Parses the spelling used on the command line and in the inventory.
     pub fn parse(text: &str) -> Option<Protocol> {
         match text {
-            "postern-1" => Some(Protocol::Postern1),
+            "postern-2" => Some(Protocol::Postern2),
             "ostiary-4" => Some(Protocol::Ostiary4),
             _ => None,
         }
@@ -48,7 +48,7 @@ impl Protocol {
     /// The spelling used on the command line and in the inventory.
     pub fn name(self) -> &'static str {
         match self {
-            Protocol::Postern1 => "postern-1",
+            Protocol::Postern2 => "postern-2",
             Protocol::Ostiary4 => "ostiary-4",
         }
     }
@@ -57,8 +57,8 @@ impl Protocol {
 /// What answers the challenge. Key states are zeroized on drop.
 #[derive(Debug, Clone)]
 pub enum Credential {
-    /// postern-1: the action key and the address to assert (`None`: any).
-    Postern1 {
+    /// postern-2: the action key and the address to assert (`None`: any).
+    Postern2 {
         /// The action key.
         key: MacKey,
         /// The asserted address.
@@ -75,7 +75,7 @@ impl Credential {
     /// The protocol this credential speaks.
     pub fn protocol(&self) -> Protocol {
         match self {
-            Credential::Postern1 { .. } => Protocol::Postern1,
+            Credential::Postern2 { .. } => Protocol::Postern2,
             Credential::Ostiary4 { .. } => Protocol::Ostiary4,
         }
     }
@@ -90,7 +90,7 @@ pub enum NetError {
     ChallengeTimeout(Duration),
     /// The server closed the connection before the whole challenge arrived.
     ChallengeClosed,
-    /// The greeting does not start with `PST1`: not a postern-1 server.
+    /// The greeting does not start with `PST2`: not a postern-2 server.
     BadGreeting,
     /// The reply could not be sent within the timeout.
     SendTimeout(Duration),
@@ -110,7 +110,7 @@ impl fmt::Display for NetError {
             NetError::ChallengeClosed => f.write_str(
                 "server closed before sending its challenge (locked out, over its rate, or not a postern server)",
             ),
-            NetError::BadGreeting => f.write_str("bad greeting: not a postern-1 server"),
+            NetError::BadGreeting => f.write_str("bad greeting: not a postern-2 server"),
             NetError::SendTimeout(t) => write!(f, "timed out after {} sending the reply", secs(*t)),
             NetError::AckTimeout(t) => {
                 write!(
@@ -143,8 +143,8 @@ pub fn trigger(
         ),
         Ok(Connection { mut stream, peer }) => {
             let outcome = match credential {
-                Credential::Postern1 { key, assert_addr } => {
-                    postern1(&mut stream, key, *assert_addr, timeout)
+                Credential::Postern2 { key, assert_addr } => {
+                    postern2(&mut stream, key, *assert_addr, timeout)
                 }
                 Credential::Ostiary4 { password } => ostiary4(&mut stream, password, timeout),
             };
@@ -176,7 +176,7 @@ fn answer_error(e: IoFailure, timeout: Duration, sending: bool) -> Outcome {
     }
 }
 
-fn postern1(
+fn postern2(
     stream: &mut std::net::TcpStream,
     key: &MacKey,
     assert_addr: Option<IpAddr>,
@@ -237,10 +237,10 @@ mod tests {
         (Target::new("127.0.0.1", port).unwrap(), h)
     }
 
-    // Goal: a full postern-1 exchange against an in-process server yields
+    // Goal: a full postern-2 exchange against an in-process server yields
     // the server's status, and a close after the reply is "no ack".
     #[test]
-    fn postern1_exchange() {
+    fn postern2_exchange() {
         let key = [7u8; 32];
         let (target, h) = serve(move |mut s| {
             let g = wire::greeting(&[9; 32]);
@@ -250,7 +250,7 @@ mod tests {
             s.write_all(&wire::ack(&MacKey::new(&key), &g, &r, Status::Refused))
                 .unwrap();
         });
-        let cred = Credential::Postern1 {
+        let cred = Credential::Postern2 {
             key: MacKey::new(&key),
             assert_addr: None,
         };
@@ -278,7 +278,7 @@ mod tests {
     // Goal: protocol names round-trip and nothing else parses.
     #[test]
     fn protocol_names() {
-        for p in [Protocol::Postern1, Protocol::Ostiary4] {
+        for p in [Protocol::Postern2, Protocol::Ostiary4] {
             assert_eq!(Protocol::parse(p.name()), Some(p));
         }
         assert_eq!(Protocol::parse("ostiary"), None);

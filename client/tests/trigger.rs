@@ -159,7 +159,7 @@ fn silent_server_times_out() {
     );
 }
 
-// Goal: a greeting without the PST1 tag is refused before any reply.
+// Goal: a greeting without the PST2 tag is refused before any reply.
 #[test]
 fn bad_greeting_tag_is_exit_3() {
     let (out, reply, _) = trigger_case(1, Script::BadTag, &[]);
@@ -319,7 +319,7 @@ fn json_single() {
     assert!(s.starts_with("{\"host\":\"127.0.0.1:"), "{s}");
     for part in [
         "\"action\":\"console\"",
-        "\"protocol\":\"postern-1\"",
+        "\"protocol\":\"postern-2\"",
         "\"outcome\":\"started\"",
         "\"success\":true",
         "\"exit_code\":0",

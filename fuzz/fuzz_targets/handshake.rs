@@ -130,7 +130,7 @@ async fn send_config(mon: &Channel, inp: &Input<'_>) {
         (
             Down::Listener {
                 index: 0,
-                protocol: Protocol::Postern1,
+                protocol: Protocol::Postern2,
             },
             Some(l.postern.as_raw_fd()),
         ),

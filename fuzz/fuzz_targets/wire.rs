@@ -1,4 +1,4 @@
-//! The postern-1 reply and ack codec and the ostiary-4 check, fed
+//! The postern-2 reply and ack codec and the ostiary-4 check, fed
 //! arbitrary bytes: never a panic, and the verifier accepts exactly the
 //! replies that some configured key produced.
 //!

@@ -248,7 +248,7 @@ fn parse_listeners(line: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// What a postern-1 exchange ended with.
+/// What a postern-2 exchange ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// A verified ack.
@@ -295,7 +295,7 @@ pub fn read_greeting(s: &mut TcpStream) -> Option<[u8; GREETING_LEN]> {
     Some(g)
 }
 
-/// A whole postern-1 exchange with `key`, asserting `asserted`.
+/// A whole postern-2 exchange with `key`, asserting `asserted`.
 pub fn trigger_from(
     to: SocketAddr,
     from: Option<IpAddr>,

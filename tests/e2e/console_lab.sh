@@ -198,7 +198,7 @@ start_daemon() { # start_daemon LOGFILE
     "$POSTERND" --config "$CONF" 2>"$DLOG" &
     DAEMON_PID=$!
     wait_for 'grep -q "started version=" "$DLOG" || ! kill -0 $DAEMON_PID 2>/dev/null' 20
-    PORT=$(sed -nE 's/.*started version=[^ ]* listeners=\[127\.0\.0\.1:([0-9]+)\(postern-1\)\].*/\1/p' "$DLOG" | head -n1)
+    PORT=$(sed -nE 's/.*started version=[^ ]* listeners=\[127\.0\.0\.1:([0-9]+)\(postern-2\)\].*/\1/p' "$DLOG" | head -n1)
     [ -n "$PORT" ] && kill -0 "$DAEMON_PID" 2>/dev/null
 }
 # viewer NAME [viewer.mjs options]: a browser on the console, in the

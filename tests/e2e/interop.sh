@@ -5,7 +5,7 @@
 # under dash with OpenBSD nc, and under bash with /dev/tcp; client/postern.py
 # under python3. Cases, for each client:
 #
-#   postern-1  fire        the right key: exit 0, the action's line appears
+#   postern-2  fire        the right key: exit 0, the action's line appears
 #              wrong       a wrong key: exit 2, a bad-mac line, nothing fired
 #              assert      --assert-addr 127.0.0.1 on a bind_source action:
 #                          exit 0 and fired; --assert-addr 127.0.0.2: exit 4,
@@ -156,7 +156,7 @@ lockout_duration = "1h"
 
 [[listen]]
 address = "127.0.0.1:0"
-protocol = "postern-1"
+protocol = "postern-2"
 
 [[listen]]
 address = "127.0.0.1:0"
@@ -216,7 +216,7 @@ MAIN_LOG=$PD_LOG
 P1=$PD_PORT
 O4=$(o4_port)
 [ -n "$O4" ] || abort "the main posternd has an ostiary-4 listener"
-pass "main posternd on 127.0.0.1:$P1 (postern-1) and 127.0.0.1:$O4 (ostiary-4)"
+pass "main posternd on 127.0.0.1:$P1 (postern-2) and 127.0.0.1:$O4 (ostiary-4)"
 
 # --- cases against the main daemon -------------------------------------------
 
@@ -266,11 +266,11 @@ for c in "${CLIENTS[@]}"; do
     note "$c against the main posternd"
 
     run_client "$c" /dev/null "127.0.0.1:$P1" --key-file "$KEYS/$c-fire.key" --timeout 5
-    fires "$c" p1-fire "postern-1 right key: exit 0, action fired" "$c-fire 127.0.0.1"
+    fires "$c" p1-fire "postern-2 right key: exit 0, action fired" "$c-fire 127.0.0.1"
 
     b=$(bad_macs) f=$(fired_lines)
     run_client "$c" /dev/null "127.0.0.1:$P1" --key-file "$KEYS/wrong.key" --timeout 5
-    refused "$c" p1-wrong "postern-1 wrong key: exit 2, bad-mac logged, nothing fired" 2 bad-mac "$b" "$f"
+    refused "$c" p1-wrong "postern-2 wrong key: exit 2, bad-mac logged, nothing fired" 2 bad-mac "$b" "$f"
 
     run_client "$c" /dev/null "127.0.0.1:$P1" --key-file "$KEYS/$c-bind.key" \
         --assert-addr 127.0.0.1 --timeout 5
@@ -340,7 +340,7 @@ lockout() {
     fi
     local port=$PD_PORT what
     [ "$proto" = o4 ] && port=$(o4_port)
-    if [ "$proto" = p1 ]; then what="postern-1"; else what="ostiary-4"; fi
+    if [ "$proto" = p1 ]; then what="postern-2"; else what="ostiary-4"; fi
 
     local v=ok wrc=()
     run_client "$c" /dev/null "127.0.0.1:$port" "${right[@]}" --timeout 5

@@ -209,7 +209,7 @@ PD_LOG=""
 
 # start_posternd CONFIG LOG: starts posternd in the background (tracked),
 # waits for its "started" line and sets PD_PID, PD_PORT (the first
-# postern-1 listener) and PD_LOG. False if it did not start in 10 s.
+# postern-2 listener) and PD_LOG. False if it did not start in 10 s.
 start_posternd() {
     PD_LOG=$2
     PD_PORT=""
@@ -218,7 +218,7 @@ start_posternd() {
     track "$PD_PID"
     local end=$(($(now_ms) + 10000))
     while [ "$(now_ms)" -lt "$end" ]; do
-        PD_PORT=$(sed -n 's/.* started .*listeners=\[127\.0\.0\.1:\([0-9]*\)(postern-1).*/\1/p' "$PD_LOG" | head -n 1)
+        PD_PORT=$(sed -n 's/.* started .*listeners=\[127\.0\.0\.1:\([0-9]*\)(postern-2).*/\1/p' "$PD_LOG" | head -n 1)
         [ -n "$PD_PORT" ] && return 0
         alive "$PD_PID" || break
         sleep 0.05

@@ -4,7 +4,7 @@
 # started in the foreground and stopped by PID. For the Rust `postern` and
 # client/postern.py (postern.sh has no proxy support):
 #
-#   1. through each proxy, postern-1 and ostiary-4: exit 0, the action
+#   1. through each proxy, postern-2 and ostiary-4: exit 0, the action
 #      fired, and the proxy's own log shows the tunnel to posternd's port;
 #   2. a proxy that refuses: tinyproxy whose ConnectPort does not include
 #      the port (403), and danted with a `socks block` rule for the port
@@ -111,7 +111,7 @@ lockout_after = 1000000
 
 [[listen]]
 address = "127.0.0.1:0"
-protocol = "postern-1"
+protocol = "postern-2"
 
 [[listen]]
 address = "127.0.0.1:0"
@@ -131,7 +131,7 @@ start_posternd "$LAB/posternd.toml" "$LAB/posternd.log" || abort "posternd start
 P1=$PD_PORT
 O4=$(sed -n 's/.* started .*[[ ]127\.0\.0\.1:\([0-9]*\)(ostiary-4).*/\1/p' "$PD_LOG" | head -n 1)
 [ -n "$O4" ] || abort "posternd has an ostiary-4 listener"
-pass "posternd on 127.0.0.1:$P1 (postern-1) and 127.0.0.1:$O4 (ostiary-4)"
+pass "posternd on 127.0.0.1:$P1 (postern-2) and 127.0.0.1:$O4 (ostiary-4)"
 
 # --- the proxies --------------------------------------------------------------
 

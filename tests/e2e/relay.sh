@@ -4,7 +4,7 @@
 #
 #   client --> tap --> relay sshd :FPORT ==ssh -R tunnel==> home posternd :P1
 #
-#   - home: posternd listens on 127.0.0.1:P1 (postern-1) and dials out to
+#   - home: posternd listens on 127.0.0.1:P1 (postern-2) and dials out to
 #     the relay with `ssh -N -R 127.0.0.1:FPORT:127.0.0.1:P1`, so clients
 #     reach it only through the relay's forwarded port FPORT;
 #   - relay: a second sshd (own host key, one authorized key that may only
@@ -14,7 +14,7 @@
 #
 # Checks: a trigger through the relay runs the action (exit 0, a marker
 # file grows); the relay hop carries exactly 36 (greeting) + 48 (reply) +
-# 33 (ack) bytes, the greeting starts with "PST1", no key material crosses
+# 33 (ack) bytes, the greeting starts with "PST2", no key material crosses
 # it (neither the base64 key nor its raw bytes), and a second trigger gets
 # a fresh nonce; a wrong key through the relay gets no ack (exit 2) and
 # the hop carries the greeting and the reply only; with the tunnel closed,
@@ -112,7 +112,7 @@ shutdown_grace = "1s"
 
 [[listen]]
 address = "127.0.0.1:0"
-protocol = "postern-1"
+protocol = "postern-2"
 
 [[action]]
 name = "mark"
@@ -124,7 +124,7 @@ if ! start_posternd "$LAB/posternd.toml" "$LAB/posternd.log"; then
     abort "posternd starts"
 fi
 P1=$PD_PORT
-check "posternd listens on 127.0.0.1:$P1 only" log_has "listeners=[127.0.0.1:$P1(postern-1)] "
+check "posternd listens on 127.0.0.1:$P1 only" log_has "listeners=[127.0.0.1:$P1(postern-2)] "
 
 ssh -N -F /dev/null -p "$RPORT" -i "$LAB/home_ed25519" \
     -o IdentitiesOnly=yes -o BatchMode=yes \
@@ -265,7 +265,7 @@ one=$(inspect 1 "$KEY")
 note "tap, connection 1: $one"
 check "the relay hop carried 48 bytes out (reply) and 69 back (greeting 36 + ack 33)" \
     eval '[[ "$one" == "c2s=48 s2c=69 "* ]]'
-check "the greeting starts with PST1" eval '[[ "$one" == *" tag=PST1 "* ]]'
+check "the greeting starts with PST2" eval '[[ "$one" == *" tag=PST2 "* ]]'
 check "no key crossed the relay (base64 or raw)" eval '[[ "$one" == *" key_b64=no key_raw=no "* ]]'
 check "the nonce looks random (at least 16 distinct byte values in 32)" \
     eval '[ "${one##*distinct=}" -ge 16 ]'
@@ -278,7 +278,7 @@ check "the action ran again (marker file has 2 lines)" wait_until 5 eval '[ "$(m
 two=$(inspect 2 "$KEY")
 note "tap, connection 2: $two"
 check "second exchange: 48 bytes out, 69 back, no key" \
-    eval '[[ "$two" == "c2s=48 s2c=69 tag=PST1 key_b64=no key_raw=no "* ]]'
+    eval '[[ "$two" == "c2s=48 s2c=69 tag=PST2 key_b64=no key_raw=no "* ]]'
 differ() { ! cmp -s <(head -c 36 "$LAB/tap/1.s2c") <(head -c 36 "$LAB/tap/2.s2c"); }
 check "the second greeting carries a different nonce" differ
 replies_differ() { ! cmp -s "$LAB/tap/1.c2s" "$LAB/tap/2.c2s"; }
@@ -293,7 +293,7 @@ check "a wrong key through the relay gets no ack (exit $RC, expected 2)" [ "$RC"
 three=$(inspect 3 "$WRONG")
 note "tap, connection 3: $three"
 check "the hop carried the greeting and the reply only (48 out, 36 back)" \
-    eval '[[ "$three" == "c2s=48 s2c=36 tag=PST1 key_b64=no key_raw=no "* ]]'
+    eval '[[ "$three" == "c2s=48 s2c=36 tag=PST2 key_b64=no key_raw=no "* ]]'
 check "posternd logs the failure" wait_log "$PD_LOG" "reason=bad-mac" 5
 sleep 0.3
 check "the action did not run (marker file still has 2 lines)" [ "$(marks)" -eq 2 ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A scripted stand-in for posternd, for testing the reference clients.
 
-It accepts exactly one connection, plays the server side of postern-1 or
+It accepts exactly one connection, plays the server side of postern-2 or
 ostiary-4 in the way --mode says, writes one word describing what it saw
 to --result-file, and exits. Standard library only.
 
@@ -36,8 +36,8 @@ import socket
 import sys
 import time
 
-REPLY_LABEL = b"postern-1 reply\0"
-ACK_LABEL = b"postern-1 ack\0"
+REPLY_LABEL = b"postern-2 reply\0"
+ACK_LABEL = b"postern-2 ack\0"
 DEADLINE = 10.0
 
 
@@ -183,7 +183,7 @@ def main():
                    choices=["ack", "noack", "forged", "truncated", "silent", "close",
                             "badgreeting", "ostiary"])
     p.add_argument("--status", type=int, default=1)
-    p.add_argument("--key-b64", default="", help="the postern-1 key (test keys only)")
+    p.add_argument("--key-b64", default="", help="the postern-2 key (test keys only)")
     p.add_argument("--password", default="", help="the ostiary-4 password")
     p.add_argument("--expect-addr", default=None, help="required asserted address or 'none'")
     p.add_argument("--proxy", choices=["http", "socks5"], default=None)

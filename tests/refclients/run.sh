@@ -91,13 +91,13 @@ FLEET_KEY=j/eHNJoiARjHkVaYYBdacit07fqjvGesQMDTqlGSriA=
 # The same passphrase and master, derived for host 127.0.0.1, action console.
 LOOPBACK_PASSPHRASE_KEY=$("$PY" -c '
 import base64, hashlib, sys
-salt = hashlib.sha256(b"postern-1 passphrase\x00127.0.0.1\x00console").digest()[:8]
+salt = hashlib.sha256(b"postern-2 passphrase\x00127.0.0.1\x00console").digest()[:8]
 print(base64.b64encode(hashlib.pbkdf2_hmac("sha256", sys.argv[1].encode(), salt, 600000, 32)).decode())
 ' "$PASSPHRASE")
 LOOPBACK_FLEET_KEY=$("$PY" -c '
 import base64, hashlib, hmac, sys
 m = base64.b64decode(sys.argv[1])
-print(base64.b64encode(hmac.new(m, b"postern-1 fleet\x00127.0.0.1\x00console", hashlib.sha256).digest()).decode())
+print(base64.b64encode(hmac.new(m, b"postern-2 fleet\x00127.0.0.1\x00console", hashlib.sha256).digest()).decode())
 ' "$MASTER")
 
 (
@@ -305,7 +305,7 @@ FAILEDS="acknowledged, failed to start"
 NOACK="no acknowledgement (wrong key, locked out or refused)"
 FORGED="no acknowledgement (the acknowledgement did not verify: wrong key or tampering)"
 NOGREET="connection failed: server closed before sending its challenge"
-BADGREET="connection failed: bad greeting: not a postern-1 server"
+BADGREET="connection failed: bad greeting: not a postern-2 server"
 TIMEDOUT="connection failed: timed out after"
 OSTIARY="reply sent (ostiary-4 gives no acknowledgement)"
 

@@ -42,9 +42,9 @@ pub fn vectors(name: &str) -> Vec<Case> {
         .collect()
 }
 
-/// The postern-1 vector case numbered `n`.
+/// The postern-2 vector case numbered `n`.
 pub fn postern_case(n: u32) -> Case {
-    vectors("postern-1")
+    vectors("postern-2")
         .into_iter()
         .find(|c| c.get("case").map(String::as_str) == Some(&n.to_string()))
         .unwrap()
@@ -165,7 +165,7 @@ fn accept_one(listener: &TcpListener) -> Option<TcpStream> {
     None
 }
 
-/// What a fake postern-1 server does once connected.
+/// What a fake postern-2 server does once connected.
 #[derive(Debug, Clone, Copy)]
 pub enum Script {
     /// Verify the reply; ack with this status if it verifies, else close.
@@ -188,7 +188,7 @@ pub struct FakeServer {
 }
 
 impl FakeServer {
-    /// A postern-1 server holding `key` that sends `greeting`.
+    /// A postern-2 server holding `key` that sends `greeting`.
     pub fn postern(key: [u8; 32], greeting: Greeting, script: Script) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
