@@ -730,7 +730,7 @@ fn legit_trigger(dst: SocketAddr, key: &MacKey) -> Result<Duration, String> {
     let mut a = [0u8; ACK_LEN];
     s.read_exact(&mut a).map_err(|e| format!("ack: {e}"))?;
     match wire::verify_ack(key, &g, &r, &a) {
-        Some(Status::Started) => Ok(t0.elapsed()),
+        Some(a) if a.status == Status::Started => Ok(t0.elapsed()),
         other => Err(format!("ack status {other:?}")),
     }
 }

@@ -493,6 +493,18 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         ));
     };
     let (mut config, inline_secret) = parse_inner(text, &file)?;
+    for (i, a) in config.actions.iter().enumerate() {
+        if let ActionSecret::Password(p) = &a.secret {
+            if let Some(why) = ostclient_cannot_send(p.expose()) {
+                config.warnings.push(format!(
+                    "{}: action[{}] ({}): Ostiary 4.0's own client cannot send this password: {why};                      other ostiary-4 clients can, but to keep ostclient working choose another password",
+                    file.display(),
+                    i + 1,
+                    a.name
+                ));
+            }
+        }
+    }
     let mode = std::fs::metadata(&file).map(|m| m.permissions().mode());
     if let (true, Ok(mode)) = (inline_secret, mode) {
         if mode & 0o077 != 0 {
@@ -506,6 +518,22 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     }
     Ok(config)
+}
+
+/// Why Ostiary 4.0's own client could not send `password`, if it could not:
+/// it reads at most 63 bytes and strips trailing whitespace.
+pub fn ostclient_cannot_send(password: &[u8]) -> Option<String> {
+    if password.len() > crate::wire::OSTCLIENT_MAX_PASSWORD {
+        return Some(format!(
+            "it is {} bytes long, and ostclient sends at most {}",
+            password.len(),
+            crate::wire::OSTCLIENT_MAX_PASSWORD
+        ));
+    }
+    if password.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        return Some("it ends in whitespace, which ostclient strips".into());
+    }
+    None
 }
 
 /// Parses and validates config text as if it had been read from `path`:
@@ -2926,6 +2954,29 @@ builtin = "shutdown"
                 f.dir.join("postern.toml").display()
             )
         );
+    }
+
+    // Goal: load() warns about an ostiary-4 password that Ostiary 4.0's own
+    // client could not send (over 63 bytes, or ending in whitespace), and
+    // not about one it can.
+    #[test]
+    fn load_warns_about_passwords_ostclient_cannot_send() {
+        let f = Fixture::new();
+        for (pw, warned) in [
+            ("x".repeat(63), false),
+            ("x".repeat(64), true),
+            ("trailing ".to_string(), true),
+            ("Sample".to_string(), false),
+        ] {
+            let text = format!("{L4}{AH}password = \"{pw}\"\n{RUN}");
+            f.file("pw.toml", &f.text(&text), 0o600);
+            let c = load(&f.dir.join("pw.toml")).unwrap();
+            let hit = c
+                .warnings
+                .iter()
+                .any(|w| w.contains("cannot send this password"));
+            assert_eq!(hit, warned, "{pw:?}: {:?}", c.warnings);
+        }
     }
 
     // Goal: load() warns about inline secrets in a file others can read,

@@ -392,7 +392,9 @@ impl Gates {
                 );
             }
             if !gate.extend {
-                return Some(Answer::bare(Status::AlreadyActive).with_seconds(Self::seconds_left(o)));
+                return Some(
+                    Answer::bare(Status::AlreadyActive).with_seconds(Self::seconds_left(o)),
+                );
             }
             let new = (Instant::now() + gate.ttl).min(o.ceiling);
             let changed = if new > o.deadline {
@@ -572,7 +574,8 @@ impl Gates {
             ),
         );
         self.arm(monitor, &name);
-        Answer::bare(Status::Started).with_seconds(u32::try_from(gate.ttl.as_secs().max(1)).unwrap_or(u32::MAX))
+        Answer::bare(Status::Started)
+            .with_seconds(u32::try_from(gate.ttl.as_secs().max(1)).unwrap_or(u32::MAX))
     }
 
     /// Starts the task that closes gate `name` at its deadline (or when

@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{IpNet, Protocol};
 use crate::secret::Password;
-use crate::wire::{decode_addr, encode_addr, Answer, ADDR_LEN, ACK_BODY_LEN};
+use crate::wire::{decode_addr, encode_addr, Answer, ACK_BODY_LEN, ADDR_LEN};
 
 /// IPC format version.
 pub const VERSION: u8 = 1;

@@ -3,11 +3,16 @@
 //! PROTOCOL.md, "Deriving keys"), so any client can compute the same key.
 //!
 //! Passphrase: `PBKDF2-HMAC-SHA256(passphrase, salt, 600000, 32)` where
-//! `salt = SHA-256("postern-2 passphrase\0" || host || "\0" || action)[0..8]`.
+//! `salt = SHA-256("postern-2 passphrase\0" || host || "\0" || action)[0..8]`,
+//! computed by the `pbkdf2` crate.
 //! The salt is 8 bytes so that `openssl enc -pbkdf2 -S` (which takes exactly
 //! 8) can reproduce it while reading the passphrase from standard input.
 //!
 //! Fleet: `HMAC-SHA256(master, "postern-2 fleet\0" || host || "\0" || action)`.
+//!
+//! `host` is normalised first by [`normalise_host`], so that `Web-17.`,
+//! `web-17:7001` and `web-17` name the same host. The passphrase is used as
+//! its bytes, exactly as typed: no Unicode normalisation.
 //! A host holds only its own derived keys; HMAC is a PRF, so they reveal
 //! nothing about the master or about other hosts' keys.
 
@@ -26,6 +31,7 @@ pub const FLEET_LABEL: &[u8] = b"postern-2 fleet\0";
 
 /// The 8-byte PBKDF2 salt for `host` and `action`.
 pub fn passphrase_salt(host: &str, action: &str) -> [u8; 8] {
+    let host = normalise_host(host);
     let mut h = Sha256::new();
     h.update(PASSPHRASE_LABEL);
     h.update(host.as_bytes());
@@ -39,19 +45,27 @@ pub fn passphrase_salt(host: &str, action: &str) -> [u8; 8] {
 
 /// PBKDF2-HMAC-SHA256 with a 32-byte output (a single PBKDF2 block).
 pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> Key {
-    let prf = MacKey::new(password);
-    let mut u = prf.mac(&[salt, &1u32.to_be_bytes()]);
-    let mut t = u;
-    for _ in 1..iterations {
-        u = prf.mac(&[&u]);
-        for (a, b) in t.iter_mut().zip(u.iter()) {
-            *a ^= b;
-        }
-    }
+    let mut t = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut t);
     let key = Key::from_bytes(t);
     t.zeroize();
-    u.zeroize();
     key
+}
+
+/// The host name as it goes into a derivation (PROTOCOL.md, "Deriving
+/// keys"): `[v6]` and `[v6]:port` become `v6`; a name or IPv4 address
+/// with exactly one `:` loses its `:port`; one trailing `.` is dropped;
+/// ASCII letters are lower-cased and every other byte is kept. IPv6
+/// literals are not re-compressed: write them the same way everywhere.
+pub fn normalise_host(host: &str) -> String {
+    let mut h = host;
+    if let Some(rest) = h.strip_prefix('[') {
+        h = rest.split(']').next().unwrap_or(rest);
+    } else if h.matches(':').count() == 1 {
+        h = h.split(':').next().unwrap_or(h);
+    }
+    let h = h.strip_suffix('.').unwrap_or(h);
+    h.to_ascii_lowercase()
 }
 
 /// The action key for a passphrase, a host name and an action name.
@@ -66,6 +80,7 @@ pub fn key_from_passphrase(passphrase: &[u8], host: &str, action: &str) -> Key {
 /// The action key for `host` and `action`, derived from a fleet master.
 pub fn key_from_master(master: &Key, host: &str, action: &str) -> Key {
     let prf = MacKey::new(master.expose());
+    let host = normalise_host(host);
     let mut out = prf.mac(&[FLEET_LABEL, host.as_bytes(), &[0u8], action.as_bytes()]);
     let key = Key::from_bytes(out);
     out.zeroize();
@@ -95,6 +110,39 @@ mod tests {
             hex(k.expose()),
             "c5e478d59288c841aa530db6845c4c8d962893a001ce4e11a4963873aa98134a"
         );
+    }
+
+    // Goal: every case of tests/vectors/kdf.vectors (written by an
+    // independent implementation) is reproduced: host normalisation, salt,
+    // passphrase key (bytes as typed, so NFC and NFD differ) and fleet key.
+    #[test]
+    fn kdf_vectors() {
+        let path = format!("{}/tests/vectors/kdf.vectors", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut n = 0;
+        for block in text.split("\n\n") {
+            let f: std::collections::HashMap<&str, &str> = block
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once(" = "))
+                .collect();
+            let Some(host) = f.get("host") else { continue };
+            let pw: Vec<u8> = (0..f["passphrase_hex"].len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&f["passphrase_hex"][i..i + 2], 16).unwrap())
+                .collect();
+            assert_eq!(normalise_host(host), f["host_normalised"]);
+            assert_eq!(hex(&passphrase_salt(host, f["action"])), f["salt"]);
+            let k = key_from_passphrase(&pw, host, f["action"]);
+            assert_eq!(*k.to_base64(), f["passphrase_key"]);
+            let m = Key::from_base64(f["master"]).unwrap();
+            assert_eq!(
+                *key_from_master(&m, host, f["action"]).to_base64(),
+                f["fleet_key"]
+            );
+            n += 1;
+        }
+        assert_eq!(n, 6);
     }
 
     // Goal: different hosts or actions give different salts and keys.

@@ -134,8 +134,8 @@ mod tests {
     #[test]
     fn keyed_state_is_zeroize_on_drop() {
         fn wiped<T: zeroize::ZeroizeOnDrop>() {}
-        wiped::<hmac::digest::core_api::Buffer<sha2::Sha256VarCore>>();
-        wiped::<sha2::Sha256VarCore>();
+        wiped::<hmac::digest::block_api::Buffer<sha2::block_api::Sha256VarCore>>();
+        wiped::<sha2::block_api::Sha256VarCore>();
     }
 
     // Goal: the key state never shows in Debug output.

@@ -272,7 +272,8 @@ impl Monitor {
             // The monitor always answers well within the protocol's ack
             // deadline (config bounds every wait before an ack); the
             // network process gives up a little before it.
-            ack_timeout: Duration::from_secs(crate::wire::ACK_DEADLINE_SECS).saturating_sub(ACK_SLACK),
+            ack_timeout: Duration::from_secs(crate::wire::ACK_DEADLINE_SECS)
+                .saturating_sub(ACK_SLACK),
             shutdown_grace: config.daemon.shutdown_grace,
         };
         let begin = Down::Begin {
@@ -422,7 +423,10 @@ impl Monitor {
                             Level::Warning,
                             &format!("limit run requests: {MAX_RUN_REQUESTS} in flight; refusing"),
                         );
-                        (Answer::because(Status::Refused, Reason::Busy), "?".to_string())
+                        (
+                            Answer::because(Status::Refused, Reason::Busy),
+                            "?".to_string(),
+                        )
                     };
                     let status = answer.status;
                     let why = match answer.reason {
@@ -567,7 +571,10 @@ impl Monitor {
                     Level::Notice,
                     &format!("action {name}: changed or removed by a reload; request refused"),
                 );
-                return (Answer::because(Status::Refused, Reason::ConfigChanged), name);
+                return (
+                    Answer::because(Status::Refused, Reason::ConfigChanged),
+                    name,
+                );
             }
         };
         let Some(action) = config.actions.get(index) else {

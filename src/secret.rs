@@ -62,10 +62,14 @@ impl Key {
         Ok(k)
     }
 
-    /// Parses base64 text (surrounding whitespace ignored) into a key.
+    /// Parses key text into a key: standard base64 of exactly 32 bytes,
+    /// padding optional, canonical trailing bits; surrounding ASCII space,
+    /// tab, CR and LF are ignored, and nothing else is (PROTOCOL.md, "Key
+    /// text").
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
         let mut out = Zeroizing::new([0u8; 48]);
-        let n = b64_decode(text.trim().as_bytes(), &mut out[..])?;
+        let trimmed = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
+        let n = b64_decode(trimmed.as_bytes(), &mut out[..])?;
         if n != KEY_LEN {
             return Err(KeyError::WrongLength(n));
         }
@@ -159,7 +163,7 @@ pub fn b64_decode(text: &[u8], out: &mut [u8]) -> Result<usize, KeyError> {
     let body = match text.iter().position(|&c| c == b'=') {
         Some(p) => {
             let pad = &text[p..];
-            if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || text.len() % 4 != 0 {
+            if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || !text.len().is_multiple_of(4) {
                 return Err(KeyError::NotBase64);
             }
             &text[..p]

@@ -56,7 +56,10 @@ pub const REPLY_LABEL: &[u8; 7] = b"PST2-R\0";
 pub const ACK_LABEL: &[u8; 7] = b"PST2-A\0";
 /// Length of the reply MAC's input.
 pub const REPLY_MAC_INPUT_LEN: usize = REPLY_LABEL.len() + NONCE_LEN + ADDR_LEN;
-const _: () = assert!(REPLY_MAC_INPUT_LEN <= 55, "the reply MAC input must fit one block");
+const _: () = assert!(
+    REPLY_MAC_INPUT_LEN <= 55,
+    "the reply MAC input must fit one block"
+);
 
 /// The longest the server may take from the last byte of the reply to the
 /// first byte of the ack, in seconds. The config bounds every wait that
@@ -535,6 +538,7 @@ pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::collections::HashMap;
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -543,13 +547,37 @@ mod tests {
             .collect()
     }
 
+    /// The blocks of a vector file, as maps from field name to value.
+    fn blocks(name: &str) -> Vec<HashMap<String, String>> {
+        let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut out = Vec::new();
+        let mut cur = HashMap::new();
+        for line in text.lines().chain([""]) {
+            if line.trim().is_empty() {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once(" = ").unwrap();
+            cur.insert(k.to_string(), v.to_string());
+        }
+        out
+    }
+
+    fn arr<const N: usize>(hex: &str) -> [u8; N] {
+        unhex(hex).try_into().unwrap()
+    }
+
     // Goal: the ostiary-4 vector from Ostiary 4.0 holds.
     #[test]
     fn ostiary_vector() {
         let salt: [u8; 32] =
-            unhex("f2abdc79cfcc1b109ebc8e9fa65605e9d7a3fe9a2be2fe119356a800cf418c1f")
-                .try_into()
-                .unwrap();
+            arr("f2abdc79cfcc1b109ebc8e9fa65605e9d7a3fe9a2be2fe119356a800cf418c1f");
         let pw = MacKey::new(b"Sample");
         assert_eq!(
             ostiary_reply(&pw, &salt).to_vec(),
@@ -563,8 +591,120 @@ mod tests {
         assert_eq!(v.check_ostiary(&salt, &[0u8; 32]), None);
     }
 
+    // Goal: every positive postern-2 vector (written by an independent
+    // implementation, tests/vectors/make.py) is reproduced byte for byte:
+    // MAC input, reply, the four acks, and their decoding.
+    #[test]
+    fn positive_vectors() {
+        let cases = blocks("postern-2.vectors");
+        assert_eq!(cases.len(), 4);
+        let acks = [
+            (
+                "ack_started",
+                Answer::bare(Status::Started).with_seconds(900),
+            ),
+            (
+                "ack_already_active",
+                Answer::bare(Status::AlreadyActive).with_seconds(600),
+            ),
+            (
+                "ack_refused",
+                Answer::because(Status::Refused, Reason::Cooldown).with_seconds(40),
+            ),
+            (
+                "ack_failed",
+                Answer::because(Status::Failed, Reason::RunFailed),
+            ),
+        ];
+        for c in &cases {
+            let key = Key::from_base64(&c["key"]).unwrap();
+            assert_eq!(key.expose().to_vec(), unhex(&c["key_hex"]));
+            let mk = MacKey::new(key.expose());
+            let g: Greeting = arr(&c["greeting"]);
+            assert!(greeting_is_valid(&g));
+            let addr = match c["addr"].as_str() {
+                "none" => None,
+                a => Some(a.parse::<IpAddr>().unwrap()),
+            };
+            let field = encode_addr(addr);
+            assert_eq!(field.to_vec(), unhex(&c["addr_field"]));
+            assert_eq!(reply_input(&g, &field).to_vec(), unhex(&c["mac_input"]));
+            let r = reply(&mk, &g, addr);
+            assert_eq!(r.to_vec(), unhex(&c["reply"]));
+            let v = Verifier::from_keys([&Key::from_bytes([0x99; 32]), &key]);
+            assert_eq!(v.check_reply(&g, &r), Some((1, addr)));
+            for (name, answer) in acks {
+                let a = ack(&mk, &g, &r, answer);
+                assert_eq!(a.to_vec(), unhex(&c[name]), "{name}");
+                assert_eq!(verify_ack(&mk, &g, &r, &a), Some(answer));
+            }
+        }
+    }
+
+    // Goal: every negative vector is refused (or, for an unknown reason,
+    // accepted as shown), and every address case is judged as listed.
+    #[test]
+    fn negative_vectors() {
+        let cases = blocks("postern-2-negative.vectors");
+        assert!(cases.len() >= 30);
+        for c in &cases {
+            let expect = c["expect"].as_str();
+            match c["check"].as_str() {
+                "ack" => {
+                    let mk = MacKey::new(&unhex(&c["key_hex"]));
+                    let got = verify_ack(
+                        &mk,
+                        &arr(&c["greeting"]),
+                        &arr(&c["reply"]),
+                        &arr(&c["ack"]),
+                    );
+                    let shown = got.map(|a| {
+                        format!(
+                            "status={} reason={} seconds={}",
+                            a.status.to_byte(),
+                            a.reason.to_byte(),
+                            a.seconds
+                        )
+                    });
+                    match expect {
+                        "reject" => assert_eq!(shown, None, "case {}", c["case"]),
+                        body => assert_eq!(shown.as_deref(), Some(body), "case {}", c["case"]),
+                    }
+                }
+                "greeting" => {
+                    let g = unhex(&c["greeting"]);
+                    let tag: [u8; 4] = g[..4].try_into().unwrap();
+                    assert_eq!(expect, "reject");
+                    assert!(!tag_is_valid(&tag), "case {}", c["case"]);
+                }
+                "key" => {
+                    let text = String::from_utf8(unhex(&c["text_hex"])).unwrap();
+                    let got = Key::from_base64(&text).ok().map(|k| k.expose().to_vec());
+                    match expect {
+                        "reject" => assert_eq!(got, None, "case {}", c["case"]),
+                        hex => assert_eq!(got, Some(unhex(hex)), "case {}", c["case"]),
+                    }
+                }
+                "addr" => {
+                    let field: [u8; ADDR_LEN] = arr(&c["addr_field"]);
+                    let ip = decode_addr(&field).unwrap();
+                    assert_eq!(ip, canonical_ip(c["addr"].parse().unwrap()));
+                    assert_eq!(
+                        asserted_allowed(ip),
+                        expect == "allow",
+                        "case {} {}",
+                        c["case"],
+                        c["addr"]
+                    );
+                }
+                other => unreachable!("unknown check {other}"),
+            }
+        }
+    }
+
     // Goal: a reply verifies under its own key only, and any flipped bit in
-    // the greeting, address or MAC breaks it.
+    // the nonce, address or MAC breaks it; the greeting's tag is not part
+    // of the MAC (the label implies it).
     #[test]
     fn reply_roundtrip_and_tamper() {
         let keys: Vec<Key> = (0..5u8).map(|i| Key::from_bytes([i; 32])).collect();
@@ -580,13 +720,16 @@ mod tests {
                 bad[bit / 8] ^= 1 << (bit % 8);
                 assert_eq!(v.check_reply(&g, &bad), None);
             }
-            let mut g2 = g;
-            g2[10] ^= 1;
-            assert_eq!(v.check_reply(&g2, &r), None);
+            for byte in 4..GREETING_LEN {
+                let mut g2 = g;
+                g2[byte] ^= 1;
+                assert_eq!(v.check_reply(&g2, &r), None);
+            }
         }
     }
 
-    // Goal: acks verify, carry their status, and reject forgery.
+    // Goal: acks verify, carry their whole body, and reject forgery of any
+    // byte of the body.
     #[test]
     fn ack_roundtrip() {
         let mk = MacKey::new(&[7u8; 32]);
@@ -594,12 +737,31 @@ mod tests {
         let g = greeting(&[1; 32]);
         let r = reply(&mk, &g, None);
         for s in Status::ALL {
-            let a = ack(&mk, &g, &r, s);
-            assert_eq!(verify_ack(&mk, &g, &r, &a), Some(s));
-            assert_eq!(verify_ack(&other, &g, &r, &a), None);
-            let mut flipped = a;
-            flipped[0] = if s == Status::Started { 2 } else { 1 };
-            assert_eq!(verify_ack(&mk, &g, &r, &flipped), None);
+            for why in Reason::KNOWN {
+                let answer = Answer::because(s, why).with_seconds(12345);
+                let a = ack(&mk, &g, &r, answer);
+                assert_eq!(verify_ack(&mk, &g, &r, &a), Some(answer));
+                assert_eq!(verify_ack(&other, &g, &r, &a), None);
+                for byte in 0..ACK_BODY_LEN {
+                    let mut flipped = a;
+                    flipped[byte] ^= 0x01;
+                    assert_eq!(verify_ack(&mk, &g, &r, &flipped), None);
+                }
+            }
+        }
+    }
+
+    // Goal: reason bytes round-trip, unknown ones are kept as numbers, and
+    // the body codec refuses unknown statuses.
+    #[test]
+    fn reason_and_body_codec() {
+        for r in Reason::KNOWN {
+            assert_eq!(Reason::from_byte(r.to_byte()), r);
+        }
+        assert_eq!(Reason::from_byte(200), Reason::Unknown(200));
+        assert_eq!(Reason::Unknown(200).describe(), "reason 200");
+        for b in [0u8, 5, 6, 7, 255] {
+            assert_eq!(Answer::from_bytes(&[b, 0, 0, 0, 0, 0]), None);
         }
     }
 

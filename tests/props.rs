@@ -29,7 +29,7 @@ use postern::ipc::{Down, Request, REQUEST_LEN};
 use postern::limits::{Admit, Slots, SourceKey, SourceTable, Strike};
 use postern::mac::MacKey;
 use postern::secret::Key;
-use postern::wire::{self, Status, Verifier, REPLY_LEN};
+use postern::wire::{self, Answer, Reason as AckReason, Status, Verifier, REPLY_LEN};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -161,7 +161,7 @@ fn play(
             a.copy_from_slice(&rest);
             let st = wire::verify_ack(&mk(i), &g, &r, &a);
             assert!(st.is_some(), "the ack verifies under the action's key");
-            st
+            st.map(|a| a.status)
         }
         None => {
             assert!(rest.is_empty(), "{peer:?} got {} bytes back", rest.len());
@@ -528,9 +528,11 @@ fn random_replies_never_verify() {
         let good = wire::reply(&mk, &g, addr);
         let want = addr.map(wire::canonical_ip);
         assert_eq!(v.check_reply(&g, &good), Some((i, want)), "seed {seed}");
-        let st = *rng.pick(&Status::ALL);
-        let a = wire::ack(&mk, &g, &good, st);
-        assert_eq!(wire::verify_ack(&mk, &g, &good, &a), Some(st));
+        let st = Status::ALL[rng.below(Status::ALL.len() as u64) as usize];
+        let why = AckReason::KNOWN[rng.below(AckReason::KNOWN.len() as u64) as usize];
+        let answer = Answer::because(st, why).with_seconds(rng.below(100_000) as u32);
+        let a = wire::ack(&mk, &g, &good, answer);
+        assert_eq!(wire::verify_ack(&mk, &g, &good, &a), Some(answer));
         let j = (i + 1) % 8;
         assert_eq!(
             wire::verify_ack(&MacKey::new(keys[j].expose()), &g, &good, &a),
@@ -875,7 +877,8 @@ mod inproc {
         /// Starts `postern::net::serve` on a fresh channel; a monitor task
         /// records every request (each must decode) and answers every run
         /// with `answer`.
-        pub async fn start(s: &Setup<'_>, answer: Status) -> Net {
+        pub async fn start(s: &Setup<'_>, status: Status) -> Net {
+            let answer = Answer::bare(status);
             let listeners = [
                 std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
                 std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
@@ -905,9 +908,7 @@ mod inproc {
                         .unwrap_or_else(|e| panic!("undecodable request: {e}"));
                     s2.borrow_mut().push(req);
                     if let Request::Run { id, .. } = req {
-                        let _ = m2
-                            .send(&Down::Status { id, status: answer }.encode(), &[])
-                            .await;
+                        let _ = m2.send(&Down::Status { id, answer }.encode(), &[]).await;
                     }
                 }
             });
@@ -1127,7 +1128,7 @@ fn network_process_in_process_random_peers() {
                 continue;
             }
             let ack: [u8; wire::ACK_LEN] = back.try_into().expect("an ack");
-            let st = wire::verify_ack(&mk, &g, &good, &ack);
+            let st = wire::verify_ack(&mk, &g, &good, &ack).map(|a| a.status);
             if keys[i].1 && asserted != Some(src) {
                 assert_eq!(fail_reason(&end), Some(Reason::BindMismatch), "{ctx}");
                 assert_eq!(st, Some(Status::Refused), "{ctx}");
@@ -1321,7 +1322,10 @@ fn network_process_in_process_random_peers() {
         let r = wire::reply(&mk, &g, None);
         write_all(&mut c, &r).await;
         let back: [u8; wire::ACK_LEN] = rest(&mut c).await.try_into().expect("ack after SIGTERM");
-        assert_eq!(wire::verify_ack(&mk, &g, &r, &back), Some(Status::Started));
+        assert_eq!(
+            wire::verify_ack(&mk, &g, &r, &back).map(|a| a.status),
+            Some(Status::Started)
+        );
         let Net { task, .. } = net;
         let ended = tokio::time::timeout(5 * SEC, task).await;
         assert!(

@@ -48,8 +48,10 @@ Key sources for trigger (choose one; default: prompt for the base64 key):
 
 Trigger options:
   --protocol P           postern-2 (default) or ostiary-4
-  --assert-addr ADDR     ask the server to bind the action to ADDR (postern-2)
-  --timeout SECS         bound for connect, challenge and ack, each (default 30)
+  --assert-addr ADDR     ask the server to act for ADDR (postern-2)
+  --timeout SECS         bound for the connect and for the challenge, each (default 30)
+  --ack-timeout SECS     how long to wait for the acknowledgement (default 300, the
+                         protocol's ack deadline: the server may be running the action)
   --proxy URL            http://HOST:PORT (CONNECT) or socks5://HOST:PORT
   --inventory FILE       inventory (default $XDG_CONFIG_HOME/postern/hosts.toml,
                          else ~/.config/postern/hosts.toml)
@@ -111,6 +113,8 @@ pub struct TriggerArgs {
     pub assert_addr: Option<IpAddr>,
     /// `--timeout`.
     pub timeout: Option<Duration>,
+    /// `--ack-timeout`.
+    pub ack_timeout: Option<Duration>,
     /// `--protocol`.
     pub protocol: Option<Protocol>,
     /// `--proxy`.
@@ -358,6 +362,11 @@ fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
                 let ip = v
                     .parse::<IpAddr>()
                     .map_err(|_| usage(format!("--assert-addr {v:?} is not an IP address")))?;
+                if !postern::wire::asserted_allowed(ip) {
+                    return Err(usage(format!(
+                        "--assert-addr {ip}: an unspecified, broadcast, multicast, link-local or IPv4-compatible address cannot be acted for; give the address the action is for"
+                    )));
+                }
                 set_once(&mut a.assert_addr, &o, ip)?;
             }
             "--timeout" => {
@@ -372,6 +381,19 @@ fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
                         ))
                     })?;
                 set_once(&mut a.timeout, &o, Duration::from_secs(secs))?;
+            }
+            "--ack-timeout" => {
+                let v = t.value(&o, v)?;
+                let secs = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| (1..=MAX_TIMEOUT_SECS).contains(s))
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--ack-timeout {v:?}: use whole seconds from 1 to {MAX_TIMEOUT_SECS}"
+                        ))
+                    })?;
+                set_once(&mut a.ack_timeout, &o, Duration::from_secs(secs))?;
             }
             "--protocol" => {
                 let v = t.value(&o, v)?;

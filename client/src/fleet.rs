@@ -11,13 +11,24 @@ use std::sync::mpsc;
 
 use crate::outcome::Report;
 use crate::plan::Job;
-use crate::trigger::trigger;
+use crate::trigger::{trigger, Waits};
 
 /// Runs one job: derives its credential, then triggers. The latency
 /// reported covers the network exchange only.
 pub fn run_one(job: &Job) -> Report {
+    run_waiting(job, None)
+}
+
+/// [`run_one`], announcing on a terminal, once the ack has been awaited for
+/// a second, that the server is starting `announce`.
+pub fn run_waiting(job: &Job, announce: Option<String>) -> Report {
     let credential = job.credential();
-    trigger(&job.target, job.proxy.as_ref(), &credential, job.timeout)
+    let waits = Waits {
+        timeout: job.timeout,
+        ack_wait: job.ack_wait,
+        announce,
+    };
+    trigger(&job.target, job.proxy.as_ref(), &credential, &waits)
 }
 
 /// A pool of at most `parallel` threads.
@@ -113,6 +124,7 @@ mod tests {
                 target: Target::new("127.0.0.1", port).unwrap(),
                 proxy: None,
                 timeout: Duration::from_secs(5),
+                ack_wait: Duration::from_secs(5),
                 assert_addr: None,
                 secret: JobSecret::Key(Key::from_bytes([i; 32])),
             })

@@ -537,12 +537,21 @@ impl Cx<'_> {
                     "ostiary-4 cannot assert an address; remove it".to_owned(),
                 ))
             }
-            Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
-                self.invalid(
-                    &format!("{key}.assert_addr"),
-                    format!("{a:?} is not an IP address"),
-                )
-            })?),
+            Some(a) => {
+                let ip = a.parse::<IpAddr>().map_err(|_| {
+                    self.invalid(
+                        &format!("{key}.assert_addr"),
+                        format!("{a:?} is not an IP address"),
+                    )
+                })?;
+                if !postern::wire::asserted_allowed(ip) {
+                    return Err(self.invalid(
+                        &format!("{key}.assert_addr"),
+                        format!("{ip} cannot be acted for (unspecified, broadcast, multicast, link-local or IPv4-compatible); give the address the action is for"),
+                    ));
+                }
+                Some(ip)
+            }
         };
         Ok(Action {
             source,

@@ -94,11 +94,16 @@ fn trigger(args: &TriggerArgs) -> u8 {
     };
     match plan {
         Plan::One(job) => {
-            let report = fleet::run_one(&job);
+            let announce = Some(
+                job.action
+                    .clone()
+                    .unwrap_or_else(|| "the action".to_owned()),
+            );
+            let report = fleet::run_waiting(&job, announce);
             let text = if args.json {
                 output::json_report(&job, &report)
             } else {
-                output::human_line(&job.label, &report.outcome)
+                output::human_line(&job.label, job.action.as_deref(), &report.outcome)
             };
             let printed = print(&format!("{text}\n"));
             report.outcome.exit_code().max(printed)

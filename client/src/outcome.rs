@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use postern::wire::Status;
+use postern::wire::{Answer, Status};
 
 use crate::trigger::NetError;
 
@@ -38,8 +38,9 @@ pub enum NoAck {
 /// How one trigger ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// postern-2: the server authenticated us and says what it did.
-    Acknowledged(Status),
+    /// postern-2: the server authenticated us and says what it did, why,
+    /// and for how long.
+    Acknowledged(Answer),
     /// ostiary-4: the reply went out; the protocol never answers.
     ReplySent,
     /// The reply went out, but no valid acknowledgement came back.
@@ -52,11 +53,12 @@ impl Outcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Acknowledged(Status::Started | Status::AlreadyActive) | Outcome::ReplySent => {
-                exit::OK
-            }
-            Outcome::Acknowledged(Status::Refused) => exit::REFUSED,
-            Outcome::Acknowledged(Status::Failed) => exit::FAILED,
+            Outcome::Acknowledged(a) => match a.status {
+                Status::Started | Status::AlreadyActive => exit::OK,
+                Status::Refused => exit::REFUSED,
+                Status::Failed => exit::FAILED,
+            },
+            Outcome::ReplySent => exit::OK,
             Outcome::NoAck(_) => exit::NO_ACK,
             Outcome::Unreachable(_) => exit::NETWORK,
         }
@@ -70,7 +72,7 @@ impl Outcome {
     /// A stable, lower-case name, for tables and JSON.
     pub fn name(&self) -> &'static str {
         match self {
-            Outcome::Acknowledged(s) => s.name(),
+            Outcome::Acknowledged(a) => a.status.name(),
             Outcome::ReplySent => "sent",
             Outcome::NoAck(_) => "no-ack",
             Outcome::Unreachable(_) => "network-error",
@@ -97,15 +99,16 @@ mod tests {
     // started, already-active and ostiary-4 "sent" count as success.
     #[test]
     fn exit_codes() {
+        let ack = |s| Outcome::Acknowledged(Answer::bare(s));
         let cases = [
-            (Outcome::Acknowledged(Status::Started), 0),
-            (Outcome::Acknowledged(Status::AlreadyActive), 0),
+            (ack(Status::Started), 0),
+            (ack(Status::AlreadyActive), 0),
             (Outcome::ReplySent, 0),
             (Outcome::NoAck(NoAck::Closed), 2),
             (Outcome::NoAck(NoAck::BadAck), 2),
             (Outcome::Unreachable(NetError::BadGreeting), 3),
-            (Outcome::Acknowledged(Status::Refused), 4),
-            (Outcome::Acknowledged(Status::Failed), 5),
+            (ack(Status::Refused), 4),
+            (ack(Status::Failed), 5),
         ];
         for (o, code) in cases {
             assert_eq!(o.exit_code(), code, "{o:?}");

@@ -2,20 +2,18 @@
 //! group, or JSON lines for scripts. Pure string building; the caller
 //! prints. Nothing here ever sees a secret.
 
-use postern::wire::Status;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use postern::wire::{Answer, Reason, Status};
 
 use crate::outcome::{NoAck, Outcome, Report};
 use crate::plan::Job;
 
-/// The one-line verdict for a trigger: `LABEL: ...`.
-pub fn human_line(label: &str, outcome: &Outcome) -> String {
+/// The one-line verdict for a trigger: `LABEL: ...`. `action` names the
+/// action when the client knows it.
+pub fn human_line(label: &str, action: Option<&str>, outcome: &Outcome) -> String {
     let what = match outcome {
-        Outcome::Acknowledged(Status::Started) => "accepted, action started".to_owned(),
-        Outcome::Acknowledged(Status::AlreadyActive) => "accepted, already active".to_owned(),
-        Outcome::Acknowledged(Status::Refused) => {
-            "acknowledged, refused (cooldown, busy or address binding)".to_owned()
-        }
-        Outcome::Acknowledged(Status::Failed) => "acknowledged, failed to start".to_owned(),
+        Outcome::Acknowledged(a) => acknowledged(a, action.unwrap_or("the action"), now_unix()),
         Outcome::ReplySent => "reply sent (ostiary-4 gives no acknowledgement)".to_owned(),
         Outcome::NoAck(NoAck::Closed) => {
             "no acknowledgement (wrong key, locked out or refused)".to_owned()
@@ -29,11 +27,70 @@ pub fn human_line(label: &str, outcome: &Outcome) -> String {
     format!("{label}: {what}")
 }
 
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What an ack says, in words: "accepted; sshd open for 15 min (until
+/// 14:32 UTC)", "refused: cooling down, try again in 40 s". `now` is the
+/// UNIX time the ack's seconds count from.
+pub fn acknowledged(a: &Answer, name: &str, now: u64) -> String {
+    let secs = u64::from(a.seconds);
+    match (a.status, a.reason) {
+        (Status::Started, _) if secs > 0 => format!(
+            "accepted; {name} open for {} (until {})",
+            duration(secs),
+            clock(now + secs)
+        ),
+        (Status::Started, _) => format!("accepted; {name} started"),
+        (Status::AlreadyActive, _) if secs > 0 => format!(
+            "accepted; {name} already open, {} left (until {})",
+            duration(secs),
+            clock(now + secs)
+        ),
+        (Status::AlreadyActive, _) => format!("accepted; {name} already running"),
+        (Status::Refused, Reason::Cooldown) if secs > 0 => {
+            format!("refused: cooling down, try again in {}", duration(secs))
+        }
+        (Status::Refused, Reason::OpenForOther) if secs > 0 => format!(
+            "refused: it is open for another address, closes in {}",
+            duration(secs)
+        ),
+        (Status::Refused, why) => format!("refused: {}", why.describe()),
+        (Status::Failed, why) => format!("failed: {}", why.describe()),
+    }
+}
+
+/// "40 s" below a minute, "15 min" (rounded up) below an hour, else
+/// "2 h" or "1 h 30 min".
+pub fn duration(secs: u64) -> String {
+    if secs < 60 {
+        format!("{secs} s")
+    } else if secs < 3600 {
+        format!("{} min", secs.div_ceil(60))
+    } else {
+        let (h, m) = (secs / 3600, (secs % 3600).div_ceil(60));
+        match m {
+            0 => format!("{h} h"),
+            60 => format!("{} h", h + 1),
+            m => format!("{h} h {m} min"),
+        }
+    }
+}
+
+/// `HH:MM UTC` of a UNIX time.
+fn clock(t: u64) -> String {
+    let day = t % 86_400;
+    format!("{:02}:{:02} UTC", day / 3600, day % 3600 / 60)
+}
+
 /// The detail column: why a trigger did not succeed (empty on success).
 fn detail(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Acknowledged(Status::Refused) => "cooldown, busy or address binding".to_owned(),
-        Outcome::Acknowledged(Status::Failed) => "failed to start".to_owned(),
+        Outcome::Acknowledged(a) if !a.status.is_success() => a.reason.describe(),
         Outcome::NoAck(NoAck::Closed) => "wrong key, locked out or refused".to_owned(),
         Outcome::NoAck(NoAck::BadAck) => "acknowledgement did not verify".to_owned(),
         Outcome::Unreachable(e) => e.to_string(),
@@ -122,11 +179,16 @@ fn json_opt(s: Option<&str>) -> String {
     s.map(json_string).unwrap_or_else(|| "null".to_owned())
 }
 
-/// One JSON object (one line) for a trigger.
+/// One JSON object (one line) for a trigger. `reason` and `seconds` are
+/// the ack's (null without an ack).
 pub fn json_report(job: &Job, r: &Report) -> String {
     let d = detail(&r.outcome);
+    let (reason, seconds) = match &r.outcome {
+        Outcome::Acknowledged(a) => (json_string(a.reason.name()), a.seconds.to_string()),
+        _ => ("null".to_owned(), "null".to_owned()),
+    };
     format!(
-        "{{\"host\":{},\"action\":{},\"address\":{},\"protocol\":{},\"outcome\":{},\"success\":{},\"exit_code\":{},\"latency_ms\":{},\"detail\":{}}}",
+        "{{\"host\":{},\"action\":{},\"address\":{},\"protocol\":{},\"outcome\":{},\"reason\":{reason},\"seconds\":{seconds},\"success\":{},\"exit_code\":{},\"latency_ms\":{},\"detail\":{}}}",
         json_string(&job.label),
         json_opt(job.action.as_deref()),
         json_string(&r.address),
@@ -167,6 +229,7 @@ mod tests {
             target: Target::new("192.0.2.1", 7001).unwrap(),
             proxy: None,
             timeout: Duration::from_secs(1),
+            ack_wait: Duration::from_secs(1),
             assert_addr: None,
             secret: JobSecret::Key(Key::from_bytes([0; 32])),
         }
@@ -202,42 +265,52 @@ mod tests {
         }
     }
 
-    // Goal: each outcome has its documented human line.
+    // Goal: each outcome has its documented human line, with the ack's
+    // reason and time in words.
     #[test]
     fn human_lines() {
+        let ack = |s, r, secs| Outcome::Acknowledged(Answer::because(s, r).with_seconds(secs));
         let cases = [
-            (
-                Outcome::Acknowledged(Status::Started),
-                "h: accepted, action started",
-            ),
-            (
-                Outcome::Acknowledged(Status::AlreadyActive),
-                "h: accepted, already active",
-            ),
-            (
-                Outcome::Acknowledged(Status::Refused),
-                "h: acknowledged, refused (cooldown, busy or address binding)",
-            ),
-            (
-                Outcome::Acknowledged(Status::Failed),
-                "h: acknowledged, failed to start",
-            ),
-            (
-                Outcome::NoAck(NoAck::Closed),
-                "h: no acknowledgement (wrong key, locked out or refused)",
-            ),
-            (
-                Outcome::ReplySent,
-                "h: reply sent (ostiary-4 gives no acknowledgement)",
-            ),
+            (Outcome::NoAck(NoAck::Closed), "h: no acknowledgement (wrong key, locked out or refused)"),
+            (Outcome::ReplySent, "h: reply sent (ostiary-4 gives no acknowledgement)"),
             (
                 Outcome::Unreachable(NetError::BadGreeting),
-                "h: connection failed: bad greeting: not a postern-2 server",
+                "h: connection failed: not a postern-2 greeting: the port looks like an ostiary-4 or other service; try --protocol ostiary-4",
             ),
+            (ack(Status::Started, Reason::None, 0), "h: accepted; sshd started"),
+            (ack(Status::AlreadyActive, Reason::None, 0), "h: accepted; sshd already running"),
+            (ack(Status::Refused, Reason::Busy, 0), "h: refused: the server is busy"),
+            (ack(Status::Failed, Reason::RunFailed, 0), "h: failed: the run command failed"),
+            (ack(Status::Failed, Reason::Unknown(99), 0), "h: failed: reason 99"),
         ];
         for (o, want) in cases {
-            assert_eq!(human_line("h", &o), want);
+            assert_eq!(human_line("h", Some("sshd"), &o), want);
         }
+        let t = 14 * 3600 + 17 * 60; // 14:17 UTC
+        let a = |s, r, secs| acknowledged(&Answer::because(s, r).with_seconds(secs), "sshd", t);
+        assert_eq!(
+            a(Status::Started, Reason::None, 900),
+            "accepted; sshd open for 15 min (until 14:32 UTC)"
+        );
+        assert_eq!(
+            a(Status::AlreadyActive, Reason::None, 45),
+            "accepted; sshd already open, 45 s left (until 14:17 UTC)"
+        );
+        assert_eq!(
+            a(Status::Refused, Reason::Cooldown, 40),
+            "refused: cooling down, try again in 40 s"
+        );
+        assert_eq!(
+            a(Status::Refused, Reason::OpenForOther, 5400),
+            "refused: it is open for another address, closes in 1 h 30 min"
+        );
+        assert_eq!(
+            human_line("h", None, &ack(Status::Started, Reason::None, 0)),
+            "h: accepted; the action started"
+        );
+        assert_eq!(duration(3600), "1 h");
+        assert_eq!(duration(3599), "60 min");
+        assert_eq!(duration(7199), "2 h");
     }
 
     // Goal: the table aligns its columns, shows why failures failed, and
@@ -246,7 +319,12 @@ mod tests {
     fn table_and_json() {
         let (a, b) = (job("web-17"), job("db\"1"));
         let rows = vec![
-            (&a, report(Outcome::Acknowledged(Status::Started))),
+            (
+                &a,
+                report(Outcome::Acknowledged(
+                    Answer::bare(Status::Started).with_seconds(900),
+                )),
+            ),
             (&b, report(Outcome::NoAck(NoAck::Closed))),
         ];
         let t = table(&rows);
@@ -269,10 +347,11 @@ mod tests {
         assert_eq!(
             json_report(&b, &rows[1].1),
             "{\"host\":\"db\\\"1\",\"action\":\"console\",\"address\":\"192.0.2.1:7001\",\
-             \"protocol\":\"postern-2\",\"outcome\":\"no-ack\",\"success\":false,\"exit_code\":2,\
+             \"protocol\":\"postern-2\",\"outcome\":\"no-ack\",\"reason\":null,\"seconds\":null,\"success\":false,\"exit_code\":2,\
              \"latency_ms\":12,\"detail\":\"wrong key, locked out or refused\"}"
         );
         assert!(json_report(&a, &rows[0].1).ends_with("\"detail\":null}"));
+        assert!(json_report(&a, &rows[0].1).contains("\"reason\":\"none\",\"seconds\":900,"));
         assert_eq!(
             json_summary("@rack-4", &rows, 2),
             "{\"summary\":true,\"group\":\"@rack-4\",\"hosts\":2,\"succeeded\":1,\"failed\":1,\"exit_code\":2}"

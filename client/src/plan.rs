@@ -29,7 +29,7 @@ use crate::keys::{self, KeySource, SecretError};
 use crate::prompt::SecretLine;
 use crate::proxy::Proxy;
 use crate::target::{Target, DEFAULT_PORT};
-use crate::trigger::{Credential, Protocol, DEFAULT_TIMEOUT};
+use crate::trigger::{Credential, Protocol, DEFAULT_ACK_WAIT, DEFAULT_TIMEOUT};
 
 /// The secret a job answers with.
 #[derive(Debug, Clone)]
@@ -61,8 +61,10 @@ pub struct Job {
     pub target: Target,
     /// The proxy to go through.
     pub proxy: Option<Proxy>,
-    /// Per-phase timeout.
+    /// Bound for the connect and for the challenge, each.
     pub timeout: Duration,
+    /// Bound for the ack.
+    pub ack_wait: Duration,
     /// The address to assert (postern-2).
     pub assert_addr: Option<IpAddr>,
     /// What to answer with.
@@ -247,6 +249,7 @@ fn plan_direct(args: &TriggerArgs) -> Result<Job, PlanError> {
         target,
         proxy: args.proxy.clone(),
         timeout: args.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        ack_wait: args.ack_timeout.unwrap_or(DEFAULT_ACK_WAIT),
         assert_addr: args.assert_addr,
         secret,
     })
@@ -293,6 +296,7 @@ fn inventory_job(
         target: host.target.clone(),
         proxy: args.proxy.clone().or_else(|| host.proxy.clone()),
         timeout: args.timeout.or(host.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        ack_wait: args.ack_timeout.unwrap_or(DEFAULT_ACK_WAIT),
         assert_addr: a.assert_addr,
         secret,
     })

@@ -2,20 +2,25 @@
 //! reply in one write, and (postern-2) read and verify the ack.
 //!
 //! ```text
-//! postern-2  <- greeting 36   -> reply 48 (one write)   <- ack 33, or close
-//! ostiary-4  <- salt 32       -> reply 32 (one write)   nothing comes back
+//! postern-2  <- tag 4, nonce 32   -> reply 48 (one write)   <- ack 38, or close
+//! ostiary-4  <- salt 32           -> reply 32 (one write)   nothing comes back
 //! ```
 //!
 //! Every read is of a fixed length into a fixed array under its own
-//! deadline: `timeout` bounds the connect, the challenge and the ack wait
-//! separately.
+//! deadline: `timeout` bounds the connect and the challenge; the ack is
+//! awaited for `ack_wait`, by default the protocol's ack deadline
+//! ([`wire::ACK_DEADLINE_SECS`]), because the server may be running a
+//! gate's `run` before it answers. The greeting's four-byte tag is read
+//! and checked before the rest, so a postern-2 client on an ostiary-4 (or
+//! any other) port gives up at once instead of waiting for a timeout.
 
 use std::fmt;
+use std::io::IsTerminal;
 use std::net::{IpAddr, Shutdown};
 use std::time::{Duration, Instant};
 
 use postern::mac::MacKey;
-use postern::wire::{self, Ack, Greeting, ACK_LEN, GREETING_LEN, OSTIARY_SALT_LEN};
+use postern::wire::{self, Ack, Greeting, ACK_LEN, GREETING_LEN, NONCE_LEN, OSTIARY_SALT_LEN};
 
 use crate::deadline::{read_exact_by, write_all_by, IoFailure};
 use crate::outcome::{NoAck, Outcome, Report};
@@ -23,8 +28,15 @@ use crate::proxy::Proxy;
 use crate::target::Target;
 use crate::transport::{connect, secs, ConnectError, Connection};
 
-/// How long each phase may take unless `--timeout` says otherwise.
+/// How long the connect and the challenge may each take unless
+/// `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the ack unless `--ack-timeout` says otherwise: the
+/// protocol's ack deadline.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(wire::ACK_DEADLINE_SECS);
+/// After this long waiting for the ack, a trigger run on a terminal says
+/// that it is waiting (once).
+pub const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);
 
 /// A wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +104,8 @@ pub enum NetError {
     ChallengeClosed,
     /// The greeting does not start with `PST2`: not a postern-2 server.
     BadGreeting,
+    /// An address that cannot be acted for was to be asserted.
+    Unassertable(IpAddr),
     /// The reply could not be sent within the timeout.
     SendTimeout(Duration),
     /// The server neither acked nor closed within the timeout.
@@ -110,7 +124,10 @@ impl fmt::Display for NetError {
             NetError::ChallengeClosed => f.write_str(
                 "server closed before sending its challenge (locked out, over its rate, or not a postern server)",
             ),
-            NetError::BadGreeting => f.write_str("bad greeting: not a postern-2 server"),
+            NetError::BadGreeting => f.write_str(
+                "not a postern-2 greeting: the port looks like an ostiary-4 or other service; try --protocol ostiary-4",
+            ),
+            NetError::Unassertable(a) => write!(f, "{a} cannot be asserted: it is unspecified, broadcast, multicast, link-local or IPv4-compatible"),
             NetError::SendTimeout(t) => write!(f, "timed out after {} sending the reply", secs(*t)),
             NetError::AckTimeout(t) => {
                 write!(
@@ -126,6 +143,30 @@ impl fmt::Display for NetError {
 
 impl std::error::Error for NetError {}
 
+/// How long to wait, and whether to say so.
+#[derive(Debug, Clone)]
+pub struct Waits {
+    /// Bound for the connect and for the challenge, each.
+    pub timeout: Duration,
+    /// Bound for the ack.
+    pub ack_wait: Duration,
+    /// When set, and standard error is a terminal, one line naming this
+    /// action is printed there once the ack has been awaited for
+    /// [`ANNOUNCE_AFTER`].
+    pub announce: Option<String>,
+}
+
+impl Waits {
+    /// The defaults, with `timeout` for connect and challenge.
+    pub fn new(timeout: Duration) -> Waits {
+        Waits {
+            timeout,
+            ack_wait: DEFAULT_ACK_WAIT,
+            announce: None,
+        }
+    }
+}
+
 /// Triggers one action: connects to `target` (through `proxy` if given)
 /// and answers its challenge with `credential`. Never panics; every failure
 /// is an [`Outcome`].
@@ -133,8 +174,9 @@ pub fn trigger(
     target: &Target,
     proxy: Option<&Proxy>,
     credential: &Credential,
-    timeout: Duration,
+    waits: &Waits,
 ) -> Report {
+    let timeout = waits.timeout;
     let start = Instant::now();
     let (outcome, address) = match connect(target, proxy, timeout) {
         Err(e) => (
@@ -144,7 +186,7 @@ pub fn trigger(
         Ok(Connection { mut stream, peer }) => {
             let outcome = match credential {
                 Credential::Postern2 { key, assert_addr } => {
-                    postern2(&mut stream, key, *assert_addr, timeout)
+                    postern2(&mut stream, key, *assert_addr, waits)
                 }
                 Credential::Ostiary4 { password } => ostiary4(&mut stream, password, timeout),
             };
@@ -167,7 +209,7 @@ fn challenge_error(e: IoFailure, timeout: Duration) -> Outcome {
 }
 
 /// After the reply, a close or reset is the server's way of saying no.
-fn answer_error(e: IoFailure, timeout: Duration, sending: bool) -> Outcome {
+pub(crate) fn answer_error(e: IoFailure, timeout: Duration, sending: bool) -> Outcome {
     match e {
         IoFailure::Closed { .. } | IoFailure::Reset => Outcome::NoAck(NoAck::Closed),
         IoFailure::TimedOut if sending => Outcome::Unreachable(NetError::SendTimeout(timeout)),
@@ -180,27 +222,55 @@ fn postern2(
     stream: &mut std::net::TcpStream,
     key: &MacKey,
     assert_addr: Option<IpAddr>,
-    timeout: Duration,
+    waits: &Waits,
 ) -> Outcome {
+    let timeout = waits.timeout;
+    if let Some(a) = assert_addr.filter(|a| !wire::asserted_allowed(*a)) {
+        return Outcome::Unreachable(NetError::Unassertable(a));
+    }
+    let deadline = Instant::now() + timeout;
     let mut greeting: Greeting = [0u8; GREETING_LEN];
-    if let Err(e) = read_exact_by(stream, &mut greeting, Instant::now() + timeout) {
+    let mut tag = [0u8; 4];
+    if let Err(e) = read_exact_by(stream, &mut tag, deadline) {
         return challenge_error(e, timeout);
     }
-    if !wire::greeting_is_valid(&greeting) {
+    if !wire::tag_is_valid(&tag) {
         return Outcome::Unreachable(NetError::BadGreeting);
     }
+    let mut nonce = [0u8; NONCE_LEN];
+    if let Err(e) = read_exact_by(stream, &mut nonce, deadline) {
+        return challenge_error(e, timeout);
+    }
+    greeting[..4].copy_from_slice(&tag);
+    greeting[4..].copy_from_slice(&nonce);
     let reply = wire::reply(key, &greeting, assert_addr);
     if let Err(e) = write_all_by(stream, &reply, Instant::now() + timeout) {
         return answer_error(e, timeout, true);
     }
+    let ack_deadline = Instant::now() + waits.ack_wait;
+    if let Some(name) = &waits.announce {
+        if std::io::stderr().is_terminal() && !answer_within(stream, ANNOUNCE_AFTER) {
+            eprintln!("waiting for the server to start {name}\u{2026}");
+        }
+    }
     let mut ack: Ack = [0u8; ACK_LEN];
-    if let Err(e) = read_exact_by(stream, &mut ack, Instant::now() + timeout) {
-        return answer_error(e, timeout, false);
+    if let Err(e) = read_exact_by(stream, &mut ack, ack_deadline) {
+        return answer_error(e, waits.ack_wait, false);
     }
     match wire::verify_ack(key, &greeting, &reply, &ack) {
-        Some(status) => Outcome::Acknowledged(status),
+        Some(answer) => Outcome::Acknowledged(answer),
         None => Outcome::NoAck(NoAck::BadAck),
     }
+}
+
+/// Whether the server sends something (or closes) within `wait`; looks
+/// without consuming anything.
+fn answer_within(stream: &std::net::TcpStream, wait: Duration) -> bool {
+    if stream.set_read_timeout(Some(wait)).is_err() {
+        return true;
+    }
+    let mut one = [0u8; 1];
+    !matches!(stream.peek(&mut one), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
 }
 
 fn ostiary4(stream: &mut std::net::TcpStream, password: &MacKey, timeout: Duration) -> Outcome {
@@ -247,18 +317,24 @@ mod tests {
             s.write_all(&g).unwrap();
             let mut r = [0u8; wire::REPLY_LEN];
             s.read_exact(&mut r).unwrap();
-            s.write_all(&wire::ack(&MacKey::new(&key), &g, &r, Status::Refused))
+            let answer =
+                wire::Answer::because(Status::Refused, wire::Reason::Cooldown).with_seconds(40);
+            s.write_all(&wire::ack(&MacKey::new(&key), &g, &r, answer))
                 .unwrap();
         });
         let cred = Credential::Postern2 {
             key: MacKey::new(&key),
             assert_addr: None,
         };
-        let report = trigger(&target, None, &cred, Duration::from_secs(5));
+        let report = trigger(&target, None, &cred, &Waits::new(Duration::from_secs(5)));
         h.join().unwrap();
         assert!(matches!(
             report.outcome,
-            Outcome::Acknowledged(Status::Refused)
+            Outcome::Acknowledged(wire::Answer {
+                status: Status::Refused,
+                reason: wire::Reason::Cooldown,
+                seconds: 40
+            })
         ));
 
         let (target, h) = serve(|mut s| {
@@ -266,12 +342,42 @@ mod tests {
             let mut r = [0u8; wire::REPLY_LEN];
             s.read_exact(&mut r).unwrap();
         });
-        let report = trigger(&target, None, &cred, Duration::from_secs(5));
+        let report = trigger(&target, None, &cred, &Waits::new(Duration::from_secs(5)));
         h.join().unwrap();
         assert!(
             matches!(report.outcome, Outcome::NoAck(NoAck::Closed)),
             "{:?}",
             report.outcome
+        );
+    }
+
+    // Goal: on an ostiary-4 port (32 random bytes, then silence) a
+    // postern-2 client gives up as soon as it has read the tag, long
+    // before its timeout, and sends nothing.
+    #[test]
+    fn ostiary_port_is_recognised_at_once() {
+        let (target, h) = serve(|mut s| {
+            s.write_all(&[0x5a; 32]).unwrap();
+            let mut r = [0u8; 1];
+            // Whatever the client does, it must not send a reply.
+            assert_eq!(s.read(&mut r).unwrap_or(0), 0);
+        });
+        let cred = Credential::Postern2 {
+            key: MacKey::new(&[7u8; 32]),
+            assert_addr: None,
+        };
+        let t = Instant::now();
+        let report = trigger(&target, None, &cred, &Waits::new(Duration::from_secs(20)));
+        h.join().unwrap();
+        assert!(
+            matches!(report.outcome, Outcome::Unreachable(NetError::BadGreeting)),
+            "{:?}",
+            report.outcome
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            t.elapsed()
         );
     }
 

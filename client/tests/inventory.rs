@@ -119,12 +119,12 @@ fn group_json() {
         "{s}"
     );
     assert!(
-        lines[0].contains("\"outcome\":\"refused\",\"success\":false,\"exit_code\":4"),
+        lines[0].contains("\"outcome\":\"refused\",\"reason\":\"none\",\"seconds\":0,\"success\":false,\"exit_code\":4"),
         "{s}"
     );
     assert!(lines[1].starts_with("{\"host\":\"db-1\""), "{s}");
     assert!(
-        lines[1].contains("\"outcome\":\"already-active\",\"success\":true,\"exit_code\":0"),
+        lines[1].contains("\"outcome\":\"already-active\",\"reason\":\"none\",\"seconds\":0,\"success\":true,\"exit_code\":0"),
         "{s}"
     );
     assert_eq!(
@@ -163,7 +163,10 @@ fn inventory_host_with_master_from_default_path() {
     let out = postern(&["trigger", host, action], dir.path(), &[], None);
     server.finish();
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
-    assert_eq!(stdout(&out), format!("{host}: accepted, action started\n"));
+    assert_eq!(
+        stdout(&out),
+        format!("{host}: accepted; {action} started\n")
+    );
 }
 
 // Goal: inventory problems stop the command before any connection, exit

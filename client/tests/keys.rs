@@ -132,7 +132,7 @@ fn trigger_with_passphrase() {
     );
     server.finish();
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).ends_with(": accepted, action started\n"));
+    assert!(stdout(&out).ends_with(&format!(": accepted; {} started\n", case["action"])));
 }
 
 // Goal: `trigger --master` derives the vector's fleet key, and the

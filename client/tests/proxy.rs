@@ -136,7 +136,7 @@ fn socks5_ip_and_name() {
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     assert_eq!(
         stdout(&out),
-        format!("{target}: accepted, action started\n")
+        format!("{target}: accepted; the action started\n")
     );
     let mut want = vec![5, 1, 0, 3, 9];
     want.extend_from_slice(b"localhost");
@@ -239,6 +239,6 @@ fn inventory_proxy() {
     let req = proxy.finish();
     server.finish();
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
-    assert_eq!(stdout(&out), "web-9: accepted, action started\n");
+    assert_eq!(stdout(&out), "web-9: accepted; console started\n");
     assert_eq!(req[3], 1, "IPv4 target expected");
 }

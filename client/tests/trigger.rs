@@ -33,7 +33,7 @@ fn correct_key_is_started() {
     let (out, reply, case) = trigger_case(1, Script::Ack(Status::Started), &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
-        stdout(&out).ends_with(": accepted, action started\n"),
+        stdout(&out).ends_with(": accepted; the action started\n"),
         "{}",
         stdout(&out)
     );
@@ -51,7 +51,7 @@ fn asserted_address_and_already_active() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
-        stdout(&out).ends_with(": accepted, already active\n"),
+        stdout(&out).ends_with(": accepted; the action already running\n"),
         "{}",
         stdout(&out)
     );
@@ -115,10 +115,64 @@ fn forged_ack_is_exit_2() {
 fn refused_and_failed_acks() {
     let (out, _, _) = trigger_case(1, Script::Ack(Status::Refused), &[]);
     assert_eq!(code(&out), 4);
-    assert!(stdout(&out).ends_with(": acknowledged, refused (cooldown, busy or address binding)\n"));
+    assert!(stdout(&out).ends_with(": refused: no reason given\n"));
     let (out, _, _) = trigger_case(2, Script::Ack(Status::Failed), &[]);
     assert_eq!(code(&out), 5);
-    assert!(stdout(&out).ends_with(": acknowledged, failed to start\n"));
+    assert!(stdout(&out).ends_with(": failed: no reason given\n"));
+}
+
+// Goal: the ack's reason and seconds reach the user in words: a cooldown
+// says when to retry, an open gate how long it stays open, a failure why;
+// --json carries the same reason and seconds.
+#[test]
+fn reasons_and_deadlines_in_words() {
+    use postern::wire::{Answer, Reason};
+    let cases = [
+        (
+            Answer::because(Status::Refused, Reason::Cooldown).with_seconds(40),
+            4,
+            "refused: cooling down, try again in 40 s\n",
+        ),
+        (
+            Answer::because(Status::Refused, Reason::OpenForOther).with_seconds(300),
+            4,
+            "refused: it is open for another address, closes in 5 min\n",
+        ),
+        (
+            Answer::because(Status::Failed, Reason::RunTimedOut),
+            5,
+            "failed: the run command timed out\n",
+        ),
+        (
+            Answer::because(Status::Refused, Reason::Unknown(77)),
+            4,
+            "refused: reason 77\n",
+        ),
+    ];
+    for (answer, want_code, want) in cases {
+        let (out, _, _) = trigger_case(1, Script::Answer(answer), &[]);
+        assert_eq!(code(&out), want_code, "{}", stderr(&out));
+        assert!(stdout(&out).ends_with(want), "{}", stdout(&out));
+    }
+    let open = Answer::bare(Status::Started).with_seconds(900);
+    let (out, _, _) = trigger_case(1, Script::Answer(open), &["--action", "sshd"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let line = stdout(&out);
+    assert!(
+        line.contains(": accepted; sshd open for 15 min (until "),
+        "{line}"
+    );
+    assert!(line.ends_with(" UTC)\n"), "{line}");
+    let (out, _, _) = trigger_case(
+        1,
+        Script::Answer(Answer::because(Status::Refused, Reason::Cooldown).with_seconds(40)),
+        &["--json"],
+    );
+    assert!(
+        stdout(&out).contains("\"outcome\":\"refused\",\"reason\":\"cooldown\",\"seconds\":40,"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 // Goal: a closed port is "connection refused", exit 3.
@@ -164,7 +218,11 @@ fn silent_server_times_out() {
 fn bad_greeting_tag_is_exit_3() {
     let (out, reply, _) = trigger_case(1, Script::BadTag, &[]);
     assert_eq!(code(&out), 3);
-    assert!(stdout(&out).contains("bad greeting"));
+    assert!(
+        stdout(&out).contains("not a postern-2 greeting"),
+        "{}",
+        stdout(&out)
+    );
     assert!(reply.is_empty(), "a reply was sent to a non-postern server");
 }
 

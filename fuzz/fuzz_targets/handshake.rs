@@ -31,7 +31,7 @@ use postern::config::Protocol;
 use postern::ipc::{Down, NetLimits, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
 use postern::mac::MacKey;
 use postern::secret::Password;
-use postern::wire::{self, Status, ACK_LEN, GREETING_LEN, REPLY_LEN};
+use postern::wire::{self, Answer, Reason as AckReason, Status, ACK_LEN, GREETING_LEN, REPLY_LEN};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -68,7 +68,7 @@ struct Input<'a> {
     key: usize,
     asserted: Option<IpAddr>,
     timeout_ms: u64,
-    answer: Option<Status>,
+    answer: Option<Answer>,
     chunks: Vec<(usize, u64)>,
     rest: &'a [u8],
 }
@@ -97,7 +97,9 @@ fn parse(data: &[u8]) -> Option<Input<'_>> {
             _ => Some("2001:db8::7".parse().ok()?),
         },
         timeout_ms: 100 * u64::from(head[2] % 30 + 1),
-        answer: Status::from_byte(head[3] % 5),
+        answer: Status::from_byte(head[3] % 5).map(|st| {
+            Answer::because(st, AckReason::from_byte(head[3] >> 3)).with_seconds(u32::from(head[2]))
+        }),
         chunks,
         rest,
     })
@@ -365,9 +367,9 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
                 .unwrap_or_else(|e| panic!("malformed request from the network process: {e}"));
             assert_eq!(r.len, REQUEST_LEN);
             seen2.borrow_mut().requests.push(req);
-            if let (Request::Run { id, generation, .. }, Some(status)) = (req, answer) {
+            if let (Request::Run { id, generation, .. }, Some(answer)) = (req, answer) {
                 assert_eq!(generation, 7);
-                let _ = mon.send(&Down::Status { id, status }.encode(), &[]).await;
+                let _ = mon.send(&Down::Status { id, answer }.encode(), &[]).await;
             }
         }
     });
@@ -559,7 +561,7 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
             }
             if !inp.ostiary {
                 let want = if bind_refused {
-                    Some(Status::Refused)
+                    Some(Answer::because(Status::Refused, AckReason::AddressBinding))
                 } else {
                     inp.answer
                 };

@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use postern::mac::MacKey;
 use postern::secret::{Key, Password};
 use postern::wire::{self, Status, Verifier, ACK_LEN, ADDR_LEN, GREETING_LEN, REPLY_LEN};
+use std::net::{IpAddr, Ipv4Addr};
 
 fn take<const N: usize>(data: &mut &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
@@ -80,18 +81,31 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // Acks: the arbitrary one verifies only if it is genuine.
-        if let Some(st) = wire::verify_ack(&mk, &greeting, &good, &ack) {
-            assert_eq!(wire::ack(&mk, &greeting, &good, st), ack);
+        if let Some(answer) = wire::verify_ack(&mk, &greeting, &good, &ack) {
+            assert_eq!(wire::ack(&mk, &greeting, &good, answer), ack);
         }
         for st in Status::ALL {
-            let a = wire::ack(&mk, &greeting, &good, st);
-            assert_eq!(wire::verify_ack(&mk, &greeting, &good, &a), Some(st));
+            let why = wire::Reason::from_byte(ack[1]);
+            let answer = wire::Answer::because(st, why).with_seconds(u32::from(ack[2]));
+            let a = wire::ack(&mk, &greeting, &good, answer);
+            assert_eq!(wire::verify_ack(&mk, &greeting, &good, &a), Some(answer));
             let mut flipped = a;
             flipped[usize::from(rest.first().copied().unwrap_or(0)) % ACK_LEN] ^= 0x80;
-            assert_ne!(wire::verify_ack(&mk, &greeting, &good, &flipped), Some(st));
+            assert_ne!(wire::verify_ack(&mk, &greeting, &good, &flipped), Some(answer));
         }
     }
-    let _ = Status::from_byte(ack[0]).map(|s| (s.name(), s.is_success()));
+    let mut body = [0u8; wire::ACK_BODY_LEN];
+    body.copy_from_slice(&ack[..wire::ACK_BODY_LEN]);
+    let _ = wire::Answer::from_bytes(&body).map(|a| (a.status.name(), a.reason.describe()));
+    // Judging any asserted address never panics, and the IPv4-mapped form
+    // of an address is judged as the address itself.
+    let a = addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if let IpAddr::V4(v4) = a {
+        assert_eq!(
+            wire::asserted_allowed(a),
+            wire::asserted_allowed(IpAddr::V6(v4.to_ipv6_mapped()))
+        );
+    }
     let _ = wire::greeting_is_valid(&greeting);
 
     // 3. ostiary-4: passwords of any length (including > one block).

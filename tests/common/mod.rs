@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use postern::mac::MacKey;
 use postern::secret::{b64_encode, Key};
-use postern::wire::{self, Status, ACK_LEN, GREETING_LEN};
+use postern::wire::{self, Answer, Status, ACK_LEN, GREETING_LEN};
 
 /// A unique scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -302,9 +302,34 @@ pub fn trigger_from(
     key: &Key,
     asserted: Option<IpAddr>,
 ) -> Outcome {
+    match exchange(to, from, key, asserted) {
+        Exchange::NoGreeting => Outcome::NoGreeting,
+        Exchange::NoAck => Outcome::NoAck,
+        Exchange::Ack(a) => Outcome::Ack(a.status),
+    }
+}
+
+/// How a whole exchange ended, with the ack's whole body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// The server closed before the greeting.
+    NoGreeting,
+    /// The server closed after the reply.
+    NoAck,
+    /// A verified ack.
+    Ack(Answer),
+}
+
+/// A whole postern-2 exchange; the ack's status, reason and seconds.
+pub fn exchange(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    key: &Key,
+    asserted: Option<IpAddr>,
+) -> Exchange {
     let mut s = connect(to, from);
     let Some(g) = read_greeting(&mut s) else {
-        return Outcome::NoGreeting;
+        return Exchange::NoGreeting;
     };
     let mk = MacKey::new(key.expose());
     let r = wire::reply(&mk, &g, asserted);
@@ -312,10 +337,10 @@ pub fn trigger_from(
     let mut a = [0u8; ACK_LEN];
     match s.read_exact(&mut a) {
         Ok(()) => match wire::verify_ack(&mk, &g, &r, &a) {
-            Some(st) => Outcome::Ack(st),
+            Some(answer) => Exchange::Ack(answer),
             None => panic!("ack failed verification"),
         },
-        Err(_) => Outcome::NoAck,
+        Err(_) => Exchange::NoAck,
     }
 }
 

@@ -170,6 +170,8 @@ fn accept_one(listener: &TcpListener) -> Option<TcpStream> {
 pub enum Script {
     /// Verify the reply; ack with this status if it verifies, else close.
     Ack(Status),
+    /// Verify the reply; ack with this whole body if it verifies.
+    Answer(wire::Answer),
     /// Read the reply and close without an ack.
     Close,
     /// Send a well-formed ack whose MAC is made with another key.
@@ -213,13 +215,22 @@ impl FakeServer {
             let mk = MacKey::new(&key);
             let verifier = wire::Verifier::from_keys([&postern::secret::Key::from_bytes(key)]);
             match script {
+                Script::Answer(answer) if verifier.check_reply(&g, &reply).is_some() => {
+                    s.write_all(&wire::ack(&mk, &g, &reply, answer)).unwrap();
+                }
                 Script::Ack(status) if verifier.check_reply(&g, &reply).is_some() => {
-                    s.write_all(&wire::ack(&mk, &g, &reply, status)).unwrap();
+                    s.write_all(&wire::ack(&mk, &g, &reply, wire::Answer::bare(status)))
+                        .unwrap();
                 }
                 Script::Forged => {
                     let other = MacKey::new(&[0x55; 32]);
-                    s.write_all(&wire::ack(&other, &g, &reply, Status::Started))
-                        .unwrap();
+                    s.write_all(&wire::ack(
+                        &other,
+                        &g,
+                        &reply,
+                        wire::Answer::bare(Status::Started),
+                    ))
+                    .unwrap();
                 }
                 _ => {}
             }
