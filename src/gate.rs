@@ -325,6 +325,11 @@ impl Gates {
         }
     }
 
+    /// Whether gate `name` is being opened right now.
+    pub fn is_opening(&self, name: &str) -> bool {
+        self.opening.borrow().contains(name)
+    }
+
     /// If gate `name` is being opened, waits until that is done. Returns
     /// the answer of that opening if it failed, so that the waiting trigger
     /// is told exactly what happened; `None` when nothing was in progress or

@@ -590,6 +590,14 @@ impl Monitor {
         // A trigger that arrives while this gate is being opened waits for
         // that outcome: a failure is reported as it is, a success is
         // answered below as an open gate.
+        if self.gates.is_opening(&name) {
+            self.log(
+                Level::Info,
+                &format!(
+                    "action {name}: its gate is being opened; this trigger waits for the outcome"
+                ),
+            );
+        }
         if let Some(failed) = self.gates.wait_opening(&name).await {
             return (failed, name);
         }
