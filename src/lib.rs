@@ -4,7 +4,7 @@
 //! pulling in the daemon (build with `default-features = false`).
 //!
 //! Layout (one line per file):
-//! - `mac.rs`     HMAC-SHA256 with precomputed, zeroized key states.
+//! - `mac.rs`     HMAC-SHA256 keyed once (the `hmac` crate), wiped on drop.
 //! - `secret.rs`  secret types (keys, passwords) and base64.
 //! - `wire.rs`    postern-2 and ostiary-4 messages as bytes; no I/O.
 //! - `kdf.rs`     passphrase (PBKDF2) and fleet (master secret) key derivation.

@@ -191,7 +191,7 @@ trigger() { # trigger ACTION [options]: sets trigger_out and trigger_rc
     trigger_rc=$?
     note "postern trigger $name: exit $trigger_rc: $trigger_out"
 }
-accepted() { [ "$trigger_rc" = 0 ] && [[ $trigger_out == *"accepted, action started"* ]]; }
+accepted() { [ "$trigger_rc" = 0 ] && [[ $trigger_out == *": accepted; "* ]]; }
 log_has() { grep -qE "$1" "$DLOG"; }
 start_daemon() { # start_daemon LOGFILE
     DLOG=$1
@@ -476,7 +476,7 @@ fi
 mv "$VM/base.img" "$VM/base.img.away"
 trigger power-on
 mv "$VM/base.img.away" "$VM/base.img"
-if [ "$trigger_rc" = 5 ] && [[ $trigger_out == *"failed to start"* ]] && ! qemu_pid >/dev/null; then
+if [ "$trigger_rc" = 5 ] && [[ $trigger_out == *": failed: "* ]] && ! qemu_pid >/dev/null; then
     ok "a power-on that cannot work (no base image) is acknowledged as failed (exit 5)"
 else
     bad "power-on without a base image: exit $trigger_rc: $trigger_out"

@@ -14,7 +14,7 @@
 #
 # Checks: a trigger through the relay runs the action (exit 0, a marker
 # file grows); the relay hop carries exactly 36 (greeting) + 48 (reply) +
-# 33 (ack) bytes, the greeting starts with "PST2", no key material crosses
+# 38 (ack) bytes, the greeting starts with "PST2", no key material crosses
 # it (neither the base64 key nor its raw bytes), and a second trigger gets
 # a fresh nonce; a wrong key through the relay gets no ack (exit 2) and
 # the hop carries the greeting and the reply only; with the tunnel closed,
@@ -263,8 +263,8 @@ check "the action ran (marker file has 1 line)" wait_until 5 eval '[ "$(marks)" 
 check "posternd logs the trigger" wait_log "$PD_LOG" "action=mark addr=127.0.0.1 status=started" 5
 one=$(inspect 1 "$KEY")
 note "tap, connection 1: $one"
-check "the relay hop carried 48 bytes out (reply) and 69 back (greeting 36 + ack 33)" \
-    eval '[[ "$one" == "c2s=48 s2c=69 "* ]]'
+check "the relay hop carried 48 bytes out (reply) and 74 back (greeting 36 + ack 38)" \
+    eval '[[ "$one" == "c2s=48 s2c=74 "* ]]'
 check "the greeting starts with PST2" eval '[[ "$one" == *" tag=PST2 "* ]]'
 check "no key crossed the relay (base64 or raw)" eval '[[ "$one" == *" key_b64=no key_raw=no "* ]]'
 check "the nonce looks random (at least 16 distinct byte values in 32)" \
@@ -277,8 +277,8 @@ check "second trigger through the relay exits 0" [ "$RC" -eq 0 ]
 check "the action ran again (marker file has 2 lines)" wait_until 5 eval '[ "$(marks)" -eq 2 ]'
 two=$(inspect 2 "$KEY")
 note "tap, connection 2: $two"
-check "second exchange: 48 bytes out, 69 back, no key" \
-    eval '[[ "$two" == "c2s=48 s2c=69 tag=PST2 key_b64=no key_raw=no "* ]]'
+check "second exchange: 48 bytes out, 74 back, no key" \
+    eval '[[ "$two" == "c2s=48 s2c=74 tag=PST2 key_b64=no key_raw=no "* ]]'
 differ() { ! cmp -s <(head -c 36 "$LAB/tap/1.s2c") <(head -c 36 "$LAB/tap/2.s2c"); }
 check "the second greeting carries a different nonce" differ
 replies_differ() { ! cmp -s "$LAB/tap/1.c2s" "$LAB/tap/2.c2s"; }
