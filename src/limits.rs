@@ -173,7 +173,7 @@ impl SourceTable {
         let victim = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.locked_until.is_some_and(|t| t > now))
+            .filter(|(_, e)| e.locked_until.is_none_or(|t| t <= now))
             .min_by_key(|(_, e)| e.seen)
             .map(|(k, _)| *k)
             .or_else(|| {
