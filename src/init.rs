@@ -189,6 +189,18 @@ pub fn pick_user() -> String {
     }
 }
 
+/// The warning for a network process that runs as the shared `nobody`
+/// account on a system that has `_postern` (the package's user), if so.
+/// posternd does not refuse it: `nobody` is the default from a clone and
+/// in existing configs, which an upgrade must not break.
+pub fn shared_user_warning(user: &str) -> Option<String> {
+    (user == config::defaults::USER && pick_user() == SYSTEM_USER).then(|| {
+        format!(
+            "[daemon] user is {user:?}, an account other daemons share; this system has {SYSTEM_USER:?}, the network process's own user: set user = {SYSTEM_USER:?}"
+        )
+    })
+}
+
 /// A TOML basic string holding `s`.
 fn toml_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

@@ -174,6 +174,11 @@ expect_stat root:root 700 /etc/postern/keys
 check "init's config runs the network process as _postern" grep -qx 'user = "_postern"' /etc/postern/posternd.toml
 check "posternd --check passes on init's config" \
     /usr/sbin/posternd --config /etc/postern/posternd.toml --check
+sed 's/^user = "_postern"$/user = "nobody"/' /etc/postern/posternd.toml >"$LAB/nobody.toml"
+/usr/sbin/posternd --config "$LAB/nobody.toml" --check >/dev/null 2>"$LAB/nobody.err"
+rc=$?
+check "user = \"nobody\" passes --check (exit $rc) with a warning to use _postern" \
+    bash -c '[ "$1" = 0 ] && grep -q "^warning: \[daemon\] user is \"nobody\".*set user = \"_postern\"" "$2"' _ "$rc" "$LAB/nobody.err"
 key_before=$(sha256sum </etc/postern/keys/hello.key)
 /usr/sbin/posternd init --listen "127.0.0.1:$PORT" >/dev/null 2>"$LAB/init2.err"
 rc=$?
