@@ -37,6 +37,9 @@ pub fn check(path: &Path) -> bool {
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
+            if let Some(w) = crate::init::shared_user_warning(&cfg.daemon.user.name) {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} listener(s), {} action(s))",
                 path.display(),
@@ -84,6 +87,9 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     // 4. Open the log.
     let logger = Arc::new(Logger::new(config.daemon.log));
     for w in &config.warnings {
+        logger.log(Level::Warning, &format!("config: {w}"));
+    }
+    if let Some(w) = crate::init::shared_user_warning(&config.daemon.user.name) {
         logger.log(Level::Warning, &format!("config: {w}"));
     }
     for w in &activation_warnings {

@@ -20,6 +20,7 @@
 //! - `gate.rs`    gates opened by a trigger, closed by a deadline, on disk.
 //! - `log.rs`     stderr or syslog output in a stable line format.
 //! - `daemon.rs`  start-up order and the network process's entry point.
+//! - `init.rs`    `posternd init`: a key and a config for a first action.
 //! - `sys.rs`     the only unsafe code: fd adoption, pre-exec glue, mlock.
 //! - `main.rs`    posternd's command line.
 //!
@@ -39,6 +40,8 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod gate;
+#[cfg(feature = "daemon")]
+pub mod init;
 #[cfg(feature = "daemon")]
 pub mod ipc;
 pub mod kdf;

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: posternd --config FILE [--check]
+       posternd init [--dir DIR] [--listen IP:PORT] [--action NAME] [--state-dir DIR]
        posternd --version | --help
 
   --config FILE   the TOML config (see the README's config reference)
   --check         validate FILE, print every problem, exit 0 (valid) or 1
   --version       print the version
   --help          print this help
+  init            write a key and a config for a first action (posternd init --help)
 
 posternd runs in the foreground and never daemonizes; run it under
 systemd (conf/posternd.service) or another supervisor.";
@@ -19,6 +21,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--network-child") {
         return code(postern::daemon::network_child(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("init") {
+        if matches!(args.get(1).map(String::as_str), Some("--help" | "-h")) {
+            println!("{}", postern::init::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        return ExitCode::from(postern::init::main(&args[1..]));
     }
     let mut config: Option<PathBuf> = None;
     let mut check = false;

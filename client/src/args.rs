@@ -95,6 +95,8 @@ pub enum Command {
     },
     /// Trigger one host or a group.
     Trigger(TriggerArgs),
+    /// `postern complete ...`: words for the shell completions (see `complete.rs`).
+    Complete(Vec<String>),
 }
 
 /// `postern trigger`, as given. Whether the target is an address or an
@@ -246,6 +248,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Usage
         "keygen" => parse_keygen(tokens),
         "key" => parse_key(tokens),
         "trigger" => parse_trigger(tokens),
+        "complete" => Ok(Command::Complete(tokens.args.collect())),
         other => Err(usage(format!(
             "unknown command {other:?}; see postern --help"
         ))),

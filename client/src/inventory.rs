@@ -300,6 +300,16 @@ impl Inventory {
     pub fn group(&self, name: &str) -> Option<&[String]> {
         self.groups.get(name).map(Vec::as_slice)
     }
+
+    /// Every host name, sorted (for shell completion).
+    pub fn host_names(&self) -> impl Iterator<Item = &str> {
+        self.hosts.keys().map(String::as_str)
+    }
+
+    /// Every group name, sorted (for shell completion).
+    pub fn group_names(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().map(String::as_str)
+    }
 }
 
 /// `[defaults]`, typed.

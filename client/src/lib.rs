@@ -18,10 +18,12 @@
 //! - `outcome.rs`    what one trigger came to, and its exit code.
 //! - `fleet.rs`      running many jobs on a bounded pool of threads.
 //! - `output.rs`     human lines, the summary table, JSON lines.
+//! - `complete.rs`   `postern complete`: words for the bash, zsh and fish completions.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod complete;
 pub mod deadline;
 pub mod fleet;
 pub mod inventory;

@@ -34,6 +34,13 @@ fn main() -> ExitCode {
         ),
         Command::KeyFromPassphrase { host, action } => secret_out(from_passphrase(&host, &action)),
         Command::Trigger(t) => trigger(&t),
+        Command::Complete(a) => match postern_client::complete::run(&a) {
+            Ok(words) => print(&words.iter().map(|w| format!("{w}\n")).collect::<String>()),
+            Err(e) => {
+                eprintln!("postern: {e}");
+                exit::USAGE
+            }
+        },
     };
     ExitCode::from(code)
 }
