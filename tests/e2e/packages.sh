@@ -73,7 +73,8 @@ restore() {
     if [ "$INSTALLED" = yes ] && ! dpkg_wait --purge postern postern-server >/dev/null; then
         # Never put saved directories back where a later purge would delete them.
         echo "not ok - cleanup: dpkg --purge failed; $LAB kept with what was moved aside"
-        KEEP_LAB=1
+        KEEP_LAB=1 # read by e2e_cleanup (lib.sh) after this hook
+        export KEEP_LAB
         return
     fi
     if [ "$USER_BEFORE" = no ] && getent passwd _postern >/dev/null; then
