@@ -208,6 +208,17 @@ check "a second init leaves the key alone" [ "$(sha256sum </etc/postern/keys/hel
 TRIGGER=$(grep -m1 "^  postern trigger 127.0.0.1:$PORT hello --key-file /etc/postern/keys/hello.key\$" "$LAB/init.out")
 check "init prints the client command for this machine" [ -n "$TRIGGER" ]
 
+# The README's three commands: its trigger line is what init prints with
+# its defaults (here written to a scratch directory, nothing bound).
+sed -n '/^Then, the three commands:$/,/^```$/p' "$E2E_ROOT/README.md" | sed -n '/^sudo /p' >"$LAB/three"
+check "the README gives three commands" [ "$(wc -l <"$LAB/three")" = 3 ]
+check "the README's first two: posternd init, systemctl enable --now posternd" bash -c \
+    '[ "$(sed -n 1p "$1")" = "sudo posternd init" ] && [ "$(sed -n 2p "$1")" = "sudo systemctl enable --now posternd" ]' _ "$LAB/three"
+/usr/sbin/posternd init --dir "$LAB/readme" --state-dir "$LAB/readme-state" >"$LAB/readme.out" 2>&1
+readme_trigger=$(sed -n 3p "$LAB/three" | sed "s|^sudo ||; s|/etc/postern/|$LAB/readme/|")
+check "the README's trigger line is the one init prints by default: $readme_trigger" \
+    grep -qxF "  $readme_trigger" "$LAB/readme.out"
+
 # --- 4. systemd-analyze ----------------------------------------------------
 if (cd / && systemd-analyze verify /usr/lib/systemd/system/posternd.service \
     /usr/lib/systemd/system/posternd.socket) >"$LAB/verify" 2>&1; then
