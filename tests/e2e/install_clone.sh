@@ -29,6 +29,8 @@ for d in /etc/postern /var/lib/postern /usr/local/.crates.toml /usr/local/.crate
         mkdir -p "$LAB/saved$(dirname "$d")"
         cp -a "$d" "$LAB/saved$d"
         SAVED+=("$d")
+        # The commands must find no config of someone else's.
+        case $d in /etc/postern | /var/lib/postern) rm -rf "$d" ;; esac
     fi
 done
 restore() {

@@ -39,6 +39,23 @@ for p in postern-server postern; do
     fi
 done
 
+# dpkg_wait ARGS...: dpkg ARGS, waiting (at most 120 s) while another dpkg
+# or apt holds dpkg's lock; prints dpkg's output.
+dpkg_wait() {
+    local end=$(($(now_ms) + 120000)) out rc
+    while :; do
+        out=$(dpkg "$@" 2>&1)
+        rc=$?
+        if [ "$rc" -ne 0 ] && grep -qiE 'lock(ed)? (by|was locked)|lock-frontend|database is locked' <<<"$out" &&
+            [ "$(now_ms)" -lt "$end" ]; then
+            sleep 0.2
+            continue
+        fi
+        printf '%s\n' "$out"
+        return "$rc"
+    done
+}
+
 lab_init
 USER_BEFORE=no
 getent passwd _postern >/dev/null && USER_BEFORE=yes
@@ -53,8 +70,12 @@ for d in /etc/postern /var/lib/postern; do
 done
 INSTALLED=no
 restore() {
-    if [ "$INSTALLED" = yes ]; then
-        dpkg --purge postern postern-server >/dev/null 2>&1
+    if [ "$INSTALLED" = yes ] && ! dpkg_wait --purge postern postern-server >/dev/null; then
+        # Never put saved directories back where a later purge would delete them.
+        echo "not ok - cleanup: dpkg --purge failed; $LAB kept with what was moved aside"
+        KEEP_LAB=1 # read by e2e_cleanup (lib.sh) after this hook
+        export KEEP_LAB
+        return
     fi
     if [ "$USER_BEFORE" = no ] && getent passwd _postern >/dev/null; then
         userdel _postern 2>/dev/null
@@ -85,7 +106,7 @@ else
     fail "lintian: $(grep -v '^N:' "$LAB/lintian" | tr '\n' ' ')"
 fi
 INSTALLED=yes
-if dpkg -i "$SERVER_DEB" "$CLIENT_DEB" >"$LAB/dpkg-i" 2>&1; then
+if dpkg_wait -i "$SERVER_DEB" "$CLIENT_DEB" >"$LAB/dpkg-i" 2>&1; then
     pass "dpkg -i postern-server postern"
 else
     sed 's/^/#   /' "$LAB/dpkg-i"
@@ -187,6 +208,17 @@ check "a second init leaves the key alone" [ "$(sha256sum </etc/postern/keys/hel
 TRIGGER=$(grep -m1 "^  postern trigger 127.0.0.1:$PORT hello --key-file /etc/postern/keys/hello.key\$" "$LAB/init.out")
 check "init prints the client command for this machine" [ -n "$TRIGGER" ]
 
+# The README's three commands: its trigger line is what init prints with
+# its defaults (here written to a scratch directory, nothing bound).
+sed -n '/^Then, the three commands:$/,/^```$/p' "$E2E_ROOT/README.md" | sed -n '/^sudo /p' >"$LAB/three"
+check "the README gives three commands" [ "$(wc -l <"$LAB/three")" = 3 ]
+check "the README's first two: posternd init, systemctl enable --now posternd" bash -c \
+    '[ "$(sed -n 1p "$1")" = "sudo posternd init" ] && [ "$(sed -n 2p "$1")" = "sudo systemctl enable --now posternd" ]' _ "$LAB/three"
+/usr/sbin/posternd init --dir "$LAB/readme" --state-dir "$LAB/readme-state" >"$LAB/readme.out" 2>&1
+readme_trigger=$(sed -n 3p "$LAB/three" | sed "s|^sudo ||; s|/etc/postern/|$LAB/readme/|")
+check "the README's trigger line is the one init prints by default: $readme_trigger" \
+    grep -qxF "  $readme_trigger" "$LAB/readme.out"
+
 # --- 4. systemd-analyze ----------------------------------------------------
 if (cd / && systemd-analyze verify /usr/lib/systemd/system/posternd.service \
     /usr/lib/systemd/system/posternd.socket) >"$LAB/verify" 2>&1; then
@@ -237,6 +269,18 @@ kill -TERM "$PD_PID"
 check "posternd stops on SIGTERM" wait_gone "$PD_PID" 10
 wait "$PD_PID" 2>/dev/null
 
+# An upgrade (here: the same packages again) leaves the operator's files.
+config_before=$(sha256sum </etc/postern/posternd.toml)
+if dpkg_wait -i "$SERVER_DEB" "$CLIENT_DEB" >"$LAB/dpkg-i2" 2>&1; then
+    pass "dpkg -i again (an upgrade)"
+else
+    fail "dpkg -i again: $(tr '\n' ' ' <"$LAB/dpkg-i2")"
+fi
+check "an upgrade keeps the config and the key" bash -c \
+    '[ "$(sha256sum </etc/postern/posternd.toml)" = "$1" ] && [ "$(sha256sum </etc/postern/keys/hello.key)" = "$2" ]' \
+    _ "$config_before" "$key_before"
+expect_stat root:root 700 /etc/postern
+
 # --- 7. man pages and completions -----------------------------------------
 for page in /usr/share/man/man8/posternd.8.gz /usr/share/man/man5/posternd.toml.5.gz \
     /usr/share/man/man1/postern.1.gz; do
@@ -262,13 +306,13 @@ done
 read -r passed failed <"$LAB/counts"
 
 # --- 8. remove, then purge ------------------------------------------------
-check "dpkg -r postern postern-server" dpkg -r postern postern-server
+check "dpkg -r postern postern-server" dpkg_wait -r postern postern-server
 check "remove keeps the config" [ -f /etc/postern/posternd.toml ]
 check "remove keeps the key" [ -f /etc/postern/keys/hello.key ]
 check "remove keeps the state directory" [ -d /var/lib/postern ]
 check "remove takes posternd away" [ ! -e /usr/sbin/posternd ]
 check "remove keeps the conffiles" [ -f /etc/fail2ban/jail.d/postern.conf ]
-check "dpkg --purge postern postern-server" dpkg --purge postern postern-server
+check "dpkg --purge postern postern-server" dpkg_wait --purge postern postern-server
 INSTALLED=no
 check "purge: dpkg knows neither package" bash -c \
     '! dpkg-query -W -f "\${Status}\n" postern-server postern 2>/dev/null | grep -q installed'
