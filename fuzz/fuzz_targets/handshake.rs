@@ -606,7 +606,7 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
         }
     }
     // Failures are named right where the timing is unambiguous.
-    if runs.is_empty() && !refused_bind && inp.end <= 1 && all_written {
+    if runs.is_empty() && noreplies == 0 && !refused_bind && inp.end <= 1 && all_written {
         let reason = fails[0];
         if written.len() < reply_len && inp.end == 1 && in_time(last_at) {
             check!(
