@@ -1026,7 +1026,15 @@ def main(argv=None):
     if argv[0] in ("help", "-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # The ACTION positional may come after options (as with the other
+    # clients); argparse would only take it before them.
+    if (args.command == "trigger" and len(extra) == 1 and not extra[0].startswith("-")
+            and args.positional_action is None):
+        args.positional_action = extra[0]
+    elif extra:
+        parser.error("unrecognized arguments: %s" % " ".join(extra))
     try:
         if args.command == "keygen":
             print(base64.b64encode(os.urandom(32)).decode("ascii"))
