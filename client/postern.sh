@@ -608,6 +608,8 @@ RFD=''
 WFD=''
 
 cleanup() {
+    # First the files that let the watchdog and the notice act.
+    [ -n "$TMPD" ] && rm -f "$TMPD/waiting" "$TMPD"/watchdog.*
     [ -n "$NOTICE" ] && kill "$NOTICE" 2>/dev/null
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     [ -n "$READER" ] && kill "$READER" 2>/dev/null
@@ -617,10 +619,15 @@ cleanup() {
     NOTICE='' WATCHDOG='' READER='' TRANSPORT_PID='' TMPD=''
 }
 
+# SIGALRM from the current watchdog (one that was stopped, whose TERM came
+# too late, finds its file gone and sends nothing; should one get through,
+# it is ignored here).
 on_alarm() {
-    [ -n "$READER" ] && kill "$READER" 2>/dev/null
-    READER=''
-    result "$EX_NET" "connection failed: timed out after $WATCHED s $PHASE"
+    if [ -n "$WD_FILE" ] && [ -e "$WD_FILE" ]; then
+        [ -n "$READER" ] && kill "$READER" 2>/dev/null
+        READER=''
+        result "$EX_NET" "connection failed: timed out after $WATCHED s $PHASE"
+    fi
 }
 
 pick_transport() {
@@ -645,44 +652,56 @@ pick_transport() {
 
 # Every wait is bounded: a watchdog sends SIGALRM after $1 seconds (the
 # connect, challenge and reply together: TIMEOUT; the ack: ACK_TIMEOUT),
-# and every blocking read is a background dd we can kill.
+# and every blocking read is a background dd we can kill. A watchdog acts
+# only while its file in TMPD exists: stopping one removes the file, so
+# nothing depends on when the watchdog sees its TERM, and nothing is ever
+# waited for.
+WD_GEN=0
+WD_FILE=''
 start_watchdog() {
     WATCHED=$1
+    WD_GEN=$((WD_GEN + 1))
+    WD_FILE=$TMPD/watchdog.$WD_GEN
+    : >"$WD_FILE"
     (
         trap 'kill "$_wsl" 2>/dev/null; exit 0' TERM
         _wsl=''
         sleep "$WATCHED" &
         _wsl=$!
-        wait "$_wsl" && kill -s ALRM "$MAINPID"
+        wait "$_wsl" && [ -e "$WD_FILE" ] && kill -s ALRM "$MAINPID"
     ) </dev/null >/dev/null 2>&1 &
     WATCHDOG=$!
 }
 
 stop_watchdog() {
+    [ -n "$WD_FILE" ] && rm -f "$WD_FILE"
+    WD_FILE=''
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
-    [ -n "$WATCHDOG" ] && wait "$WATCHDOG" 2>/dev/null
     WATCHDOG=''
 }
 
 # On a terminal, one line on stderr once the ack has been awaited for 1 s:
-# a gate's run may take minutes. stop_notice cancels it.
+# a gate's run may take minutes. It is printed only while $TMPD/waiting
+# exists; stop_notice removes it.
 start_notice() {
     NOTICE=''
     [ -t 2 ] || return 0
     [ "$ACK_TIMEOUT" -gt 1 ] || return 0
+    : >"$TMPD/waiting"
     (
         trap 'kill "$_nsl" 2>/dev/null; exit 0' TERM
         _nsl=''
         sleep 1 &
         _nsl=$!
-        wait "$_nsl" && printf 'waiting for the server to start %s\342\200\246\n' "${ACTION:-the action}" >&2
+        wait "$_nsl" && [ -e "$TMPD/waiting" ] &&
+            printf 'waiting for the server to start %s\342\200\246\n' "${ACTION:-the action}" >&2
     ) </dev/null >/dev/null &
     NOTICE=$!
 }
 
 stop_notice() {
+    rm -f "$TMPD/waiting"
     [ -n "$NOTICE" ] && kill "$NOTICE" 2>/dev/null
-    [ -n "$NOTICE" ] && wait "$NOTICE" 2>/dev/null
     NOTICE=''
 }
 
@@ -745,7 +764,11 @@ open_connection() {
 read_exact() {
     dd bs=1 count="$1" <&"$RFD" 3>&- >"$2" 2>/dev/null &
     READER=$!
-    wait "$READER"
+    # A signal whose trap returns (a stale SIGALRM) ends the wait early:
+    # wait again while the reader lives.
+    while kill -0 "$READER" 2>/dev/null; do
+        wait "$READER"
+    done
     READER=''
     RECEIVED=$(tohex <"$2")
 }
