@@ -741,7 +741,7 @@ EOF
     chmod 600 "$W/real/posternd.toml"
     "$POSTERND" --config "$W/real/posternd.toml" </dev/null >/dev/null 2>"$W/real/posternd.log" &
     PD_PID=$!
-    REAL_P2= REAL_O4=
+    REAL_P2='' REAL_O4=''
     _end=$(($(now_ms) + 10000))
     while [ "$(now_ms)" -lt "$_end" ]; do
         _l=$(grep ' started .*listeners=' "$W/real/posternd.log" | head -n 1)
