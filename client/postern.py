@@ -330,8 +330,11 @@ def duration(n):
 
 
 def until(n, now=None):
-    """Local HH:MM, n seconds from now."""
-    return time.strftime("%H:%M", time.localtime((time.time() if now is None else now) + n))
+    """Local HH:MM, n seconds from now ("?" past what the platform can show)."""
+    try:
+        return time.strftime("%H:%M", time.localtime((time.time() if now is None else now) + n))
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def answer_line(status, reason, seconds, name, now=None):
