@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import select
 import socket
 import stat
 import sys
@@ -26,6 +27,11 @@ import time
 PROG = "postern.py"
 DEFAULT_PORT = 7001
 DEFAULT_TIMEOUT = 30.0
+# The server sends the ack within 300 s of the reply (wire::ACK_DEADLINE_SECS):
+# a gate's run may take that long.
+DEFAULT_ACK_TIMEOUT = 300.0
+# On a terminal, one line after this long without an ack.
+WAIT_NOTICE_AFTER = 1.0
 PBKDF2_ITERATIONS = 600000
 MAX_PASSWORD_LEN = 1024
 
@@ -33,11 +39,12 @@ GREETING_TAG = b"PST2"
 GREETING_LEN = 36
 ADDR_LEN = 16
 REPLY_LEN = 48
-ACK_LEN = 33
+ACK_BODY_LEN = 6
+ACK_LEN = 38
 OSTIARY_SALT_LEN = 32
 
-REPLY_LABEL = b"postern-2 reply\0"
-ACK_LABEL = b"postern-2 ack\0"
+REPLY_LABEL = b"PST2-R\0"
+ACK_LABEL = b"PST2-A\0"
 PASSPHRASE_LABEL = b"postern-2 passphrase\0"
 FLEET_LABEL = b"postern-2 fleet\0"
 
@@ -50,12 +57,33 @@ EX_REFUSED = 4
 EX_FAILED = 5
 EX_USAGE = 64
 
+# Ack statuses: byte -> (name, exit code). 5 and 6 are reserved.
 STATUS = {
-    1: (EX_OK, "accepted, action started"),
-    2: (EX_OK, "accepted, already active"),
-    3: (EX_REFUSED, "acknowledged, refused (cooldown, busy or address binding)"),
-    4: (EX_FAILED, "acknowledged, failed to start"),
+    1: ("started", EX_OK),
+    2: ("already-active", EX_OK),
+    3: ("refused", EX_REFUSED),
+    4: ("failed", EX_FAILED),
 }
+
+# Ack reasons: byte -> (name, phrase). Unknown bytes are shown as "reason N".
+REASONS = {
+    0: ("none", "no reason given"),
+    1: ("cooldown", "cooling down"),
+    2: ("busy", "the server is busy"),
+    3: ("address-binding", "the asserted address is not this connection's source (bind_source)"),
+    4: ("address-not-allowed", "the asserted address cannot be acted for"),
+    5: ("open-for-other-address", "it is open for another address"),
+    6: ("config-changed", "the server's config changed; try again"),
+    7: ("shutting-down", "the server is shutting down"),
+    16: ("spawn-failed", "the program could not be started"),
+    17: ("run-failed", "the run command failed"),
+    18: ("run-timed-out", "the run command timed out"),
+    19: ("serve-exited", "the served program exited at once"),
+    20: ("state-unwritable", "the server could not record the gate"),
+}
+
+NOT_POSTERN_2 = ("not a postern-2 greeting: the port looks like an ostiary-4 or other service; "
+                 "try --protocol ostiary-4")
 
 USAGE = """\
 usage:
@@ -75,7 +103,9 @@ key sources (choose one; default: prompt for the base64 key):
 options:
   --protocol P          postern-2 (default) or ostiary-4
   --assert-addr ADDR    ask the server to bind the action to ADDR (postern-2)
-  --timeout SECS        bound for connect, challenge and ack, each (default {t:g})
+  --timeout SECS        bound for connect and challenge, each (default {t:g})
+  --ack-timeout SECS    bound for the acknowledgement (default {a:g}: the server
+                        answers within 300 s, a gate's run may take that long)
   --proxy URL           http://HOST:PORT (CONNECT) or socks5://HOST:PORT
 
 HOST[:PORT]: a name, a.b.c.d, [v6] or [v6]:port; the default port is {d}.
@@ -86,7 +116,7 @@ exit codes: 0 accepted (started, already active; ostiary-4: reply sent),
 1 local error (key, password, terminal), 2 no acknowledgement,
 3 network error or timeout, 4 acknowledged but refused,
 5 acknowledged but failed to start, 64 usage error.
-""".format(p=PROG, t=DEFAULT_TIMEOUT, d=DEFAULT_PORT)
+""".format(p=PROG, t=DEFAULT_TIMEOUT, a=DEFAULT_ACK_TIMEOUT, d=DEFAULT_PORT)
 
 
 class Done(Exception):
@@ -114,17 +144,24 @@ def hmac_sha256(key, *parts):
     return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
 
 
-B64_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+KEY_TEXT_SPACE = b" \t\r\n"
 
 
 def key_from_b64(text, what="key"):
-    """Base64 text -> 32-byte key, with the daemon's rules: standard
-    alphabet, padding optional, canonical trailing bits, surrounding
-    whitespace ignored. Messages never include the input."""
+    """Key text (str or bytes) -> 32-byte key: surrounding ASCII space,
+    tab, CR and LF ignored (no other whitespace); the rest standard base64
+    (A-Z a-z 0-9 + /), padding optional but exactly right if present,
+    canonical trailing bits, exactly 32 bytes. Messages never include the
+    input."""
     prefix = "" if what == "key" else what + ": "
     bad = LocalError("%skey is not valid base64; generate one with `%s keygen`" % (prefix, PROG))
-    t = text.strip()
-    body = t.rstrip("=")
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    t = text.strip(KEY_TEXT_SPACE)
+    body = t.rstrip(b"=")
     pad = len(t) - len(body)
     if not body or any(c not in B64_ALPHABET for c in body) or pad > 2:
         raise bad
@@ -136,14 +173,36 @@ def key_from_b64(text, what="key"):
     if n != 32:
         raise LocalError("%skey decodes to %d bytes, but must be exactly 32; generate one with `%s keygen`"
                          % (prefix, n, PROG))
-    raw = base64.b64decode(body + "=" * (-len(body) % 4))
-    if base64.b64encode(raw).decode("ascii").rstrip("=") != body:
+    raw = base64.b64decode(body + b"=" * (-len(body) % 4), validate=True)
+    if base64.b64encode(raw).rstrip(b"=") != body:
         raise bad
     return raw
 
 
+def normalise_host(host):
+    """The host name as it goes into a salt or fleet message (bytes):
+    "[v6]" or "[v6]:port" -> v6; a name or IPv4 with exactly one ':' loses
+    ":port"; then one trailing "." goes; then ASCII letters are lower-cased,
+    other bytes unchanged. No IPv6 re-compression."""
+    if isinstance(host, str):
+        host = host.encode("utf-8", "surrogateescape")
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        host = host[1:end] if end >= 0 else host[1:]
+    elif host.count(b":") == 1:
+        host = host.split(b":")[0]
+    if host.endswith(b"."):
+        host = host[:-1]
+    return host.lower()  # bytes.lower() changes A-Z only
+
+
+def text_bytes(t):
+    return t if isinstance(t, bytes) else t.encode("utf-8", "surrogateescape")
+
+
 def passphrase_salt(host, action):
-    return hashlib.sha256(PASSPHRASE_LABEL + host.encode() + b"\0" + action.encode()).digest()[:8]
+    return hashlib.sha256(PASSPHRASE_LABEL + normalise_host(host) + b"\0"
+                          + text_bytes(action)).digest()[:8]
 
 
 def key_from_passphrase(passphrase, host, action):
@@ -152,7 +211,7 @@ def key_from_passphrase(passphrase, host, action):
 
 
 def key_from_master(master, host, action):
-    return hmac_sha256(master, FLEET_LABEL, host.encode(), b"\0", action.encode())
+    return hmac_sha256(master, FLEET_LABEL, normalise_host(host), b"\0", text_bytes(action))
 
 
 def parse_ip(text):
@@ -171,37 +230,133 @@ def parse_ip(text):
 
 def addr_field(text):
     """The 16-byte asserted-address field: all zeros for none, IPv4 as
-    ::ffff:a.b.c.d, IPv6 as is."""
+    ::ffff:a.b.c.d, IPv6 as is. Encoding only: see assert_field."""
     if text in (None, "", "none"):
         return bytes(ADDR_LEN)
     ip = parse_ip(text)
     if ip.version == 4:
-        field = bytes(10) + b"\xff\xff" + ip.packed
-    else:
-        field = ip.packed
-    if field in (bytes(16), bytes(10) + b"\xff\xff" + bytes(4)):
-        raise ValueError("the unspecified address cannot be asserted; omit --assert-addr")
+        return bytes(10) + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def why_not_assertable(field):
+    """None if the address in `field` may be asserted, else why not. As the
+    server (wire::asserted_allowed): the unspecified addresses, the IPv4
+    broadcast, multicast, IPv6 link-local, IPv4-compatible ::a.b.c.d
+    (except ::1), and the IPv4-mapped forms of the IPv4 ones."""
+    if field == bytes(ADDR_LEN):
+        return "the unspecified address cannot be asserted; omit --assert-addr"
+    if field[:12] == bytes(10) + b"\xff\xff":
+        v4 = field[12:]
+        if v4 == bytes(4):
+            return "the unspecified address cannot be asserted; omit --assert-addr"
+        if v4 == b"\xff" * 4:
+            return "the broadcast address cannot be asserted"
+        if 224 <= v4[0] <= 239:
+            return "a multicast address cannot be asserted"
+        return None
+    if field[0] == 0xFF:
+        return "a multicast address cannot be asserted"
+    if field[0] == 0xFE and field[1] & 0xC0 == 0x80:
+        return "a link-local address cannot be asserted (there is no room for a zone)"
+    if field[:12] == bytes(12) and field != bytes(15) + b"\x01":
+        return "an IPv4-compatible address (::a.b.c.d) cannot be asserted; write a.b.c.d"
+    return None
+
+
+def assert_field(text):
+    """The field for --assert-addr TEXT; ValueError if it cannot be asserted."""
+    field = addr_field(text)
+    if text not in (None, "", "none"):
+        why = why_not_assertable(field)
+        if why:
+            raise ValueError(why)
     return field
 
 
 def reply_for(key, greeting, field):
-    return field + hmac_sha256(key, REPLY_LABEL, greeting, field)
+    return field + hmac_sha256(key, REPLY_LABEL, greeting[4:], field)
 
 
-def ack_for(key, greeting, reply, status):
-    s = bytes([status])
-    return s + hmac_sha256(key, ACK_LABEL, greeting, reply, s)
+def ack_body(status, reason, seconds):
+    return bytes([status, reason]) + seconds.to_bytes(4, "big")
+
+
+def ack_for(key, greeting, reply, status, reason, seconds):
+    body = ack_body(status, reason, seconds)
+    return body + hmac_sha256(key, ACK_LABEL, greeting, reply, body)
+
+
+BAD_MAC = "bad-mac"
 
 
 def verify_ack(key, greeting, reply, ack):
-    """The status (1..4) of a genuine ack, or None (forged, corrupted or
-    unknown status). The MAC is compared in constant time."""
+    """(status, reason, seconds) of a genuine ack; BAD_MAC if the MAC does
+    not verify (forged or corrupted); None for a genuine ack with a status
+    this client does not know. The MAC is compared in constant time."""
     if len(ack) != ACK_LEN:
+        return BAD_MAC
+    body = ack[:ACK_BODY_LEN]
+    want = hmac_sha256(key, ACK_LABEL, greeting, reply, body)
+    if not hmac.compare_digest(want, ack[ACK_BODY_LEN:]):
+        return BAD_MAC
+    if body[0] not in STATUS:
         return None
-    want = hmac_sha256(key, ACK_LABEL, greeting, reply, ack[:1])
-    if not hmac.compare_digest(want, ack[1:]):
-        return None
-    return ack[0] if ack[0] in STATUS else None
+    return body[0], body[1], int.from_bytes(body[2:], "big")
+
+
+def is_postern2_tag(first4):
+    """Whether the first four bytes read are the postern-2 tag."""
+    return hmac.compare_digest(first4, GREETING_TAG) if len(first4) == 4 else False
+
+
+def reason_name(reason):
+    return REASONS[reason][0] if reason in REASONS else "unknown"
+
+
+def reason_phrase(reason):
+    return REASONS[reason][1] if reason in REASONS else "reason %d" % reason
+
+
+def duration(n):
+    """Seconds as a short span: "40 s", "15 min" (rounded up), "2 h", "1 h 5 min"."""
+    if n < 60:
+        return "%d s" % n
+    m = (n + 59) // 60
+    if m < 60:
+        return "%d min" % m
+    h, m = divmod(m, 60)
+    return "%d h %d min" % (h, m) if m else "%d h" % h
+
+
+def until(n, now=None):
+    """Local HH:MM, n seconds from now ("?" past what the platform can show)."""
+    try:
+        return time.strftime("%H:%M", time.localtime((time.time() if now is None else now) + n))
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def answer_line(status, reason, seconds, name, now=None):
+    """(exit code, text after "TARGET: ") for a verified ack."""
+    name = name or "the action"
+    code = STATUS[status][1]
+    if status == 1:
+        if seconds:
+            return code, "accepted; %s open for %s (until %s)" % (name, duration(seconds), until(seconds, now))
+        return code, "accepted; %s started" % name
+    if status == 2:
+        if seconds:
+            return code, "accepted; %s already open, %s left (until %s)" % (
+                name, duration(seconds), until(seconds, now))
+        return code, "accepted; %s already running" % name
+    if status == 3:
+        if reason == 1 and seconds:
+            return code, "refused: cooling down, try again in %s" % duration(seconds)
+        if reason == 5 and seconds:
+            return code, "refused: it is open for another address, closes in %s" % duration(seconds)
+        return code, "refused: %s" % reason_phrase(reason)
+    return code, "failed: %s" % reason_phrase(reason)
 
 
 # ---------------------------------------------------------------------------
@@ -230,11 +385,12 @@ def read_private(path):
 
 
 def prompt_secret(prompt):
-    """A line from the terminal without echo, or from a non-terminal stdin."""
+    """A line from the terminal without echo, or from a non-terminal stdin,
+    as bytes exactly as typed (no Unicode normalisation)."""
     if sys.stdin.isatty():
-        return getpass.getpass(prompt)
-    line = sys.stdin.readline()
-    return line[:-1] if line.endswith("\n") else line
+        return getpass.getpass(prompt).encode("utf-8", "surrogateescape")
+    line = sys.stdin.buffer.readline()
+    return line[:-1] if line.endswith(b"\n") else line
 
 
 def load_secret(args, target, host_name):
@@ -254,27 +410,26 @@ def load_secret(args, target, host_name):
             if not pw:
                 raise LocalError("%s is empty" % args.password_file)
         elif env is not None:
-            pw = env.encode("utf-8")
+            pw = env.encode("utf-8", "surrogateescape")
         else:
-            pw = prompt_secret("password for %s: " % target).encode("utf-8")
+            pw = prompt_secret("password for %s: " % target)
             if not pw:
                 raise LocalError("empty password")
         if len(pw) > MAX_PASSWORD_LEN:
             raise LocalError("the password is longer than %d bytes" % MAX_PASSWORD_LEN)
         return pw
     if args.key_file:
-        text = read_private(args.key_file).decode("ascii", "replace")
-        return key_from_b64(text, args.key_file)
+        return key_from_b64(read_private(args.key_file), args.key_file)
     if env is not None:
         return key_from_b64(env, "$" + args.key_env)
     if args.master:
-        master = key_from_b64(read_private(args.master).decode("ascii", "replace"), args.master)
+        master = key_from_b64(read_private(args.master), args.master)
         return key_from_master(master, host_name, args.action)
     if args.passphrase:
         pp = prompt_secret("passphrase for %s: " % target)
         if not pp:
             raise LocalError("empty passphrase")
-        return key_from_passphrase(pp.encode("utf-8"), host_name, args.action)
+        return key_from_passphrase(pp, host_name, args.action)
     text = prompt_secret("base64 key for %s: " % target)
     if not text:
         raise LocalError("empty key")
@@ -333,16 +488,16 @@ def oserror_text(e):
 
 class Conn:
     """One TCP connection. Every step (connect with any proxy handshake,
-    the challenge, the reply, the ack) is bounded by `timeout` seconds,
-    and reads are exact: short only when the peer closed."""
+    the challenge, the reply) is bounded by `timeout` seconds, the ack by
+    its own, and reads are exact: short only when the peer closed."""
 
     def __init__(self, timeout):
         self.timeout = timeout
         self.sock = None
         self.deadline = None
 
-    def start(self):
-        self.deadline = time.monotonic() + self.timeout
+    def start(self, timeout=None):
+        self.deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
 
     def remaining(self):
         return max(self.deadline - time.monotonic(), 0.001)
@@ -418,6 +573,14 @@ class Conn:
                 raise Done(*on_close)
             buf += chunk
         return buf
+
+    def quiet_for(self, secs):
+        """Whether nothing (no byte, no close) arrives within secs."""
+        try:
+            r, _, _ = select.select([self.sock], [], [], secs)
+        except (OSError, ValueError):
+            return False
+        return not r
 
     def send(self, data):
         self.sock.settimeout(self.remaining())
@@ -532,6 +695,17 @@ NO_ACK = (EX_NOACK, "no acknowledgement (wrong key, locked out or refused)")
 CLOSED_EARLY = (EX_NET, "connection failed: server closed before sending its challenge")
 
 
+def wait_notice(name):
+    """The one line shown on a terminal while the server works."""
+    line = "waiting for the server to start %s\u2026\n" % (name or "the action")
+    try:
+        sys.stderr.flush()
+        sys.stderr.buffer.write(line.encode("utf-8"))
+        sys.stderr.buffer.flush()
+    except (AttributeError, OSError):
+        pass
+
+
 def trigger(args):
     """One exchange; always ends by raising Done."""
     host, port = parse_target(args.target)
@@ -539,7 +713,7 @@ def trigger(args):
     field = None
     if args.protocol == "postern-2":
         try:
-            field = addr_field(args.assert_addr)
+            field = assert_field(args.assert_addr)
         except ValueError as e:
             raise UsageError("--assert-addr %s: %s" % (args.assert_addr, e))
     # Load or derive the secret before connecting: the server's deadline
@@ -561,21 +735,32 @@ def trigger(args):
             except OSError:
                 pass
             raise Done(EX_OK, "reply sent (ostiary-4 gives no acknowledgement)")
-        greeting = conn.read(GREETING_LEN, "timed out after %s waiting for the challenge" % t,
-                             CLOSED_EARLY)
-        if greeting[:4] != GREETING_TAG:
-            raise Done(EX_NET, "connection failed: bad greeting: not a postern-2 server")
+        # The tag first: an ostiary-4 server sends 32 bytes and waits, so
+        # reading 36 would only end in the timeout.
+        tag = conn.read(len(GREETING_TAG), "timed out after %s waiting for the challenge" % t,
+                        CLOSED_EARLY)
+        if not is_postern2_tag(tag):
+            raise Done(EX_NET, NOT_POSTERN_2)
+        greeting = tag + conn.read(GREETING_LEN - len(GREETING_TAG),
+                                   "timed out after %s waiting for the challenge" % t, CLOSED_EARLY)
         reply = reply_for(secret, greeting, field)
         conn.start()
         conn.send(reply)
-        conn.start()
+        conn.start(args.ack_timeout)
+        if (sys.stderr.isatty() and args.ack_timeout > WAIT_NOTICE_AFTER
+                and conn.quiet_for(WAIT_NOTICE_AFTER)):
+            wait_notice(args.action)
         # A close, even after part of an ack, is the server's way of saying no.
-        ack = conn.read(ACK_LEN, "timed out after %s waiting for the acknowledgement" % t, NO_ACK)
-        status = verify_ack(secret, greeting, reply, ack)
-        if status is None:
+        # Exactly 38 bytes are read; anything after them is never looked at.
+        ack = conn.read(ACK_LEN, "timed out after %s waiting for the acknowledgement"
+                        % secs(args.ack_timeout), NO_ACK)
+        answer = verify_ack(secret, greeting, reply, ack)
+        if answer == BAD_MAC:
             raise Done(EX_NOACK, "no acknowledgement (the acknowledgement did not verify: "
                                  "wrong key or tampering)")
-        raise Done(*STATUS[status])
+        if answer is None:
+            raise Done(EX_NOACK, "no acknowledgement (status %d is not one this client knows)" % ack[0])
+        raise Done(*answer_line(answer[0], answer[1], answer[2], args.action))
     finally:
         conn.close()
 
@@ -602,6 +787,11 @@ def read_vectors(path):
     return cases
 
 
+# The acks every case of postern-2.vectors carries (its header).
+VECTOR_ACKS = (("started", 1, 0, 900), ("already_active", 2, 0, 600),
+               ("refused", 3, 1, 40), ("failed", 4, 17, 0))
+
+
 def selftest(vdir):
     results = []
 
@@ -622,35 +812,74 @@ def selftest(vdir):
         except (LocalError, ValueError) as e:
             return "(error: %s)" % e
 
+    def verdict(answer):
+        if isinstance(answer, tuple):
+            return "status=%d reason=%d seconds=%d" % answer
+        return "reject"
+
+    files = ("postern-2.vectors", "postern-2-negative.vectors", "ostiary-4.vectors", "kdf.vectors")
+    missing = [f for f in files if not os.path.isfile(os.path.join(vdir, f))]
+    if missing:
+        raise LocalError("%s: not found in %s" % (", ".join(missing), vdir))
+
     for c in read_vectors(os.path.join(vdir, "postern-2.vectors")):
         n = "postern-2 case %s" % c.get("case", "?")
         key = bytes.fromhex(c["key_hex"])
         g = bytes.fromhex(c["greeting"])
         r = bytes.fromhex(c["reply"])
+        check(n + " greeting tag", is_postern2_tag(g[:4]), True)
         check(n + " key", attempt(key_from_b64, c["key"]), c["key_hex"])
-        check(n + " addr_field", attempt(addr_field, c["addr"]), c["addr_field"])
+        check(n + " addr_field", attempt(assert_field, c["addr"]), c["addr_field"])
+        check(n + " mac_input", hx(REPLY_LABEL + g[4:] + bytes.fromhex(c["addr_field"])), c["mac_input"])
         check(n + " reply", hx(reply_for(key, g, bytes.fromhex(c["addr_field"]))), c["reply"])
-        for status, name in ((1, "started"), (2, "already_active"), (3, "refused"), (4, "failed")):
+        for name, status, reason, seconds in VECTOR_ACKS:
             want = c["ack_" + name]
-            check(n + " ack_" + name, hx(ack_for(key, g, r, status)), want)
-            check(n + " verify ack_" + name, verify_ack(key, g, r, bytes.fromhex(want)), status)
+            check(n + " ack_" + name, hx(ack_for(key, g, r, status, reason, seconds)), want)
+            check(n + " verify ack_" + name, verify_ack(key, g, r, bytes.fromhex(want)),
+                  (status, reason, seconds))
         started = bytearray.fromhex(c["ack_started"])
         forged = bytes([2]) + bytes(started[1:])
-        check(n + " forged status rejected", verify_ack(key, g, r, forged), None)
+        check(n + " forged status rejected", verify_ack(key, g, r, forged), BAD_MAC)
         started[-1] ^= 1
-        check(n + " flipped mac rejected", verify_ack(key, g, r, bytes(started)), None)
+        check(n + " flipped mac rejected", verify_ack(key, g, r, bytes(started)), BAD_MAC)
+
+    for c in read_vectors(os.path.join(vdir, "postern-2-negative.vectors")):
+        n = "negative case %s (%s)" % (c.get("case", "?"), c.get("check", "?"))
+        kind, expect = c.get("check"), c.get("expect")
+        if kind == "ack":
+            key, g, r, a = (bytes.fromhex(c[f]) for f in ("key_hex", "greeting", "reply", "ack"))
+            answer = verify_ack(key, g, r, a)
+            check(n, verdict(answer), expect)
+            if isinstance(answer, tuple) and answer[1] not in REASONS:
+                check(n + " shown as a number", answer_line(*answer, name=None)[1],
+                      "refused: reason %d" % answer[1])
+        elif kind == "greeting":
+            check(n, "accept" if is_postern2_tag(bytes.fromhex(c["greeting"])[:4]) else "reject", expect)
+        elif kind == "key":
+            got = attempt(key_from_b64, bytes.fromhex(c["text_hex"]))
+            check(n, "reject" if got.startswith("(error") else got, expect)
+        elif kind == "addr":
+            check(n + " field", attempt(addr_field, c["addr"]), c["addr_field"])
+            got = attempt(assert_field, c["addr"])
+            check(n + " " + c["addr"], "refuse" if got.startswith("(error") else "allow", expect)
+        else:
+            check(n, "unknown check", "ack, greeting, key or addr")
 
     for c in read_vectors(os.path.join(vdir, "ostiary-4.vectors")):
         check("ostiary-4 case %s reply" % c.get("case", "?"),
               hx(hmac_sha256(c["password"].encode(), bytes.fromhex(c["salt"]))), c["reply"])
 
     for c in read_vectors(os.path.join(vdir, "kdf.vectors")):
-        check("kdf salt", hx(passphrase_salt(c["host"], c["action"])), c["salt"])
-        check("kdf iterations", c["iterations"], str(PBKDF2_ITERATIONS))
-        check("kdf passphrase_key",
-              hx(key_from_passphrase(c["passphrase"].encode(), c["host"], c["action"])),
+        n = "kdf case %s" % c.get("case", "?")
+        pw = bytes.fromhex(c["passphrase_hex"])
+        if "passphrase" in c:
+            check(n + " passphrase bytes", hx(c["passphrase"].encode("utf-8")), c["passphrase_hex"])
+        check(n + " host_normalised", normalise_host(c["host"]), c["host_normalised"].encode("utf-8"))
+        check(n + " salt", hx(passphrase_salt(c["host"], c["action"])), c["salt"])
+        check(n + " iterations", c["iterations"], str(PBKDF2_ITERATIONS))
+        check(n + " passphrase_key", hx(key_from_passphrase(pw, c["host"], c["action"])),
               hx(key_from_b64(c["passphrase_key"])))
-        check("kdf fleet_key",
+        check(n + " fleet_key",
               hx(key_from_master(key_from_b64(c["master"]), c["host"], c["action"])),
               hx(key_from_b64(c["fleet_key"])))
 
@@ -672,19 +901,45 @@ def selftest(vdir):
         check("addr " + text, attempt(addr_field, text), want)
     for text in ("1:2:3:4:5:6:7:8:9", "1::2::3", "12345::1", ":1:2:3:4:5:6:7",
                  "1:2:3:4:5:6:7:", "fe80::1%eth0", "1.2.3", "1.2.3.256", "01.2.3.4",
-                 "1.2.3.4.5", "::1.2.3", "g::1", "::", "0.0.0.0", "1:2:3:4:5:6:7:8::"):
+                 "1.2.3.4.5", "::1.2.3", "g::1", "::", "0.0.0.0", "1:2:3:4:5:6:7:8::",
+                 "febf::1", "::ffff:239.1.2.3", "::0.0.0.2"):
         check("addr %s rejected" % text,
-              "rejected" if attempt(addr_field, text).startswith("(error") else "accepted",
+              "rejected" if attempt(assert_field, text).startswith("(error") else "accepted",
               "rejected")
+    for text in ("fec0::1", "::ffff:1.2.3.4", "223.255.255.255", "240.0.0.1", "fe7f::1"):
+        check("addr %s allowed" % text,
+              "rejected" if attempt(assert_field, text).startswith("(error") else "accepted",
+              "accepted")
     for text in ("Zm9v", "!!!!", "Zm9=v", "Zh==",
                  "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=",
-                 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="):
-        check("base64 %s rejected" % text,
+                 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==",
+                 "\x0bAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\x0c"):
+        check("base64 %r rejected" % text,
               "rejected" if attempt(key_from_b64, text).startswith("(error") else "accepted",
               "rejected")
     check("base64 unpadded with whitespace",
-          attempt(key_from_b64, "  AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\n"),
+          attempt(key_from_b64, "  AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\r\n"),
           "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+    for host, want in (("Web-17.Example.COM.", b"web-17.example.com"), ("[2001:DB8::1]", b"2001:db8::1"),
+                       ("2001:DB8::1", b"2001:db8::1"), ("192.0.2.1:7001", b"192.0.2.1"),
+                       ("h..", b"h."), ("W\u00c9b", b"w\xc3\x89b")):
+        check("host %s normalised" % host, normalise_host(host), want)
+    for n, want in ((0, "0 s"), (59, "59 s"), (60, "1 min"), (61, "2 min"), (900, "15 min"),
+                    (3599, "1 h"), (3600, "1 h"), (3601, "1 h 1 min"), (5400, "1 h 30 min"),
+                    (7200, "2 h"), (90000, "25 h")):
+        check("duration %d" % n, duration(n), want)
+    for (st, why, sec), want in (
+            ((1, 0, 0), (EX_OK, "accepted; sshd started")),
+            ((2, 0, 0), (EX_OK, "accepted; sshd already running")),
+            ((3, 1, 40), (EX_REFUSED, "refused: cooling down, try again in 40 s")),
+            ((3, 5, 120), (EX_REFUSED, "refused: it is open for another address, closes in 2 min")),
+            ((3, 2, 0), (EX_REFUSED, "refused: the server is busy")),
+            ((3, 4, 0), (EX_REFUSED, "refused: the asserted address cannot be acted for")),
+            ((4, 17, 0), (EX_FAILED, "failed: the run command failed")),
+            ((4, 99, 0), (EX_FAILED, "failed: reason 99"))):
+        check("answer %d/%d/%d" % (st, why, sec), answer_line(st, why, sec, "sshd"), want)
+    check("answer with no action name", answer_line(1, 0, 0, None)[1], "accepted; the action started")
 
     passed = sum(results)
     print("%d passed, %d failed" % (passed, len(results) - passed))
@@ -726,6 +981,7 @@ def build_parser():
     t.add_argument("--action")
     t.add_argument("--assert-addr")
     t.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT)
+    t.add_argument("--ack-timeout", type=positive_number, default=DEFAULT_ACK_TIMEOUT)
     t.add_argument("--protocol", choices=["postern-2", "ostiary-4"], default="postern-2")
     t.add_argument("--proxy")
     sub.add_parser("keygen", add_help=False)
@@ -773,7 +1029,15 @@ def main(argv=None):
     if argv[0] in ("help", "-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # The ACTION positional may come after options (as with the other
+    # clients); argparse would only take it before them.
+    if (args.command == "trigger" and len(extra) == 1 and not extra[0].startswith("-")
+            and args.positional_action is None):
+        args.positional_action = extra[0]
+    elif extra:
+        parser.error("unrecognized arguments: %s" % " ".join(extra))
     try:
         if args.command == "keygen":
             print(base64.b64encode(os.urandom(32)).decode("ascii"))

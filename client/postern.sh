@@ -31,6 +31,9 @@ export LC_ALL
 PROG=postern.sh
 DEFAULT_PORT=7001
 DEFAULT_TIMEOUT=30
+# The server sends the ack within 300 s of the reply (wire::ACK_DEADLINE_SECS):
+# a gate's run may take that long.
+DEFAULT_ACK_TIMEOUT=300
 PBKDF2_ITERATIONS=600000
 
 # Exit codes (PROTOCOL.md, "Client exit codes").
@@ -61,7 +64,10 @@ key sources (choose one; default: prompt for the base64 key):
 options:
   --protocol P          postern-2 (default) or ostiary-4
   --assert-addr ADDR    ask the server to bind the action to ADDR (postern-2)
-  --timeout SECS        bound for the whole exchange, whole seconds (default $DEFAULT_TIMEOUT)
+  --timeout SECS        bound for connect, challenge and reply together, whole
+                        seconds (default $DEFAULT_TIMEOUT)
+  --ack-timeout SECS    bound for the acknowledgement, whole seconds (default
+                        $DEFAULT_ACK_TIMEOUT: the server answers within 300 s)
 
 HOST[:PORT]: a name, a.b.c.d, [v6] or [v6]:port; the default port is $DEFAULT_PORT.
 Prompts read the terminal with echo off, or one line of standard input when
@@ -163,23 +169,28 @@ hex_of_text() {
     printf '%s' "$1" | tohex
 }
 
-# "postern-2 reply\0", "postern-2 ack\0" and "PST2" in hex.
-LABEL_REPLY=706f737465726e2d31207265706c7900
-LABEL_ACK=706f737465726e2d312061636b00
-GREETING_TAG=50535431
+# "PST2-R\0", "PST2-A\0" and "PST2" in hex.
+LABEL_REPLY=505354322d5200
+LABEL_ACK=505354322d4100
+GREETING_TAG=50535432
 
-# Strip leading and trailing blanks, tabs, CRs and newlines from $1 into TRIMMED.
+# ASCII space, tab, CR and LF: the only characters a key text may have
+# around it.
+KEY_SPACE=$(printf ' \t\r\n.')
+KEY_SPACE=${KEY_SPACE%.}
+
+# Strip leading and trailing spaces, tabs, CRs and newlines from $1 into TRIMMED.
 trim() {
-    _ws=' 	
-'
+    _ws=$KEY_SPACE
     TRIMMED=$1
     TRIMMED=${TRIMMED#"${TRIMMED%%[!"$_ws"]*}"}
     TRIMMED=${TRIMMED%"${TRIMMED##*[!"$_ws"]}"}
 }
 
 # Base64 text $1 -> 32-byte key as hex in KEYHEX. Same rules as the daemon:
-# standard alphabet, padding optional, canonical trailing bits, exactly 32
-# bytes. On error, sets KEYERR and returns 1. The text and the key only
+# surrounding ASCII space, tab, CR and LF ignored (no other whitespace);
+# standard alphabet, padding optional but exactly right if present,
+# canonical trailing bits, exactly 32 bytes. On error, sets KEYERR and returns 1. The text and the key only
 # travel through a pipe into and out of `openssl base64 -d`.
 key_of_b64() {
     KEYHEX=''
@@ -359,6 +370,7 @@ ipv6_hex() {
 }
 
 ZERO_ADDR=00000000000000000000000000000000
+NOT_POSTERN_2="not a postern-2 greeting: the port looks like an ostiary-4 or other service; try --protocol ostiary-4"
 
 # Asserted address $1 ("none" or empty: no assertion) -> 16-byte field
 # as hex in ADDRHEX. Returns 1 with ADDRERR set on error.
@@ -376,17 +388,61 @@ addr_field() {
             ADDRHEX=00000000000000000000ffff$V4HEX
             ;;
     esac
-    if [ "$ADDRHEX" = "$ZERO_ADDR" ] || [ "$ADDRHEX" = 00000000000000000000ffff00000000 ]; then
-        ADDRERR="$1: the unspecified address cannot be asserted; omit --assert-addr"
-        return 1
-    fi
+}
+
+# Whether field $ADDRHEX may be asserted (as wire::asserted_allowed in the
+# server): not the unspecified addresses, the IPv4 broadcast, multicast,
+# IPv6 link-local, IPv4-compatible ::a.b.c.d (except ::1), nor the
+# IPv4-mapped forms of the IPv4 ones. Returns 1 with ADDRERR set if not.
+assertable() {
+    ADDRERR=''
+    case $ADDRHEX in
+        "$ZERO_ADDR" | 00000000000000000000ffff00000000)
+            ADDRERR="$1: the unspecified address cannot be asserted; omit --assert-addr" ;;
+        00000000000000000000ffffffffffff)
+            ADDRERR="$1: the broadcast address cannot be asserted" ;;
+        00000000000000000000ffffe*)
+            ADDRERR="$1: a multicast address cannot be asserted" ;;
+        00000000000000000000ffff*) ;;
+        ff*) ADDRERR="$1: a multicast address cannot be asserted" ;;
+        fe[89ab]*) ADDRERR="$1: a link-local address cannot be asserted (there is no room for a zone)" ;;
+        00000000000000000000000000000001) ;;
+        000000000000000000000000*)
+            ADDRERR="$1: an IPv4-compatible address (::a.b.c.d) cannot be asserted; write a.b.c.d" ;;
+    esac
+    [ -z "$ADDRERR" ]
+}
+
+# --assert-addr $1 -> ADDRHEX, or 1 with ADDRERR.
+assert_field() {
+    addr_field "$1" || return 1
+    case $1 in '' | none) return 0 ;; esac
+    assertable "$1"
 }
 
 # ---------------------------------------------------------------------------
 # Key derivation
 
+# Host name $1 as it goes into a salt or fleet message, into NORMHOST:
+# "[v6]" or "[v6]:port" -> v6; a name or IPv4 with exactly one ':' loses
+# ":port"; then one trailing "." goes; then ASCII letters are lower-cased,
+# other bytes unchanged (LC_ALL=C). No IPv6 re-compression.
+normalise_host() {
+    _nh=$1
+    case $_nh in
+        \[*\]*) _nh=${_nh#\[}; _nh=${_nh%%\]*} ;;
+        \[*) _nh=${_nh#\[} ;;
+        *:*:*) ;;
+        *:*) _nh=${_nh%%:*} ;;
+    esac
+    _nh=${_nh%.}
+    NORMHOST=$(printf '%s.' "$_nh" | tr 'ABCDEFGHIJKLMNOPQRSTUVWXYZ' 'abcdefghijklmnopqrstuvwxyz')
+    NORMHOST=${NORMHOST%.}
+}
+
 passphrase_salt() {
-    _ps=$(printf 'postern-2 passphrase\000%s\000%s' "$1" "$2" | openssl dgst -sha256 -binary | tohex)
+    normalise_host "$1"
+    _ps=$(printf 'postern-2 passphrase\000%s\000%s' "$NORMHOST" "$2" | openssl dgst -sha256 -binary | tohex)
     hex_head "$_ps" 8
 }
 
@@ -410,7 +466,8 @@ EOF
 
 # HMAC-SHA256(master hex $1, "postern-2 fleet\0" || host || "\0" || action).
 fleet_key() {
-    _fm=$(printf 'postern-2 fleet\000%s\000%s' "$2" "$3" | tohex)
+    normalise_host "$2"
+    _fm=$(printf 'postern-2 fleet\000%s\000%s' "$NORMHOST" "$3" | tohex)
     hmac_hex "$1" "$_fm"
 }
 
@@ -418,21 +475,123 @@ fleet_key() {
 # Messages (hex in, hex out)
 
 reply_hex() { # key greeting addr_field
-    printf '%s%s' "$3" "$(hmac_hex "$1" "$LABEL_REPLY$2$3")"
+    printf '%s%s' "$3" "$(hmac_hex "$1" "$LABEL_REPLY${2#????????}$3")"
 }
 
-ack_hex() { # key greeting reply status(2 hex digits)
+ack_hex() { # key greeting reply body(6 bytes: status reason seconds, as 12 hex digits)
     printf '%s%s' "$4" "$(hmac_hex "$1" "$LABEL_ACK$2$3$4")"
 }
 
-# Verify ack $4 for key $1, greeting $2, reply $3. Prints the status
-# byte (01..04) and returns 0, or returns 1 for a forged, corrupted or
-# unknown-status ack.
+# Verify ack $4 for key $1, greeting $2, reply $3, comparing the hex of the
+# recomputed MAC. Sets ACK_STATUS, ACK_REASON and ACK_SECONDS (decimal) and
+# returns 0 for a genuine ack with a known status (1..4); returns 1 for a
+# forged or corrupted one, 2 for a genuine one with an unknown status.
 verify_ack() {
-    _vs=$(hex_head "$4" 1)
-    case $_vs in 01 | 02 | 03 | 04) ;; *) return 1 ;; esac
-    [ "$(ack_hex "$1" "$2" "$3" "$_vs")" = "$4" ] || return 1
-    printf '%s' "$_vs"
+    ACK_STATUS='' ACK_REASON='' ACK_SECONDS=''
+    [ "${#4}" -eq 76 ] || return 1
+    _vb=$(hex_head "$4" 6)
+    [ "$(ack_hex "$1" "$2" "$3" "$_vb")" = "$4" ] || return 1
+    _vs=${_vb%??????????}
+    _vr=${_vb#??}
+    _vr=${_vr%????????}
+    ACK_STATUS=$((0x$_vs))
+    ACK_REASON=$((0x$_vr))
+    ACK_SECONDS=$((0x${_vb#????}))
+    case $_vs in 01 | 02 | 03 | 04) ;; *) return 2 ;; esac
+}
+
+# ---------------------------------------------------------------------------
+# Output for a verified ack
+
+# Reason byte $1 -> its name (REASON_NAME) and phrase (REASON_PHRASE).
+reason_of() {
+    case $1 in
+        0) REASON_NAME=none REASON_PHRASE="no reason given" ;;
+        1) REASON_NAME=cooldown REASON_PHRASE="cooling down" ;;
+        2) REASON_NAME=busy REASON_PHRASE="the server is busy" ;;
+        3) REASON_NAME=address-binding REASON_PHRASE="the asserted address is not this connection's source (bind_source)" ;;
+        4) REASON_NAME=address-not-allowed REASON_PHRASE="the asserted address cannot be acted for" ;;
+        5) REASON_NAME=open-for-other-address REASON_PHRASE="it is open for another address" ;;
+        6) REASON_NAME=config-changed REASON_PHRASE="the server's config changed; try again" ;;
+        7) REASON_NAME=shutting-down REASON_PHRASE="the server is shutting down" ;;
+        16) REASON_NAME=spawn-failed REASON_PHRASE="the program could not be started" ;;
+        17) REASON_NAME=run-failed REASON_PHRASE="the run command failed" ;;
+        18) REASON_NAME=run-timed-out REASON_PHRASE="the run command timed out" ;;
+        19) REASON_NAME=serve-exited REASON_PHRASE="the served program exited at once" ;;
+        20) REASON_NAME=state-unwritable REASON_PHRASE="the server could not record the gate" ;;
+        *) REASON_NAME=unknown REASON_PHRASE="reason $1" ;;
+    esac
+}
+
+# Seconds $1 as a short span in DUR: "40 s", "15 min" (rounded up), "2 h",
+# "1 h 5 min".
+duration() {
+    if [ "$1" -lt 60 ]; then
+        DUR="$1 s"
+        return
+    fi
+    _dm=$((($1 + 59) / 60))
+    if [ "$_dm" -lt 60 ]; then
+        DUR="$_dm min"
+    elif [ $((_dm % 60)) -eq 0 ]; then
+        DUR="$((_dm / 60)) h"
+    else
+        DUR="$((_dm / 60)) h $((_dm % 60)) min"
+    fi
+}
+
+# Local HH:MM, $1 seconds from now, into UNTIL (GNU, busybox or BSD date).
+until_time() {
+    _un=$(date +%s 2>/dev/null) || _un=''
+    UNTIL=''
+    case $_un in '' | *[!0-9]*) UNTIL='?' ; return ;; esac
+    _ut=$((_un + $1))
+    UNTIL=$(date -d "@$_ut" +%H:%M 2>/dev/null) ||
+        UNTIL=$(date -r "$_ut" +%H:%M 2>/dev/null) || UNTIL='?'
+}
+
+# Status $1, reason $2, seconds $3, action name $4 -> exit code in
+# ANSWER_RC and the text after "TARGET: " in ANSWER.
+answer_line() {
+    _an=${4:-the action}
+    reason_of "$2"
+    case $1 in
+        1)
+            ANSWER_RC=$EX_OK
+            if [ "$3" -gt 0 ]; then
+                duration "$3"
+                until_time "$3"
+                ANSWER="accepted; $_an open for $DUR (until $UNTIL)"
+            else
+                ANSWER="accepted; $_an started"
+            fi
+            ;;
+        2)
+            ANSWER_RC=$EX_OK
+            if [ "$3" -gt 0 ]; then
+                duration "$3"
+                until_time "$3"
+                ANSWER="accepted; $_an already open, $DUR left (until $UNTIL)"
+            else
+                ANSWER="accepted; $_an already running"
+            fi
+            ;;
+        3)
+            ANSWER_RC=$EX_REFUSED
+            duration "$3"
+            if [ "$2" -eq 1 ] && [ "$3" -gt 0 ]; then
+                ANSWER="refused: cooling down, try again in $DUR"
+            elif [ "$2" -eq 5 ] && [ "$3" -gt 0 ]; then
+                ANSWER="refused: it is open for another address, closes in $DUR"
+            else
+                ANSWER="refused: $REASON_PHRASE"
+            fi
+            ;;
+        *)
+            ANSWER_RC=$EX_FAILED
+            ANSWER="failed: $REASON_PHRASE"
+            ;;
+    esac
 }
 
 # ---------------------------------------------------------------------------
@@ -443,23 +602,32 @@ TMPD=''
 READER=''
 TRANSPORT_PID=''
 WATCHDOG=''
+NOTICE=''
 STTY_RESTORE=''
 RFD=''
 WFD=''
 
 cleanup() {
+    # First the files that let the watchdog and the notice act.
+    [ -n "$TMPD" ] && rm -f "$TMPD/waiting" "$TMPD"/watchdog.*
+    [ -n "$NOTICE" ] && kill "$NOTICE" 2>/dev/null
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     [ -n "$READER" ] && kill "$READER" 2>/dev/null
     [ -n "$TRANSPORT_PID" ] && kill "$TRANSPORT_PID" 2>/dev/null
     [ -n "$STTY_RESTORE" ] && stty echo 2>/dev/null
     [ -n "$TMPD" ] && rm -rf "$TMPD"
-    WATCHDOG='' READER='' TRANSPORT_PID='' TMPD=''
+    NOTICE='' WATCHDOG='' READER='' TRANSPORT_PID='' TMPD=''
 }
 
+# SIGALRM from the current watchdog (one that was stopped, whose TERM came
+# too late, finds its file gone and sends nothing; should one get through,
+# it is ignored here).
 on_alarm() {
-    [ -n "$READER" ] && kill "$READER" 2>/dev/null
-    READER=''
-    result "$EX_NET" "connection failed: timed out after $TIMEOUT s $PHASE"
+    if [ -n "$WD_FILE" ] && [ -e "$WD_FILE" ]; then
+        [ -n "$READER" ] && kill "$READER" 2>/dev/null
+        READER=''
+        result "$EX_NET" "connection failed: timed out after $WATCHED s $PHASE"
+    fi
 }
 
 pick_transport() {
@@ -482,17 +650,59 @@ pick_transport() {
     esac
 }
 
-# The whole exchange is bounded: a watchdog sends SIGALRM after TIMEOUT
-# seconds, and every blocking read is a background dd we can kill.
+# Every wait is bounded: a watchdog sends SIGALRM after $1 seconds (the
+# connect, challenge and reply together: TIMEOUT; the ack: ACK_TIMEOUT),
+# and every blocking read is a background dd we can kill. A watchdog acts
+# only while its file in TMPD exists: stopping one removes the file, so
+# nothing depends on when the watchdog sees its TERM, and nothing is ever
+# waited for.
+WD_GEN=0
+WD_FILE=''
 start_watchdog() {
+    WATCHED=$1
+    WD_GEN=$((WD_GEN + 1))
+    WD_FILE=$TMPD/watchdog.$WD_GEN
+    : >"$WD_FILE"
     (
         trap 'kill "$_wsl" 2>/dev/null; exit 0' TERM
         _wsl=''
-        sleep "$TIMEOUT" &
+        sleep "$WATCHED" &
         _wsl=$!
-        wait "$_wsl" && kill -s ALRM "$MAINPID"
+        wait "$_wsl" && [ -e "$WD_FILE" ] && kill -s ALRM "$MAINPID"
     ) </dev/null >/dev/null 2>&1 &
     WATCHDOG=$!
+}
+
+stop_watchdog() {
+    [ -n "$WD_FILE" ] && rm -f "$WD_FILE"
+    WD_FILE=''
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    WATCHDOG=''
+}
+
+# On a terminal, one line on stderr once the ack has been awaited for 1 s:
+# a gate's run may take minutes. It is printed only while $TMPD/waiting
+# exists; stop_notice removes it.
+start_notice() {
+    NOTICE=''
+    [ -t 2 ] || return 0
+    [ "$ACK_TIMEOUT" -gt 1 ] || return 0
+    : >"$TMPD/waiting"
+    (
+        trap 'kill "$_nsl" 2>/dev/null; exit 0' TERM
+        _nsl=''
+        sleep 1 &
+        _nsl=$!
+        wait "$_nsl" && [ -e "$TMPD/waiting" ] &&
+            printf 'waiting for the server to start %s\342\200\246\n' "${ACTION:-the action}" >&2
+    ) </dev/null >/dev/null &
+    NOTICE=$!
+}
+
+stop_notice() {
+    rm -f "$TMPD/waiting"
+    [ -n "$NOTICE" ] && kill "$NOTICE" 2>/dev/null
+    NOTICE=''
 }
 
 # Why the connection could not be made, worded as the Rust client does.
@@ -554,7 +764,11 @@ open_connection() {
 read_exact() {
     dd bs=1 count="$1" <&"$RFD" 3>&- >"$2" 2>/dev/null &
     READER=$!
-    wait "$READER"
+    # A signal whose trap returns (a stale SIGALRM) ends the wait early:
+    # wait again while the reader lives.
+    while kill -0 "$READER" 2>/dev/null; do
+        wait "$READER"
+    done
     READER=''
     RECEIVED=$(tohex <"$2")
 }
@@ -642,7 +856,7 @@ cmd_trigger() {
     parse_target "$1"
     shift
     KEY_FILE='' KEY_ENV='' PASSPHRASE='' MASTER='' HOST_NAME='' ACTION='' ASSERT=''
-    TIMEOUT=$DEFAULT_TIMEOUT PROTOCOL=postern-2 PASSWORD_FILE=
+    TIMEOUT=$DEFAULT_TIMEOUT ACK_TIMEOUT=$DEFAULT_ACK_TIMEOUT PROTOCOL=postern-2 PASSWORD_FILE=
     _positional=''
     _sources=0
     while [ $# -gt 0 ]; do
@@ -660,7 +874,7 @@ cmd_trigger() {
                 shift
                 continue
                 ;;
-            --key-file | --key-env | --master | --host-name | --action | --assert-addr | --timeout | --protocol | --password-file)
+            --key-file | --key-env | --master | --host-name | --action | --assert-addr | --timeout | --ack-timeout | --protocol | --password-file)
                 if [ -z "$_has" ]; then
                     [ $# -ge 2 ] || fail_usage "$_opt needs a value"
                     _val=$2
@@ -686,6 +900,7 @@ cmd_trigger() {
             --action) ACTION=$_val ;;
             --assert-addr) ASSERT=$_val ;;
             --timeout) TIMEOUT=$_val ;;
+            --ack-timeout) ACK_TIMEOUT=$_val ;;
             --protocol) PROTOCOL=$_val ;;
         esac
     done
@@ -697,6 +912,9 @@ cmd_trigger() {
     case $TIMEOUT in
         '' | *[!0-9]* | 0* | ??????*) fail_usage "--timeout must be a whole number of seconds, 1 or more" ;;
     esac
+    case $ACK_TIMEOUT in
+        '' | *[!0-9]* | 0* | ??????*) fail_usage "--ack-timeout must be a whole number of seconds, 1 or more" ;;
+    esac
     [ "$_sources" -le 1 ] ||
         fail_usage "choose one key source: --key-file, --key-env, --passphrase, --master or --password-file"
     _derives=''
@@ -704,7 +922,7 @@ cmd_trigger() {
     case $PROTOCOL in
         postern-2)
             [ -z "$PASSWORD_FILE" ] || fail_usage "--password-file is for --protocol ostiary-4"
-            addr_field "$ASSERT" || fail_usage "--assert-addr $ADDRERR"
+            assert_field "$ASSERT" || fail_usage "--assert-addr $ADDRERR"
             ;;
         ostiary-4)
             if [ -n "$KEY_FILE" ] || [ -n "$_derives" ]; then
@@ -781,7 +999,7 @@ cmd_trigger() {
     trap on_alarm ALRM
     TMPD=$(mktemp -d "${TMPDIR:-/tmp}/postern.XXXXXX") || fail_local "cannot create a temporary directory"
     case $HOST in *:*) PHASE="connecting to [$HOST]:$PORT" ;; *) PHASE="connecting to $HOST:$PORT" ;; esac
-    start_watchdog
+    start_watchdog "$TIMEOUT"
     open_connection
     PHASE="waiting for the challenge"
 
@@ -797,30 +1015,39 @@ cmd_trigger() {
         result "$EX_OK" "reply sent (ostiary-4 gives no acknowledgement)"
     fi
 
-    read_exact 36 "$TMPD/greeting"
+    # The tag first: an ostiary-4 server sends 32 bytes and then waits, so
+    # reading 36 would only end in the timeout.
+    read_exact 4 "$TMPD/tag"
     _g=$RECEIVED
+    [ "${#_g}" -eq 8 ] || closed_early
+    [ "$_g" = "$GREETING_TAG" ] || result "$EX_NET" "$NOT_POSTERN_2"
+    read_exact 32 "$TMPD/greeting"
+    _g=$_g$RECEIVED
     [ "${#_g}" -eq 72 ] || closed_early
-    [ "$(hex_head "$_g" 4)" = "$GREETING_TAG" ] ||
-        result "$EX_NET" "connection failed: bad greeting: not a postern-2 server"
     _r=$(reply_hex "$KEYHEX" "$_g" "$ADDRHEX")
     PHASE="sending the reply"
     send_hex "$_r"
     end_sending
+    stop_watchdog
     PHASE="waiting for the acknowledgement"
-    read_exact 33 "$TMPD/ack"
+    start_watchdog "$ACK_TIMEOUT"
+    start_notice
+    # Exactly 38 bytes; anything after them is never looked at.
+    read_exact 38 "$TMPD/ack"
+    stop_notice
     _a=$RECEIVED
     # A close (even after part of an ack) is the server's way of saying no.
-    [ "${#_a}" -eq 66 ] ||
+    [ "${#_a}" -eq 76 ] ||
         result "$EX_NOACK" "no acknowledgement (wrong key, locked out or refused)"
-    _s=$(verify_ack "$KEYHEX" "$_g" "$_r" "$_a") ||
-        result "$EX_NOACK" "no acknowledgement (the acknowledgement did not verify: wrong key or tampering)"
-    KEYHEX=''
-    case $_s in
-        01) result "$EX_OK" "accepted, action started" ;;
-        02) result "$EX_OK" "accepted, already active" ;;
-        03) result "$EX_REFUSED" "acknowledged, refused (cooldown, busy or address binding)" ;;
-        *) result "$EX_FAILED" "acknowledged, failed to start" ;;
+    verify_ack "$KEYHEX" "$_g" "$_r" "$_a"
+    case $? in
+        0) ;;
+        2) result "$EX_NOACK" "no acknowledgement (status $ACK_STATUS is not one this client knows)" ;;
+        *) result "$EX_NOACK" "no acknowledgement (the acknowledgement did not verify: wrong key or tampering)" ;;
     esac
+    KEYHEX=''
+    answer_line "$ACK_STATUS" "$ACK_REASON" "$ACK_SECONDS" "$ACTION"
+    result "$ANSWER_RC" "$ANSWER"
 }
 
 cmd_keygen() {
@@ -878,28 +1105,90 @@ each_case() {
     fi
 }
 
+# Hex $1 -> the bytes as text in TEXT (no NUL bytes; trailing newlines kept).
+text_of_hex() {
+    esc_of_hex "$1"
+    TEXT=$(printf "$ESC.")
+    TEXT=${TEXT%.}
+}
+
+# verify_ack's verdict on key $1, greeting $2, reply $3, ack $4, as the
+# negative vectors write it: "status=N reason=N seconds=N" or "reject".
+ack_verdict() {
+    if verify_ack "$1" "$2" "$3" "$4"; then
+        printf 'status=%s reason=%s seconds=%s' "$ACK_STATUS" "$ACK_REASON" "$ACK_SECONDS"
+    else
+        printf reject
+    fi
+}
+
+# The acks every case of postern-2.vectors carries (its header):
+# NAME:STATUS:REASON:SECONDS.
+VECTOR_ACKS="started:1:0:900 already_active:2:0:600 refused:3:1:40 failed:4:17:0"
+
 st_postern_case() {
     _n="postern-2 case ${v_case:-?}"
+    check "$_n greeting tag" "$(hex_head "$v_greeting" 4)" "$GREETING_TAG"
     key_of_b64 "$v_key" || KEYHEX="(decode error: $KEYERR)"
     check "$_n key" "$KEYHEX" "$v_key_hex"
-    addr_field "$v_addr" || ADDRHEX="(error: $ADDRERR)"
+    assert_field "$v_addr" || ADDRHEX="(error: $ADDRERR)"
     check "$_n addr_field" "$ADDRHEX" "$v_addr_field"
+    check "$_n mac_input" "$LABEL_REPLY${v_greeting#????????}$v_addr_field" "$v_mac_input"
     _r=$(reply_hex "$v_key_hex" "$v_greeting" "$v_addr_field")
     check "$_n reply" "$_r" "$v_reply"
-    for _st in 01:started 02:already_active 03:refused 04:failed; do
-        _b=${_st%%:*}
-        _nm=${_st#*:}
+    for _st in $VECTOR_ACKS; do
+        _nm=${_st%%:*}
+        _rest=${_st#*:}
+        _s=${_rest%%:*}
+        _rest=${_rest#*:}
+        _why=${_rest%%:*}
+        _secs=${_rest#*:}
         eval "_want=\$v_ack_$_nm"
+        _b=$(printf '%02x%02x%08x' "$_s" "$_why" "$_secs")
         check "$_n ack_$_nm" "$(ack_hex "$v_key_hex" "$v_greeting" "$v_reply" "$_b")" "$_want"
-        check "$_n verify ack_$_nm" "$(verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$_want" || echo rejected)" "$_b"
+        check "$_n verify ack_$_nm" "$(ack_verdict "$v_key_hex" "$v_greeting" "$v_reply" "$_want")" \
+            "status=$_s reason=$_why seconds=$_secs"
     done
     # Tampering: another status byte under the same MAC, and a flipped MAC bit.
     _tam=02${v_ack_started#01}
-    check "$_n forged status rejected" "$(verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$_tam" || echo rejected)" rejected
+    check "$_n forged status rejected" "$(ack_verdict "$v_key_hex" "$v_greeting" "$v_reply" "$_tam")" reject
     _last=${v_ack_started#"${v_ack_started%?}"}
     case $_last in 0) _flip=1 ;; *) _flip=0 ;; esac
     _tam=${v_ack_started%?}$_flip
-    check "$_n flipped mac rejected" "$(verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$_tam" || echo rejected)" rejected
+    check "$_n flipped mac rejected" "$(ack_verdict "$v_key_hex" "$v_greeting" "$v_reply" "$_tam")" reject
+}
+
+st_negative_case() {
+    _n="negative case ${v_case:-?} (${v_check:-?})"
+    case ${v_check:-} in
+        ack)
+            check "$_n" "$(ack_verdict "$v_key_hex" "$v_greeting" "$v_reply" "$v_ack")" "$v_expect"
+            if verify_ack "$v_key_hex" "$v_greeting" "$v_reply" "$v_ack"; then
+                reason_of "$ACK_REASON"
+                if [ "$REASON_NAME" = unknown ]; then
+                    answer_line "$ACK_STATUS" "$ACK_REASON" "$ACK_SECONDS" ""
+                    check "$_n shown as a number" "$ANSWER" "refused: reason $ACK_REASON"
+                fi
+            fi
+            ;;
+        greeting)
+            if [ "$(hex_head "$v_greeting" 4)" = "$GREETING_TAG" ]; then _got=accept; else _got=reject; fi
+            check "$_n" "$_got" "$v_expect"
+            ;;
+        key)
+            text_of_hex "$v_text_hex"
+            key_of_b64 "$TEXT" || KEYHEX=reject
+            TEXT=''
+            check "$_n" "$KEYHEX" "$v_expect"
+            ;;
+        addr)
+            addr_field "$v_addr" || ADDRHEX="(error: $ADDRERR)"
+            check "$_n field" "$ADDRHEX" "$v_addr_field"
+            assert_field "$v_addr" && _got=allow || _got=refuse
+            check "$_n $v_addr" "$_got" "$v_expect"
+            ;;
+        *) check "$_n" "unknown check" "ack, greeting, key or addr" ;;
+    esac
 }
 
 st_ostiary_case() {
@@ -908,16 +1197,23 @@ st_ostiary_case() {
 }
 
 st_kdf_case() {
-    check "kdf salt" "$(passphrase_salt "$v_host" "$v_action")" "$v_salt"
-    check "kdf iterations" "$v_iterations" "$PBKDF2_ITERATIONS"
+    _n="kdf case ${v_case:-?}"
+    text_of_hex "$v_passphrase_hex"
+    _pp=$TEXT
+    TEXT=''
+    [ -z "${v_passphrase+set}" ] || check "$_n passphrase bytes" "$(hex_of_text "$v_passphrase")" "$v_passphrase_hex"
+    normalise_host "$v_host"
+    check "$_n host_normalised" "$NORMHOST" "$v_host_normalised"
+    check "$_n salt" "$(passphrase_salt "$v_host" "$v_action")" "$v_salt"
+    check "$_n iterations" "$v_iterations" "$PBKDF2_ITERATIONS"
     key_of_b64 "$v_passphrase_key"
     _want=$KEYHEX
-    pbkdf2_key "$v_passphrase" "$v_salt" || KEYHEX="(openssl enc -pbkdf2 failed)"
-    check "kdf passphrase_key" "$KEYHEX" "$_want"
+    pbkdf2_key "$_pp" "$v_salt" || KEYHEX="(openssl enc -pbkdf2 failed)"
+    check "$_n passphrase_key" "$KEYHEX" "$_want"
     key_of_b64 "$v_fleet_key"
     _want=$KEYHEX
     key_of_b64 "$v_master"
-    check "kdf fleet_key" "$(fleet_key "$KEYHEX" "$v_host" "$v_action")" "$_want"
+    check "$_n fleet_key" "$(fleet_key "$KEYHEX" "$v_host" "$v_action")" "$_want"
 }
 
 st_builtin() {
@@ -943,9 +1239,14 @@ st_builtin() {
         check "addr ${_c%%=*}" "$ADDRHEX" "${_c#*=}"
     done
     for _c in 1:2:3:4:5:6:7:8:9 1::2::3 12345::1 :1:2:3:4:5:6:7 1:2:3:4:5:6:7: fe80::1%eth0 \
-        1.2.3 1.2.3.256 01.2.3.4 1.2.3.4.5 ::1.2.3 g::1 :: 0.0.0.0 1:2:3:4:5:6:7:8::; do
-        addr_field "$_c" && _got=accepted || _got=rejected
+        1.2.3 1.2.3.256 01.2.3.4 1.2.3.4.5 ::1.2.3 g::1 :: 0.0.0.0 1:2:3:4:5:6:7:8:: \
+        febf::1 ::ffff:239.1.2.3 ::0.0.0.2; do
+        assert_field "$_c" && _got=accepted || _got=rejected
         check "addr $_c rejected" "$_got" rejected
+    done
+    for _c in fec0::1 ::ffff:1.2.3.4 223.255.255.255 240.0.0.1 fe7f::1; do
+        assert_field "$_c" && _got=accepted || _got=rejected
+        check "addr $_c allowed" "$_got" accepted
     done
     for _c in Zm9v '!!!!' 'Zm9=v' Zh== \
         AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB= \
@@ -953,17 +1254,51 @@ st_builtin() {
         key_of_b64 "$_c" && _got=accepted || _got=rejected
         check "base64 $_c rejected" "$_got" rejected
     done
-    key_of_b64 "  AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8
-" || KEYHEX=rejected
+    for _c in 0b 0c; do
+        text_of_hex "${_c}41414543417751464267634943516f4c4441304f4478415245684d554652595847426b61477877644868383d"
+        key_of_b64 "$TEXT" && _got=accepted || _got=rejected
+        check "base64 with leading \\x$_c rejected" "$_got" rejected
+    done
+    text_of_hex 202041414543417751464267634943516f4c4441304f4478415245684d554652595847426b61477877644868380d0a
+    key_of_b64 "$TEXT" || KEYHEX=rejected
     check "base64 unpadded with whitespace" "$KEYHEX" 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
+    for _c in "Web-17.Example.COM.=web-17.example.com" "[2001:DB8::1]=2001:db8::1" \
+        "2001:DB8::1=2001:db8::1" "192.0.2.1:7001=192.0.2.1" "h..=h."; do
+        normalise_host "${_c%%=*}"
+        check "host ${_c%%=*} normalised" "$NORMHOST" "${_c#*=}"
+    done
+    normalise_host "$(printf 'W\303\211b')"
+    check "host W\\303\\211b normalised" "$(hex_of_text "$NORMHOST")" 77c38962
+    for _c in "0=0 s" "59=59 s" "60=1 min" "61=2 min" "900=15 min" "3599=1 h" "3600=1 h" \
+        "3601=1 h 1 min" "5400=1 h 30 min" "7200=2 h" "90000=25 h"; do
+        duration "${_c%%=*}"
+        check "duration ${_c%%=*}" "$DUR" "${_c#*=}"
+    done
+    for _c in \
+        "1 0 0=0 accepted; sshd started" \
+        "2 0 0=0 accepted; sshd already running" \
+        "3 1 40=4 refused: cooling down, try again in 40 s" \
+        "3 5 120=4 refused: it is open for another address, closes in 2 min" \
+        "3 2 0=4 refused: the server is busy" \
+        "3 4 0=4 refused: the asserted address cannot be acted for" \
+        "4 17 0=5 failed: the run command failed" \
+        "4 99 0=5 failed: reason 99"; do
+        # shellcheck disable=SC2086 # three numbers
+        set -- ${_c%%=*}
+        answer_line "$1" "$2" "$3" sshd
+        check "answer $1/$2/$3" "$ANSWER_RC $ANSWER" "${_c#*=}"
+    done
+    answer_line 1 0 0 ''
+    check "answer with no action name" "$ANSWER" "accepted; the action started"
 }
 
 cmd_selftest() {
     [ $# -eq 1 ] || fail_usage "selftest needs VECTORS_DIR"
-    for _f in postern-2 ostiary-4 kdf; do
+    for _f in postern-2 postern-2-negative ostiary-4 kdf; do
         [ -r "$1/$_f.vectors" ] || fail_local "$1/$_f.vectors: not readable"
     done
     each_case "$1/postern-2.vectors" st_postern_case
+    each_case "$1/postern-2-negative.vectors" st_negative_case
     each_case "$1/ostiary-4.vectors" st_ostiary_case
     each_case "$1/kdf.vectors" st_kdf_case
     st_builtin

@@ -7,17 +7,23 @@ to --result-file, and exits. Standard library only.
 
 Modes:
   ack          greeting; verify the reply (MAC and, with --expect-addr, the
-               address field); on success send an ack with --status.
+               address field); on success, after --ack-delay seconds, send
+               the 38-byte ack with --status, --reason and --seconds (and
+               then --trailing more bytes, which a client must ignore).
   noack        greeting; verify the reply; close without an ack.
   forged       greeting; verify the reply; send an ack with a random MAC.
-  truncated    greeting; verify the reply; send only the first 20 ack bytes.
+  truncated    greeting; verify the reply; send only the first 33 ack
+               bytes (a postern-1 ack's length) and close.
   silent       send nothing; wait for the client to give up.
   close        close at once, before any greeting.
-  badgreeting  send a greeting that does not start with "PST1".
+  badgreeting  send a postern-1 greeting ("PST1" || nonce) and wait.
   ostiary      send a 32-byte salt; verify HMAC-SHA256(password, salt).
+  ostiary-like send a 32-byte salt as an ostiary-4 server does, then wait
+               up to 10 s for a 32-byte reply, as it does.
 
 Results: verified, bad-mac, bad-addr, short-reply, long-reply,
-client-closed, timeout, closed, sent-bad-greeting.
+client-closed, timeout, closed, sent-bad-greeting (the client then sent
+nothing and closed), bad-greeting-answered (it sent something).
 
 With --proxy http or --proxy socks5 it first plays an HTTP CONNECT or a
 SOCKS5 (no authentication) proxy, checks that the client asked for
@@ -36,8 +42,10 @@ import socket
 import sys
 import time
 
-REPLY_LABEL = b"postern-2 reply\0"
-ACK_LABEL = b"postern-2 ack\0"
+REPLY_LABEL = b"PST2-R\0"
+ACK_LABEL = b"PST2-A\0"
+# The salt of tests/vectors/postern-2-negative.vectors, case 10: no "PST2".
+OSTIARY_LIKE_SALT = hashlib.sha256(b"salt").digest()
 DEADLINE = 10.0
 
 
@@ -147,30 +155,36 @@ def play(conn, args, key):
             return "long-reply"
         ok = hmac.compare_digest(reply, mac(args.password.encode(), salt))
         return "verified" if ok else "bad-mac"
-    greeting = (b"XXX1" if mode == "badgreeting" else b"PST1") + os.urandom(32)
+    if mode in ("badgreeting", "ostiary-like"):
+        conn.sendall(b"PST1" + os.urandom(32) if mode == "badgreeting" else OSTIARY_LIKE_SALT)
+        got = read_exact(conn, 48 if mode == "badgreeting" else 32)
+        return "bad-greeting-answered" if got else "sent-bad-greeting"
+    greeting = b"PST2" + os.urandom(32)
     conn.sendall(greeting)
-    if mode == "badgreeting":
-        read_exact(conn, 48)
-        return "sent-bad-greeting"
     reply = read_exact(conn, 48)
     if len(reply) < 48:
         return "short-reply"
     if sent_more(conn):
         return "long-reply"
     field, got = reply[:16], reply[16:]
-    if not hmac.compare_digest(got, mac(key, REPLY_LABEL, greeting, field)):
+    if not hmac.compare_digest(got, mac(key, REPLY_LABEL, greeting[4:], field)):
         return "bad-mac"
     if args.expect_addr is not None and field != addr_field(args.expect_addr):
         return "bad-addr"
     if mode == "noack":
         return "verified"
-    status = bytes([args.status])
-    ack = status + mac(key, ACK_LABEL, greeting, reply, status)
+    body = bytes([args.status, args.reason]) + args.seconds.to_bytes(4, "big")
+    ack = body + mac(key, ACK_LABEL, greeting, reply, body)
     if mode == "forged":
-        ack = status + os.urandom(32)
+        ack = body + os.urandom(32)
     elif mode == "truncated":
-        ack = ack[:20]
-    conn.sendall(ack)
+        ack = ack[:33]
+    if args.ack_delay:
+        time.sleep(args.ack_delay)
+    try:
+        conn.sendall(ack + os.urandom(args.trailing))
+    except OSError:
+        return "client-closed"
     return "verified"
 
 
@@ -181,8 +195,12 @@ def main():
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--mode", default="ack",
                    choices=["ack", "noack", "forged", "truncated", "silent", "close",
-                            "badgreeting", "ostiary"])
+                            "badgreeting", "ostiary", "ostiary-like"])
     p.add_argument("--status", type=int, default=1)
+    p.add_argument("--reason", type=int, default=0)
+    p.add_argument("--seconds", type=int, default=0)
+    p.add_argument("--ack-delay", type=float, default=0.0, help="seconds before the ack")
+    p.add_argument("--trailing", type=int, default=0, help="bytes sent after the ack")
     p.add_argument("--key-b64", default="", help="the postern-2 key (test keys only)")
     p.add_argument("--password", default="", help="the ostiary-4 password")
     p.add_argument("--expect-addr", default=None, help="required asserted address or 'none'")
