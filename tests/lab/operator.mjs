@@ -7,10 +7,12 @@
 // until the session ends and records how it ended.
 //
 // Usage: node operator.mjs vnc|sol URL OUT [--phone] [--type TEXT] [--click]
-//                          [--shown-file FILE] [--hold SECONDS] [--ready-timeout SECONDS]
+//                          [--shown-file FILE] [--trust-spki B64] [--hold SECONDS]
+//                          [--ready-timeout SECONDS]
 //
 //   vnc   the noVNC page of console-gateway: connected when noVNC says so;
-//         keys go to noVNC's canvas (at phone size, after a tap on it).
+//         keys go to noVNC's canvas (at phone size, through noVNC's
+//         on-screen keyboard button, as a phone's user types).
 //   sol   the xterm.js page of sol-gateway: connected when the SOL client
 //         says "SOL Session operational"; the test reads the terminal's
 //         text back ("TYPED: TEXT" is what the lab guest answers).
@@ -26,7 +28,7 @@
 //   connected, clicked, prompt (sol: Enter got the guest's answer),
 //   typed TEXT, shown (sol: the answer is on the
 //   terminal; vnc: the test said so), ws-closed, disconnected STATUS,
-//   still-connected, error MESSAGE
+//   still-connected, error MESSAGE, closed (the browser is gone)
 // and OUT-typed.png (the page once the line is shown) and
 // OUT-disconnected.png. Exits 0 unless the browser could not be driven.
 
@@ -60,6 +62,9 @@ const opt = (name, dflt) => {
   return i >= 0 && i + 1 < args.length ? args[i + 1] : dflt;
 };
 const phone = args.includes('--phone');
+// --trust-spki B64: trust the TLS certificate whose public key has this
+// SHA-256 (base64), as if a CA had signed it: the test's own certificate.
+const spki = opt('--trust-spki', null);
 const click = args.includes('--click');
 const text = opt('--type', null);
 const shownFile = opt('--shown-file', null);
@@ -108,8 +113,7 @@ try {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: FLAGS,
-    ignoreHTTPSErrors: false,
+    args: spki ? [...FLAGS, `--ignore-certificate-errors-spki-list=${spki}`] : FLAGS,
     ...(phone ? PHONE : DESKTOP),
   });
   const page = context.pages()[0] || (await context.newPage());
@@ -139,7 +143,15 @@ try {
   } else {
     await page.focus(mode === 'vnc' ? '#noVNC_container canvas' : '#term textarea');
   }
-  if (mode === 'vnc') {
+  if (mode === 'vnc' && phone) {
+    // As on a phone: open noVNC's control bar and tap its keyboard button,
+    // which brings up the on-screen keyboard (noVNC's hidden text input).
+    await page.tap('#noVNC_control_bar_handle');
+    await page.waitForSelector('#noVNC_keyboard_button', { state: 'visible', timeout: readyMs });
+    await page.tap('#noVNC_keyboard_button');
+    await page.waitForFunction(() => document.activeElement
+      && document.activeElement.id === 'noVNC_keyboardinput', null, { timeout: readyMs });
+  } else if (mode === 'vnc') {
     // noVNC takes keys on its canvas; make sure that is where they go.
     await page.evaluate(() => document.querySelector('#noVNC_container canvas').focus());
   } else {
@@ -204,4 +216,5 @@ try {
 } finally {
   if (context) await context.close().catch(() => {});
   if (profile) fs.rmSync(profile, { recursive: true, force: true });
+  log('closed');
 }
