@@ -14,7 +14,8 @@
 # 18 times a second). Each time it wakes it takes the keys typed on the
 # keyboard (BIOS int 16h) and the characters received on COM1 (polled,
 # FIFO on) and echoes them, on the screen and on COM1; Enter shows the line
-# as "TYPED: <line>" and a new prompt. A left click of the PS/2 mouse (BIOS
+# as "TYPED: <line>" and a new prompt; rows 8-24 scroll up as they fill,
+# like a terminal's. A left click of the PS/2 mouse (BIOS
 # int 15h pointing-device services) shows "MOUSE: LEFT BUTTON". It also
 # polls the ACPI PM1a status register for PWRBTN_STS. On the power button it
 # says so and powers off: SLP_TYP = 0 (S5 on QEMU's PIIX4) | SLP_EN into
@@ -155,6 +156,7 @@ newline:
         mul     bx
         add     ax, 4
         mov     [pos], ax
+        call    scroll
         mov     al, 13
         call    serial
         mov     al, 10
@@ -308,20 +310,33 @@ enter:
         mov     word ptr [len], 0
         mov     si, offset line
         call    puts
-# Shows the prompt; below row 22 the typing area (rows 8-24) is cleared
-# first.
+# Shows the prompt.
 prompt:
-        cmp     word ptr [pos], 22 * 160
-        jb      1f
-        mov     ax, VGA_SEG
-        mov     es, ax
-        mov     di, 8 * 160
-        mov     ax, (ATTR << 8) | ' '
-        mov     cx, 17 * 80
-        rep     stosw
-        mov     word ptr [pos], 8 * 160 + 4
-1:      mov     si, offset prompt_msg
+        mov     si, offset prompt_msg
         jmp     put
+
+# Keeps the typing area (rows 8-24) going like a terminal's: a new line
+# past the last row moves rows 9-24 up by one and blanks row 24.
+scroll:
+        cmp     word ptr [pos], 25 * 160
+        jb      1f
+        push    ds
+        push    es
+        cld
+        mov     ax, VGA_SEG
+        mov     ds, ax
+        mov     es, ax
+        mov     si, 9 * 160
+        mov     di, 8 * 160
+        mov     cx, 16 * 80
+        rep     movsw
+        mov     ax, (ATTR << 8) | ' '
+        mov     cx, 80
+        rep     stosw
+        pop     es
+        pop     ds
+        sub     word ptr [pos], 160
+1:      ret
 
 # PS/2 mouse through the BIOS: initialise, handler, enable. Nothing happens if
 # the BIOS has no pointing device.
