@@ -183,7 +183,14 @@ try {
       if (!shown) log('not-shown', JSON.stringify((await solScreen(page)).trim().split('\n').slice(-4)));
     } else {
       shown = shownFile ? await waitFile(shownFile, readyMs) : true;
-      await sleep(300); // let the last framebuffer update paint
+      if (phone) {
+        // Put the control bar away again, as a phone's user does to see
+        // the whole screen.
+        await page.tap('#noVNC_control_bar_handle');
+        await page.waitForFunction(() => !document.getElementById('noVNC_control_bar')
+          .classList.contains('noVNC_open'), null, { timeout: 5000 }).catch(() => {});
+      }
+      await sleep(300); // let the last framebuffer update and the bar's slide paint
     }
     if (shown) log('shown');
     await page.screenshot({ path: `${out}-typed.png` });
