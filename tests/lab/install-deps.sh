@@ -5,7 +5,8 @@
 # openssl and curl, Node.js with npm, and from the committed
 # package-lock.json into tests/lab/node_modules: xterm.js (@xterm/xterm,
 # @xterm/addon-fit: the serial console's terminal) and playwright-core (it
-# drives /usr/bin/chromium and never downloads a browser). It also installs
+# drives /usr/bin/chromium and never downloads a browser), and from PyPI
+# sushy-tools (a Redfish emulator) into its own virtual environment. It also installs
 # the lab's programs into /usr/local/lib/postern/lab, where
 # conf/examples/datacentre.toml and conf/examples/ipmi.toml name them.
 #
@@ -22,6 +23,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 LAB=$(cd "$(dirname "$0")" && pwd)
+SUSHY_TOOLS_VERSION=2.2.0
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: run as root (apt-get install)" >&2
@@ -84,7 +86,7 @@ apt-get install -y -q --no-install-recommends "${qemu_target[@]}" \
 apt-get install -y -q --no-install-recommends \
     websockify novnc chromium fonts-dejavu-core \
     binutils python3 ca-certificates procps util-linux \
-    openipmi ipmitool openssl curl iproute2
+    openipmi ipmitool openssl curl iproute2 python3-venv
 
 # Node.js 20 or later (playwright-core's minimum): the machine's own if it
 # has one, else the distribution's.
@@ -97,6 +99,16 @@ fi
 
 # The npm packages: no install step of theirs downloads anything.
 (cd "$LAB" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+
+# sushy-tools' Redfish emulator (tests/e2e/redfish_lab.sh), from PyPI into
+# its own virtual environment; Debian does not package it.
+SUSHY=/usr/local/lib/postern/lab/sushy
+if ! "$SUSHY/bin/pip" show sushy-tools 2>/dev/null | grep -qx "Version: $SUSHY_TOOLS_VERSION"; then
+    install -d -m 755 /usr/local/lib/postern/lab
+    rm -rf "$SUSHY"
+    /usr/bin/python3 -m venv "$SUSHY"
+    "$SUSHY/bin/pip" install -q --disable-pip-version-check "sushy-tools==$SUSHY_TOOLS_VERSION"
+fi
 
 # The lab's programs, where the example configs expect them; sol-gateway
 # finds its page (sol-web) and xterm.js (node_modules/@xterm) beside it.
