@@ -183,16 +183,7 @@ try {
       if (!shown) log('not-shown', JSON.stringify((await solScreen(page)).trim().split('\n').slice(-4)));
     } else {
       shown = shownFile ? await waitFile(shownFile, readyMs) : true;
-      if (phone) {
-        // Put the control bar away again, as a phone's user does to see
-        // the whole screen.
-        // (The handle slides with the bar: tap it where it is.)
-        await page.tap('#noVNC_control_bar_handle', { force: true, timeout: 5000 })
-          .then(() => page.waitForFunction(() => !document.getElementById('noVNC_control_bar')
-            .classList.contains('noVNC_open'), null, { timeout: 5000 }))
-          .catch(() => log('control-bar-left-open'));
-      }
-      await sleep(300); // let the last framebuffer update and the bar's slide paint
+      await sleep(300); // let the last framebuffer update paint
     }
     if (shown) log('shown');
     await page.screenshot({ path: `${out}-typed.png` });
