@@ -5,7 +5,8 @@
 # serial-over-LAN is the VM's COM1), and posternd running
 # conf/examples/ipmi.toml with only its addresses, ports and paths replaced
 # (and the consoles' ttl): every power action is the real `ipmitool -I
-# lanplus` against the simulator, the serial console is sol-gateway
+# lanplus` against the simulator (and ipmitool's soft power off, the
+# ACPI button, is checked too), the serial console is sol-gateway
 # (xterm.js, `ipmitool sol activate`), the graphical console is
 # console-gateway (noVNC), both over https/wss with a certificate made
 # here. Headless Chromium types into both consoles, at a desktop size and
@@ -464,6 +465,17 @@ if [ "$trigger_rc" = 0 ] && ! alive "$QEMU" && power_is off; then
     pass "power-off through the BMC: acknowledged, QEMU gone, the chassis reports off"
 else
     fail "power-off: exit $trigger_rc, QEMU $QEMU alive: $(alive "$QEMU" && echo yes || echo no)"
+fi
+
+# The BMC's soft power off (the ACPI button), straight from ipmitool: not
+# one of the shipped actions, but a chassis command the lab BMC carries
+# out like a real one.
+if ipmi chassis power on >/dev/null && wait_until 20 power_is on &&
+    screen vga-7-on-again 'BOOT COUNT: 4' && ipmi chassis power soft >/dev/null &&
+    wait_until 30 power_is off && serial_has "POWER BUTTON PRESSED: POWERING OFF"; then
+    pass "ipmitool chassis power soft presses the guest's ACPI button: it powers itself off and the chassis reports off"
+else
+    fail "soft power off: chassis $(ipmi chassis power status 2>&1)"
 fi
 
 note "done in $(elapsed_s) s; artifacts in $ARTIFACTS"
