@@ -106,6 +106,25 @@ async function target(page) {
   return el.boundingBox();
 }
 
+// At phone size, after typing: put the on-screen keyboard and noVNC's
+// control bar away again, as a phone's user does to see the whole screen.
+// The handle is partly under the open bar: tap its visible edge, once it
+// has stopped moving (at most 5 s).
+async function closeControlBar(page) {
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  let prev = null;
+  for (let i = 0; i < 50; i++) {
+    const b = await (await page.$('#noVNC_control_bar_handle')).boundingBox();
+    if (prev && b.x === prev.x && b.y === prev.y) break;
+    prev = b;
+    await sleep(100);
+  }
+  await page.touchscreen.tap(prev.x + prev.width - 8, prev.y + prev.height / 2);
+  await page.waitForFunction(() => !document.getElementById('noVNC_control_bar')
+    .classList.contains('noVNC_open'), null, { timeout: 3000 })
+    .catch(() => log('control-bar-left-open'));
+}
+
 let context;
 let profile;
 try {
@@ -183,6 +202,7 @@ try {
       if (!shown) log('not-shown', JSON.stringify((await solScreen(page)).trim().split('\n').slice(-4)));
     } else {
       shown = shownFile ? await waitFile(shownFile, readyMs) : true;
+      if (phone) await closeControlBar(page);
       await sleep(300); // let the last framebuffer update paint
     }
     if (shown) log('shown');
