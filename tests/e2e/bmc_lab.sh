@@ -27,8 +27,6 @@ set -u
 LABSRC=$E2E_ROOT/tests/lab
 EXAMPLE=$E2E_ROOT/conf/examples/ipmi.toml
 CONSOLE_TTL=${CONSOLE_TTL:-45}
-# The listener protocol posternd's log names (one place to change).
-PROTO=postern-1
 T0=$(now_ms)
 elapsed_s() { echo $((($(now_ms) - T0) / 1000)); }
 
