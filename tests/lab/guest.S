@@ -1,5 +1,6 @@
-# The lab server: a BIOS boot sector (sector 0) and its boot-counter sector
-# (sector 1), assembled with GNU as and linked to a flat binary at 0x7c00.
+# The lab server: a BIOS boot sector (sector 0), its boot-counter sector
+# (sector 1) and a code sector (sector 2, loaded at 0x8000 by the boot
+# sector), assembled with GNU as and linked to a flat binary at 0x7c00.
 #
 # At boot it reads the counter from sector 1 (int 13h), adds one, writes it
 # back and shows on the VGA text console, mirrored to COM1:
@@ -9,8 +10,14 @@
 #   DISK: PRISTINE          (the counter was 0 before this boot; else USED)
 #   POWER: ON, ACPI BUTTON ARMED
 #
-# Then it sleeps (hlt; the BIOS timer wakes it 18 times a second) and polls
-# the ACPI PM1a status register for PWRBTN_STS. On the power button it
+# Then it shows a prompt, "> ", and sleeps (hlt; the BIOS timer wakes it
+# 18 times a second). Each time it wakes it takes the keys typed on the
+# keyboard (BIOS int 16h) and the characters received on COM1 (polled,
+# FIFO on) and echoes them, on the screen and on COM1; Enter shows the line
+# as "TYPED: <line>" and a new prompt; rows 8-24 scroll up as they fill,
+# like a terminal's. A left click of the PS/2 mouse (BIOS
+# int 15h pointing-device services) shows "MOUSE: LEFT BUTTON". It also
+# polls the ACPI PM1a status register for PWRBTN_STS. On the power button it
 # says so and powers off: SLP_TYP = 0 (S5 on QEMU's PIIX4) | SLP_EN into
 # PM1a_CNT. The PM I/O base is read from the PIIX4 power-management
 # function (PCI 00:01.3, register 0x40); 0x600, where SeaBIOS puts it, if
@@ -39,6 +46,14 @@ _start:
 main:
         sti
         mov     [drive], dl
+        # The code sector: CHS 0/0/3 to 0x8000, right after the counter.
+        xor     ax, ax
+        mov     es, ax
+        mov     bx, offset ext
+        mov     ax, 0x0201
+        mov     cx, 0x0003
+        xor     dh, dh
+        int     0x13
         mov     ax, 0x0003              # 80x25 colour text; clears the screen
         int     0x10
         mov     ah, 0x01                # no cursor
@@ -96,24 +111,8 @@ acpi:
         mov     si, offset armed
         call    puts
 
-wait_button:
-        sti
-        hlt
-        mov     dx, [pmbase]
-        in      ax, dx
-        test    ax, PWRBTN
-        jz      wait_button
+        jmp     console
 
-        mov     si, offset pressed
-        call    puts
-        mov     dx, [pmbase]
-        mov     ax, PWRBTN
-        out     dx, ax
-        add     dx, 4                   # PM1a_CNT
-        in      ax, dx
-        and     ax, 0xc3ff              # SLP_TYP = 0
-        or      ax, SLP_EN
-        out     dx, ax
 halt:
         cli
         hlt
@@ -157,6 +156,7 @@ newline:
         mul     bx
         add     ax, 4
         mov     [pos], ax
+        call    scroll
         mov     al, 13
         call    serial
         mov     al, 10
@@ -217,7 +217,6 @@ pristine:    .asciz "DISK: PRISTINE"
 used:        .asciz "DISK: USED"
 disk_failed: .asciz "DISK: ERROR"
 armed:       .asciz "POWER: ON, ACPI BUTTON ARMED"
-pressed:     .asciz "POWER BUTTON PRESSED: POWERING OFF"
 
 drive:       .byte 0
 pmbase:      .word 0
@@ -231,3 +230,149 @@ pos:         .word 0
 counter:
         .word   0
         .org    1024
+
+# Sector 2: the console loop, loaded at 0x8000.
+ext:
+console:
+        mov     dx, COM1 + 2            # FCR: FIFO on, both FIFOs cleared
+        mov     al, 0x07
+        out     dx, al
+        call    mouse_init
+        call    prompt
+
+wait_event:
+        sti
+        hlt
+        mov     ah, 0x01                # a key in the BIOS keyboard buffer?
+        int     0x16
+        jz      1f
+        xor     ah, ah
+        int     0x16
+        call    key
+        jmp     wait_event
+1:      mov     dx, COM1 + 5            # LSR: data ready?
+        in      al, dx
+        test    al, 0x01
+        jz      2f
+        mov     dx, COM1
+        in      al, dx
+        call    key
+        jmp     1b
+2:      cmp     byte ptr [clicked], 0
+        je      3f
+        mov     byte ptr [clicked], 0
+        call    newline
+        mov     si, offset mouse_msg
+        call    puts
+        call    prompt
+3:      mov     dx, [pmbase]
+        in      ax, dx
+        test    ax, PWRBTN
+        jz      wait_event
+
+        call    newline
+        mov     si, offset pressed
+        call    puts
+        mov     dx, [pmbase]
+        mov     ax, PWRBTN
+        out     dx, ax
+        add     dx, 4                   # PM1a_CNT
+        in      ax, dx
+        and     ax, 0xc3ff              # SLP_TYP = 0
+        or      ax, SLP_EN
+        out     dx, ax
+        jmp     halt
+
+# One character in al, from either source: printable ASCII is echoed and
+# kept (up to LINE_MAX); CR ends the line.
+key:
+        cmp     al, 13
+        je      enter
+        cmp     al, ' '
+        jb      9f
+        cmp     al, '~'
+        ja      9f
+        mov     bx, [len]
+        cmp     bx, LINE_MAX
+        jae     9f
+        mov     [line + bx], al
+        inc     word ptr [len]
+        mov     bx, VGA_SEG
+        mov     es, bx
+        jmp     putc
+9:      ret
+enter:
+        call    newline
+        mov     si, offset typed
+        call    put
+        mov     bx, [len]
+        mov     byte ptr [line + bx], 0
+        mov     word ptr [len], 0
+        mov     si, offset line
+        call    puts
+# Shows the prompt.
+prompt:
+        mov     si, offset prompt_msg
+        jmp     put
+
+# Keeps the typing area (rows 8-24) going like a terminal's: a new line
+# past the last row moves rows 9-24 up by one and blanks row 24.
+scroll:
+        cmp     word ptr [pos], 25 * 160
+        jb      1f
+        push    ds
+        push    es
+        cld
+        mov     ax, VGA_SEG
+        mov     ds, ax
+        mov     es, ax
+        mov     si, 9 * 160
+        mov     di, 8 * 160
+        mov     cx, 16 * 80
+        rep     movsw
+        mov     ax, (ATTR << 8) | ' '
+        mov     cx, 80
+        rep     stosw
+        pop     es
+        pop     ds
+        sub     word ptr [pos], 160
+1:      ret
+
+# PS/2 mouse through the BIOS: initialise, handler, enable. Nothing happens if
+# the BIOS has no pointing device.
+mouse_init:
+        mov     ax, 0xc205              # initialise, 3-byte packets (this
+        mov     bh, 3                   # forgets any handler: it comes first)
+        int     0x15
+        jc      1f
+        push    cs
+        pop     es
+        mov     bx, offset mouse_handler
+        mov     ax, 0xc207              # set the device handler (ES:BX)
+        int     0x15
+        jc      1f
+        mov     ax, 0xc200              # enable
+        mov     bh, 1
+        int     0x15
+1:      ret
+
+# Called by the BIOS for each mouse packet, far, with the status byte at
+# [sp+10] (after the return address and three other words).
+mouse_handler:
+        push    bp
+        mov     bp, sp
+        test    byte ptr [bp + 12], 0x01
+        jz      1f
+        mov     byte ptr cs:[clicked], 1
+1:      pop     bp
+        lret
+
+        .equ LINE_MAX, 64
+prompt_msg:  .asciz "> "
+typed:       .asciz "TYPED: "
+mouse_msg:   .asciz "MOUSE: LEFT BUTTON"
+pressed:     .asciz "POWER BUTTON PRESSED: POWERING OFF"
+clicked:     .byte 0
+len:         .word 0
+line:        .space LINE_MAX + 1
+        .org    1536

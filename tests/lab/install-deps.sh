@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs what tests/e2e/console_lab.sh needs: QEMU (system emulator and
-# qemu-img), websockify, noVNC, Chromium, binutils, Python 3, Node.js with
-# npm, and playwright-core (into tests/lab/node_modules, from the committed
-# package-lock.json; it drives /usr/bin/chromium and never downloads a
-# browser). It also installs the lab's programs into
-# /usr/local/lib/postern/lab, where conf/examples/datacentre.toml names
-# them.
+# Installs what tests/e2e/console_lab.sh and tests/e2e/bmc_lab.sh need:
+# QEMU (system emulator and qemu-img), websockify, noVNC, Chromium,
+# binutils, Python 3, OpenIPMI's ipmi_sim (the BMC simulator), ipmitool,
+# openssl and curl, Node.js with npm, and from the committed
+# package-lock.json into tests/lab/node_modules: xterm.js (@xterm/xterm,
+# @xterm/addon-fit: the serial console's terminal) and playwright-core (it
+# drives /usr/bin/chromium and never downloads a browser), and from PyPI
+# sushy-tools (a Redfish emulator) into its own virtual environment. It also installs
+# the lab's programs into /usr/local/lib/postern/lab, where
+# conf/examples/datacentre.toml and conf/examples/ipmi.toml name them.
 #
 # Run as root after `apt-get update`:
 #
@@ -20,6 +23,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 LAB=$(cd "$(dirname "$0")" && pwd)
+SUSHY_TOOLS_VERSION=2.2.0
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: run as root (apt-get install)" >&2
@@ -81,7 +85,8 @@ apt-get install -y -q --no-install-recommends "${qemu_target[@]}" \
     qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends \
     websockify novnc chromium fonts-dejavu-core \
-    binutils python3 ca-certificates procps util-linux
+    binutils python3 ca-certificates procps util-linux \
+    openipmi ipmitool openssl curl iproute2 python3-venv
 
 # Node.js 20 or later (playwright-core's minimum): the machine's own if it
 # has one, else the distribution's.
@@ -92,12 +97,27 @@ if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -q --no-install-recommends npm
 fi
 
-# The lab's programs, where the example config expects them.
-install -d -m 755 /usr/local/lib/postern/lab
-install -m 755 "$LAB/vm.sh" "$LAB/qmp.py" "$LAB/console-gateway" "$LAB/mkimage.sh" \
-    /usr/local/lib/postern/lab/
-install -m 644 "$LAB/guest.S" /usr/local/lib/postern/lab/
+# The npm packages: no install step of theirs downloads anything.
+(cd "$LAB" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
-# playwright-core only: its install step downloads nothing.
-cd "$LAB"
-PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+# sushy-tools' Redfish emulator (tests/e2e/redfish_lab.sh), from PyPI into
+# its own virtual environment; Debian does not package it.
+SUSHY=/usr/local/lib/postern/lab/sushy
+if ! "$SUSHY/bin/pip" show sushy-tools 2>/dev/null | grep -qx "Version: $SUSHY_TOOLS_VERSION"; then
+    install -d -m 755 /usr/local/lib/postern/lab
+    rm -rf "$SUSHY"
+    /usr/bin/python3 -m venv "$SUSHY"
+    "$SUSHY/bin/pip" install -q --disable-pip-version-check "sushy-tools==$SUSHY_TOOLS_VERSION"
+fi
+
+# The lab's programs, where the example configs expect them; sol-gateway
+# finds its page (sol-web) and xterm.js (node_modules/@xterm) beside it.
+install -d -m 755 /usr/local/lib/postern/lab /usr/local/lib/postern/lab/sol-web \
+    /usr/local/lib/postern/lab/node_modules
+install -m 755 "$LAB/vm.sh" "$LAB/qmp.py" "$LAB/console-gateway" "$LAB/mkimage.sh" \
+    "$LAB/sol-gateway" "$LAB/bmc-sim" "$LAB/bmc-chassis" /usr/local/lib/postern/lab/
+install -m 644 "$LAB/guest.S" /usr/local/lib/postern/lab/
+install -m 644 "$LAB/sol-web/index.html" /usr/local/lib/postern/lab/sol-web/
+rm -rf /usr/local/lib/postern/lab/node_modules/@xterm
+cp -r "$LAB/node_modules/@xterm" /usr/local/lib/postern/lab/node_modules/
+chmod -R a+rX /usr/local/lib/postern/lab

@@ -6,14 +6,17 @@
 #   overlay.qcow2   the server's disk: a qcow2 overlay on base.img
 #   qmp.sock        QMP (power buttons, status, screen)
 #   qemu.pid        the running QEMU's pid
-#   serial.log      the server's serial console (COM1), appended to
+#   serial.log      the server's serial console (COM1) output, appended to
 #   lock            held while a command runs, so two never overlap
 #
 # Usage: vm.sh LABDIR COMMAND [--vnc HOST:DISPLAY] [--grace SECONDS]
+#                              [--serial-tcp HOST:PORT]
 #
 #   power-on          start the machine (nothing to do if it is on)
 #   power-off         press the ACPI power button; pull the plug if the
 #                     guest is still on after the grace period
+#   power-off-hard    pull the plug at once
+#   power-button      press the ACPI power button and return at once
 #   power-cycle       press the reset button (power on if it is off)
 #   power-cycle-hard  pull the plug, then power on
 #   reimage           power off, recreate the overlay from base.img, power on
@@ -22,6 +25,11 @@
 # --vnc  where QEMU's VNC server listens (default 127.0.0.1:1, port 5901);
 #        keep it on loopback: the console gateway is the way in.
 # --grace  seconds the guest gets to power off on the button (default 30).
+# --serial-tcp  COM1 is also a TCP server on HOST:PORT (keep it on
+#        loopback), for a BMC's serial-over-LAN to connect to: what the
+#        guest writes still goes to serial.log, and what the connected
+#        peer sends is the guest's serial input. Without it COM1 is
+#        output only.
 #
 # Exits 0 when the machine ended up as asked, non-zero with a message on
 # standard error otherwise. posternd runs it with a clean environment, so it
@@ -30,7 +38,7 @@ set -euo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 usage() {
-    echo "usage: $0 LABDIR power-on|power-off|power-cycle|power-cycle-hard|reimage|status [--vnc HOST:DISPLAY] [--grace SECONDS]" >&2
+    echo "usage: $0 LABDIR power-on|power-off|power-off-hard|power-button|power-cycle|power-cycle-hard|reimage|status [--vnc HOST:DISPLAY] [--grace SECONDS] [--serial-tcp HOST:PORT]" >&2
     exit 64
 }
 die() {
@@ -44,15 +52,19 @@ CMD=$2
 shift 2
 VNC=127.0.0.1:1
 GRACE=30
+SERIAL_TCP=
 while [ $# -gt 0 ]; do
     case $1 in
         --vnc) [ $# -ge 2 ] || usage; VNC=$2; shift 2 ;;
         --grace) [ $# -ge 2 ] || usage; GRACE=$2; shift 2 ;;
+        --serial-tcp) [ $# -ge 2 ] || usage; SERIAL_TCP=$2; shift 2 ;;
         *) usage ;;
     esac
 done
 [[ $VNC =~ ^[0-9.]+:[0-9]+$ ]] || die "--vnc wants HOST:DISPLAY (e.g. 127.0.0.1:1), not '$VNC'"
 [[ $GRACE =~ ^[0-9]+$ ]] || die "--grace wants whole seconds, not '$GRACE'"
+[ -z "$SERIAL_TCP" ] || [[ $SERIAL_TCP =~ ^[0-9.]+:[0-9]+$ ]] ||
+    die "--serial-tcp wants HOST:PORT (e.g. 127.0.0.1:7023), not '$SERIAL_TCP'"
 
 [ -d "$LAB" ] || die "lab directory $LAB does not exist"
 LAB=$(cd "$LAB" && pwd)
@@ -96,6 +108,11 @@ power_on() {
     [ -f "$LAB/base.img" ] || die "no $LAB/base.img: install the server image first"
     [ -f "$LAB/overlay.qcow2" ] || new_overlay
     rm -f "$SOCK" "$PIDFILE"
+    local serial="file,id=serial0,path=$LAB/serial.log,append=on"
+    if [ -n "$SERIAL_TCP" ]; then
+        serial="socket,id=serial0,host=${SERIAL_TCP%:*},port=${SERIAL_TCP##*:},server=on,wait=off,nodelay=on"
+        serial+=",logfile=$LAB/serial.log,logappend=on"
+    fi
     # -daemonize: QEMU leaves this process group and session, so it
     # outlives this command (posternd kills what a command leaves in its
     # group). Errors before it detaches reach standard error.
@@ -105,7 +122,7 @@ power_on() {
         -drive "file=$LAB/overlay.qcow2,format=qcow2,if=ide,index=0" -boot c \
         -vnc "$VNC" \
         -qmp "unix:$SOCK,server=on,wait=off" \
-        -chardev "file,id=serial0,path=$LAB/serial.log,append=on" -serial chardev:serial0 \
+        -chardev "$serial" -serial chardev:serial0 \
         -pidfile "$PIDFILE" -daemonize 9>&-
     local tries=100
     until qmp status >/dev/null 2>&1; do
@@ -165,6 +182,12 @@ new_overlay() {
 case $CMD in
     power-on) power_on ;;
     power-off) power_off ;;
+    power-off-hard) power_off_hard ;;
+    power-button)
+        qemu_pid >/dev/null || die "power-button: the machine is off"
+        qmp command system_powerdown >/dev/null
+        echo "power-button: pressed"
+        ;;
     power-cycle)
         if qemu_pid >/dev/null; then
             qmp reset
