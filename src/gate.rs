@@ -368,6 +368,11 @@ impl Gates {
     /// After a reload.
     pub fn reconfigure(&self, config: &Config) {
         *self.state_dir.borrow_mut() = config.daemon.state_dir.clone();
+        // Outcomes are kept per configured gate only, so they stay bounded
+        // by the config's action count across reloads.
+        self.outcome
+            .borrow_mut()
+            .retain(|name, _| config.actions.iter().any(|a| &a.name == name));
     }
 
     fn persist(&self) -> std::io::Result<()> {
