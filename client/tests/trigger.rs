@@ -424,3 +424,24 @@ fn usage_errors_exit_64() {
         format!("postern {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+// Goal: the ack wait is not the connect timeout: a gate whose `run` takes
+// longer than --timeout is still reported as started (the client waits up
+// to the protocol's ack deadline), and --ack-timeout bounds that wait.
+#[test]
+fn slow_ack_outlives_the_connect_timeout() {
+    let slow = Script::Late(Status::Started, std::time::Duration::from_secs(3));
+    let (out, _, _) = trigger_case(1, slow, &["--timeout", "1"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).ends_with(": accepted; the action started\n"));
+    // Not on a terminal: no waiting line.
+    assert!(
+        !stderr(&out).contains("waiting for the server"),
+        "{}",
+        stderr(&out)
+    );
+    let slow = Script::Late(Status::Started, std::time::Duration::from_secs(3));
+    let (out, _, _) = trigger_case(1, slow, &["--ack-timeout", "1"]);
+    assert_eq!(code(&out), 3, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("acknowledgement"), "{}", stdout(&out));
+}

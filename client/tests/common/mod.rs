@@ -172,6 +172,8 @@ pub enum Script {
     Ack(Status),
     /// Verify the reply; ack with this whole body if it verifies.
     Answer(wire::Answer),
+    /// Like `Ack`, but only after this long (a gate's slow `run`).
+    Late(Status, std::time::Duration),
     /// Read the reply and close without an ack.
     Close,
     /// Send a well-formed ack whose MAC is made with another key.
@@ -217,6 +219,10 @@ impl FakeServer {
             match script {
                 Script::Answer(answer) if verifier.check_reply(&g, &reply).is_some() => {
                     s.write_all(&wire::ack(&mk, &g, &reply, answer)).unwrap();
+                }
+                Script::Late(status, delay) if verifier.check_reply(&g, &reply).is_some() => {
+                    std::thread::sleep(delay);
+                    let _ = s.write_all(&wire::ack(&mk, &g, &reply, wire::Answer::bare(status)));
                 }
                 Script::Ack(status) if verifier.check_reply(&g, &reply).is_some() => {
                     s.write_all(&wire::ack(&mk, &g, &reply, wire::Answer::bare(status)))
