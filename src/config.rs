@@ -497,7 +497,7 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         if let ActionSecret::Password(p) = &a.secret {
             if let Some(why) = ostclient_cannot_send(p.expose()) {
                 config.warnings.push(format!(
-                    "{}: action[{}] ({}): Ostiary 4.0's own client cannot send this password: {why};                      other ostiary-4 clients can, but to keep ostclient working choose another password",
+                    "{}: action[{}] ({}): Ostiary 4.0's own client cannot send this password: {why}; other ostiary-4 clients can, but to keep ostclient working choose another password",
                     file.display(),
                     i + 1,
                     a.name
