@@ -57,6 +57,12 @@ pub fn check(path: &Path) -> bool {
 
 /// Runs the monitor (and through it the network process) until stopped.
 pub fn run(path: &Path) -> Result<(), StartError> {
+    // 0. Descriptors inherited from whoever started us (3 and up) must not
+    //    reach the network process or any action: mark them all
+    //    close-on-exec. systemd's LISTEN_FDS are among them; they are
+    //    adopted in step 3 and handed over explicitly.
+    privsep::seal_inherited_fds(&[], false);
+
     // 1. Load and validate the config; print every problem.
     let config = config::load(path).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -240,6 +246,8 @@ pub fn network_child(args: &[String]) -> i32 {
         fd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    // It keeps only what it needs: standard streams and the channel.
+    privsep::seal_inherited_fds(&[fd.as_raw_fd()], true);
     // Jail first: nothing has been read from anyone yet.
     let jail = Jail {
         chroot: chroot.clone().into(),
