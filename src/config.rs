@@ -962,6 +962,11 @@ impl Cx<'_> {
                         dir.display()
                     ),
                 );
+            } else if dir.is_dir() {
+                // A missing one is created and checked at start-up.
+                if let Err(e) = crate::state::StateDir::open(dir, false) {
+                    self.err("daemon.state_dir", Some(v.span()), e.to_string());
+                }
             }
         }
         let chroot_dir = match (&d.chroot, &state_dir) {

@@ -102,7 +102,8 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         );
     }
 
-    // 5. State directory (root-owned 0700) and the empty chroot.
+    // 5. State directory (root-owned, nobody else can change it or what is
+    //    above it) and the empty chroot.
     prepare_state_dir(&config.daemon.state_dir)?;
     let as_root = privsep::is_root();
     if as_root {
@@ -166,27 +167,19 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     })
 }
 
+/// Creates `state_dir` if needed (mode 0700) and checks that nobody but
+/// root can change it or any directory above it (see `state.rs`).
 fn prepare_state_dir(dir: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                StartError(format!(
-                    "state_dir {}: cannot create it: {e}",
-                    dir.display()
-                ))
-            })?;
-    }
-    if !dir.is_dir() {
-        return Err(StartError(format!(
-            "state_dir {} is not a directory",
-            dir.display()
-        )));
-    }
-    Ok(())
+    let existed = dir.exists();
+    crate::state::StateDir::open(dir, true)
+        .map(drop)
+        .map_err(|e| match existed {
+            true => StartError(format!("state_dir {e}")),
+            false => StartError(format!(
+                "state_dir {}: cannot create it: {e}",
+                dir.display()
+            )),
+        })
 }
 
 /// Starts `posternd --network-child ...` with the channel end as an

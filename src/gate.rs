@@ -18,7 +18,6 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -33,10 +32,10 @@ use crate::action::{self, Spec};
 use crate::config::{Action, ActionKind, Argv, Config, Gate};
 use crate::log::{Level, Logger};
 use crate::monitor::Monitor;
+use crate::state::{ReadState, StateDir, StateDirError};
 use crate::wire::Status;
 
-/// State file name inside `state_dir`.
-pub const STATE_FILE: &str = "gates.state";
+pub use crate::state::STATE_FILE;
 /// How long a freshly started `serve` program must stay up before the
 /// trigger is acknowledged as started.
 pub const SERVE_SETTLE: Duration = Duration::from_millis(150);
@@ -185,65 +184,60 @@ pub fn group_members(pgid: u32, min_start: u64) -> Vec<u32> {
     out
 }
 
-/// Writes `records` to `dir/STATE_FILE` atomically: temp file, fsync,
-/// rename, fsync of the directory.
-pub fn write_state(dir: &Path, records: &[Record]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let path = dir.join(STATE_FILE);
+/// Writes `records` to the state file in `dir` atomically (see
+/// [`StateDir::write`]).
+pub fn write_state(dir: &StateDir, records: &[Record]) -> std::io::Result<()> {
     let mut text = String::from("# posternd open gates; rewritten atomically, do not edit\n");
     for r in records {
         text.push_str(&r.to_line());
         text.push('\n');
     }
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    dir.write(text.as_bytes())
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// What reading the state file found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {
     /// No file: nothing was open.
     Missing,
-    /// Records, and names of records that could not be parsed.
-    Records(Vec<Record>, Vec<String>),
-    /// The file exists but cannot be read, or is garbage.
+    /// Records, and the records that could not be parsed: their line
+    /// number and, if it is a well-formed action name, the name.
+    Records(Vec<Record>, Vec<(usize, Option<String>)>),
+    /// The file exists but cannot be read, or is garbage. The reason
+    /// never quotes the file.
     Unreadable(String),
 }
 
+/// Whether `name` could be an action's name (1-64 of `A-Z a-z 0-9 . _
+/// -`): only such names from the state file are ever logged.
+fn plausible_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// Reads the state file.
-pub fn read_state(dir: &Path) -> Loaded {
-    let path = dir.join(STATE_FILE);
-    let text = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(e) => return Loaded::Unreadable(e.to_string()),
+pub fn read_state(dir: &StateDir) -> Loaded {
+    let text = match dir.read() {
+        ReadState::Missing => return Loaded::Missing,
+        ReadState::Unreadable(why) => return Loaded::Unreadable(why),
+        ReadState::Bytes(b) => b,
     };
     let Ok(text) = String::from_utf8(text) else {
         return Loaded::Unreadable("not UTF-8".into());
     };
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
         match Record::parse(line) {
-            Ok(r) => good.push(r),
-            Err(Some(name)) => bad.push(name),
-            Err(None) => return Loaded::Unreadable(format!("unparseable line {line:?}")),
+            Ok(r) if plausible_name(&r.name) => good.push(r),
+            Ok(_) => bad.push((i + 1, None)),
+            Err(Some(name)) => bad.push((i + 1, Some(name).filter(|n| plausible_name(n)))),
+            Err(None) => return Loaded::Unreadable(format!("line {} is not a gate record", i + 1)),
         }
     }
     Loaded::Records(good, bad)
@@ -263,6 +257,9 @@ struct Open {
 pub struct Gates {
     logger: Arc<Logger>,
     state_dir: RefCell<PathBuf>,
+    /// The state directory, held open and checked (see `state.rs`); an
+    /// error makes every gate refuse to open.
+    state: RefCell<Result<StateDir, StateDirError>>,
     open: RefCell<HashMap<String, Open>>,
     /// Gates whose stop is running; a new opening waits for it, or the
     /// old stop would undo the new run.
@@ -293,6 +290,7 @@ impl Gates {
         Gates {
             logger,
             state_dir: RefCell::new(config.daemon.state_dir.clone()),
+            state: RefCell::new(StateDir::open(&config.daemon.state_dir, true)),
             open: RefCell::new(HashMap::new()),
             closing: RefCell::new(HashSet::new()),
             closed: Notify::new(),
@@ -305,6 +303,16 @@ impl Gates {
 
     /// After a reload.
     pub fn reconfigure(&self, config: &Config) {
+        if *self.state_dir.borrow() != config.daemon.state_dir {
+            let opened = StateDir::open(&config.daemon.state_dir, true);
+            if let Err(e) = &opened {
+                self.log(
+                    Level::Err,
+                    &format!("state_dir {e}; gates will refuse to open"),
+                );
+            }
+            *self.state.borrow_mut() = opened;
+        }
         *self.state_dir.borrow_mut() = config.daemon.state_dir.clone();
     }
 
@@ -315,7 +323,10 @@ impl Gates {
             .values()
             .map(|o| o.record.clone())
             .collect();
-        write_state(&self.state_dir.borrow(), &records)
+        match &*self.state.borrow() {
+            Ok(dir) => write_state(dir, &records),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
     }
 
     /// A trigger for an open gate: extend it (if allowed) and answer
@@ -723,7 +734,14 @@ impl Gates {
         let dir = self.state_dir.borrow().clone();
         let now = unix_now();
         let boot = boot_id();
-        match read_state(&dir) {
+        let loaded = match &*self.state.borrow() {
+            Ok(state) => {
+                state.remove_stale_temps();
+                read_state(state)
+            }
+            Err(e) => Loaded::Unreadable(e.to_string()),
+        };
+        match loaded {
             Loaded::Missing => {}
             Loaded::Unreadable(why) => {
                 self.log(
@@ -745,12 +763,20 @@ impl Gates {
                 }
             }
             Loaded::Records(records, bad) => {
-                for name in bad {
+                for (line, name) in bad {
+                    let Some(a) = name.as_deref().and_then(|n| monitor.action_named(n)) else {
+                        self.log(
+                            Level::Err,
+                            &format!("state file line {line}: record unreadable and of no configured action"),
+                        );
+                        continue;
+                    };
+                    let name = a.name.clone();
                     self.log(
                         Level::Err,
                         &format!("gate {name}: record unreadable; stopping it"),
                     );
-                    if let Some(a) = monitor.action_named(&name) {
+                    {
                         if let ActionKind::Run {
                             gate: Some((stop, _)),
                             ..

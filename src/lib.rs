@@ -18,6 +18,7 @@
 //! - `monitor.rs` the privileged monitor: requests, reload, shutdown.
 //! - `action.rs`  running commands: clean env, process group, deadline, output.
 //! - `gate.rs`    gates opened by a trigger, closed by a deadline, on disk.
+//! - `state.rs`   the trusted state directory and the state file's I/O.
 //! - `log.rs`     stderr or syslog output in a stable line format.
 //! - `daemon.rs`  start-up order and the network process's entry point.
 //! - `sys.rs`     the only unsafe code: fd adoption, pre-exec glue, mlock.
@@ -56,6 +57,8 @@ pub mod net;
 #[cfg(feature = "daemon")]
 pub mod privsep;
 pub mod secret;
+#[cfg(feature = "daemon")]
+pub mod state;
 #[cfg(feature = "daemon")]
 pub mod sys;
 pub mod wire;

@@ -28,17 +28,6 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 /// Targets of a process's open descriptors 3 and up.
 fn fd_targets(pid: u32) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -108,4 +97,141 @@ fn inherited_descriptor_reaches_neither_jail_nor_action() {
         !net.iter().any(|(_, t)| t.starts_with('/')),
         "the network process holds a file: {net:?}"
     );
+}
+
+/// Runs `posternd --config PATH` until it exits, at most `limit` (then it
+/// is killed); returns its exit status (None if killed) and its stderr.
+fn run_bounded(config: &Path, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(posternd_bin())
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, reader.join().unwrap())
+}
+
+fn door_cfg(s: &Scratch, state: &Path, b: &str) -> String {
+    format!(
+        "[daemon]\nstate_dir = \"{}\"\nshutdown_grace = \"1s\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"door\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n\
+         stop = [\"/bin/sh\", \"-c\", \"echo stopped >> {}\"]\nttl = \"1m\"\n",
+        state.display(),
+        s.path("stops").display()
+    )
+}
+
+// Goal: a state_dir another user owns (with gates.state.tmp planted as a
+// link to a root-owned file, gates.state as a link to a root-only one),
+// or one below a directory others can write, stops start-up with a
+// message, and root neither writes through the links nor logs a line of
+// the secret; in a root-owned state_dir, a planted link or FIFO is
+// refused (every gate stopped) instead of followed or waited on.
+#[test]
+fn planted_state_files_cannot_turn_root() {
+    if !require_root("planted_state_files_cannot_turn_root") {
+        return;
+    }
+    let s = Scratch::new("plant");
+    let (_, b) = key();
+    let (uid, gid) = nobody();
+    let victim = s.path("victim");
+    std::fs::write(&victim, b"original\n").unwrap();
+    let secret = s.path("secret");
+    std::fs::write(&secret, b"TOPSECRET-FIRST-LINE\nmore\n").unwrap();
+    set_mode(&secret, 0o600);
+
+    // 1. Owned by another user, links planted.
+    let state = s.path("theirs");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("gates.state.tmp")).unwrap();
+    std::os::unix::fs::symlink(&secret, state.join("gates.state")).unwrap();
+    chown(&state, uid, gid);
+    let cfg = s.path("theirs.toml");
+    write_private(&cfg, &door_cfg(&s, &state, &b));
+    let (status, err) = run_bounded(&cfg, 10 * SEC);
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"original\n",
+        "root wrote through a planted link; log:\n{err}"
+    );
+    assert!(
+        !err.contains("TOPSECRET"),
+        "a root-only line was logged:\n{err}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "started anyway:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("is owned by uid {uid}, not root"))
+            && err.contains("chown root:root"),
+        "{err}"
+    );
+    let out = check_config(&cfg);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("daemon.state_dir"),
+        "{text}"
+    );
+
+    // 2. Root-owned, but below a directory others can write.
+    let open = s.path("open");
+    std::fs::create_dir(&open).unwrap();
+    set_mode(&open, 0o777);
+    let state2 = open.join("state");
+    let cfg2 = s.path("open.toml");
+    write_private(&cfg2, &door_cfg(&s, &state2, &b));
+    let (status, err) = run_bounded(&cfg2, 10 * SEC);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "started anyway:\n{err}"
+    );
+    assert!(err.contains("writable by group or others"), "{err}");
+
+    // 3. Root-owned and trusted, but a FIFO, then a link, planted in it.
+    let state3 = s.path("ours");
+    std::fs::create_dir(&state3).unwrap();
+    set_mode(&state3, 0o700);
+    nix::unistd::mkfifo(&state3.join("gates.state"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let stops = s.path("stops");
+    let cfg3 = door_cfg(&s, &state3, &b);
+    let d = Daemon::start(Scratch::new("plant-d1"), &cfg3);
+    d.wait_log("not a regular file", 5 * SEC);
+    assert_eq!(wait_file(&stops, 5 * SEC).trim(), "stopped");
+    drop(d);
+    std::fs::remove_file(state3.join("gates.state")).unwrap();
+    std::os::unix::fs::symlink(&secret, state3.join("gates.state")).unwrap();
+    let d = Daemon::start(Scratch::new("plant-d2"), &cfg3);
+    d.wait_log("symbolic link", 5 * SEC);
+    assert!(
+        !d.lines().iter().any(|l| l.contains("TOPSECRET")),
+        "{}",
+        d.lines().join("\n")
+    );
+    drop(d);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"original\n");
 }
