@@ -211,7 +211,7 @@ fn spawn_network(
         .env_clear()
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    crate::sys::drop_to_in_child(&mut cmd, None, true, true);
+    crate::sys::drop_to_in_child(&mut cmd, None, true, true, None);
     cmd.spawn()
 }
 

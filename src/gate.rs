@@ -51,8 +51,10 @@ pub struct Record {
     pub serve: bool,
     /// The serve program's pid (0 for run gates).
     pub pid: u32,
-    /// Its start time in clock ticks since boot (/proc/PID/stat field 22).
-    pub start_ticks: u64,
+    /// Its start time in clock ticks since boot (/proc/PID/stat field 22);
+    /// `None` when it could not be read (recorded as `-`, never as 0, and
+    /// then never matched).
+    pub start_ticks: Option<u64>,
     /// The boot the pid belongs to (/proc/sys/kernel/random/boot_id).
     pub boot_id: String,
     /// When it opened, UNIX seconds.
@@ -61,16 +63,20 @@ pub struct Record {
     pub deadline: u64,
     /// The `{addr}` it was opened for.
     pub addr: IpAddr,
+    /// The cgroup its serve program or run was started in (see
+    /// `cgroup.rs`), if any.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Record {
     fn to_line(&self) -> String {
         format!(
-            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={}",
+            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={} cgroup={}",
             self.name,
             if self.serve { "serve" } else { "run" },
             self.pid,
-            self.start_ticks,
+            self.start_ticks
+                .map_or_else(|| "-".to_string(), |t| t.to_string()),
             if self.boot_id.is_empty() {
                 "-"
             } else {
@@ -78,7 +84,10 @@ impl Record {
             },
             self.opened,
             self.deadline,
-            self.addr
+            self.addr,
+            self.cgroup
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |p| p.display().to_string())
         )
     }
 
@@ -106,7 +115,15 @@ impl Record {
             pid: num("pid")
                 .and_then(|p| u32::try_from(p).ok())
                 .ok_or_else(bad)?,
-            start_ticks: num("start").ok_or_else(bad)?,
+            // "-" is unknown; so is 0 (written by older versions when
+            // /proc could not be read): neither ever matches a process.
+            start_ticks: match f.get("start") {
+                Some(&"-") => None,
+                Some(_) => num("start")
+                    .ok_or_else(bad)
+                    .map(|t| Some(t).filter(|t| *t != 0))?,
+                None => return Err(bad()),
+            },
             boot_id: match f.get("boot") {
                 Some(&"-") => String::new(),
                 Some(b) => b.to_string(),
@@ -115,6 +132,12 @@ impl Record {
             opened: num("opened").ok_or_else(bad)?,
             deadline: num("deadline").ok_or_else(bad)?,
             addr: f.get("addr").and_then(|a| a.parse().ok()).ok_or_else(bad)?,
+            // Absent in files of older versions.
+            cgroup: match f.get("cgroup") {
+                None | Some(&"-") => None,
+                Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
+                Some(_) => return Err(bad()),
+            },
         })
     }
 }
@@ -141,47 +164,6 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     // ')' are space separated, starting with field 3.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Live (not zombie) processes in process group `pgid` that started no
-/// earlier than `min_start` ticks after boot: the serve program and what
-/// it forked. While any of them lives the kernel cannot hand the group id
-/// to anyone else, and an unrelated group reusing it later would have to
-/// start after they all died, so these are ours.
-pub fn group_members(pgid: u32, min_start: u64) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        // Fields from 3 on: state, ppid, pgrp, ...; starttime is field 22.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let (Some(state), Some(pgrp), Some(start)) =
-            (fields.first(), fields.get(2), fields.get(19))
-        else {
-            continue;
-        };
-        if *state == "Z" || pgrp.parse::<u32>().ok() != Some(pgid) {
-            continue;
-        }
-        if start.parse::<u64>().is_ok_and(|t| t >= min_start) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Writes `records` to the state file in `dir` atomically (see
@@ -260,6 +242,10 @@ pub struct Gates {
     /// The state directory, held open and checked (see `state.rs`); an
     /// error makes every gate refuse to open.
     state: RefCell<Result<StateDir, StateDirError>>,
+    /// Where gate cgroups go, if the system has a cgroup2 hierarchy.
+    cgroups: Option<crate::cgroup::Base>,
+    /// Whether "no cgroup" was logged.
+    cgroup_noted: std::cell::Cell<bool>,
     open: RefCell<HashMap<String, Open>>,
     /// Gates whose stop is running; a new opening waits for it, or the
     /// old stop would undo the new run.
@@ -291,6 +277,8 @@ impl Gates {
             logger,
             state_dir: RefCell::new(config.daemon.state_dir.clone()),
             state: RefCell::new(StateDir::open(&config.daemon.state_dir, true)),
+            cgroups: crate::cgroup::Base::detect(),
+            cgroup_noted: std::cell::Cell::new(false),
             open: RefCell::new(HashMap::new()),
             closing: RefCell::new(HashSet::new()),
             closed: Notify::new(),
@@ -393,20 +381,24 @@ impl Gates {
             name: name.clone(),
             serve: false,
             pid: 0,
-            start_ticks: 0,
+            start_ticks: None,
             boot_id: boot_id(),
             opened,
             deadline: opened.saturating_add(gate.ttl.as_secs().max(1)),
             addr,
+            cgroup: None,
         };
         let mut child = None;
+        // Its own cgroup, so that the gate's close kills all it started.
+        let cgroup = self.new_cgroup(&name);
+        record.cgroup = cgroup.as_ref().map(|c| c.path.clone());
         match &action.kind {
             ActionKind::Run {
                 run,
                 gate: Some((stop, _)),
             } => {
                 let spec = spec(&name, "run", run, addr, action, cwd);
-                let ok = match action::start(&spec, &self.logger) {
+                let ok = match action::start_in(&spec, &self.logger, cgroup.as_ref()) {
                     Ok(s) => {
                         let outcome = s.wait(action.timeout).await;
                         self.log(
@@ -425,18 +417,20 @@ impl Gates {
                 };
                 if !ok {
                     self.run_stop(&name, stop, addr, action, cwd).await;
+                    self.end_cgroup(&name, record.cgroup.as_deref()).await;
                     return Status::Failed;
                 }
             }
             ActionKind::Serve { serve, .. } => {
                 let spec = spec(&name, "serve", serve, addr, action, cwd);
-                let mut s = match action::start(&spec, &self.logger) {
+                let mut s = match action::start_in(&spec, &self.logger, cgroup.as_ref()) {
                     Ok(s) => s,
                     Err(e) => {
                         self.log(
                             Level::Err,
                             &format!("gate {name} serve failed to start {}: {e}", serve.program()),
                         );
+                        self.end_cgroup(&name, record.cgroup.as_deref()).await;
                         return Status::Failed;
                     }
                 };
@@ -451,11 +445,12 @@ impl Gates {
                         ),
                     );
                     action::kill_group(s.pid, Signal::SIGKILL);
+                    self.end_cgroup(&name, record.cgroup.as_deref()).await;
                     return Status::Failed;
                 }
                 record.serve = true;
                 record.pid = s.pid;
-                record.start_ticks = start_ticks(s.pid).unwrap_or(0);
+                record.start_ticks = start_ticks(s.pid);
                 let pid = s.pid;
                 child = Some(s.into_child());
                 self.log(
@@ -463,7 +458,10 @@ impl Gates {
                     &format!("gate {name} serve pid={pid} started"),
                 );
             }
-            _ => return Status::Failed,
+            _ => {
+                self.end_cgroup(&name, record.cgroup.as_deref()).await;
+                return Status::Failed;
+            }
         }
         let ceiling = now + gate.max_open;
         self.open.borrow_mut().insert(
@@ -660,7 +658,8 @@ impl Gates {
             name: name.to_string(),
         };
         if o.record.serve {
-            stop_serve(o.record.pid, child).await;
+            stop_serve(o.record.pid, child, o.record.cgroup.as_deref()).await;
+            self.end_cgroup(name, o.record.cgroup.as_deref()).await;
         } else if let Some(a) = action {
             if let ActionKind::Run {
                 gate: Some((stop, _)),
@@ -670,7 +669,10 @@ impl Gates {
                 let cwd = self.state_dir.borrow().clone();
                 self.run_stop(name, stop, o.record.addr, a, &cwd).await;
             }
+            // What its run left behind ends with the gate.
+            self.end_cgroup(name, o.record.cgroup.as_deref()).await;
         } else {
+            self.end_cgroup(name, o.record.cgroup.as_deref()).await;
             self.log(
                 Level::Err,
                 &format!(
@@ -703,6 +705,87 @@ impl Gates {
                 Level::Err,
                 &format!("gate {name} stop failed to start {}: {e}", stop.program()),
             ),
+        }
+    }
+
+    /// A new cgroup for one of gate `name`'s commands, or `None` where
+    /// the system allows none (then logged once).
+    fn new_cgroup(&self, name: &str) -> Option<crate::cgroup::Cgroup> {
+        let made = match &self.cgroups {
+            Some(base) => base.create(name).map_err(|e| e.to_string()),
+            None => Err("no writable cgroup2 hierarchy".to_string()),
+        };
+        match made {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if !self.cgroup_noted.replace(true) {
+                    self.log(
+                        Level::Warning,
+                        &format!("gates run without a cgroup of their own ({e}); what a serve program or run leaves after setsid is not tracked"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Start-up: kills what a gate of the previous posternd left running.
+    /// Its cgroup, when one was recorded, holds exactly that. Without one
+    /// (no cgroup2, or an older state file), only a serve program that is
+    /// still alive is killed, with its process group, and only if its pid
+    /// and start time match the record exactly on this boot: a reused pid
+    /// has a different start time, and an unknown start time matches
+    /// nothing.
+    async fn kill_leftovers(&self, r: &Record, boot: &str) {
+        if let Some(path) = r.cgroup.as_deref() {
+            if self.cgroups.as_ref().is_some_and(|b| b.is_ours(path)) {
+                let killed = crate::cgroup::kill_and_remove(path).await;
+                if killed > 0 {
+                    self.log(
+                        Level::Notice,
+                        &format!(
+                            "gate {} cgroup {} left {killed} process(es) by the previous posternd; killed",
+                            r.name,
+                            path.display()
+                        ),
+                    );
+                }
+                return;
+            }
+        }
+        let Some(recorded) = r.start_ticks else {
+            return;
+        };
+        if !r.serve || r.pid <= 1 || r.boot_id.is_empty() || r.boot_id != boot {
+            return;
+        }
+        if start_ticks(r.pid) == Some(recorded) {
+            action::kill_group_or_pid(r.pid, Signal::SIGKILL);
+            self.log(
+                Level::Notice,
+                &format!(
+                    "gate {} serve group {} left 1 process(es) by the previous posternd; killed",
+                    r.name, r.pid
+                ),
+            );
+        }
+    }
+
+    /// Kills what is left in gate `name`'s cgroup and removes it.
+    async fn end_cgroup(&self, name: &str, cgroup: Option<&Path>) {
+        let Some(path) = cgroup else {
+            return;
+        };
+        let ours = self.cgroups.as_ref().is_some_and(|b| b.is_ours(path));
+        if !ours {
+            return;
+        }
+        let killed = crate::cgroup::kill_and_remove(path).await;
+        if killed > 0 {
+            self.log(
+                Level::Notice,
+                &format!("gate {name}: {killed} process(es) left in its cgroup; killed"),
+            );
         }
     }
 
@@ -792,32 +875,8 @@ impl Gates {
                     let expired = now >= r.deadline || now < r.opened;
                     if r.serve {
                         // Its program died with the previous posternd; make
-                        // sure, without ever hitting a reused pid.
-                        if !r.boot_id.is_empty() && r.boot_id == boot && r.pid > 1 {
-                            let left = group_members(r.pid, r.start_ticks);
-                            if !left.is_empty() {
-                                // While any member lives, the kernel cannot
-                                // reuse the group id, so the group is ours.
-                                action::kill_group(r.pid, Signal::SIGKILL);
-                                for pid in &left {
-                                    if let Ok(raw) = i32::try_from(*pid) {
-                                        let _ = nix::sys::signal::kill(
-                                            nix::unistd::Pid::from_raw(raw),
-                                            Signal::SIGKILL,
-                                        );
-                                    }
-                                }
-                                self.log(
-                                    Level::Notice,
-                                    &format!(
-                                        "gate {} serve group {} left {} process(es) by the previous posternd; killed",
-                                        r.name,
-                                        r.pid,
-                                        left.len()
-                                    ),
-                                );
-                            }
-                        }
+                        // sure, and kill only what is provably ours.
+                        self.kill_leftovers(&r, &boot).await;
                         self.log(
                             Level::Notice,
                             &format!("gate {} (serve) closed at start-up", r.name),
@@ -838,21 +897,47 @@ impl Gates {
                             let name = r.name.clone();
                             self.open.borrow_mut().insert(
                                 name.clone(),
-                                Open { record: r, deadline: Instant::now() + remaining, ceiling, timer: None, child: None },
+                                Open {
+                                    record: r,
+                                    deadline: Instant::now() + remaining,
+                                    ceiling,
+                                    timer: None,
+                                    child: None,
+                                },
                             );
-                            self.log(Level::Notice, &format!("gate {name} re-armed: closes in {}s", remaining.as_secs()));
+                            self.log(
+                                Level::Notice,
+                                &format!(
+                                    "gate {name} re-armed: closes in {}s",
+                                    remaining.as_secs()
+                                ),
+                            );
                             self.arm(monitor, &name);
                         }
                         Some(a) => {
-                            if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                            if let ActionKind::Run {
+                                gate: Some((stop, _)),
+                                ..
+                            } = &a.kind
+                            {
                                 self.run_stop(&r.name, stop, r.addr, a, &dir).await;
                             }
-                            self.log(Level::Notice, &format!("gate {} expired while posternd was down; stopped at start-up", r.name));
+                            self.kill_leftovers(&r, &boot).await;
+                            self.log(
+                                Level::Notice,
+                                &format!(
+                                    "gate {} expired while posternd was down; stopped at start-up",
+                                    r.name
+                                ),
+                            );
                         }
-                        None => self.log(
-                            Level::Err,
-                            &format!("gate {} recorded open but no longer configured; cannot run its stop command", r.name),
-                        ),
+                        None => {
+                            self.log(
+                                Level::Err,
+                                &format!("gate {} recorded open but no longer configured; cannot run its stop command", r.name),
+                            );
+                            self.kill_leftovers(&r, &boot).await;
+                        }
                     }
                 }
             }
@@ -897,9 +982,13 @@ fn spec<'a>(
     }
 }
 
-/// SIGTERM to the serve group, SIGKILL after [`SERVE_GRACE`].
-async fn stop_serve(pid: u32, child: Option<tokio::process::Child>) {
+/// SIGTERM to the serve group (and to everything in its cgroup), SIGKILL
+/// after [`SERVE_GRACE`]; the cgroup itself is killed by the caller.
+async fn stop_serve(pid: u32, child: Option<tokio::process::Child>, cgroup: Option<&Path>) {
     action::kill_group(pid, Signal::SIGTERM);
+    if let Some(cg) = cgroup {
+        crate::cgroup::signal(cg, Signal::SIGTERM);
+    }
     match child {
         Some(mut c) => {
             if tokio::time::timeout(SERVE_GRACE, c.wait()).await.is_err() {

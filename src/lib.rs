@@ -17,6 +17,7 @@
 //! - `privsep.rs` the network process's jail and process hardening.
 //! - `monitor.rs` the privileged monitor: requests, reload, shutdown.
 //! - `action.rs`  running commands: clean env, process group, deadline, output.
+//! - `cgroup.rs`  a cgroup v2 per serve program and gate run, killed whole.
 //! - `gate.rs`    gates opened by a trigger, closed by a deadline, on disk.
 //! - `state.rs`   the trusted state directory and the state file's I/O.
 //! - `log.rs`     stderr or syslog output in a stable line format.
@@ -32,6 +33,8 @@
 
 #[cfg(feature = "daemon")]
 pub mod action;
+#[cfg(feature = "daemon")]
+pub mod cgroup;
 #[cfg(feature = "daemon")]
 pub mod channel;
 #[cfg(feature = "daemon")]

@@ -33,6 +33,9 @@ pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
 }
 
 /// Installs a pre-exec hook on `cmd` that, in the child after fork:
+/// - with `cgroup = Some(procs)`: joins that cgroup by writing "0" to its
+///   `cgroup.procs` (open before the fork, close-on-exec), first, while
+///   still root and before the command can fork;
 /// - with `run_as = Some((uid, gid))`: calls setgroups([gid]), then
 ///   setgid, then setuid, and fails the spawn unless all three took and
 ///   root cannot be regained;
@@ -47,9 +50,13 @@ pub fn drop_to_in_child(
     run_as: Option<(u32, u32)>,
     die_with_parent: bool,
     ignore_hangup: bool,
+    cgroup: Option<std::sync::Arc<std::fs::File>>,
 ) {
     let parent = nix::unistd::getpid();
     let hook = move || -> std::io::Result<()> {
+        if let Some(procs) = &cgroup {
+            std::io::Write::write_all(&mut &**procs, b"0")?;
+        }
         if let Some((uid, gid)) = run_as {
             let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
             nix::unistd::setgroups(&[gid])?;
@@ -88,8 +95,9 @@ pub fn drop_to_in_child(
         Ok(())
     };
     // SAFETY: the hook runs between fork and exec in the child. It only
-    // makes raw system calls through nix (prctl, getppid, setgroups,
-    // setgid, setuid, get*id, sigaction), which are async-signal-safe; it does not
+    // makes raw system calls through nix and std (write to an open file,
+    // prctl, getppid, setgroups, setgid, setuid, get*id, sigaction), which
+    // are async-signal-safe; it does not
     // allocate, except for the io::Error on a failure path, after which
     // the child exits without exec (std reports the error to the parent).
     unsafe {

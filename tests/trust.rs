@@ -235,3 +235,168 @@ fn planted_state_files_cannot_turn_root() {
     drop(d);
     assert_eq!(std::fs::read(&victim).unwrap(), b"original\n");
 }
+
+fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while pid_alive(pid) {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn this_boot() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// An unrelated process group leader (a `sleep` in a group of its own).
+fn bystander_group() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/bin/sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+// Goal: crash recovery never kills an unrelated process group: not one
+// whose leader reuses the recorded serve pid (it started later than the
+// recorded start time), and not one recorded with start time 0 (what was
+// written when /proc could not be read).
+#[test]
+fn recovery_never_kills_an_unrelated_group() {
+    let s = Scratch::new("reuse");
+    let (_, b1) = key();
+    let (_, b2) = key();
+    let mut later = bystander_group();
+    let mut zero = bystander_group();
+    let state = s.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    set_mode(&state, 0o700);
+    let now = postern::gate::unix_now();
+    let boot = this_boot();
+    std::fs::write(
+        state.join("gates.state"),
+        format!(
+            "gate name=one kind=serve pid={} start={} boot={boot} opened={} deadline={} addr=192.0.2.1\n\
+             gate name=two kind=serve pid={} start=0 boot={boot} opened={} deadline={} addr=192.0.2.2\n",
+            later.id(),
+            start_ticks(later.id()).saturating_sub(100),
+            now - 5,
+            now + 3600,
+            zero.id(),
+            now - 5,
+            now + 3600,
+        ),
+    )
+    .unwrap();
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"one\"\nkey = \"{b1}\"\nserve = [\"/bin/sleep\", \"300\"]\nttl = \"1h\"\n\
+         [[action]]\nname = \"two\"\nkey = \"{b2}\"\nserve = [\"/bin/sleep\", \"300\"]\nttl = \"1h\"\n",
+        daemon_table(&s)
+    );
+    let d = Daemon::start(s, &cfg);
+    d.wait_log("gate one (serve) closed at start-up", 5 * SEC);
+    d.wait_log("gate two (serve) closed at start-up", 5 * SEC);
+    // Killing is synchronous in recovery: by now it would have happened.
+    std::thread::sleep(Duration::from_millis(100));
+    let (l, z) = (pid_alive(later.id()), pid_alive(zero.id()));
+    let _ = later.kill();
+    let _ = zero.kill();
+    let _ = later.wait();
+    let _ = zero.wait();
+    assert!(l, "a group whose leader reused the recorded pid was killed");
+    assert!(
+        z,
+        "a group matched by a recorded start time of 0 was killed"
+    );
+    drop(d);
+}
+
+// Goal: a serve program's descendants that left its process group
+// (setsid) die with the gate: at its deadline, and at the start-up after
+// a crash (the cgroup is recorded and killed whole).
+#[test]
+fn serve_descendants_after_setsid_die_with_the_gate() {
+    if !require_root("serve_descendants_after_setsid_die_with_the_gate") {
+        return;
+    }
+    assert!(
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(" - cgroup2 "),
+        "no cgroup2 hierarchy: this test needs one"
+    );
+    let s = Scratch::new("setsid");
+    let (k, b) = key();
+    let pidfile = s.path("escaped.pid");
+    let cfg = |ttl: &str| {
+        format!(
+            "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"svc\"\nkey = \"{b}\"\n\
+             serve = [\"/bin/sh\", \"-c\", \"/usr/bin/setsid /bin/sleep 300 & echo $! > {p}.tmp; mv {p}.tmp {p}; exec /bin/sleep 300\"]\n\
+             ttl = \"{ttl}\"\n",
+            daemon_table(&s),
+            p = pidfile.display()
+        )
+    };
+    let (short, long) = (cfg("1s"), cfg("1h"));
+
+    // At the deadline.
+    let d = Daemon::start(Scratch::new("setsid-1"), &short);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    let escaped: u32 = wait_file(&pidfile, 5 * SEC).trim().parse().unwrap();
+    assert!(pid_alive(escaped));
+    d.wait_log("gate svc closed (deadline)", 10 * SEC);
+    let gone = wait_gone(escaped, 5 * SEC);
+    if !gone {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(escaped as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(gone, "a setsid'd descendant outlived its gate");
+    drop(d);
+    std::fs::remove_file(&pidfile).unwrap();
+
+    // After a crash.
+    let mut d = Daemon::start(Scratch::new("setsid-2"), &long);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    let escaped: u32 = wait_file(&pidfile, 5 * SEC).trim().parse().unwrap();
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    drop(d);
+    assert!(
+        pid_alive(escaped),
+        "the escaped process should survive the crash"
+    );
+    let d2 = Daemon::start(Scratch::new("setsid-3"), &long);
+    d2.wait_log("gate svc (serve) closed at start-up", 5 * SEC);
+    let gone = wait_gone(escaped, 5 * SEC);
+    if !gone {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(escaped as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        gone,
+        "a setsid'd descendant survived the restart after a crash"
+    );
+    let leftover = d2.lines().join("\n");
+    assert!(
+        leftover.contains("left 1 process(es) by the previous posternd; killed"),
+        "{leftover}"
+    );
+}
