@@ -74,12 +74,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
 
     // 2. No core dumps, not ptrace-able; pin the keys in memory.
     privsep::harden_self().map_err(|e| StartError(e.to_string()))?;
-    let mut keys_locked = crate::sys::lock_slice(&config.actions);
-    for a in &config.actions {
-        if let config::ActionSecret::Password(p) = &a.secret {
-            keys_locked &= crate::sys::lock_slice(p.expose());
-        }
-    }
+    let keys_locked = lock_keys(&config);
 
     // 3. Bind the listeners, or take them from systemd.
     let activated = listen::activation_fds().map_err(|e| StartError(e.to_string()))?;
@@ -165,6 +160,28 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError(e.to_string()))
     })
+}
+
+/// Locks the key material of `config` in memory (the actions, which hold
+/// the keys, and every password). False if the system refused.
+pub fn lock_keys(config: &config::Config) -> bool {
+    let mut locked = crate::sys::lock_slice(&config.actions);
+    for a in &config.actions {
+        if let config::ActionSecret::Password(p) = &a.secret {
+            locked &= crate::sys::lock_slice(p.expose());
+        }
+    }
+    locked
+}
+
+/// Undoes [`lock_keys`] for a config about to be dropped.
+pub fn unlock_keys(config: &config::Config) {
+    crate::sys::unlock_slice(&config.actions);
+    for a in &config.actions {
+        if let config::ActionSecret::Password(p) = &a.secret {
+            crate::sys::unlock_slice(p.expose());
+        }
+    }
 }
 
 /// Creates `state_dir` if needed (mode 0700) and checks that nobody but

@@ -729,6 +729,60 @@ impl Gates {
         }
     }
 
+    /// Closes a run/stop gate whose record cannot be read, so the address
+    /// it was opened for is unknown: with `stop_all`, the whole door is
+    /// closed; otherwise `stop` (which then cannot use `{addr}`: the config
+    /// refuses that) runs with an empty `POSTERN_ADDR`. Never a made-up
+    /// address, which would close the wrong hole and leave the real one
+    /// open.
+    async fn close_unknown(&self, a: &Action, cwd: &Path) {
+        let ActionKind::Run {
+            gate: Some((stop, gate)),
+            ..
+        } = &a.kind
+        else {
+            return;
+        };
+        let (argv, what) = match &gate.stop_all {
+            Some(all) => (all, "stop_all"),
+            None => (stop, "stop"),
+        };
+        let s = Spec {
+            label: format!("gate {} {what}", a.name),
+            argv,
+            addr: String::new(),
+            action: &a.name,
+            run_as: a.run_as.as_ref(),
+            cwd,
+        };
+        match action::start(&s, &self.logger) {
+            Ok(st) => {
+                let outcome = st.wait(a.timeout).await;
+                let level = if outcome.success() {
+                    Level::Notice
+                } else {
+                    Level::Err
+                };
+                self.log(
+                    level,
+                    &format!(
+                        "gate {} {what} (address unknown) {}",
+                        a.name,
+                        outcome.describe()
+                    ),
+                );
+            }
+            Err(e) => self.log(
+                Level::Err,
+                &format!(
+                    "gate {} {what} failed to start {}: {e}",
+                    a.name,
+                    argv.program()
+                ),
+            ),
+        }
+    }
+
     /// Start-up: kills what a gate of the previous posternd left running.
     /// Its cgroup, when one was recorded, holds exactly that. Without one
     /// (no cgroup2, or an older state file), only a serve program that is
@@ -835,14 +889,7 @@ impl Gates {
                     ),
                 );
                 for a in monitor.all_actions() {
-                    if let ActionKind::Run {
-                        gate: Some((stop, _)),
-                        ..
-                    } = &a.kind
-                    {
-                        let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-                        self.run_stop(&a.name, stop, unspecified, &a, &dir).await;
-                    }
+                    self.close_unknown(&a, &dir).await;
                 }
             }
             Loaded::Records(records, bad) => {
@@ -859,16 +906,7 @@ impl Gates {
                         Level::Err,
                         &format!("gate {name}: record unreadable; stopping it"),
                     );
-                    {
-                        if let ActionKind::Run {
-                            gate: Some((stop, _)),
-                            ..
-                        } = &a.kind
-                        {
-                            let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-                            self.run_stop(&name, stop, unspecified, &a, &dir).await;
-                        }
-                    }
+                    self.close_unknown(&a, &dir).await;
                 }
                 for r in records {
                     let action = monitor.action_named(&r.name);

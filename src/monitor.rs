@@ -714,11 +714,23 @@ impl Monitor {
         drop(old);
         self.logger.retarget(new.daemon.log);
         self.gates.reconfigure(&new);
-        {
+        let previous = {
             let mut b = self.book.borrow_mut();
-            b.config = Rc::new(new);
             b.generation = b.generation.wrapping_add(1).max(1);
             b.bound = bound;
+            std::mem::replace(&mut b.config, Rc::new(new))
+        };
+        // The old keys are unlocked before they are freed (unless a running
+        // action still holds them), then the new ones locked.
+        if let Ok(old) = Rc::try_unwrap(previous) {
+            crate::daemon::unlock_keys(&old);
+        }
+        let current = Rc::clone(&self.book.borrow().config);
+        if !crate::daemon::lock_keys(&current) {
+            self.log(
+                Level::Warning,
+                "keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+            );
         }
         match self.send_config().await {
             Ok(()) => self.log(Level::Notice, &format!("reloaded {}", path.display())),

@@ -41,6 +41,8 @@ pub enum PrivError {
     Verify(&'static str),
     /// The configured unprivileged user is root.
     RootUser,
+    /// The configured group is root (gid 0).
+    RootGroup,
 }
 
 impl core::fmt::Display for PrivError {
@@ -51,6 +53,9 @@ impl core::fmt::Display for PrivError {
             PrivError::Verify(what) => write!(f, "privilege drop did not hold: {what}"),
             PrivError::RootUser => f.write_str(
                 "[daemon] user resolves to uid 0; set it to an unprivileged user such as nobody",
+            ),
+            PrivError::RootGroup => f.write_str(
+                "[daemon] group resolves to gid 0; set group to an unprivileged group such as nogroup",
             ),
         }
     }
@@ -147,6 +152,9 @@ pub fn enter_jail(jail: &Jail) -> Result<bool, PrivError> {
     if as_root {
         if jail.uid == 0 {
             return Err(PrivError::RootUser);
+        }
+        if jail.gid == 0 {
+            return Err(PrivError::RootGroup);
         }
         nix::unistd::chroot(&jail.chroot).map_err(|e| PrivError::Call("chroot", e))?;
         nix::unistd::chdir("/").map_err(|e| PrivError::Call("chdir(/)", e))?;

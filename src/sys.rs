@@ -7,7 +7,8 @@
 //!   identity (setgroups, then setgid, then setuid, each checked) and ties
 //!   the child's life to posternd's (PR_SET_PDEATHSIG), and for the
 //!   network process ignores SIGHUP from before exec.
-//! - [`lock_slice`]: mlock(2) over a live allocation holding key material.
+//! - [`lock_slice`], [`unlock_slice`]: mlock(2) and munlock(2) over a live
+//!   allocation holding key material.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -120,6 +121,22 @@ pub fn lock_slice<T>(data: &[T]) -> bool {
     // call; mlock(2) only changes the residency of the pages covering it
     // and never reads or writes through the pointer.
     unsafe { nix::sys::mman::mlock(ptr, len).is_ok() }
+}
+
+/// Unlocks the pages under `data` (munlock(2)) before the allocation is
+/// freed, so memory locked for keys does not grow with every reload;
+/// pages it shares with keys still in use must be locked again after.
+pub fn unlock_slice<T>(data: &[T]) {
+    let len = std::mem::size_of_val(data);
+    let Some(ptr) = std::ptr::NonNull::new(data.as_ptr() as *mut std::ffi::c_void) else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    // SAFETY: as in `lock_slice`: a live allocation borrowed for the
+    // call, whose pages only change residency.
+    let _ = unsafe { nix::sys::mman::munlock(ptr, len) };
 }
 
 /// Registers an owned descriptor with the tokio reactor.

@@ -400,3 +400,282 @@ fn serve_descendants_after_setsid_die_with_the_gate() {
         "{leftover}"
     );
 }
+
+fn vm_lck_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A config of `n` plain actions with fresh keys; the first action's key.
+fn many_actions(s: &Scratch, n: usize) -> (String, postern::secret::Key) {
+    let mut cfg = format!("{}[[listen]]\naddress = \"127.0.0.1:0\"\n", daemon_table(s));
+    let mut first = None;
+    for i in 0..n {
+        let (k, b) = key();
+        first.get_or_insert(k);
+        cfg.push_str(&format!(
+            "[[action]]\nname = \"a{i}\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\ncooldown = \"0s\"\nsingle_instance = false\n"
+        ));
+    }
+    (cfg, first.unwrap())
+}
+
+/// Reloads `d` with `cfg` and waits until the network process uses it
+/// (a trigger with its first key is acknowledged).
+fn reload_to(d: &Daemon, cfg: &(String, postern::secret::Key), n: usize) {
+    d.rewrite(&cfg.0);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log_n("reloaded", n, 10 * SEC);
+    let end = Instant::now() + 10 * SEC;
+    while trigger(d.addr(), &cfg.1) != Outcome::Ack(Status::Started) {
+        assert!(
+            Instant::now() < end,
+            "the reloaded config never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// Goal: after a reload, the monitor has the new keys locked in memory,
+// and the network process's locked memory does not grow per reload.
+#[test]
+fn reload_relocks_keys_without_growth() {
+    if !require_root("reload_relocks_keys_without_growth") {
+        return;
+    }
+    let s = Scratch::new("mlock");
+    let (small, _) = many_actions(&s, 1);
+    let d = Daemon::start(s, &small);
+    let net = d.network_pid();
+    // The monitor: a config of 1000 actions holds its keys in an array of
+    // actions at least this large, all of which must be locked.
+    let needed_kb = (1000 * std::mem::size_of::<postern::config::Action>() / 1024) as u64;
+    let before = vm_lck_kb(d.pid());
+    reload_to(&d, &many_actions(&d.scratch, 1000), 1);
+    let after = vm_lck_kb(d.pid());
+    // The network process, over 12 more reloads of that size.
+    let mut seen = vec![vm_lck_kb(net)];
+    for i in 0..12 {
+        reload_to(&d, &many_actions(&d.scratch, 1000), i + 2);
+        seen.push(vm_lck_kb(net));
+    }
+    let (first, last) = (seen[0], *seen.last().unwrap());
+    eprintln!("monitor VmLck {before} -> {after} KiB; network process {seen:?} KiB");
+    assert!(
+        after >= before + needed_kb,
+        "monitor VmLck {before} -> {after} KiB after a reload to 1000 actions (>= {needed_kb} KiB more needed); network process {seen:?}"
+    );
+    assert!(
+        last <= first + 16,
+        "network process VmLck grew over 12 reloads: {seen:?} KiB"
+    );
+}
+
+/// `posternd --check` on `text` written to `name` in `s`: (success, stderr).
+fn check(s: &Scratch, name: &str, text: &str) -> (bool, String) {
+    let path = s.path(name);
+    write_private(&path, text);
+    let out = check_config(&path);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+// Goal: ostiary-4 passwords that are one HMAC key with another (`pw` and
+// `pw\0`; a password over 64 bytes and its SHA-256) are refused by
+// --check, naming the key and the fix.
+#[test]
+fn ambiguous_ostiary_passwords_are_refused() {
+    let s = Scratch::new("pw");
+    let head = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\nprotocol = \"ostiary-4\"\n",
+        daemon_table(&s)
+    );
+    let nul = format!(
+        "{head}[[action]]\nname = \"a\"\npassword = \"pw\"\nrun = [\"/bin/true\"]\n\
+         [[action]]\nname = \"b\"\npassword = \"pw\\u0000\"\nrun = [\"/bin/true\"]\n"
+    );
+    let (ok, err) = check(&s, "nul.toml", &nul);
+    assert!(!ok, "pw and pw\\0 passed --check");
+    assert!(
+        err.contains("action[2].password") && err.contains("NUL byte") && err.contains("remove it"),
+        "{err}"
+    );
+    let long = "x".repeat(65);
+    let too_long =
+        format!("{head}[[action]]\nname = \"a\"\npassword = \"{long}\"\nrun = [\"/bin/true\"]\n");
+    let (ok, err) = check(&s, "long.toml", &too_long);
+    assert!(!ok, "a 65-byte password passed --check");
+    assert!(
+        err.contains("action[1].password") && err.contains("at most 64"),
+        "{err}"
+    );
+    let sixty_four = too_long.replace(&long, &"x".repeat(64));
+    let (ok, err) = check(&s, "ok.toml", &sixty_four);
+    assert!(ok, "{err}");
+}
+
+// Goal: `[daemon] group = "root"` for the network process is refused.
+#[test]
+fn network_process_group_root_is_refused() {
+    let s = Scratch::new("grp");
+    let (_, b) = key();
+    let cfg = format!(
+        "[daemon]\nstate_dir = \"{}\"\nuser = \"nobody\"\ngroup = \"root\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"a\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n",
+        s.path("state").display()
+    );
+    let (ok, err) = check(&s, "g.toml", &cfg);
+    assert!(!ok, "group = root passed --check");
+    assert!(
+        err.contains("daemon.group") && err.contains("gid 0"),
+        "{err}"
+    );
+}
+
+// Goal: a key file is judged by the file actually opened: one owned by
+// another user, or a symbolic link (even to a good file), is refused.
+#[test]
+fn key_files_are_checked_on_the_open_file() {
+    if !require_root("key_files_are_checked_on_the_open_file") {
+        return;
+    }
+    let s = Scratch::new("keyfile");
+    let (_, b) = key();
+    let (uid, gid) = nobody();
+    let good = s.path("good.key");
+    std::fs::write(&good, &b).unwrap();
+    set_mode(&good, 0o600);
+    let theirs = s.path("theirs.key");
+    std::fs::write(&theirs, &b).unwrap();
+    set_mode(&theirs, 0o600);
+    chown(&theirs, uid, gid);
+    let link = s.path("link.key");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let cfg = |file: &Path| {
+        format!(
+            "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey_file = \"{}\"\nrun = [\"/bin/true\"]\n",
+            daemon_table(&s),
+            file.display()
+        )
+    };
+    let (ok, err) = check(&s, "good.toml", &cfg(&good));
+    assert!(ok, "{err}");
+    let (ok, err) = check(&s, "theirs.toml", &cfg(&theirs));
+    assert!(!ok, "a key file owned by uid {uid} passed --check");
+    assert!(
+        err.contains("action[1].key_file") && err.contains(&format!("owned by uid {uid}")),
+        "{err}"
+    );
+    let (ok, err) = check(&s, "link.toml", &cfg(&link));
+    assert!(!ok, "a key file reached through a link passed --check");
+    assert!(err.contains("symbolic link"), "{err}");
+}
+
+// Goal: the config file is read with a bound: `--config /dev/zero` is
+// refused at once (under a 512 MiB address-space limit, within 10 s)
+// instead of reading until memory runs out.
+#[test]
+fn config_file_read_is_bounded() {
+    let start = Instant::now();
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 524288; exec timeout 10 {} --config /dev/zero --check",
+            posternd_bin()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("larger than"), "{err}");
+    assert!(start.elapsed() < 10 * SEC);
+}
+
+// Goal: after an unreadable state record, the gate is closed without a
+// made-up address: never `stop` with {addr} or POSTERN_ADDR = 0.0.0.0;
+// `stop_all` closes the whole door when set, and a stop that uses
+// {addr} without stop_all is refused by --check.
+#[test]
+fn unreadable_record_closes_the_whole_door() {
+    let s = Scratch::new("unknown");
+    let (_, b1) = key();
+    let (_, b2) = key();
+    let log = s.path("door.log");
+    let state = s.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    set_mode(&state, 0o700);
+    let now = postern::gate::unix_now();
+    std::fs::write(
+        state.join("gates.state"),
+        format!(
+            "gate name=env kind=walk pid=0 start=- boot=- opened={now} deadline={} addr=192.0.2.1\n\
+             gate name=all kind=walk pid=0 start=- boot=- opened={now} deadline={} addr=192.0.2.2\n",
+            now + 600,
+            now + 600
+        ),
+    )
+    .unwrap();
+    let head = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n",
+        daemon_table(&s)
+    );
+    let env_door = format!(
+        "[[action]]\nname = \"env\"\nkey = \"{b1}\"\nrun = [\"/bin/true\"]\n\
+         stop = [\"/bin/sh\", \"-c\", \"echo env-stop=[$POSTERN_ADDR] >> {l}\"]\nttl = \"1h\"\n",
+        l = log.display()
+    );
+    // First the old behaviour's victim: a stop that reads POSTERN_ADDR.
+    let d = Daemon::start(Scratch::new("unknown-1"), &format!("{head}{env_door}"));
+    d.wait_log("gate env: record unreadable; stopping it", 5 * SEC);
+    let text = wait_file(&log, 5 * SEC);
+    assert!(
+        !text.contains("0.0.0.0"),
+        "stop ran for a made-up address:\n{text}"
+    );
+    assert_eq!(text.trim(), "env-stop=[]");
+    drop(d);
+    // A stop that uses {addr} needs stop_all.
+    let addr_door = format!(
+        "[[action]]\nname = \"all\"\nkey = \"{b2}\"\nrun = [\"/bin/true\"]\n\
+         stop = [\"/bin/sh\", \"-c\", \"echo stop={{addr}} >> {l}\"]\nttl = \"1h\"\n",
+        l = log.display()
+    );
+    let (ok, err) = check(&s, "noall.toml", &format!("{head}{addr_door}"));
+    assert!(!ok, "stop with {{addr}} and no stop_all passed --check");
+    assert!(
+        err.contains("action[1].stop") && err.contains("add stop_all"),
+        "{err}"
+    );
+    // With stop_all, the whole door is closed and stop never runs.
+    std::fs::remove_file(&log).unwrap();
+    let with_all = format!(
+        "{head}{addr_door}stop_all = [\"/bin/sh\", \"-c\", \"echo stop_all >> {l}\"]\n",
+        l = log.display()
+    );
+    std::fs::write(
+        state.join("gates.state"),
+        format!(
+            "gate name=all kind=walk pid=0 start=- boot=- opened={now} deadline={} addr=192.0.2.2\n",
+            now + 600
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(Scratch::new("unknown-2"), &with_all);
+    d.wait_log("gate all stop_all (address unknown) exit=0", 5 * SEC);
+    assert_eq!(wait_file(&log, 5 * SEC).trim(), "stop_all");
+    drop(d);
+    // And for a state file that cannot be read at all.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(state.join("gates.state"), b"\xff\xfe not text").unwrap();
+    let d = Daemon::start(Scratch::new("unknown-3"), &with_all);
+    d.wait_log("stopping every gate", 5 * SEC);
+    d.wait_log("gate all stop_all (address unknown) exit=0", 5 * SEC);
+    assert_eq!(wait_file(&log, 5 * SEC).trim(), "stop_all");
+}
