@@ -1,8 +1,10 @@
 //! cgroup v2: a control group of its own for every `serve` program and
 //! every gate's `run` (the commands that may leave processes behind), so
-//! that closing the gate, or the next start-up after a crash, kills
-//! exactly what they started, however it forked, double-forked or called
-//! setsid, and nothing else.
+//! that the next start-up after a crash (or a gate that failed to open)
+//! kills exactly what they started, however it forked, double-forked or
+//! called setsid, and nothing else. An orderly close stops the program
+//! (or runs `stop`) as before and leaves what it let in (sessions); the
+//! cgroup is removed once they end.
 //!
 //! posternd creates `postern-ACTION-RANDOM` below its own cgroup (under
 //! systemd with `Delegate=yes`, that is the service's delegated subtree;
@@ -180,18 +182,6 @@ pub fn kill(path: &Path) -> usize {
     }
     let _ = write_knob(path, "cgroup.freeze", b"0");
     found
-}
-
-/// Sends `sig` to every process in cgroup `path` (for a graceful SIGTERM
-/// before the kill).
-pub fn signal(path: &Path, sig: Signal) {
-    for pid in members(path) {
-        if let Ok(raw) = i32::try_from(pid) {
-            if raw > 1 {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
-            }
-        }
-    }
 }
 
 /// Kills what is left in `path` and removes it once empty (retried for

@@ -246,6 +246,8 @@ pub struct Gates {
     cgroups: Option<crate::cgroup::Base>,
     /// Whether "no cgroup" was logged.
     cgroup_noted: std::cell::Cell<bool>,
+    /// Cgroups of closed gates still holding processes (sessions).
+    lingering: RefCell<Vec<PathBuf>>,
     open: RefCell<HashMap<String, Open>>,
     /// Gates whose stop is running; a new opening waits for it, or the
     /// old stop would undo the new run.
@@ -279,6 +281,7 @@ impl Gates {
             state: RefCell::new(StateDir::open(&config.daemon.state_dir, true)),
             cgroups: crate::cgroup::Base::detect(),
             cgroup_noted: std::cell::Cell::new(false),
+            lingering: RefCell::new(Vec::new()),
             open: RefCell::new(HashMap::new()),
             closing: RefCell::new(HashSet::new()),
             closed: Notify::new(),
@@ -374,6 +377,7 @@ impl Gates {
             }
             done.await;
         }
+        self.sweep_cgroups();
         let cwd = &config.daemon.state_dir;
         let now = Instant::now();
         let opened = unix_now();
@@ -658,8 +662,7 @@ impl Gates {
             name: name.to_string(),
         };
         if o.record.serve {
-            stop_serve(o.record.pid, child, o.record.cgroup.as_deref()).await;
-            self.end_cgroup(name, o.record.cgroup.as_deref()).await;
+            stop_serve(o.record.pid, child).await;
         } else if let Some(a) = action {
             if let ActionKind::Run {
                 gate: Some((stop, _)),
@@ -669,10 +672,7 @@ impl Gates {
                 let cwd = self.state_dir.borrow().clone();
                 self.run_stop(name, stop, o.record.addr, a, &cwd).await;
             }
-            // What its run left behind ends with the gate.
-            self.end_cgroup(name, o.record.cgroup.as_deref()).await;
         } else {
-            self.end_cgroup(name, o.record.cgroup.as_deref()).await;
             self.log(
                 Level::Err,
                 &format!(
@@ -680,6 +680,13 @@ impl Gates {
                 ),
             );
         }
+        // An orderly close ends the door (the program, or what stop stops),
+        // not what it let in: sessions a served sshd started live on in its
+        // cgroup, which is removed once they have ended.
+        if let Some(path) = o.record.cgroup.clone() {
+            self.lingering.borrow_mut().push(path);
+        }
+        self.sweep_cgroups();
         if let Err(e) = self.persist() {
             self.log(
                 Level::Err,
@@ -825,7 +832,15 @@ impl Gates {
         }
     }
 
-    /// Kills what is left in gate `name`'s cgroup and removes it.
+    /// Removes the cgroups of closed gates that have emptied since.
+    fn sweep_cgroups(&self) {
+        self.lingering
+            .borrow_mut()
+            .retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+    }
+
+    /// Kills what is left in gate `name`'s cgroup and removes it: for a
+    /// gate that failed to open, whose processes let nobody in yet.
     async fn end_cgroup(&self, name: &str, cgroup: Option<&Path>) {
         let Some(path) = cgroup else {
             return;
@@ -1020,13 +1035,9 @@ fn spec<'a>(
     }
 }
 
-/// SIGTERM to the serve group (and to everything in its cgroup), SIGKILL
-/// after [`SERVE_GRACE`]; the cgroup itself is killed by the caller.
-async fn stop_serve(pid: u32, child: Option<tokio::process::Child>, cgroup: Option<&Path>) {
+/// SIGTERM to the serve group, SIGKILL after [`SERVE_GRACE`].
+async fn stop_serve(pid: u32, child: Option<tokio::process::Child>) {
     action::kill_group(pid, Signal::SIGTERM);
-    if let Some(cg) = cgroup {
-        crate::cgroup::signal(cg, Signal::SIGTERM);
-    }
     match child {
         Some(mut c) => {
             if tokio::time::timeout(SERVE_GRACE, c.wait()).await.is_err() {
