@@ -1052,3 +1052,37 @@ async fn stop_serve(pid: u32, child: Option<tokio::process::Child>) {
     }
     action::kill_group(pid, Signal::SIGKILL);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    // Goal: a record round-trips with an unknown start time ("-") and a
+    // cgroup; a start time of 0 (older files) reads as unknown; a file of
+    // an older version (no cgroup field) still parses.
+    #[test]
+    fn record_start_time_and_cgroup() {
+        let r = Record {
+            name: "svc".into(),
+            serve: true,
+            pid: 42,
+            start_ticks: None,
+            boot_id: "b".into(),
+            opened: 1,
+            deadline: 2,
+            addr: "192.0.2.1".parse().unwrap(),
+            cgroup: Some(PathBuf::from("/sys/fs/cgroup/postern-svc-00")),
+        };
+        let line = r.to_line();
+        assert!(line.contains(" start=- "), "{line}");
+        assert_eq!(Record::parse(&line).unwrap(), r);
+        let old =
+            "gate name=svc kind=serve pid=42 start=0 boot=b opened=1 deadline=2 addr=192.0.2.1";
+        let parsed = Record::parse(old).unwrap();
+        assert_eq!(parsed.start_ticks, None);
+        assert_eq!(parsed.cgroup, None);
+        let bad = format!("{old} cgroup=relative/path");
+        assert_eq!(Record::parse(&bad), Err(Some("svc".into())));
+    }
+}
