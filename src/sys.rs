@@ -2,7 +2,8 @@
 //! APIs cannot do the job. Each block carries a SAFETY comment.
 //!
 //! - [`adopt_fd`]: take ownership of a descriptor received with SCM_RIGHTS,
-//!   inherited across exec, or passed by systemd socket activation.
+//!   just opened, inherited across exec, or passed by systemd socket
+//!   activation.
 //! - [`drop_to_in_child`]: the pre-exec hook that switches an action's
 //!   identity (setgroups, then setgid, then setuid, each checked) and ties
 //!   the child's life to posternd's (PR_SET_PDEATHSIG), and for the
@@ -18,9 +19,10 @@ use nix::unistd::{Gid, Uid};
 /// Takes ownership of a raw descriptor.
 ///
 /// The caller must pass a descriptor that nothing else in the process
-/// owns or will close: one just received with SCM_RIGHTS, one inherited
-/// across exec whose number was handed over explicitly, or one of
-/// systemd's `LISTEN_FDS`. Negative numbers are refused.
+/// owns or will close: one just received with SCM_RIGHTS, one just
+/// returned by open(2) or openat(2), one inherited across exec whose
+/// number was handed over explicitly, or one of systemd's `LISTEN_FDS`.
+/// Negative numbers are refused.
 pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
     if fd < 0 {
         return None;
