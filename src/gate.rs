@@ -10,11 +10,14 @@
 //!
 //! Fail closed at start-up ([`Gates::recover`]): every recorded gate whose
 //! deadline has passed is stopped; a `serve` gate is over anyway (its
-//! program died with the previous posternd, and if it somehow did not, it
-//! is killed, but only after checking its pid and start time, so a reused
-//! pid is never hit); unexpired `run` gates are re-armed; a record that
-//! cannot be read, or a state file that cannot be read at all, stops the
-//! gates concerned (all of them for an unreadable file).
+//! program died with the previous posternd); what either left running is
+//! killed through the gate's recorded cgroup (`cgroup.rs`), or, without
+//! one, only a live serve program whose pid and start time match exactly,
+//! so a reused pid is never hit; unexpired `run` gates are re-armed; a
+//! record that cannot be read, or a state file that cannot be read at all,
+//! closes the gates concerned (all of them for an unreadable file) with
+//! `stop_all`, or `stop` without an address, never a made-up one. The
+//! file's I/O is in `state.rs`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
