@@ -1,5 +1,6 @@
 //! Start-up, in order, failing closed at every step:
-//! load and validate config -> harden -> bind (or take systemd's sockets)
+//! seal inherited descriptors -> load and validate config -> harden -> bind
+//! (or take systemd's sockets)
 //! -> open the log -> prepare the state and chroot directories -> start the
 //! network process (which jails itself before reading a byte) -> hand it
 //! the config -> tell systemd we are ready -> serve.
