@@ -92,6 +92,16 @@ pub struct Started {
 /// POSTERN_ADDR and POSTERN_ACTION, stdin from /dev/null, stdout and
 /// stderr into the log, its own process group, killed if posternd dies.
 pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> {
+    start_in(spec, logger, None)
+}
+
+/// Like [`start`], and the command joins `cgroup` before exec (so all it
+/// ever starts can be killed together).
+pub fn start_in(
+    spec: &Spec<'_>,
+    logger: &Arc<Logger>,
+    cgroup: Option<&crate::cgroup::Cgroup>,
+) -> std::io::Result<Started> {
     let argv = spec.argv.render(&spec.addr, spec.action);
     let mut cmd = Command::new(spec.argv.program());
     cmd.args(argv.iter().skip(1))
@@ -105,7 +115,13 @@ pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> 
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    crate::sys::drop_to_in_child(&mut cmd, spec.run_as.map(|r| (r.uid, r.gid)), true, false);
+    crate::sys::drop_to_in_child(
+        &mut cmd,
+        spec.run_as.map(|r| (r.uid, r.gid)),
+        true,
+        false,
+        cgroup.map(crate::cgroup::Cgroup::procs),
+    );
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let budget = Rc::new(Cell::new(MAX_OUTPUT_PER_RUN));

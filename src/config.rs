@@ -139,8 +139,15 @@ pub mod defaults {
     pub const MAX_HANDSHAKES_LIMIT: usize = 65_536;
     /// Hard bound on `lockout_table`.
     pub const LOCKOUT_TABLE_LIMIT: usize = 1 << 20;
-    /// Hard bound on an ostiary-4 password's length in bytes.
-    pub const MAX_PASSWORD_LEN: usize = 1024;
+    /// Hard bound on an ostiary-4 password's length in bytes: the
+    /// HMAC-SHA256 block. HMAC replaces a longer key by its SHA-256, so a
+    /// longer password would be the same key as that 32-byte string.
+    pub const MAX_PASSWORD_LEN: usize = 64;
+    /// Hard bound on a password file's size in bytes (longer ones are
+    /// refused by size before their length is reported).
+    pub const MAX_PASSWORD_FILE_LEN: u64 = 1026;
+    /// Hard bound on the config file's size in bytes (4096 actions fit).
+    pub const MAX_CONFIG_LEN: u64 = 2 * 1024 * 1024;
     /// Hard bound on any duration in the file (one year).
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Hard bound on an argv: number of elements.
@@ -436,6 +443,11 @@ pub struct Gate {
     pub hold_while: Option<Argv>,
     /// Extension granted by a successful `hold_while`.
     pub hold_interval: Duration,
+    /// `run`/`stop` gates: closes the gate for every address at once. Run
+    /// instead of `stop` when the gate's record cannot be read, so the
+    /// address it was opened for is unknown. Required when `stop` uses
+    /// `{addr}`; never uses `{addr}` itself.
+    pub stop_all: Option<Argv>,
 }
 
 /// One problem in a config file.
@@ -478,8 +490,14 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message,
         }]
     };
-    let bytes = match std::fs::read(&file) {
-        Ok(b) => Zeroizing::new(b),
+    let bytes = match read_bounded(&file, defaults::MAX_CONFIG_LEN) {
+        Ok(b) if b.len() as u64 > defaults::MAX_CONFIG_LEN => {
+            return Err(fail(format!(
+            "the config file is larger than {} bytes; check the path (it should be a TOML file)",
+            defaults::MAX_CONFIG_LEN
+        )))
+        }
+        Ok(b) => b,
         Err(e) => {
             return Err(fail(format!(
                 "cannot read the config file: {}; check the path",
@@ -670,6 +688,7 @@ struct RawAction {
     serve: Option<RawArgv>,
     builtin: Opt<String>,
     stop: Option<RawArgv>,
+    stop_all: Option<RawArgv>,
     ttl: Opt<RawDuration>,
     extend: Opt<bool>,
     max_open: Opt<RawDuration>,
@@ -995,6 +1014,27 @@ impl Cx<'_> {
                 ),
             );
         }
+        if let Some(Some(RunAs { gid: 0, uid, .. })) = &user {
+            let (key, span, fix) = match &d.group {
+                Some(g) => (
+                    "daemon.group",
+                    Some(g.span()),
+                    "set group to an unprivileged group such as \"nogroup\", or remove it",
+                ),
+                None => (
+                    "daemon.user",
+                    d.user.as_ref().map(Spanned::span),
+                    "set group = \"nogroup\" (or another unprivileged group)",
+                ),
+            };
+            if *uid != 0 {
+                self.err(
+                    key,
+                    span,
+                    format!("the network process would run with group root (gid 0); {fix}"),
+                );
+            }
+        }
         let state_dir = match &d.state_dir {
             Some(v) => self.path("daemon.state_dir", v),
             None => Some(PathBuf::from(defaults::STATE_DIR)),
@@ -1009,6 +1049,11 @@ impl Cx<'_> {
                         dir.display()
                     ),
                 );
+            } else if dir.is_dir() {
+                // A missing one is created and checked at start-up.
+                if let Err(e) = crate::state::StateDir::open(dir, false) {
+                    self.err("daemon.state_dir", Some(v.span()), e.to_string());
+                }
             }
         }
         let chroot_dir = match (&d.chroot, &state_dir) {
@@ -1572,20 +1617,17 @@ impl Cx<'_> {
         } else if let Some(p) = &a.password {
             self.inline_secret = true;
             let bytes = p.get_ref().0.as_bytes();
-            if let Some(problem) = password_problem(bytes.len()) {
+            if let Some(problem) = password_problem(bytes) {
                 self.err(key, Some(span), problem);
                 return None;
             }
             ActionSecret::Password(Password::new(bytes.to_vec()))
         } else if let Some(f) = &a.password_file {
-            let max = u64::try_from(defaults::MAX_PASSWORD_LEN)
-                .unwrap_or(u64::MAX)
-                .saturating_add(2);
-            let bytes = self.secret_file(&key, f, "password", max)?;
+            let bytes = self.secret_file(&key, f, "password", defaults::MAX_PASSWORD_FILE_LEN)?;
             let mut pw: &[u8] = &bytes;
             pw = pw.strip_suffix(b"\n").unwrap_or(pw);
             pw = pw.strip_suffix(b"\r").unwrap_or(pw);
-            if let Some(problem) = password_problem(pw.len()) {
+            if let Some(problem) = password_problem(pw) {
                 let path = self.base.join(f.get_ref());
                 self.err(key, Some(span), format!("{}: {problem}", path.display()));
                 return None;
@@ -1623,24 +1665,40 @@ impl Cx<'_> {
         let path = self.path(key, v)?;
         let shown = path.display();
         let name = key.rsplit('.').next().unwrap_or(key);
-        let problem = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+        // Opened once, never through a link, never waiting (a FIFO); what
+        // is checked is the open file itself, and it is read from there.
+        let problem = match open_secret(&path) {
+            Err(nix::errno::Errno::ENOENT) => format!(
                 "{what} file {shown} does not exist; create it (mode 600) or fix the path"
             ),
-            Err(e) => format!("cannot inspect {what} file {shown}: {}", io_reason(&e)),
-            Ok(m) if m.is_dir() => format!("{shown} is a directory; point {name} at a file"),
-            Ok(m) if !m.is_file() => format!("{shown} is not a regular file; point {name} at a file"),
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => format!(
-                "{what} file {shown} is accessible by group or others (mode {:03o}); run `chmod 600 {shown}`",
-                m.permissions().mode() & 0o777
+            Err(nix::errno::Errno::ELOOP) => format!(
+                "{shown} is a symbolic link; point {name} at the file itself"
             ),
-            Ok(m) if m.len() > max_len => format!(
+            Err(e) => format!(
+                "cannot open {what} file {shown}: {}",
+                e.desc().to_lowercase()
+            ),
+            Ok((_, st)) if st.st_mode & 0o170000 == 0o040000 => {
+                format!("{shown} is a directory; point {name} at a file")
+            }
+            Ok((_, st)) if st.st_mode & 0o170000 != 0o100000 => {
+                format!("{shown} is not a regular file; point {name} at a file")
+            }
+            Ok((_, st)) if st.st_uid != 0 && st.st_uid != nix::unistd::geteuid().as_raw() => format!(
+                "{what} file {shown} is owned by uid {}, who could change it; run `chown root {shown}`",
+                st.st_uid
+            ),
+            Ok((_, st)) if st.st_mode & 0o077 != 0 => format!(
+                "{what} file {shown} is accessible by group or others (mode {:03o}); run `chmod 600 {shown}`",
+                st.st_mode & 0o777
+            ),
+            Ok((_, st)) if st.st_size as u64 > max_len => format!(
                 "{what} file {shown} is too large ({} bytes, at most {max_len}); it should hold one {what}",
-                m.len()
+                st.st_size
             ),
             // The size above can lie (files in /proc report 0), so the
             // read itself is bounded too.
-            Ok(_) => match read_bounded(&path, max_len) {
+            Ok((file, _)) => match read_bounded_from(file, max_len) {
                 Ok(bytes) if bytes.len() as u64 <= max_len => return Some(bytes),
                 Ok(_) => format!(
                     "{what} file {shown} is too large (more than {max_len} bytes); it should hold one {what}"
@@ -1698,6 +1756,14 @@ impl Cx<'_> {
                 );
                 return None;
             }
+            if let Some(all) = &a.stop_all {
+                self.err(
+                    dotted(prefix, "stop_all"),
+                    Some(all.span()),
+                    "stop_all only applies to run with stop; a served program is stopped by signalling it, so remove stop_all",
+                );
+                return None;
+            }
             let gate = self.gate(prefix, a, "serve", serve.span());
             return Some(ActionKind::Serve {
                 serve: argv?,
@@ -1710,7 +1776,10 @@ impl Cx<'_> {
             Some(stop) => {
                 let stop_argv = self.argv(&dotted(prefix, "stop"), stop);
                 let gate = self.gate(prefix, a, "stop", stop.span());
-                Some(Some((stop_argv?, gate?)))
+                let stop_all = self.stop_all(prefix, a, stop);
+                let mut gate = gate?;
+                gate.stop_all = stop_all?;
+                Some(Some((stop_argv?, gate)))
             }
             None => self.no_gate(prefix, a).then_some(None),
         };
@@ -1736,6 +1805,7 @@ impl Cx<'_> {
         }
         let extra = [
             ("stop", a.stop.as_ref().map(Spanned::span)),
+            ("stop_all", a.stop_all.as_ref().map(Spanned::span)),
             ("ttl", a.ttl.as_ref().map(Spanned::span)),
             ("extend", a.extend.as_ref().map(Spanned::span)),
             ("max_open", a.max_open.as_ref().map(Spanned::span)),
@@ -1775,6 +1845,14 @@ impl Cx<'_> {
             );
             ok = false;
         }
+        if let Some(all) = &a.stop_all {
+            self.err(
+                dotted(prefix, "stop_all"),
+                Some(all.span()),
+                "stop_all only applies to a gate; add stop and ttl, or remove stop_all",
+            );
+            ok = false;
+        }
         let gate_keys = [
             ("extend", a.extend.as_ref().map(Spanned::span)),
             ("max_open", a.max_open.as_ref().map(Spanned::span)),
@@ -1792,6 +1870,33 @@ impl Cx<'_> {
             }
         }
         ok
+    }
+
+    /// `stop_all` of a run/stop gate: required when `stop` uses `{addr}`
+    /// (a gate whose record is unreadable has no address to stop), and
+    /// refused to use `{addr}` itself.
+    fn stop_all(&mut self, prefix: &str, a: &RawAction, stop: &RawArgv) -> Option<Option<Argv>> {
+        let uses_addr = |v: &RawArgv| v.get_ref().iter().any(|x| x.get_ref().contains("{addr}"));
+        match &a.stop_all {
+            Some(all) if uses_addr(all) => {
+                self.err(
+                    dotted(prefix, "stop_all"),
+                    Some(all.span()),
+                    "stop_all closes the gate for every address, so it cannot use {addr}; remove {addr} from it",
+                );
+                None
+            }
+            Some(all) => self.argv(&dotted(prefix, "stop_all"), all).map(Some),
+            None if uses_addr(stop) => {
+                self.err(
+                    dotted(prefix, "stop"),
+                    Some(stop.span()),
+                    "stop uses {addr}, but when a gate's record in the state file cannot be read its address is unknown; add stop_all, a command that closes the gate for every address (for example, flushing the nftables set)",
+                );
+                None
+            }
+            None => Some(None),
+        }
     }
 
     /// The gate of a serve action or of a run action with stop.
@@ -1849,6 +1954,7 @@ impl Cx<'_> {
             max_open,
             hold_while: hold_while?,
             hold_interval: hold_interval?,
+            stop_all: None,
         })
     }
 
@@ -2114,15 +2220,37 @@ impl Cx<'_> {
 /// Reads at most `max_len + 1` bytes of `path`, so a caller can tell a
 /// file over the bound without ever holding more than that.
 fn read_bounded(path: &Path, max_len: u64) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    read_bounded_from(std::fs::File::open(path)?, max_len)
+}
+
+/// [`read_bounded`] from an open file.
+fn read_bounded_from(file: std::fs::File, max_len: u64) -> std::io::Result<Zeroizing<Vec<u8>>> {
     use std::io::Read;
     // Room for the whole bound up front: the buffer never reallocates, so
     // no copy of the secret is left behind unzeroized.
     let cap = usize::try_from(max_len.saturating_add(1)).unwrap_or(usize::MAX);
     let mut bytes = Zeroizing::new(Vec::with_capacity(cap));
-    std::fs::File::open(path)?
-        .take(max_len.saturating_add(1))
+    file.take(max_len.saturating_add(1))
         .read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Opens a secret file with `O_NOFOLLOW` and `O_NONBLOCK` and returns it
+/// with its status, taken from the open descriptor.
+fn open_secret(path: &Path) -> nix::Result<(std::fs::File, nix::sys::stat::FileStat)> {
+    use nix::fcntl::OFlag;
+    let raw = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let fd = crate::sys::adopt_fd(raw).ok_or(nix::errno::Errno::EBADF)?;
+    let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+    Ok((std::fs::File::from(fd), st))
 }
 
 // ---------------------------------------------------------------------------
@@ -2245,15 +2373,21 @@ fn facility_code(name: &str) -> Option<u8> {
     })
 }
 
-/// Why a password of `len` bytes is refused, if it is.
-fn password_problem(len: usize) -> Option<String> {
+/// Why a password is refused, if it is. HMAC pads a key with zero bytes
+/// up to its 64-byte block and hashes a longer one, so `pw` and `pw\0`,
+/// or a long password and its SHA-256, would be one key: two actions
+/// could share it, and the wrong one would run.
+fn password_problem(pw: &[u8]) -> Option<String> {
+    let len = pw.len();
     if len == 0 {
         Some("the password is empty; set a non-empty password".into())
     } else if len > defaults::MAX_PASSWORD_LEN {
         Some(format!(
-            "the password is {len} bytes; at most {} are allowed",
+            "the password is {len} bytes; at most {} are allowed (HMAC would hash a longer one into a different 32-byte key); use a shorter password",
             defaults::MAX_PASSWORD_LEN
         ))
+    } else if pw.contains(&0) {
+        Some("the password contains a NUL byte (HMAC pads keys with NUL bytes, so it would equal another password); remove it".into())
     } else {
         None
     }
@@ -2404,6 +2538,7 @@ name = "web"
 key_file = "a.key"
 run = ["/bin/true", "open", "{addr}"]
 stop = ["/bin/true", "close", "{addr}"]
+stop_all = ["/bin/true", "close-all"]
 ttl = "30m"
 extend = false
 user = "root"
@@ -2518,6 +2653,10 @@ builtin = "shutdown"
                 assert_eq!(gate.max_open, Duration::from_secs(1800));
                 assert!(gate.hold_while.is_none());
                 assert_eq!(gate.hold_interval, defaults::HOLD_INTERVAL);
+                assert_eq!(
+                    gate.stop_all.as_ref().map(|a| a.0.clone()),
+                    Some(vec!["/bin/true".to_string(), "close-all".to_string()])
+                );
             }
             other => unreachable!("web is run with a gate, not {other:?}"),
         }
@@ -2760,7 +2899,7 @@ builtin = "shutdown"
             ("action[1].key_file", "is accessible by group or others (mode 644); run `chmod 600 ", 5, [L1, AH, "key_file = \"open.key\"\n", RUN].concat()),
             ("action[1].key_file", "bad.key: key is not valid base64", 5, [L1, AH, "key_file = \"bad.key\"\n", RUN].concat()),
             ("action[1].key_file", "short.key: key decodes to 16 bytes", 5, [L1, AH, "key_file = \"short.key\"\n", RUN].concat()),
-            ("action[1].password", "the password is 1025 bytes; at most 1024", 6, [L4, AH, long_password.as_str(), RUN].concat()),
+            ("action[1].password", "the password is 65 bytes; at most 64", 6, [L4, AH, long_password.as_str(), RUN].concat()),
             ("action[1].password", "the password is empty", 6, [L4, AH, "password = \"\"\n", RUN].concat()),
             ("action[1].password_file", "password file @DIR/nope.pw does not exist", 6, [L4, AH, "password_file = \"nope.pw\"\n", RUN].concat()),
             ("action[1].password_file", "(mode 640); run `chmod 600 @DIR/open.pw`", 6, [L4, AH, "password_file = \"open.pw\"\n", RUN].concat()),
@@ -2795,6 +2934,12 @@ builtin = "shutdown"
             ("action[1].hold_while", "program \"check\" must be an absolute path", 8, [L1, AH, KEY, serve_ttl, "hold_while = [\"check\"]\n"].concat()),
             // Gates.
             ("action[1].stop", "stop only applies to run", 8, [L1, AH, KEY, serve_ttl, "stop = [\"/bin/true\"]\n"].concat()),
+            ("action[1].stop", "add stop_all", 7, [L1, ACT, "stop = [\"/bin/true\", \"{addr}\"]\nttl = \"1m\"\n"].concat()),
+            ("action[1].stop_all", "cannot use {addr}", 9, [L1, ACT, "stop = [\"/bin/true\"]\nttl = \"1m\"\nstop_all = [\"/bin/true\", \"{addr}\"]\n"].concat()),
+            ("action[1].stop_all", "only applies to a gate", 7, [L1, ACT, "stop_all = [\"/bin/true\"]\n"].concat()),
+            ("action[1].stop_all", "stop_all only applies to run with stop", 8, [L1, AH, KEY, serve_ttl, "stop_all = [\"/bin/true\"]\n"].concat()),
+            ("action[1].password", "contains a NUL byte", 6, [L4, AH, "password = \"pw\\u0000\"\n", RUN].concat()),
+            ("daemon.group", "group root (gid 0)", 3, ["[daemon]\nuser = \"nobody\"\ngroup = \"root\"\n", L1, ACT].concat()),
             ("action[1].ttl", "missing; stop needs ttl", 7, [L1, ACT, "stop = [\"/bin/true\"]\n"].concat()),
             ("action[1].ttl", "missing; serve needs ttl", 6, [L1, AH, KEY, "serve = [\"/bin/sleep\", \"9\"]\n"].concat()),
             ("action[1].ttl", "ttl needs stop or serve", 7, [L1, ACT, "ttl = \"1m\"\n"].concat()),

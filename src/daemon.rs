@@ -1,5 +1,6 @@
 //! Start-up, in order, failing closed at every step:
-//! load and validate config -> harden -> bind (or take systemd's sockets)
+//! seal inherited descriptors -> load and validate config -> harden -> bind
+//! (or take systemd's sockets)
 //! -> open the log -> prepare the state and chroot directories -> start the
 //! network process (which jails itself before reading a byte) -> hand it
 //! the config -> tell systemd we are ready -> serve.
@@ -60,6 +61,12 @@ pub fn check(path: &Path) -> bool {
 
 /// Runs the monitor (and through it the network process) until stopped.
 pub fn run(path: &Path) -> Result<(), StartError> {
+    // 0. Descriptors inherited from whoever started us (3 and up) must not
+    //    reach the network process or any action: mark them all
+    //    close-on-exec. systemd's LISTEN_FDS are among them; they are
+    //    adopted in step 3 and handed over explicitly.
+    privsep::seal_inherited_fds(&[], false);
+
     // 1. Load and validate the config; print every problem.
     let config = config::load(path).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -71,12 +78,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
 
     // 2. No core dumps, not ptrace-able; pin the keys in memory.
     privsep::harden_self().map_err(|e| StartError(e.to_string()))?;
-    let mut keys_locked = crate::sys::lock_slice(&config.actions);
-    for a in &config.actions {
-        if let config::ActionSecret::Password(p) = &a.secret {
-            keys_locked &= crate::sys::lock_slice(p.expose());
-        }
-    }
+    let keys_locked = lock_keys(&config);
 
     // 3. Bind the listeners, or take them from systemd.
     let activated = listen::activation_fds().map_err(|e| StartError(e.to_string()))?;
@@ -102,7 +104,8 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         );
     }
 
-    // 5. State directory (root-owned 0700) and the empty chroot.
+    // 5. State directory (root-owned, nobody else can change it or what is
+    //    above it) and the empty chroot.
     prepare_state_dir(&config.daemon.state_dir)?;
     let as_root = privsep::is_root();
     if as_root {
@@ -166,27 +169,41 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     })
 }
 
+/// Locks the key material of `config` in memory (the actions, which hold
+/// the keys, and every password). False if the system refused.
+pub fn lock_keys(config: &config::Config) -> bool {
+    let mut locked = crate::sys::lock_slice(&config.actions);
+    for a in &config.actions {
+        if let config::ActionSecret::Password(p) = &a.secret {
+            locked &= crate::sys::lock_slice(p.expose());
+        }
+    }
+    locked
+}
+
+/// Undoes [`lock_keys`] for a config about to be dropped.
+pub fn unlock_keys(config: &config::Config) {
+    crate::sys::unlock_slice(&config.actions);
+    for a in &config.actions {
+        if let config::ActionSecret::Password(p) = &a.secret {
+            crate::sys::unlock_slice(p.expose());
+        }
+    }
+}
+
+/// Creates `state_dir` if needed (mode 0700) and checks that nobody but
+/// root can change it or any directory above it (see `state.rs`).
 fn prepare_state_dir(dir: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                StartError(format!(
-                    "state_dir {}: cannot create it: {e}",
-                    dir.display()
-                ))
-            })?;
-    }
-    if !dir.is_dir() {
-        return Err(StartError(format!(
-            "state_dir {} is not a directory",
-            dir.display()
-        )));
-    }
-    Ok(())
+    let existed = dir.exists();
+    crate::state::StateDir::open(dir, true)
+        .map(drop)
+        .map_err(|e| match existed {
+            true => StartError(format!("state_dir {e}")),
+            false => StartError(format!(
+                "state_dir {}: cannot create it: {e}",
+                dir.display()
+            )),
+        })
 }
 
 /// Starts `posternd --network-child ...` with the channel end as an
@@ -218,7 +235,7 @@ fn spawn_network(
         .env_clear()
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    crate::sys::drop_to_in_child(&mut cmd, None, true, true);
+    crate::sys::drop_to_in_child(&mut cmd, None, true, true, None);
     cmd.spawn()
 }
 
@@ -246,6 +263,8 @@ pub fn network_child(args: &[String]) -> i32 {
         fd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    // It keeps only what it needs: standard streams and the channel.
+    privsep::seal_inherited_fds(&[fd.as_raw_fd()], true);
     // Jail first: nothing has been read from anyone yet.
     let jail = Jail {
         chroot: chroot.clone().into(),

@@ -10,15 +10,17 @@
 //!
 //! Fail closed at start-up ([`Gates::recover`]): every recorded gate whose
 //! deadline has passed is stopped; a `serve` gate is over anyway (its
-//! program died with the previous posternd, and if it somehow did not, it
-//! is killed, but only after checking its pid and start time, so a reused
-//! pid is never hit); unexpired `run` gates are re-armed; a record that
-//! cannot be read, or a state file that cannot be read at all, stops the
-//! gates concerned (all of them for an unreadable file).
+//! program died with the previous posternd); what either left running is
+//! killed through the gate's recorded cgroup (`cgroup.rs`), or, without
+//! one, only a live serve program whose pid and start time match exactly,
+//! so a reused pid is never hit; unexpired `run` gates are re-armed; a
+//! record that cannot be read, or a state file that cannot be read at all,
+//! closes the gates concerned (all of them for an unreadable file) with
+//! `stop_all`, or `stop` without an address, never a made-up one. The
+//! file's I/O is in `state.rs`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -33,10 +35,10 @@ use crate::action::{self, Spec};
 use crate::config::{Action, ActionKind, Argv, Config, Gate};
 use crate::log::{Level, Logger};
 use crate::monitor::Monitor;
+use crate::state::{ReadState, StateDir, StateDirError};
 use crate::wire::{Answer, Reason, Status};
 
-/// State file name inside `state_dir`.
-pub const STATE_FILE: &str = "gates.state";
+pub use crate::state::STATE_FILE;
 /// How long a freshly started `serve` program must stay up before the
 /// trigger is acknowledged as started.
 pub const SERVE_SETTLE: Duration = Duration::from_millis(150);
@@ -52,8 +54,10 @@ pub struct Record {
     pub serve: bool,
     /// The serve program's pid (0 for run gates).
     pub pid: u32,
-    /// Its start time in clock ticks since boot (/proc/PID/stat field 22).
-    pub start_ticks: u64,
+    /// Its start time in clock ticks since boot (/proc/PID/stat field 22);
+    /// `None` when it could not be read (recorded as `-`, never as 0, and
+    /// then never matched).
+    pub start_ticks: Option<u64>,
     /// The boot the pid belongs to (/proc/sys/kernel/random/boot_id).
     pub boot_id: String,
     /// When it opened, UNIX seconds.
@@ -62,16 +66,20 @@ pub struct Record {
     pub deadline: u64,
     /// The `{addr}` it was opened for.
     pub addr: IpAddr,
+    /// The cgroup its serve program or run was started in (see
+    /// `cgroup.rs`), if any.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Record {
     fn to_line(&self) -> String {
         format!(
-            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={}",
+            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={} cgroup={}",
             self.name,
             if self.serve { "serve" } else { "run" },
             self.pid,
-            self.start_ticks,
+            self.start_ticks
+                .map_or_else(|| "-".to_string(), |t| t.to_string()),
             if self.boot_id.is_empty() {
                 "-"
             } else {
@@ -79,7 +87,10 @@ impl Record {
             },
             self.opened,
             self.deadline,
-            self.addr
+            self.addr,
+            self.cgroup
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |p| p.display().to_string())
         )
     }
 
@@ -107,7 +118,15 @@ impl Record {
             pid: num("pid")
                 .and_then(|p| u32::try_from(p).ok())
                 .ok_or_else(bad)?,
-            start_ticks: num("start").ok_or_else(bad)?,
+            // "-" is unknown; so is 0 (written by older versions when
+            // /proc could not be read): neither ever matches a process.
+            start_ticks: match f.get("start") {
+                Some(&"-") => None,
+                Some(_) => num("start")
+                    .ok_or_else(bad)
+                    .map(|t| Some(t).filter(|t| *t != 0))?,
+                None => return Err(bad()),
+            },
             boot_id: match f.get("boot") {
                 Some(&"-") => String::new(),
                 Some(b) => b.to_string(),
@@ -116,6 +135,12 @@ impl Record {
             opened: num("opened").ok_or_else(bad)?,
             deadline: num("deadline").ok_or_else(bad)?,
             addr: f.get("addr").and_then(|a| a.parse().ok()).ok_or_else(bad)?,
+            // Absent in files of older versions.
+            cgroup: match f.get("cgroup") {
+                None | Some(&"-") => None,
+                Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
+                Some(_) => return Err(bad()),
+            },
         })
     }
 }
@@ -144,106 +169,60 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Live (not zombie) processes in process group `pgid` that started no
-/// earlier than `min_start` ticks after boot: the serve program and what
-/// it forked. While any of them lives the kernel cannot hand the group id
-/// to anyone else, and an unrelated group reusing it later would have to
-/// start after they all died, so these are ours.
-pub fn group_members(pgid: u32, min_start: u64) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        // Fields from 3 on: state, ppid, pgrp, ...; starttime is field 22.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let (Some(state), Some(pgrp), Some(start)) =
-            (fields.first(), fields.get(2), fields.get(19))
-        else {
-            continue;
-        };
-        if *state == "Z" || pgrp.parse::<u32>().ok() != Some(pgid) {
-            continue;
-        }
-        if start.parse::<u64>().is_ok_and(|t| t >= min_start) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Writes `records` to `dir/STATE_FILE` atomically: temp file, fsync,
-/// rename, fsync of the directory.
-pub fn write_state(dir: &Path, records: &[Record]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let path = dir.join(STATE_FILE);
+/// Writes `records` to the state file in `dir` atomically (see
+/// [`StateDir::write`]).
+pub fn write_state(dir: &StateDir, records: &[Record]) -> std::io::Result<()> {
     let mut text = String::from("# posternd open gates; rewritten atomically, do not edit\n");
     for r in records {
         text.push_str(&r.to_line());
         text.push('\n');
     }
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    dir.write(text.as_bytes())
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// What reading the state file found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {
     /// No file: nothing was open.
     Missing,
-    /// Records, and names of records that could not be parsed.
-    Records(Vec<Record>, Vec<String>),
-    /// The file exists but cannot be read, or is garbage.
+    /// Records, and the records that could not be parsed: their line
+    /// number and, if it is a well-formed action name, the name.
+    Records(Vec<Record>, Vec<(usize, Option<String>)>),
+    /// The file exists but cannot be read, or is garbage. The reason
+    /// never quotes the file.
     Unreadable(String),
 }
 
+/// Whether `name` could be an action's name (1-64 of `A-Z a-z 0-9 . _
+/// -`): only such names from the state file are ever logged.
+fn plausible_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// Reads the state file.
-pub fn read_state(dir: &Path) -> Loaded {
-    let path = dir.join(STATE_FILE);
-    let text = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(e) => return Loaded::Unreadable(e.to_string()),
+pub fn read_state(dir: &StateDir) -> Loaded {
+    let text = match dir.read() {
+        ReadState::Missing => return Loaded::Missing,
+        ReadState::Unreadable(why) => return Loaded::Unreadable(why),
+        ReadState::Bytes(b) => b,
     };
     let Ok(text) = String::from_utf8(text) else {
         return Loaded::Unreadable("not UTF-8".into());
     };
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
         match Record::parse(line) {
-            Ok(r) => good.push(r),
-            Err(Some(name)) => bad.push(name),
-            Err(None) => return Loaded::Unreadable(format!("unparseable line {line:?}")),
+            Ok(r) if plausible_name(&r.name) => good.push(r),
+            Ok(_) => bad.push((i + 1, None)),
+            Err(Some(name)) => bad.push((i + 1, Some(name).filter(|n| plausible_name(n)))),
+            Err(None) => return Loaded::Unreadable(format!("line {} is not a gate record", i + 1)),
         }
     }
     Loaded::Records(good, bad)
@@ -263,6 +242,15 @@ struct Open {
 pub struct Gates {
     logger: Arc<Logger>,
     state_dir: RefCell<PathBuf>,
+    /// The state directory, held open and checked (see `state.rs`); an
+    /// error makes every gate refuse to open.
+    state: RefCell<Result<StateDir, StateDirError>>,
+    /// Where gate cgroups go, if the system has a cgroup2 hierarchy.
+    cgroups: Option<crate::cgroup::Base>,
+    /// Whether "no cgroup" was logged.
+    cgroup_noted: std::cell::Cell<bool>,
+    /// Cgroups of closed gates still holding processes (sessions).
+    lingering: RefCell<Vec<PathBuf>>,
     open: RefCell<HashMap<String, Open>>,
     /// Gates whose stop is running; a new opening waits for it, or the
     /// old stop would undo the new run.
@@ -316,6 +304,10 @@ impl Gates {
         Gates {
             logger,
             state_dir: RefCell::new(config.daemon.state_dir.clone()),
+            state: RefCell::new(StateDir::open(&config.daemon.state_dir, true)),
+            cgroups: crate::cgroup::Base::detect(),
+            cgroup_noted: std::cell::Cell::new(false),
+            lingering: RefCell::new(Vec::new()),
             open: RefCell::new(HashMap::new()),
             closing: RefCell::new(HashSet::new()),
             closed: Notify::new(),
@@ -367,6 +359,16 @@ impl Gates {
 
     /// After a reload.
     pub fn reconfigure(&self, config: &Config) {
+        if *self.state_dir.borrow() != config.daemon.state_dir {
+            let opened = StateDir::open(&config.daemon.state_dir, true);
+            if let Err(e) = &opened {
+                self.log(
+                    Level::Err,
+                    &format!("state_dir {e}; gates will refuse to open"),
+                );
+            }
+            *self.state.borrow_mut() = opened;
+        }
         *self.state_dir.borrow_mut() = config.daemon.state_dir.clone();
         // Outcomes are kept per configured gate only, so they stay bounded
         // by the config's action count across reloads.
@@ -382,7 +384,10 @@ impl Gates {
             .values()
             .map(|o| o.record.clone())
             .collect();
-        write_state(&self.state_dir.borrow(), &records)
+        match &*self.state.borrow() {
+            Ok(dir) => write_state(dir, &records),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
     }
 
     /// A trigger for an open gate. For the address it is open for: extend
@@ -473,6 +478,7 @@ impl Gates {
             }
             done.await;
         }
+        self.sweep_cgroups();
         let cwd = &config.daemon.state_dir;
         let now = Instant::now();
         let opened = unix_now();
@@ -480,20 +486,24 @@ impl Gates {
             name: name.clone(),
             serve: false,
             pid: 0,
-            start_ticks: 0,
+            start_ticks: None,
             boot_id: boot_id(),
             opened,
             deadline: opened.saturating_add(gate.ttl.as_secs().max(1)),
             addr,
+            cgroup: None,
         };
         let mut child = None;
+        // Its own cgroup, so that the gate's close kills all it started.
+        let cgroup = self.new_cgroup(&name);
+        record.cgroup = cgroup.as_ref().map(|c| c.path.clone());
         match &action.kind {
             ActionKind::Run {
                 run,
                 gate: Some((stop, _)),
             } => {
                 let spec = spec(&name, "run", run, addr, action, cwd);
-                let why = match action::start(&spec, &self.logger) {
+                let why = match action::start_in(&spec, &self.logger, cgroup.as_ref()) {
                     Ok(s) => {
                         let outcome = s.wait(action.timeout).await;
                         self.log(
@@ -516,18 +526,20 @@ impl Gates {
                 };
                 if let Some(reason) = why {
                     self.run_stop(&name, stop, addr, action, cwd).await;
+                    self.end_cgroup(&name, record.cgroup.as_deref()).await;
                     return failed(reason);
                 }
             }
             ActionKind::Serve { serve, .. } => {
                 let spec = spec(&name, "serve", serve, addr, action, cwd);
-                let mut s = match action::start(&spec, &self.logger) {
+                let mut s = match action::start_in(&spec, &self.logger, cgroup.as_ref()) {
                     Ok(s) => s,
                     Err(e) => {
                         self.log(
                             Level::Err,
                             &format!("gate {name} serve failed to start {}: {e}", serve.program()),
                         );
+                        self.end_cgroup(&name, record.cgroup.as_deref()).await;
                         return failed(Reason::SpawnFailed);
                     }
                 };
@@ -542,11 +554,12 @@ impl Gates {
                         ),
                     );
                     action::kill_group(s.pid, Signal::SIGKILL);
+                    self.end_cgroup(&name, record.cgroup.as_deref()).await;
                     return failed(Reason::ServeExited);
                 }
                 record.serve = true;
                 record.pid = s.pid;
-                record.start_ticks = start_ticks(s.pid).unwrap_or(0);
+                record.start_ticks = start_ticks(s.pid);
                 let pid = s.pid;
                 child = Some(s.into_child());
                 self.log(
@@ -554,7 +567,10 @@ impl Gates {
                     &format!("gate {name} serve pid={pid} started"),
                 );
             }
-            _ => return failed(Reason::SpawnFailed),
+            _ => {
+                self.end_cgroup(&name, record.cgroup.as_deref()).await;
+                return failed(Reason::SpawnFailed);
+            }
         }
         let ceiling = now + gate.max_open;
         self.open.borrow_mut().insert(
@@ -770,6 +786,13 @@ impl Gates {
                 ),
             );
         }
+        // An orderly close ends the door (the program, or what stop stops),
+        // not what it let in: sessions a served sshd started live on in its
+        // cgroup, which is removed once they have ended.
+        if let Some(path) = o.record.cgroup.clone() {
+            self.lingering.borrow_mut().push(path);
+        }
+        self.sweep_cgroups();
         if let Err(e) = self.persist() {
             self.log(
                 Level::Err,
@@ -795,6 +818,149 @@ impl Gates {
                 Level::Err,
                 &format!("gate {name} stop failed to start {}: {e}", stop.program()),
             ),
+        }
+    }
+
+    /// A new cgroup for one of gate `name`'s commands, or `None` where
+    /// the system allows none (then logged once).
+    fn new_cgroup(&self, name: &str) -> Option<crate::cgroup::Cgroup> {
+        let made = match &self.cgroups {
+            Some(base) => base.create(name).map_err(|e| e.to_string()),
+            None => Err("no writable cgroup2 hierarchy".to_string()),
+        };
+        match made {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if !self.cgroup_noted.replace(true) {
+                    self.log(
+                        Level::Warning,
+                        &format!("gates run without a cgroup of their own ({e}); what a serve program or run leaves after setsid is not tracked"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Closes a run/stop gate whose record cannot be read, so the address
+    /// it was opened for is unknown: with `stop_all`, the whole door is
+    /// closed; otherwise `stop` (which then cannot use `{addr}`: the config
+    /// refuses that) runs with an empty `POSTERN_ADDR`. Never a made-up
+    /// address, which would close the wrong hole and leave the real one
+    /// open.
+    async fn close_unknown(&self, a: &Action, cwd: &Path) {
+        let ActionKind::Run {
+            gate: Some((stop, gate)),
+            ..
+        } = &a.kind
+        else {
+            return;
+        };
+        let (argv, what) = match &gate.stop_all {
+            Some(all) => (all, "stop_all"),
+            None => (stop, "stop"),
+        };
+        let s = Spec {
+            label: format!("gate {} {what}", a.name),
+            argv,
+            addr: String::new(),
+            action: &a.name,
+            run_as: a.run_as.as_ref(),
+            cwd,
+        };
+        match action::start(&s, &self.logger) {
+            Ok(st) => {
+                let outcome = st.wait(a.timeout).await;
+                let level = if outcome.success() {
+                    Level::Notice
+                } else {
+                    Level::Err
+                };
+                self.log(
+                    level,
+                    &format!(
+                        "gate {} {what} (address unknown) {}",
+                        a.name,
+                        outcome.describe()
+                    ),
+                );
+            }
+            Err(e) => self.log(
+                Level::Err,
+                &format!(
+                    "gate {} {what} failed to start {}: {e}",
+                    a.name,
+                    argv.program()
+                ),
+            ),
+        }
+    }
+
+    /// Start-up: kills what a gate of the previous posternd left running.
+    /// Its cgroup, when one was recorded, holds exactly that. Without one
+    /// (no cgroup2, or an older state file), only a serve program that is
+    /// still alive is killed, with its process group, and only if its pid
+    /// and start time match the record exactly on this boot: a reused pid
+    /// has a different start time, and an unknown start time matches
+    /// nothing.
+    async fn kill_leftovers(&self, r: &Record, boot: &str) {
+        if let Some(path) = r.cgroup.as_deref() {
+            if self.cgroups.as_ref().is_some_and(|b| b.is_ours(path)) {
+                let killed = crate::cgroup::kill_and_remove(path).await;
+                if killed > 0 {
+                    self.log(
+                        Level::Notice,
+                        &format!(
+                            "gate {} cgroup {} left {killed} process(es) by the previous posternd; killed",
+                            r.name,
+                            path.display()
+                        ),
+                    );
+                }
+                return;
+            }
+        }
+        let Some(recorded) = r.start_ticks else {
+            return;
+        };
+        if !r.serve || r.pid <= 1 || r.boot_id.is_empty() || r.boot_id != boot {
+            return;
+        }
+        if start_ticks(r.pid) == Some(recorded) {
+            action::kill_group_or_pid(r.pid, Signal::SIGKILL);
+            self.log(
+                Level::Notice,
+                &format!(
+                    "gate {} serve group {} left 1 process(es) by the previous posternd; killed",
+                    r.name, r.pid
+                ),
+            );
+        }
+    }
+
+    /// Removes the cgroups of closed gates that have emptied since.
+    fn sweep_cgroups(&self) {
+        self.lingering
+            .borrow_mut()
+            .retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+    }
+
+    /// Kills what is left in gate `name`'s cgroup and removes it: for a
+    /// gate that failed to open, whose processes let nobody in yet.
+    async fn end_cgroup(&self, name: &str, cgroup: Option<&Path>) {
+        let Some(path) = cgroup else {
+            return;
+        };
+        let ours = self.cgroups.as_ref().is_some_and(|b| b.is_ours(path));
+        if !ours {
+            return;
+        }
+        let killed = crate::cgroup::kill_and_remove(path).await;
+        if killed > 0 {
+            self.log(
+                Level::Notice,
+                &format!("gate {name}: {killed} process(es) left in its cgroup; killed"),
+            );
         }
     }
 
@@ -826,7 +992,14 @@ impl Gates {
         let dir = self.state_dir.borrow().clone();
         let now = unix_now();
         let boot = boot_id();
-        match read_state(&dir) {
+        let loaded = match &*self.state.borrow() {
+            Ok(state) => {
+                state.remove_stale_temps();
+                read_state(state)
+            }
+            Err(e) => Loaded::Unreadable(e.to_string()),
+        };
+        match loaded {
             Loaded::Missing => {}
             Loaded::Unreadable(why) => {
                 self.log(
@@ -837,64 +1010,32 @@ impl Gates {
                     ),
                 );
                 for a in monitor.all_actions() {
-                    if let ActionKind::Run {
-                        gate: Some((stop, _)),
-                        ..
-                    } = &a.kind
-                    {
-                        let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-                        self.run_stop(&a.name, stop, unspecified, &a, &dir).await;
-                    }
+                    self.close_unknown(&a, &dir).await;
                 }
             }
             Loaded::Records(records, bad) => {
-                for name in bad {
+                for (line, name) in bad {
+                    let Some(a) = name.as_deref().and_then(|n| monitor.action_named(n)) else {
+                        self.log(
+                            Level::Err,
+                            &format!("state file line {line}: record unreadable and of no configured action"),
+                        );
+                        continue;
+                    };
+                    let name = a.name.clone();
                     self.log(
                         Level::Err,
                         &format!("gate {name}: record unreadable; stopping it"),
                     );
-                    if let Some(a) = monitor.action_named(&name) {
-                        if let ActionKind::Run {
-                            gate: Some((stop, _)),
-                            ..
-                        } = &a.kind
-                        {
-                            let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-                            self.run_stop(&name, stop, unspecified, &a, &dir).await;
-                        }
-                    }
+                    self.close_unknown(&a, &dir).await;
                 }
                 for r in records {
                     let action = monitor.action_named(&r.name);
                     let expired = now >= r.deadline || now < r.opened;
                     if r.serve {
                         // Its program died with the previous posternd; make
-                        // sure, without ever hitting a reused pid.
-                        if !r.boot_id.is_empty() && r.boot_id == boot && r.pid > 1 {
-                            let left = group_members(r.pid, r.start_ticks);
-                            if !left.is_empty() {
-                                // While any member lives, the kernel cannot
-                                // reuse the group id, so the group is ours.
-                                action::kill_group(r.pid, Signal::SIGKILL);
-                                for pid in &left {
-                                    if let Ok(raw) = i32::try_from(*pid) {
-                                        let _ = nix::sys::signal::kill(
-                                            nix::unistd::Pid::from_raw(raw),
-                                            Signal::SIGKILL,
-                                        );
-                                    }
-                                }
-                                self.log(
-                                    Level::Notice,
-                                    &format!(
-                                        "gate {} serve group {} left {} process(es) by the previous posternd; killed",
-                                        r.name,
-                                        r.pid,
-                                        left.len()
-                                    ),
-                                );
-                            }
-                        }
+                        // sure, and kill only what is provably ours.
+                        self.kill_leftovers(&r, &boot).await;
                         self.log(
                             Level::Notice,
                             &format!("gate {} (serve) closed at start-up", r.name),
@@ -915,21 +1056,47 @@ impl Gates {
                             let name = r.name.clone();
                             self.open.borrow_mut().insert(
                                 name.clone(),
-                                Open { record: r, deadline: Instant::now() + remaining, ceiling, timer: None, child: None },
+                                Open {
+                                    record: r,
+                                    deadline: Instant::now() + remaining,
+                                    ceiling,
+                                    timer: None,
+                                    child: None,
+                                },
                             );
-                            self.log(Level::Notice, &format!("gate {name} re-armed: closes in {}s", remaining.as_secs()));
+                            self.log(
+                                Level::Notice,
+                                &format!(
+                                    "gate {name} re-armed: closes in {}s",
+                                    remaining.as_secs()
+                                ),
+                            );
                             self.arm(monitor, &name);
                         }
                         Some(a) => {
-                            if let ActionKind::Run { gate: Some((stop, _)), .. } = &a.kind {
+                            if let ActionKind::Run {
+                                gate: Some((stop, _)),
+                                ..
+                            } = &a.kind
+                            {
                                 self.run_stop(&r.name, stop, r.addr, a, &dir).await;
                             }
-                            self.log(Level::Notice, &format!("gate {} expired while posternd was down; stopped at start-up", r.name));
+                            self.kill_leftovers(&r, &boot).await;
+                            self.log(
+                                Level::Notice,
+                                &format!(
+                                    "gate {} expired while posternd was down; stopped at start-up",
+                                    r.name
+                                ),
+                            );
                         }
-                        None => self.log(
-                            Level::Err,
-                            &format!("gate {} recorded open but no longer configured; cannot run its stop command", r.name),
-                        ),
+                        None => {
+                            self.log(
+                                Level::Err,
+                                &format!("gate {} recorded open but no longer configured; cannot run its stop command", r.name),
+                            );
+                            self.kill_leftovers(&r, &boot).await;
+                        }
                     }
                 }
             }
@@ -990,4 +1157,38 @@ async fn stop_serve(pid: u32, child: Option<tokio::process::Child>) {
         }
     }
     action::kill_group(pid, Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    // Goal: a record round-trips with an unknown start time ("-") and a
+    // cgroup; a start time of 0 (older files) reads as unknown; a file of
+    // an older version (no cgroup field) still parses.
+    #[test]
+    fn record_start_time_and_cgroup() {
+        let r = Record {
+            name: "svc".into(),
+            serve: true,
+            pid: 42,
+            start_ticks: None,
+            boot_id: "b".into(),
+            opened: 1,
+            deadline: 2,
+            addr: "192.0.2.1".parse().unwrap(),
+            cgroup: Some(PathBuf::from("/sys/fs/cgroup/postern-svc-00")),
+        };
+        let line = r.to_line();
+        assert!(line.contains(" start=- "), "{line}");
+        assert_eq!(Record::parse(&line).unwrap(), r);
+        let old =
+            "gate name=svc kind=serve pid=42 start=0 boot=b opened=1 deadline=2 addr=192.0.2.1";
+        let parsed = Record::parse(old).unwrap();
+        assert_eq!(parsed.start_ticks, None);
+        assert_eq!(parsed.cgroup, None);
+        let bad = format!("{old} cgroup=relative/path");
+        assert_eq!(Record::parse(&bad), Err(Some("svc".into())));
+    }
 }

@@ -17,7 +17,9 @@
 //! - `privsep.rs` the network process's jail and process hardening.
 //! - `monitor.rs` the privileged monitor: requests, reload, shutdown.
 //! - `action.rs`  running commands: clean env, process group, deadline, output.
+//! - `cgroup.rs`  a cgroup v2 per serve program and gate run, killed whole.
 //! - `gate.rs`    gates opened by a trigger, closed by a deadline, on disk.
+//! - `state.rs`   the trusted state directory and the state file's I/O.
 //! - `log.rs`     stderr or syslog output in a stable line format.
 //! - `daemon.rs`  start-up order and the network process's entry point.
 //! - `init.rs`    `posternd init`: a key and a config for a first action.
@@ -32,6 +34,8 @@
 
 #[cfg(feature = "daemon")]
 pub mod action;
+#[cfg(feature = "daemon")]
+pub mod cgroup;
 #[cfg(feature = "daemon")]
 pub mod channel;
 #[cfg(feature = "daemon")]
@@ -59,6 +63,8 @@ pub mod net;
 #[cfg(feature = "daemon")]
 pub mod privsep;
 pub mod secret;
+#[cfg(feature = "daemon")]
+pub mod state;
 #[cfg(feature = "daemon")]
 pub mod sys;
 pub mod wire;

@@ -794,12 +794,29 @@ impl Monitor {
         drop(old);
         self.logger.retarget(new.daemon.log);
         self.gates.reconfigure(&new);
-        {
+        let retired = {
             let mut b = self.book.borrow_mut();
+            // The replaced config stays as `previous`, so that requests from
+            // handshakes that began under it can still be mapped; the one
+            // it replaces in turn is retired.
             let old_config = std::mem::replace(&mut b.config, Rc::new(new));
-            b.previous = Some((b.generation, old_config));
+            let generation = b.generation;
+            let retired = b.previous.replace((generation, old_config));
             b.generation = b.generation.wrapping_add(1).max(1);
             b.bound = bound;
+            retired
+        };
+        // Retired keys are unlocked before they are freed (unless a running
+        // action still holds them), then the new ones locked.
+        if let Some(Ok(old)) = retired.map(|(_, c)| Rc::try_unwrap(c)) {
+            crate::daemon::unlock_keys(&old);
+        }
+        let current = Rc::clone(&self.book.borrow().config);
+        if !crate::daemon::lock_keys(&current) {
+            self.log(
+                Level::Warning,
+                "keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+            );
         }
         match self.send_config().await {
             Ok(()) => self.log(Level::Notice, &format!("reloaded {}", path.display())),

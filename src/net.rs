@@ -251,7 +251,13 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                         for t in accept_tasks.drain(..) {
                             t.abort();
                         }
-                        *state.config.borrow_mut() = Rc::new(config);
+                        let old = std::mem::replace(&mut *state.config.borrow_mut(), Rc::new(config));
+                        // Unlock the old keys before they are freed, then
+                        // lock the new ones again (pages they share), so the
+                        // locked memory does not grow per reload.
+                        unlock_secrets(&old);
+                        drop(old);
+                        lock_secrets(&state.config.borrow());
                         accept_tasks = start_listeners(&state, listeners)?;
                     }
                     _ => return Err(NetError::Protocol("unexpected message")),
@@ -311,6 +317,12 @@ fn to_limits(cfg: &NetConfig) -> Limits {
 fn lock_secrets(config: &NetConfig) -> bool {
     crate::sys::lock_slice(config.postern.prepared())
         & crate::sys::lock_slice(config.ostiary.prepared())
+}
+
+/// Undoes [`lock_secrets`] for a config about to be replaced.
+fn unlock_secrets(config: &NetConfig) {
+    crate::sys::unlock_slice(config.postern.prepared());
+    crate::sys::unlock_slice(config.ostiary.prepared());
 }
 
 type BeginFields = (u32, NetLimits, u16, u16, u16);

@@ -41,6 +41,8 @@ pub enum PrivError {
     Verify(&'static str),
     /// The configured unprivileged user is root.
     RootUser,
+    /// The configured group is root (gid 0).
+    RootGroup,
 }
 
 impl core::fmt::Display for PrivError {
@@ -51,6 +53,9 @@ impl core::fmt::Display for PrivError {
             PrivError::Verify(what) => write!(f, "privilege drop did not hold: {what}"),
             PrivError::RootUser => f.write_str(
                 "[daemon] user resolves to uid 0; set it to an unprivileged user such as nobody",
+            ),
+            PrivError::RootGroup => f.write_str(
+                "[daemon] group resolves to gid 0; set group to an unprivileged group such as nogroup",
             ),
         }
     }
@@ -88,6 +93,47 @@ pub fn prepare_chroot(dir: &Path) -> Result<(), PrivError> {
     Ok(())
 }
 
+/// Highest descriptor number swept when `/proc/self/fd` cannot be read.
+const FD_SWEEP_LIMIT: i32 = 65_536;
+
+/// Descriptors 3 and up inherited from whoever started posternd: with
+/// `close`, every one not in `keep` is closed; without, every one is
+/// marked close-on-exec, so none reaches the network process or an
+/// action. Reads `/proc/self/fd`; without /proc, every number up to the
+/// descriptor limit is tried. Returns how many were closed or marked.
+pub fn seal_inherited_fds(keep: &[i32], close: bool) -> usize {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/fd").ok().map(|dir| {
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect()
+    });
+    // The directory's own descriptor is in the list, but closed by now.
+    let candidates: Vec<i32> = match listed {
+        Some(l) => l,
+        None => {
+            let max = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+                .map(|(soft, _)| i32::try_from(soft).unwrap_or(FD_SWEEP_LIMIT))
+                .unwrap_or(FD_SWEEP_LIMIT)
+                .min(FD_SWEEP_LIMIT);
+            (3..max).collect()
+        }
+    };
+    let mut n = 0;
+    for fd in candidates {
+        if fd < 3 || keep.contains(&fd) || fcntl(fd, FcntlArg::F_GETFD).is_err() {
+            continue;
+        }
+        let done = if close {
+            nix::unistd::close(fd).is_ok()
+        } else {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_ok()
+        };
+        n += usize::from(done);
+    }
+    n
+}
+
 /// Hardening every posternd process applies: no core dumps, not dumpable
 /// (so other processes of the same uid cannot ptrace it or read its
 /// memory through /proc).
@@ -106,6 +152,9 @@ pub fn enter_jail(jail: &Jail) -> Result<bool, PrivError> {
     if as_root {
         if jail.uid == 0 {
             return Err(PrivError::RootUser);
+        }
+        if jail.gid == 0 {
+            return Err(PrivError::RootGroup);
         }
         nix::unistd::chroot(&jail.chroot).map_err(|e| PrivError::Call("chroot", e))?;
         nix::unistd::chdir("/").map_err(|e| PrivError::Call("chdir(/)", e))?;

@@ -2,12 +2,14 @@
 //! APIs cannot do the job. Each block carries a SAFETY comment.
 //!
 //! - [`adopt_fd`]: take ownership of a descriptor received with SCM_RIGHTS,
-//!   inherited across exec, or passed by systemd socket activation.
+//!   just opened, inherited across exec, or passed by systemd socket
+//!   activation.
 //! - [`drop_to_in_child`]: the pre-exec hook that switches an action's
 //!   identity (setgroups, then setgid, then setuid, each checked) and ties
 //!   the child's life to posternd's (PR_SET_PDEATHSIG), and for the
 //!   network process ignores SIGHUP from before exec.
-//! - [`lock_slice`]: mlock(2) over a live allocation holding key material.
+//! - [`lock_slice`], [`unlock_slice`]: mlock(2) and munlock(2) over a live
+//!   allocation holding key material.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -17,9 +19,10 @@ use nix::unistd::{Gid, Uid};
 /// Takes ownership of a raw descriptor.
 ///
 /// The caller must pass a descriptor that nothing else in the process
-/// owns or will close: one just received with SCM_RIGHTS, one inherited
-/// across exec whose number was handed over explicitly, or one of
-/// systemd's `LISTEN_FDS`. Negative numbers are refused.
+/// owns or will close: one just received with SCM_RIGHTS, one just
+/// returned by open(2) or openat(2), one inherited across exec whose
+/// number was handed over explicitly, or one of systemd's `LISTEN_FDS`.
+/// Negative numbers are refused.
 pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
     if fd < 0 {
         return None;
@@ -33,6 +36,9 @@ pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
 }
 
 /// Installs a pre-exec hook on `cmd` that, in the child after fork:
+/// - with `cgroup = Some(procs)`: joins that cgroup by writing "0" to its
+///   `cgroup.procs` (open before the fork, close-on-exec), first, while
+///   still root and before the command can fork;
 /// - with `run_as = Some((uid, gid))`: calls setgroups([gid]), then
 ///   setgid, then setuid, and fails the spawn unless all three took and
 ///   root cannot be regained;
@@ -47,9 +53,13 @@ pub fn drop_to_in_child(
     run_as: Option<(u32, u32)>,
     die_with_parent: bool,
     ignore_hangup: bool,
+    cgroup: Option<std::sync::Arc<std::fs::File>>,
 ) {
     let parent = nix::unistd::getpid();
     let hook = move || -> std::io::Result<()> {
+        if let Some(procs) = &cgroup {
+            std::io::Write::write_all(&mut &**procs, b"0")?;
+        }
         if let Some((uid, gid)) = run_as {
             let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
             nix::unistd::setgroups(&[gid])?;
@@ -88,8 +98,9 @@ pub fn drop_to_in_child(
         Ok(())
     };
     // SAFETY: the hook runs between fork and exec in the child. It only
-    // makes raw system calls through nix (prctl, getppid, setgroups,
-    // setgid, setuid, get*id, sigaction), which are async-signal-safe; it does not
+    // makes raw system calls through nix and std (write to an open file,
+    // prctl, getppid, setgroups, setgid, setuid, get*id, sigaction), which
+    // are async-signal-safe; it does not
     // allocate, except for the io::Error on a failure path, after which
     // the child exits without exec (std reports the error to the parent).
     unsafe {
@@ -112,6 +123,22 @@ pub fn lock_slice<T>(data: &[T]) -> bool {
     // call; mlock(2) only changes the residency of the pages covering it
     // and never reads or writes through the pointer.
     unsafe { nix::sys::mman::mlock(ptr, len).is_ok() }
+}
+
+/// Unlocks the pages under `data` (munlock(2)) before the allocation is
+/// freed, so memory locked for keys does not grow with every reload;
+/// pages it shares with keys still in use must be locked again after.
+pub fn unlock_slice<T>(data: &[T]) {
+    let len = std::mem::size_of_val(data);
+    let Some(ptr) = std::ptr::NonNull::new(data.as_ptr() as *mut std::ffi::c_void) else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    // SAFETY: as in `lock_slice`: a live allocation borrowed for the
+    // call, whose pages only change residency.
+    let _ = unsafe { nix::sys::mman::munlock(ptr, len) };
 }
 
 /// Registers an owned descriptor with the tokio reactor.

@@ -694,7 +694,7 @@ fn check_refuses_invalid_configs_naming_file_and_key() {
         ("action[1].key_file", "(mode 644); run `chmod 600".into(), key_file("open644.key")),
         ("action[1].key_file", "(mode 640)".into(), key_file("open640.key")),
         ("action[1].key_file", "(mode 604)".into(), key_file("open604.key")),
-        ("action[1].key_file", "(mode 644)".into(), key_file("link.key")),
+        ("action[1].key_file", "is a symbolic link".into(), key_file("link.key")),
         ("action[1].key_file", "does not exist".into(), key_file("missing.key")),
         ("action[1].key_file", "not a directory".into(), key_file("afile/x.key")),
         ("action[1].key_file", "empty.key".into(), key_file("empty.key")),

@@ -287,9 +287,13 @@ fn crash_kills_serve_program_of_other_user() {
 }
 
 // Goal: if a serve program's leader is gone but what it forked survives a
-// crash, the next start-up finds the group's members and kills them.
+// crash, the next start-up finds them (in the gate's cgroup, which needs
+// root) and kills them.
 #[test]
 fn restart_kills_orphaned_serve_children() {
+    if !require_root("restart_kills_orphaned_serve_children") {
+        return;
+    }
     let s = Scratch::new("orphans");
     let (k, b) = key();
     let pidfile = s.path("child.pid");
