@@ -64,20 +64,17 @@ pub fn acknowledged(a: &Answer, name: &str, now: u64) -> String {
     }
 }
 
-/// "40 s" below a minute, "15 min" (rounded up) below an hour, else
-/// "2 h" or "1 h 30 min".
+/// "40 s" below a minute; otherwise whole minutes, rounded up first:
+/// "15 min" below an hour, then "2 h" or "1 h 30 min" (3599 s is "1 h").
 pub fn duration(secs: u64) -> String {
     if secs < 60 {
-        format!("{secs} s")
-    } else if secs < 3600 {
-        format!("{} min", secs.div_ceil(60))
-    } else {
-        let (h, m) = (secs / 3600, (secs % 3600).div_ceil(60));
-        match m {
-            0 => format!("{h} h"),
-            60 => format!("{} h", h + 1),
-            m => format!("{h} h {m} min"),
-        }
+        return format!("{secs} s");
+    }
+    let minutes = secs.div_ceil(60);
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
     }
 }
 
@@ -309,7 +306,8 @@ mod tests {
             "h: accepted; the action started"
         );
         assert_eq!(duration(3600), "1 h");
-        assert_eq!(duration(3599), "60 min");
+        assert_eq!(duration(3599), "1 h");
+        assert_eq!(duration(3601), "1 h 1 min");
         assert_eq!(duration(7199), "2 h");
     }
 

@@ -180,12 +180,12 @@ def normalise_host(host):
     """PROTOCOL.md, "Deriving keys": the host name that goes into a salt."""
     if host.startswith("["):
         end = host.find("]")
-        host = host[1:end]
+        host = host[1:end] if end > 0 else host[1:]
     elif host.count(":") == 1:
         host = host.split(":")[0]
     if host.endswith("."):
         host = host[:-1]
-    return host.encode("ascii").lower().decode() if host.isascii() else host
+    return "".join(c.lower() if c.isascii() else c for c in host)
 
 
 def salt(host, action):
@@ -193,7 +193,6 @@ def salt(host, action):
 
 
 def write_kdf():
-    master = bytes(range(0x3C, 0x1C, -1))
     master = bytes((0x3C ^ i) for i in range(32))
     out = [
         "# Key derivation vectors (PROTOCOL.md, \"Deriving keys\"). One case per block.",
