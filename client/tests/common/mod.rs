@@ -19,7 +19,7 @@ use postern::secret::b64_encode;
 use postern::wire::{self, Greeting, Status, OSTIARY_REPLY_LEN, REPLY_LEN};
 
 /// How long a fake peer waits for the client before giving up.
-const PEER_WAIT: Duration = Duration::from_secs(20);
+const PEER_WAIT: Duration = Duration::from_secs(60);
 
 /// One vector case: `name = value` lines.
 pub type Case = HashMap<String, String>;
