@@ -147,7 +147,9 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError(format!("cannot configure the network process: {e}")))?;
 
-        // 8. Ready.
+        // 8. Ready: the signal handlers first, so that a SIGHUP or SIGTERM
+        // sent as soon as we say so is handled.
+        let signals = monitor::Signals::install().map_err(|e| StartError(e.to_string()))?;
         logger.log(
             Level::Notice,
             &format!(
@@ -163,7 +165,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         notify_ready();
 
         // 9. Serve.
-        m.run(NetChild { child })
+        m.run(NetChild { child }, signals)
             .await
             .map_err(|e| StartError(e.to_string()))
     })

@@ -181,6 +181,27 @@ struct Book {
     runs_in_flight: usize,
 }
 
+/// The monitor's signal handlers: SIGHUP reloads, SIGTERM and SIGINT stop.
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Called before the "started" line and
+    /// READY=1: from then on the signals' default actions (which would end
+    /// the monitor, and with it every gate) no longer apply.
+    pub fn install() -> Result<Signals, MonitorError> {
+        let setup = |e: std::io::Error| MonitorError::Setup(format!("signal handler: {e}"));
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).map_err(setup)?,
+            term: signal(SignalKind::terminate()).map_err(setup)?,
+            int: signal(SignalKind::interrupt()).map_err(setup)?,
+        })
+    }
+}
+
 /// The monitor.
 pub struct Monitor {
     book: RefCell<Book>,
@@ -310,12 +331,19 @@ impl Monitor {
         self.chan.send(&Down::End.encode(), &[]).await
     }
 
-    /// Runs until shutdown. Returns Ok on a clean stop.
-    pub async fn run(self: &Rc<Self>, mut net: NetChild) -> Result<(), MonitorError> {
-        let setup = |e: std::io::Error| MonitorError::Setup(format!("signal handler: {e}"));
-        let mut hup = signal(SignalKind::hangup()).map_err(setup)?;
-        let mut term = signal(SignalKind::terminate()).map_err(setup)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
+    /// Runs until shutdown. Returns Ok on a clean stop. `signals` must have
+    /// been installed before posternd said it had started, so that a
+    /// SIGHUP or SIGTERM sent at once is handled, not fatal.
+    pub async fn run(
+        self: &Rc<Self>,
+        mut net: NetChild,
+        signals: Signals,
+    ) -> Result<(), MonitorError> {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
         self.gates.recover(self).await;
         let mut buf = [0u8; REQUEST_LEN + 1];
         let result = loop {

@@ -480,3 +480,25 @@ fn struck_sources_refused_at_capacity() {
     );
     d.wait_log("reason=evicted", 5 * SEC);
 }
+
+// Goal: a SIGHUP sent the moment posternd says it has started (what
+// `systemctl reload` may do right after READY=1) reloads it; it used to
+// arrive before the monitor's handler existed and kill the monitor.
+#[test]
+fn sighup_right_after_start_reloads() {
+    for i in 0..20 {
+        let s = Scratch::new(&format!("early-hup-{i}"));
+        let (_, b) = key();
+        let config = format!(
+            "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"one\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n",
+            daemon_table(&s)
+        );
+        let mut d = Daemon::start(s, &config);
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        d.wait_log("reloaded", 10 * SEC);
+        assert!(
+            d.wait_exit(Duration::from_millis(1)).is_none(),
+            "run {i}: posternd died"
+        );
+    }
+}

@@ -119,9 +119,15 @@ async fn forged(bytes: Vec<u8>) -> (Result<(), MonitorError>, u32) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(fake_net);
     });
-    let r = tokio::time::timeout(Duration::from_secs(4), m.run(NetChild { child }))
-        .await
-        .expect("monitor must react");
+    let r = tokio::time::timeout(
+        Duration::from_secs(4),
+        m.run(
+            NetChild { child },
+            postern::monitor::Signals::install().unwrap(),
+        ),
+    )
+    .await
+    .expect("monitor must react");
     sender.abort();
     (r, pid)
 }
