@@ -1413,6 +1413,26 @@ fn measure_d(p: &Profile, rep: &mut Report) -> R<()> {
             Some(m / o <= 0.70),
         );
     }
+    // The floor: one bare SHA-256 compression (what each key costs two of
+    // in postern-2 and three of in postern-1), timed the same way.
+    let block = [[0x5au8; 64]];
+    let one = || {
+        let mut st = [0x6a09e667u32; 8];
+        sha2::block_api::compress256(std::hint::black_box(&mut st), std::hint::black_box(&block));
+        st[0] == 0
+    };
+    let iters = calibrate(p.d_sample_time, &one);
+    let c = median_f64(
+        &(0..p.d_samples)
+            .map(|_| ns_per_key_sample(1, iters, &one))
+            .collect::<Vec<_>>(),
+    );
+    rep.note(format!(
+        "d: one SHA-256 compression {c:.0} ns here: 2 per key = {:.0} ns (postern-2), \
+         3 per key = {:.0} ns (postern-1); the rest of each figure is per-key overhead",
+        2.0 * c,
+        3.0 * c
+    ));
     rep.note(
         "d: postern-1 = the removed hand-written HMAC (benches/baseline/postern1.rs, from \
          23fcf09) over its 68-byte input; postern-2 = the hmac crate over the 55-byte input; \
