@@ -30,7 +30,8 @@
 # Only processes this script starts are measured (filtered by PID) and
 # stopped (by PID). Traffic goes only to 127.0.0.1.
 #
-# Usage: benches/stages.sh [RUNS]      (default 20; root, perf, cc)
+# Usage: benches/stages.sh [RUNS]      (default 20; root, perf, cc, python3,
+#        and tracefs mounted on /sys/kernel/tracing)
 # Uses $POSTERND / $POSTERN if set, else target/release/{posternd,postern}.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +45,7 @@ command -v cc >/dev/null || skip "no C compiler for the stamp program"
 command -v python3 >/dev/null || skip "python3 not installed"
 [ -x "$posternd" ] && [ -x "$postern" ] || skip "build first: cargo build --release --workspace --bins"
 if [ ! -d /sys/kernel/tracing/events/syscalls ]; then
-    skip "no syscall tracepoints (is tracefs mounted on /sys/kernel/tracing?)"
+    skip "no syscall tracepoints: mount tracefs first (mount -t tracefs nodev /sys/kernel/tracing)"
 fi
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/postern-stages.XXXXXX")
