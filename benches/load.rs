@@ -1,14 +1,16 @@
 //! The load tool: throughput under a flood of wrong replies, a legitimate
-//! trigger under attack, memory and idle wake-ups, verify cost, and
+//! trigger under attack, memory and idle wake-ups, verify cost (against
+//! the removed postern-1 implementation, kept in benches/baseline/), and
 //! trigger-to-action latency of the real, release-built posternd on
-//! loopback. BENCHMARKS.md explains each measure and the design behind the
-//! numbers.
+//! loopback, and (f) fwknopd measured the same way in the same run where it
+//! is installed. BENCHMARKS.md explains each measure and the design behind
+//! the numbers; benches/stages.sh breaks one trigger into its stages.
 //!
 //! ```text
 //! cargo bench --bench load               the full suite (a few minutes)
 //! cargo bench --bench load -- --smoke    every measure, briefly: asserts
 //!                                        only that each one runs and reports
-//! cargo bench --bench load -- --only ad  a subset (letters a..e)
+//! cargo bench --bench load -- --only ad  a subset (letters a..f)
 //! ```
 //!
 //! posternd comes from $POSTERND, else `cargo build --release --bin
@@ -40,6 +42,9 @@ use tokio::task::JoinSet;
 use postern::mac::MacKey;
 use postern::secret::{b64_encode, Key};
 use postern::wire::{self, Status, Verifier, ACK_LEN, GREETING_LEN, REPLY_LEN};
+
+#[path = "baseline/postern1.rs"]
+mod postern1;
 
 type R<T> = Result<T, String>;
 
@@ -82,8 +87,10 @@ struct Profile {
     d_keys: Vec<usize>,
     d_samples: usize,
     d_sample_time: Duration,
-    /// (e) triggers.
+    /// (e) triggers, and the time from one trigger's start to the next
+    /// (an operator's pace); the same for the peer in (f).
     e_runs: usize,
+    e_pace: Duration,
 }
 
 impl Profile {
@@ -106,7 +113,8 @@ impl Profile {
             d_keys: vec![1, 16, 256, 1024],
             d_samples: 9,
             d_sample_time: Duration::from_millis(100),
-            e_runs: 20,
+            e_runs: 21,
+            e_pace: Duration::from_millis(500),
         }
     }
 
@@ -130,6 +138,7 @@ impl Profile {
             d_samples: 3,
             d_sample_time: Duration::from_millis(5),
             e_runs: 3,
+            e_pace: Duration::from_millis(30),
         }
     }
 }
@@ -301,6 +310,64 @@ fn hwm_kib(pid: u32) -> Option<u64> {
 /// PSS in KiB (needs the right to read the non-dumpable processes: root).
 fn pss_kib(pid: u32) -> Option<u64> {
     proc_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// PSS summed over `pids` per kind of mapping (/proc/PID/smaps; needs
+/// root for posternd's non-dumpable processes): the executable's text, its
+/// other mappings, heap, stacks, libc, the other shared libraries, and
+/// anonymous memory.
+fn smaps_breakdown(pids: &[u32]) -> Option<String> {
+    let kinds = [
+        "binary text",
+        "binary data",
+        "heap",
+        "stack",
+        "libc",
+        "other libs",
+        "anon",
+    ];
+    let mut kib = [0u64; 7];
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let exe = exe.to_string_lossy();
+        let mut kind = 6;
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let first = f.next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                let perms = f.next().unwrap_or("");
+                let name = f.nth(3).unwrap_or("");
+                kind = if name == exe.as_ref() {
+                    if perms.contains('x') {
+                        0
+                    } else {
+                        1
+                    }
+                } else if name == "[heap]" {
+                    2
+                } else if name == "[stack]" {
+                    3
+                } else if name.contains("/libc.so") {
+                    4
+                } else if name.starts_with('/') {
+                    5
+                } else {
+                    6
+                };
+            } else if first == "Pss:" {
+                kib[kind] += f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+    Some(
+        kinds
+            .iter()
+            .zip(kib)
+            .map(|(k, v)| format!("{k} {v} KiB"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// Context switches (voluntary + involuntary) of every thread of `pid`.
@@ -835,12 +902,13 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
                 .map(|(x, y)| y.rate / x.rate)
                 .collect::<Vec<_>>(),
         );
+        let (target, want) = a_target(n);
         rep.row(
             "a",
             &format!("rejected handshakes/s, {n} action(s)"),
             format!("{q:.0}/s vs baseline {b:.0}/s = {ratio:.2}"),
-            ">= 0.80",
-            Some(ratio >= 0.8),
+            target,
+            Some(ratio >= want),
         );
         rep.row(
             "a",
@@ -871,6 +939,18 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         ));
     }
     Ok(())
+}
+
+/// The (a) target for `n` actions (issue 11): at least 0.45 of the bare
+/// server with 256 actions, 1.0 with 16, and with one action no worse than
+/// postern-1's last recorded run (1.07). Other counts keep the old 0.80.
+fn a_target(n: usize) -> (&'static str, f64) {
+    match n {
+        1 => (">= 1.07 (postern-1)", 1.07),
+        16 => (">= 1.00", 1.0),
+        256 => (">= 0.45", 0.45),
+        _ => (">= 0.80", 0.8),
+    }
 }
 
 /// One (a) run: rate, and CPU time per completed attempt of the server
@@ -1116,18 +1196,21 @@ fn measure_bc(
                 "c",
                 "idle PSS, both processes (target measure)",
                 mib(pss),
-                "<= 4 MiB",
-                Some(pss <= 4096),
+                "<= 1.5 MiB",
+                Some(pss <= 1536),
             ),
             None => rep.row(
                 "c",
                 "idle PSS, both processes (needs root)",
                 "n/a".into(),
-                "<= 4 MiB",
+                "<= 1.5 MiB",
                 None,
             ),
         }
         rep.note(format!("c idle: {per}"));
+        if let Some(b) = smaps_breakdown(&pids) {
+            rep.note(format!("c idle PSS by mapping, both processes: {b}"));
+        }
         rep.row(
             "c",
             &format!(
@@ -1253,33 +1336,68 @@ fn measure_bc(
 // ---------------------------------------------------------------------------
 // (d) Verify cost.
 
+/// Median ns per key of `check` (one check against `n` keys), over
+/// `samples` samples of about `sample_time` each. The samples of the two
+/// implementations are taken in turn by the caller, so both see the same
+/// machine load.
+fn ns_per_key_sample(n: usize, iters: u64, check: &dyn Fn() -> bool) -> f64 {
+    let t = Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(check());
+    }
+    t.elapsed().as_nanos() as f64 / (iters as f64 * n as f64)
+}
+
+/// Iterations of `check` that take about `time`.
+fn calibrate(time: Duration, check: &dyn Fn() -> bool) -> u64 {
+    let t = Instant::now();
+    let mut calib = 0u64;
+    while t.elapsed() < time / 4 && calib < MAX_ITER {
+        std::hint::black_box(check());
+        calib += 1;
+    }
+    (calib * 4).max(1)
+}
+
 fn measure_d(p: &Profile, rep: &mut Report) -> R<()> {
+    if !postern1::agrees_with_crate() {
+        return Err("(d) the postern-1 baseline HMAC disagrees with the hmac crate".into());
+    }
     let g = wire::greeting(&[3; 32]);
     let bad = wrong_reply();
     for &n in &p.d_keys {
         let ks = keys(n);
         let v = Verifier::from_keys(&ks);
-        // Calibrate: iterations per sample so that one takes d_sample_time.
-        let t = Instant::now();
-        let mut calib = 0u64;
-        while t.elapsed() < p.d_sample_time / 4 && calib < MAX_ITER {
-            std::hint::black_box(
-                v.check_reply(std::hint::black_box(&g), std::hint::black_box(&bad)),
-            );
-            calib += 1;
-        }
-        let iters = (calib * 4).max(1);
-        let mut per_key = Vec::new();
-        for _ in 0..p.d_samples {
-            let t = Instant::now();
-            for _ in 0..iters {
-                std::hint::black_box(
-                    v.check_reply(std::hint::black_box(&g), std::hint::black_box(&bad)),
-                );
+        let old: Vec<postern1::MacKey> = ks
+            .iter()
+            .map(|k| postern1::MacKey::new(k.expose()))
+            .collect();
+        let new_check = || {
+            v.check_reply(std::hint::black_box(&g), std::hint::black_box(&bad))
+                .is_some()
+        };
+        let old_check = || {
+            postern1::check_reply(
+                std::hint::black_box(&old),
+                std::hint::black_box(&g),
+                std::hint::black_box(&bad),
+            )
+            .is_some()
+        };
+        let new_iters = calibrate(p.d_sample_time, &new_check);
+        let old_iters = calibrate(p.d_sample_time, &old_check);
+        let (mut new_ns, mut old_ns) = (Vec::new(), Vec::new());
+        for i in 0..p.d_samples {
+            // Alternate which goes first.
+            if i % 2 == 0 {
+                new_ns.push(ns_per_key_sample(n, new_iters, &new_check));
+                old_ns.push(ns_per_key_sample(n, old_iters, &old_check));
+            } else {
+                old_ns.push(ns_per_key_sample(n, old_iters, &old_check));
+                new_ns.push(ns_per_key_sample(n, new_iters, &new_check));
             }
-            per_key.push(t.elapsed().as_nanos() as f64 / (iters as f64 * n as f64));
         }
-        let m = median_f64(&per_key);
+        let (m, o) = (median_f64(&new_ns), median_f64(&old_ns));
         rep.row(
             "d",
             &format!("Verifier::check_reply, {n} key(s)"),
@@ -1287,7 +1405,40 @@ fn measure_d(p: &Profile, rep: &mut Report) -> R<()> {
             "<= 1 us/key",
             Some(m <= 1000.0),
         );
+        rep.row(
+            "d",
+            &format!("postern-2 vs postern-1 ns/key, {n} key(s)"),
+            format!("{m:.0} vs {o:.0} ns/key = {:.2}", m / o),
+            "<= 0.70",
+            Some(m / o <= 0.70),
+        );
     }
+    // The floor: one bare SHA-256 compression (what each key costs two of
+    // in postern-2 and three of in postern-1), timed the same way.
+    let block = [[0x5au8; 64]];
+    let one = || {
+        let mut st = [0x6a09e667u32; 8];
+        sha2::block_api::compress256(std::hint::black_box(&mut st), std::hint::black_box(&block));
+        st[0] == 0
+    };
+    let iters = calibrate(p.d_sample_time, &one);
+    let c = median_f64(
+        &(0..p.d_samples)
+            .map(|_| ns_per_key_sample(1, iters, &one))
+            .collect::<Vec<_>>(),
+    );
+    rep.note(format!(
+        "d: one SHA-256 compression {c:.0} ns here: 2 per key = {:.0} ns (postern-2), \
+         3 per key = {:.0} ns (postern-1); the rest of each figure is per-key overhead",
+        2.0 * c,
+        3.0 * c
+    ));
+    rep.note(
+        "d: postern-1 = the removed hand-written HMAC (benches/baseline/postern1.rs, from \
+         23fcf09) over its 68-byte input; postern-2 = the hmac crate over the 55-byte input; \
+         samples alternate between the two"
+            .to_string(),
+    );
     Ok(())
 }
 
@@ -1382,7 +1533,11 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
     let mut lat = Vec::new();
     let mut client_total = Vec::new();
     let mut floor = Vec::new();
+    let first = Instant::now() + Duration::from_millis(100);
     for i in 0..p.e_runs {
+        // An operator's pace: each trigger starts e_pace after the last.
+        let at = first + p.e_pace * i as u32;
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
         let _ = std::fs::remove_file(&stamp_file);
         let t0 = SystemTime::now();
         let t0i = Instant::now();
@@ -1455,8 +1610,24 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
             ms(lat[0]),
             ms(lat[lat.len() - 1])
         ),
+        "<= 2.5 ms",
+        Some(med <= Duration::from_micros(2500)),
+    );
+    let rt = percentile(&client_total, 50.0);
+    rep.row(
+        "e",
+        &format!(
+            "client round trip (start to exit 0, ack verified), median of {}",
+            p.e_runs
+        ),
+        format!(
+            "{} (min {}, max {})",
+            ms(rt),
+            ms(client_total[0]),
+            ms(client_total[client_total.len() - 1])
+        ),
         "<= 3 ms",
-        Some(med <= Duration::from_millis(3)),
+        Some(rt <= Duration::from_millis(3)),
     );
     rep.note(format!(
         "e: the action is a {stamp_kind} writing CLOCK_REALTIME; the same program started \
@@ -1464,9 +1635,323 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
         ms(percentile(&floor, 50.0))
     ));
     rep.note(format!(
-        "e: client process spawn to exit (ack received), median {}",
-        ms(percentile(&client_total, 50.0))
+        "e: {} triggers, one every {:?}, no other traffic",
+        p.e_runs, p.e_pace
     ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// (f) A peer side by side: fwknopd, measured like (c) idle and (e).
+
+/// Where the fwknop binaries are, if installed (Debian's fwknop-server and
+/// fwknop-client; not part of CI).
+fn fwknop_bins() -> Option<(PathBuf, PathBuf)> {
+    let find = |dirs: &[&str], name: &str| {
+        dirs.iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    };
+    Some((
+        find(&["/usr/sbin", "/usr/local/sbin", "/sbin"], "fwknopd")?,
+        find(&["/usr/bin", "/usr/local/bin", "/bin"], "fwknop")?,
+    ))
+}
+
+/// Measure (f): runs this executable's `--peer-fwknop` mode inside a
+/// fresh network namespace (`unshare -n`), so that fwknopd's firewall
+/// set-up touches nothing but that namespace and its SPA packets go only
+/// to that namespace's 127.0.0.1.
+fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
+    let skip = |rep: &mut Report, why: String| {
+        println!("(f) fwknopd skipped: {why}");
+        rep.row(
+            "f",
+            "fwknopd trigger-to-command latency",
+            format!("skipped: {why}"),
+            "-",
+            None,
+        );
+        Ok(())
+    };
+    if fwknop_bins().is_none() {
+        return skip(
+            rep,
+            "fwknopd/fwknop not installed (apt-get install fwknop-server fwknop-client)".into(),
+        );
+    }
+    if !is_root() {
+        return skip(rep, "needs root (a network namespace for fwknopd)".into());
+    }
+    let dir = scratch.join("f");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (stamp, _) = stamp_program(&dir)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new("unshare")
+        .arg("-n")
+        .arg(&exe)
+        .arg("--peer-fwknop")
+        .arg(&dir)
+        .arg(p.e_runs.to_string())
+        .arg(p.e_pace.as_millis().to_string())
+        .args(&stamp)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("unshare: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "(f) fwknop harness failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let field = |name: &str| -> Vec<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut lat: Vec<Duration> = field("lat_ns")
+        .into_iter()
+        .map(Duration::from_nanos)
+        .collect();
+    let mut client: Vec<Duration> = field("client_ns")
+        .into_iter()
+        .map(Duration::from_nanos)
+        .collect();
+    let (rss, pss) = (field("rss_kib"), field("pss_kib"));
+    if lat.is_empty() {
+        return Err(format!("(f) no fwknop latency reported: {text}"));
+    }
+    lat.sort();
+    client.sort();
+    rep.row(
+        "f",
+        &format!(
+            "fwknopd trigger-to-command latency, median of {}",
+            lat.len()
+        ),
+        format!(
+            "{} (min {}, max {})",
+            ms(percentile(&lat, 50.0)),
+            ms(lat[0]),
+            ms(lat[lat.len() - 1])
+        ),
+        "-",
+        None,
+    );
+    rep.row(
+        "f",
+        &format!(
+            "fwknop client start to exit (SPA sent, no ack), median of {}",
+            client.len()
+        ),
+        ms(percentile(&client, 50.0)),
+        "-",
+        None,
+    );
+    rep.row(
+        "f",
+        "fwknopd idle RSS / PSS (one process)",
+        format!(
+            "{} / {}",
+            rss.first().map_or("n/a".into(), |k| mib(*k)),
+            pss.first().map_or("n/a".into(), |k| mib(*k))
+        ),
+        "-",
+        None,
+    );
+    for l in text.lines().filter(|l| l.starts_with("note ")) {
+        rep.note(format!("f: {}", &l[5..]));
+    }
+    Ok(())
+}
+
+/// `--peer-fwknop DIR RUNS PACE_MS STAMP...`: inside the namespace made by
+/// (f): lo up, fwknopd in UDP-server mode on 127.0.0.1 with one stanza
+/// (SPA with HMAC-SHA256) whose CMD_CYCLE_OPEN runs the stamp program of
+/// (e); then the fwknop client RUNS times, PACE_MS apart, each timed from
+/// just before its spawn to the stamp, exactly as (e) times postern.
+/// Prints `lat_ns`, `client_ns`, `rss_kib`, `pss_kib` lines. fwknopd is
+/// stopped by its PID.
+fn peer_fwknop(args: &[String]) -> i32 {
+    match peer_fwknop_run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("error {e}");
+            1
+        }
+    }
+}
+
+fn peer_fwknop_run(args: &[String]) -> R<()> {
+    let (Some(dir), Some(runs), Some(pace), Some(stamp)) = (
+        args.first().map(PathBuf::from),
+        args.get(1).and_then(|s| s.parse::<usize>().ok()),
+        args.get(2).and_then(|s| s.parse::<u64>().ok()),
+        args.get(3..).filter(|s| !s.is_empty()),
+    ) else {
+        return Err("--peer-fwknop DIR RUNS PACE_MS STAMP...".into());
+    };
+    let (fwknopd, fwknop) = fwknop_bins().ok_or("fwknop not installed")?;
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip: {e}"))?;
+    if !up.success() {
+        return Err("ip link set lo up failed".into());
+    }
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
+    let key = b64_encode(Key::generate().map_err(|e| e.to_string())?.expose());
+    let hmac_key = b64_encode(Key::generate().map_err(|e| e.to_string())?.expose());
+    let stamp_file = dir.join("stamp.out");
+    let port = 62201;
+    let conf = dir.join("fwknopd.conf");
+    write_private(
+        &conf,
+        &format!(
+            "ENABLE_UDP_SERVER Y;\nUDPSERV_PORT {port};\nPCAP_INTF lo;\nFWKNOP_RUN_DIR {};\n",
+            run.display()
+        ),
+    )?;
+    let access = dir.join("access.conf");
+    write_private(
+        &access,
+        &format!(
+            "SOURCE ANY\nKEY_BASE64 {key}\nHMAC_KEY_BASE64 {hmac_key}\nHMAC_DIGEST_TYPE sha256\n\
+             CMD_CYCLE_OPEN {} {}\nCMD_CYCLE_CLOSE NONE\nCMD_CYCLE_TIMER 1\n",
+            stamp.join(" "),
+            stamp_file.display()
+        ),
+    )?;
+    // The client's rc file lives in the scratch HOME.
+    write_private(&dir.join(".fwknoprc"), "")?;
+    let log = dir.join("fwknopd.log");
+    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+    let mut d = Command::new(&fwknopd)
+        .arg("-f")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-a")
+        .arg(&access)
+        .arg("-d")
+        .arg(run.join("digest.cache"))
+        .arg("-p")
+        .arg(run.join("fwknopd.pid"))
+        .arg("-r")
+        .arg(&run)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("fwknopd: {e}"))?;
+    let pid = d.id();
+    let stop = |d: &mut Child| {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if d.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = d.kill();
+        let _ = d.wait();
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Kicking off UDP server") {
+            break;
+        }
+        if d.try_wait().ok().flatten().is_some() || Instant::now() > end {
+            stop(&mut d);
+            return Err(format!("fwknopd did not start: {text}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Idle memory, as (c) reads posternd's: 0.3 s after start.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_kib(pid);
+    let pss = pss_kib(pid);
+    let client_args = |dir: &Path| {
+        let mut c = Command::new(&fwknop);
+        c.env("HOME", dir)
+            .args(["-A", "tcp/22", "-a", "127.0.0.1", "-D", "127.0.0.1"])
+            .arg("--key-base64-rijndael")
+            .arg(&key)
+            .arg("--key-base64-hmac")
+            .arg(&hmac_key)
+            .args(["--use-hmac", "--hmac-digest-type", "sha256"])
+            .args(["--server-proto", "udp", "--server-port"])
+            .arg(port.to_string())
+            .arg("--no-save-args")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let (mut lat, mut client) = (Vec::new(), Vec::new());
+    let first = Instant::now() + Duration::from_millis(100);
+    let result = (|| -> R<()> {
+        for i in 0..runs.min(1000) {
+            let at = first + Duration::from_millis(pace) * i as u32;
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let _ = std::fs::remove_file(&stamp_file);
+            let t0 = SystemTime::now();
+            let t0i = Instant::now();
+            let st = client_args(&dir)
+                .status()
+                .map_err(|e| format!("fwknop: {e}"))?;
+            client.push(t0i.elapsed().as_nanos());
+            if !st.success() {
+                return Err(format!("run {i}: fwknop exited {st}"));
+            }
+            let end = Instant::now() + STEP;
+            let stamp_ns: u128 = loop {
+                if let Some(v) = std::fs::read_to_string(&stamp_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    break v;
+                }
+                if Instant::now() > end {
+                    return Err(format!("run {i}: the command never ran"));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            let start_ns = t0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            lat.push(stamp_ns.saturating_sub(start_ns));
+        }
+        Ok(())
+    })();
+    stop(&mut d);
+    result?;
+    let join = |v: &[u128]| v.iter().map(u128::to_string).collect::<Vec<_>>().join(" ");
+    println!("lat_ns {}", join(&lat));
+    println!("client_ns {}", join(&client));
+    println!("rss_kib {}", rss.map_or(String::new(), |v| v.to_string()));
+    println!("pss_kib {}", pss.map_or(String::new(), |v| v.to_string()));
+    let version = Command::new(&fwknopd)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "note {version}: UDP server mode on 127.0.0.1:{port} in a private network namespace, \
+         SPA (Rijndael + HMAC-SHA256) from fwknop -A tcp/22 -a 127.0.0.1, CMD_CYCLE_OPEN runs \
+         the stamp program of (e); {runs} triggers {pace} ms apart, timed as in (e)"
+    );
     Ok(())
 }
 
@@ -1536,6 +2021,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--baseline-server") {
         std::process::exit(baseline_server(args.get(i + 1).map_or("", String::as_str)));
     }
+    if let Some(i) = args.iter().position(|a| a == "--peer-fwknop") {
+        std::process::exit(peer_fwknop(&args[i + 1..]));
+    }
     if let Some(i) = args.iter().position(|a| a == "--flood") {
         std::process::exit(flood_only(&args[i + 1..]));
     }
@@ -1544,7 +2032,7 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "abcde".into());
+        .unwrap_or_else(|| "abcdef".into());
     let p = if smoke {
         Profile::smoke()
     } else {
@@ -1610,6 +2098,9 @@ fn run(p: &Profile, only: &str) -> R<()> {
         }
         if only.contains('e') {
             measure_e(p, &bins, &scratch, &mut rep)?;
+        }
+        if only.contains('f') {
+            measure_f(p, &scratch, &mut rep)?;
         }
         if only.contains('b') || only.contains('c') {
             measure_bc(
