@@ -1,8 +1,17 @@
 //! `posternd init`: the first action in one command.
 //!
-//! Writes a fresh key (mode 0600) and a minimal, valid config for one
-//! harmless action, refuses to overwrite anything, checks the result with
-//! the same loader `--check` uses, and prints the exact client commands.
+//! Writes a fresh key (mode 0600) and, unless it is already there, a
+//! minimal, valid config for one harmless action; refuses to overwrite
+//! anything, checks the result with the same loader `--check` uses, and
+//! prints the exact client commands.
+//!
+//! The `postern-server` package ships that config, with init's default
+//! options, as the conffile `/etc/postern/posternd.toml`
+//! ([`PACKAGED_CONFIG`], `pkg/posternd.toml`) but no key. So init accepts
+//! an existing config that is byte for byte the one it would write, and
+//! then writes only the key. Any other existing config (edited, or written
+//! with other options) is refused and nothing is written: init cannot know
+//! which keys an edited file wants, and never guesses.
 //!
 //! The action, `hello` by default, appends one line naming the caller to
 //! `hello.log` in the state directory: something an operator can see work
@@ -29,6 +38,10 @@ pub const DEFAULT_ACTION: &str = "hello";
 pub const SYSTEM_USER: &str = "_postern";
 /// The config's file name inside `--dir`.
 pub const CONFIG_NAME: &str = "posternd.toml";
+/// The config `postern-server` installs as a conffile: what [`config_text`]
+/// writes with the default options and [`SYSTEM_USER`] (a unit test keeps
+/// the two equal).
+pub const PACKAGED_CONFIG: &str = include_str!("../pkg/posternd.toml");
 
 /// The usage text of `posternd init`.
 pub const USAGE: &str =
@@ -39,9 +52,15 @@ pub const USAGE: &str =
   --action NAME    the action's name (default hello)
   --state-dir DIR  the daemon's state directory (default /var/lib/postern)
 
-Writes a fresh key (mode 600) and a config for one action that appends a
-line to STATE-DIR/NAME.log, refuses to overwrite anything, and prints the
-client command that triggers it.";
+Writes a fresh key DIR/keys/NAME.key (mode 600) and DIR/posternd.toml, a
+config for one action that appends a line to STATE-DIR/NAME.log, and prints
+the client commands that trigger it. It never overwrites anything:
+  - the key exists: it refuses and writes nothing;
+  - the config is missing: it writes the key and the config;
+  - the config is exactly what init would write (as the postern-server
+    package ships it, for the default options): it writes only the key;
+  - the config is anything else (edited, or other options): it refuses
+    and writes nothing.";
 
 /// What `posternd init` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +82,9 @@ pub enum InitError {
     Usage(String),
     /// A file `init` would write is already there; nothing was written.
     Exists(PathBuf),
+    /// The config is there but is not what `init` would write (edited, or
+    /// written with other options); nothing was written.
+    ConfigDiffers(PathBuf),
     /// A path is not valid UTF-8, so it cannot go into the TOML file.
     NotUtf8(PathBuf),
     /// Creating a directory or writing a file failed.
@@ -80,6 +102,12 @@ impl fmt::Display for InitError {
             InitError::Exists(p) => write!(
                 f,
                 "{} exists; init writes only new files (move it away, or edit it by hand)",
+                p.display()
+            ),
+            InitError::ConfigDiffers(p) => write!(
+                f,
+                "{} exists and is not what init would write with these options; init writes nothing: \
+                 run it with the options that wrote the file, or add a key by hand (`postern keygen`, see man posternd.toml)",
                 p.display()
             ),
             InitError::NotUtf8(p) => {
@@ -175,6 +203,8 @@ fn valid_name(s: &str) -> bool {
 pub struct Written {
     /// The config file.
     pub config: PathBuf,
+    /// Whether init wrote it (false: it was already there, identical).
+    pub config_written: bool,
     /// The key file.
     pub key: PathBuf,
     /// The network process's user written into the config.
@@ -222,16 +252,26 @@ fn utf8(p: &Path) -> Result<&str, InitError> {
         .ok_or_else(|| InitError::NotUtf8(p.to_path_buf()))
 }
 
-/// The config text for `opts`, naming `user` and the key file `key`.
-pub fn config_text(opts: &InitOptions, user: &str, key: &Path) -> Result<String, InitError> {
+/// The key file's path as the config names it: relative to the config's
+/// directory, so that the text does not depend on `--dir`.
+fn key_file_in_config(opts: &InitOptions) -> String {
+    format!("keys/{}.key", opts.action)
+}
+
+/// The config text for `opts`, naming `user` and the key file `key`
+/// (relative to the config's directory, or absolute).
+pub fn config_text(opts: &InitOptions, user: &str, key: &str) -> Result<String, InitError> {
     let log_line = format!(
         "echo \"$(date -u +%FT%TZ) {} triggered for $1\" >> {}.log",
         opts.action, opts.action
     );
     Ok(format!(
-        "# posternd config written by `posternd init`. Reference: man posternd.toml;\n\
-         # check edits with `posternd --config FILE --check`, apply with\n\
-         # `systemctl reload posternd`. More actions: /usr/share/doc/postern-server/examples/.\n\
+        "# posternd config for one harmless action, as `posternd init` writes it\n\
+         # (the postern-server package ships it too). posternd does not start until\n\
+         # the key below exists: `posternd init` writes it. Reference: man\n\
+         # posternd.toml; check edits with `posternd --config FILE --check`, apply\n\
+         # with `systemctl reload posternd`. More actions:\n\
+         # /usr/share/doc/postern-server/examples/.\n\
          \n\
          [daemon]\n\
          # The network process runs as this user, chrooted into state_dir/empty.\n\
@@ -254,7 +294,7 @@ pub fn config_text(opts: &InitOptions, user: &str, key: &Path) -> Result<String,
         listen = toml_str(&opts.listen.to_string()),
         action = opts.action,
         name = toml_str(&opts.action),
-        key = toml_str(utf8(key)?),
+        key = toml_str(key),
         line = toml_str(&log_line),
     ))
 }
@@ -286,32 +326,55 @@ fn write_new(p: &Path, data: &[u8]) -> Result<(), InitError> {
         .map_err(|e| InitError::Io(p.to_path_buf(), e))
 }
 
-/// Writes the key and the config for `opts`, the network process running
-/// as `user`. Refuses, before writing anything, when either file exists.
-/// The config is then loaded as `--check` loads it.
+/// Whether the config at `p` must be written: `Ok(true)` when there is
+/// none, `Ok(false)` when it is a regular file holding exactly `text`, and
+/// [`InitError::ConfigDiffers`] for anything else (another text, a
+/// symlink, a directory).
+fn config_needed(p: &Path, text: &str) -> Result<bool, InitError> {
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(InitError::Io(p.to_path_buf(), e)),
+        Ok(m) if !m.file_type().is_file() => Err(InitError::ConfigDiffers(p.to_path_buf())),
+        Ok(_) => match fs::read(p) {
+            Ok(bytes) if bytes == text.as_bytes() => Ok(false),
+            Ok(_) => Err(InitError::ConfigDiffers(p.to_path_buf())),
+            Err(e) => Err(InitError::Io(p.to_path_buf(), e)),
+        },
+    }
+}
+
+/// Writes the key and, when it is missing, the config for `opts`, the
+/// network process running as `user`. Refuses, before writing anything,
+/// when the key exists or when an existing config is not byte for byte
+/// the one it would write (see the module docs). The config is then
+/// loaded as `--check` loads it.
 pub fn write(opts: &InitOptions, user: &str) -> Result<Written, InitError> {
     let config_path = opts.dir.join(CONFIG_NAME);
     let keys = opts.dir.join("keys");
     let key_path = keys.join(format!("{}.key", opts.action));
-    for p in [&config_path, &key_path] {
-        if fs::symlink_metadata(p).is_ok() {
-            return Err(InitError::Exists(p.clone()));
-        }
+    // The printed client commands name the key's path: exactly, or not at all.
+    utf8(&opts.dir)?;
+    if fs::symlink_metadata(&key_path).is_ok() {
+        return Err(InitError::Exists(key_path));
     }
-    let text = config_text(opts, user, &key_path)?;
+    let text = config_text(opts, user, &key_file_in_config(opts))?;
+    let config_written = config_needed(&config_path, &text)?;
     mkdir_private(&opts.dir)?;
     mkdir_private(&keys)?;
     let key = Key::generate().map_err(InitError::Random)?;
     let mut b64 = key.to_base64();
     b64.push('\n');
     write_new(&key_path, b64.as_bytes())?;
-    write_new(&config_path, text.as_bytes())?;
+    if config_written {
+        write_new(&config_path, text.as_bytes())?;
+    }
     if let Err(errors) = config::load(&config_path) {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         return Err(InitError::Invalid(lines.join("\n")));
     }
     Ok(Written {
         config: config_path,
+        config_written,
         key: key_path,
         user: user.to_owned(),
     })
@@ -351,9 +414,10 @@ pub fn report(opts: &InitOptions, w: &Written) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let config_verb = if w.config_written { "wrote" } else { "kept" };
     format!(
         "wrote {key} (mode 600)\n\
-         wrote {config} (network process user {user}, listener {listen})\n\
+         {config_verb} {config} (network process user {user}, listener {listen})\n\
          \n\
          Start posternd:\n\
          \x20 systemctl enable --now posternd\n\
@@ -477,7 +541,12 @@ mod tests {
         let before = fs::read(&w.key).unwrap_or_default();
         assert!(matches!(write(&opts, "nobody"), Err(InitError::Exists(_))));
         assert_eq!(fs::read(&w.key).unwrap_or_default(), before);
+        assert!(w.config_written);
         let text = report(&opts, &w);
+        assert!(
+            text.contains(&format!("wrote {}", w.config.display())),
+            "{text}"
+        );
         assert!(
             text.contains(&format!(
                 "postern trigger 127.0.0.1:7001 hello --key-file {}",
@@ -502,6 +571,155 @@ mod tests {
         fs::write(opts.dir.join("keys/hello.key"), "x").unwrap();
         assert!(matches!(write(&opts, "nobody"), Err(InitError::Exists(_))));
         assert!(!opts.dir.join(CONFIG_NAME).exists());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn scratch_opts(d: &Path) -> InitOptions {
+        InitOptions {
+            dir: d.join("etc"),
+            listen: DEFAULT_LISTEN.parse().unwrap(),
+            action: DEFAULT_ACTION.into(),
+            state_dir: d.join("state"),
+        }
+    }
+
+    /// Puts `text` where `opts`'s config goes, mode 0600, as dpkg would.
+    fn put_config(opts: &InitOptions, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(&opts.dir).unwrap();
+        let p = opts.dir.join(CONFIG_NAME);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_packaged_config_is_what_init_writes_by_default() {
+        // Goal: pkg/posternd.toml (the conffile) is byte for byte init's default config for _postern.
+        let opts = parse_args(&[]).unwrap();
+        let text = config_text(&opts, SYSTEM_USER, &key_file_in_config(&opts)).unwrap();
+        assert_eq!(PACKAGED_CONFIG, text);
+        assert!(PACKAGED_CONFIG.contains("\nkey_file = \"keys/hello.key\"\n"));
+        assert!(PACKAGED_CONFIG.contains("\nuser = \"_postern\"\n"));
+        // The text does not depend on --dir, so the comparison holds wherever it is.
+        let elsewhere = InitOptions {
+            dir: PathBuf::from("/srv/postern"),
+            ..opts
+        };
+        assert_eq!(
+            config_text(&elsewhere, SYSTEM_USER, &key_file_in_config(&elsewhere)).unwrap(),
+            PACKAGED_CONFIG
+        );
+    }
+
+    #[test]
+    fn an_identical_config_gets_only_its_key() {
+        // Goal: with the config init would write already there (the packaged conffile), init writes the key alone and keeps the config's bytes.
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch("same");
+        let opts = scratch_opts(&d);
+        let text = config_text(&opts, "nobody", &key_file_in_config(&opts)).unwrap();
+        let cfg_path = put_config(&opts, &text);
+        let w = write(&opts, "nobody").unwrap();
+        assert!(!w.config_written);
+        assert_eq!(w.config, cfg_path);
+        assert_eq!(fs::read_to_string(&cfg_path).unwrap(), text);
+        let meta = fs::metadata(&w.key).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(opts.dir.join("keys"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        // The config now loads with the new key, as --check loads it.
+        let cfg = config::load(&cfg_path).unwrap();
+        assert_eq!(cfg.actions.len(), 1);
+        let out = report(&opts, &w);
+        assert!(
+            out.contains(&format!("kept {}", cfg_path.display())),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "  postern trigger 127.0.0.1:7001 hello --key-file {}\n",
+                w.key.display()
+            )),
+            "{out}"
+        );
+        // A second run refuses: the key is there now, and stays as it was.
+        let key = fs::read(&w.key).unwrap();
+        assert!(matches!(write(&opts, "nobody"), Err(InitError::Exists(p)) if p == w.key));
+        assert_eq!(fs::read(&w.key).unwrap(), key);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_config_init_did_not_write_stops_it() {
+        // Goal: an edited config, one for other options, or a symlink to the right text: refused, nothing written, the config untouched.
+        let d = scratch("differs");
+        let opts = scratch_opts(&d);
+        let text = config_text(&opts, "nobody", &key_file_in_config(&opts)).unwrap();
+        let other_port = InitOptions {
+            listen: "127.0.0.1:7101".parse().unwrap(),
+            ..opts.clone()
+        };
+        let other_action = InitOptions {
+            action: "door".into(),
+            ..opts.clone()
+        };
+        let edited = text.replace("cooldown = \"2s\"", "cooldown = \"5s\"");
+        assert_ne!(edited, text);
+        for (what, o, content, user) in [
+            ("edited", &opts, edited.as_str(), "nobody"),
+            (
+                "a comment added",
+                &opts,
+                &*format!("{text}# mine\n"),
+                "nobody",
+            ),
+            ("another user", &opts, &*text, SYSTEM_USER),
+            ("another --listen", &other_port, &*text, "nobody"),
+            ("another --action", &other_action, &*text, "nobody"),
+        ] {
+            let cfg_path = put_config(&opts, content);
+            let r = write(o, user);
+            assert!(
+                matches!(&r, Err(InitError::ConfigDiffers(p)) if *p == cfg_path),
+                "{what}: {r:?}"
+            );
+            assert_eq!(fs::read_to_string(&cfg_path).unwrap(), content, "{what}");
+            assert!(!opts.dir.join("keys").exists(), "{what}: keys/ made");
+        }
+        // A symlink is not the file init writes, even to the same text.
+        let real = d.join("real.toml");
+        fs::write(&real, &text).unwrap();
+        let cfg_path = opts.dir.join(CONFIG_NAME);
+        fs::remove_file(&cfg_path).unwrap();
+        std::os::unix::fs::symlink(&real, &cfg_path).unwrap();
+        assert!(matches!(
+            write(&opts, "nobody"),
+            Err(InitError::ConfigDiffers(_))
+        ));
+        assert!(!opts.dir.join("keys").exists());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_existing_key_stops_it_even_with_the_packaged_config() {
+        // Goal: the key is never overwritten, whatever the config.
+        let d = scratch("keyandcfg");
+        let opts = scratch_opts(&d);
+        let text = config_text(&opts, "nobody", &key_file_in_config(&opts)).unwrap();
+        let cfg_path = put_config(&opts, &text);
+        fs::create_dir_all(opts.dir.join("keys")).unwrap();
+        let key_path = opts.dir.join("keys/hello.key");
+        fs::write(&key_path, "old").unwrap();
+        assert!(matches!(write(&opts, "nobody"), Err(InitError::Exists(p)) if p == key_path));
+        assert_eq!(fs::read_to_string(&key_path).unwrap(), "old");
+        assert_eq!(fs::read_to_string(&cfg_path).unwrap(), text);
         let _ = fs::remove_dir_all(&d);
     }
 

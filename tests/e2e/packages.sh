@@ -3,8 +3,10 @@
 # see it, checked on the installed files only:
 #   1. dpkg -i postern-server and postern (built by pkg/build-debs, lintian
 #      clean);
-#   2. the _postern user, the files, their owners and modes, the conffiles;
-#   3. posternd init, then posternd --check on the config it wrote;
+#   2. the _postern user, the files, their owners and modes, the conffiles
+#      (/etc/postern/posternd.toml among them, with no key);
+#   3. posternd refuses to start before init; posternd init writes only the
+#      key next to the packaged config; posternd --check on it;
 #   4. systemd-analyze verify on the installed units, and
 #      systemd-analyze security --offline=true on the service, no higher
 #      than the exposure SECURITY.md gives;
@@ -12,6 +14,8 @@
 #   6. triggered with the installed client, by the command init printed;
 #   7. man -l of each page, and the installed bash, zsh and fish
 #      completions driven by each shell;
+#   an upgrade to a package with a new default config keeps the edited
+#      conffile (dpkg --force-confold), the key and the modes;
 #   8. dpkg -r keeps the config and the state, dpkg --purge leaves nothing
 #      but the _postern user (README, "Install").
 # As root only (it installs packages); outside CI it skips when not root or
@@ -172,41 +176,76 @@ done
 expect_stat root:root 755 /usr/share/postern/postern.sh
 expect_stat root:root 755 /usr/share/postern/postern.py
 check "the fail2ban jail is installed but off" grep -qx 'enabled  = false' /etc/fail2ban/jail.d/postern.conf
-check "the fail2ban filter and jail are conffiles" bash -c \
-    'c=$(dpkg-query -W -f "\${Conffiles}" postern-server); [[ $c == *filter.d/postern.conf* && $c == *jail.d/postern.conf* ]]'
+dpkg-query --showformat='${Conffiles}\n' --show postern-server >"$LAB/conffiles"
+sed 's/^/#   conffile: /' "$LAB/conffiles"
+for f in /etc/postern/posternd.toml /etc/fail2ban/filter.d/postern.conf /etc/fail2ban/jail.d/postern.conf; do
+    check "$f is a conffile" grep -q "^ $f [0-9a-f]\{32\}\$" "$LAB/conffiles"
+done
+expect_stat root:root 600 /etc/postern/posternd.toml
+check "the packaged config runs the network process as _postern" grep -qx 'user = "_postern"' /etc/postern/posternd.toml
+check "the packaged config names its key relative to itself" grep -qx 'key_file = "keys/hello.key"' /etc/postern/posternd.toml
+PACKAGED=$(sha256sum </etc/postern/posternd.toml)
 check "the unit runs /usr/sbin/posternd" grep -q '^ExecStart=/usr/sbin/posternd ' /usr/lib/systemd/system/posternd.service
 check "the unit is conditioned on the config" \
     grep -qx 'ConditionPathExists=/etc/postern/posternd.toml' /usr/lib/systemd/system/posternd.service
 check "the unit is not enabled" bash -c '! ls /etc/systemd/system/*.wants/posternd.* >/dev/null 2>&1'
-check "nothing is configured yet" [ ! -e /etc/postern/posternd.toml ]
+check "nothing is configured yet: no key (/etc/postern holds: $(ls -A /etc/postern | tr '\n' ' '))" [ ! -e /etc/postern/keys ]
 
 # --- 3. posternd init, posternd --check ------------------------------------
-PORT=$(free_port)
-if /usr/sbin/posternd init --listen "127.0.0.1:$PORT" >"$LAB/init.out" 2>"$LAB/init.err"; then
+# Enabled before init, the unit's command fails at once, naming the key.
+EXEC=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/posternd.service)
+read -ra argv <<<"$EXEC"
+timeout 10 "${argv[@]}" </dev/null >/dev/null 2>"$LAB/noinit.err"
+rc=$?
+check "before init, posternd refuses to start (exit $rc) naming the missing key: $(head -c 400 "$LAB/noinit.err" | tr '\n' ' ')" \
+    bash -c '[ "$1" = 1 ] && grep -q "action\[1\]\.key_file.*keys/hello\.key does not exist" "$2"' _ "$rc" "$LAB/noinit.err"
+if /usr/sbin/posternd init >"$LAB/init.out" 2>"$LAB/init.err"; then
     pass "posternd init"
 else
     sed 's/^/#   /' "$LAB/init.err"
     abort "posternd init"
 fi
 sed 's/^/#   init: /' "$LAB/init.out"
+check "init keeps the packaged config byte for byte" [ "$(sha256sum </etc/postern/posternd.toml)" = "$PACKAGED" ]
+check "init says it kept the config and wrote the key" bash -c \
+    'grep -qx "wrote /etc/postern/keys/hello.key (mode 600)" "$1" && grep -q "^kept /etc/postern/posternd.toml " "$1"' _ "$LAB/init.out"
+etc_files=$(cd /etc/postern && find . | LC_ALL=C sort | tr '\n' ' ')
+check "init wrote nothing else in /etc/postern (it holds: $etc_files)" \
+    [ "$etc_files" = ". ./keys ./keys/hello.key ./posternd.toml " ]
 expect_stat root:root 600 /etc/postern/posternd.toml
 expect_stat root:root 600 /etc/postern/keys/hello.key
 expect_stat root:root 700 /etc/postern/keys
-check "init's config runs the network process as _postern" grep -qx 'user = "_postern"' /etc/postern/posternd.toml
-check "posternd --check passes on init's config" \
+check "posternd --check passes on the packaged config with init's key" \
     /usr/sbin/posternd --config /etc/postern/posternd.toml --check
-sed 's/^user = "_postern"$/user = "nobody"/' /etc/postern/posternd.toml >"$LAB/nobody.toml"
+# The operator edits the conffile: a free loopback port instead of 7001
+# (kept through the upgrade below).
+PORT=$(free_port)
+sed -i "s/^address = \"0\.0\.0\.0:7001\"\$/address = \"127.0.0.1:$PORT\"/" /etc/postern/posternd.toml
+check "the conffile is edited" grep -qx "address = \"127.0.0.1:$PORT\"" /etc/postern/posternd.toml
+expect_stat root:root 600 /etc/postern/posternd.toml
+check "posternd --check passes on the edited conffile" \
+    /usr/sbin/posternd --config /etc/postern/posternd.toml --check
+/usr/sbin/posternd init --action other >/dev/null 2>"$LAB/init-other.err"
+rc=$?
+check "init for another action refuses next to an edited config (exit $rc): $(cat "$LAB/init-other.err")" bash -c \
+    '[ "$1" = 1 ] && grep -q "posternd.toml exists and is not what init would write" "$2" && [ ! -e /etc/postern/keys/other.key ]' _ "$rc" "$LAB/init-other.err"
+# (A copy elsewhere: its key_file, relative to the config, made absolute.)
+sed 's/^user = "_postern"$/user = "nobody"/; s|^key_file = "keys/|key_file = "/etc/postern/keys/|' \
+    /etc/postern/posternd.toml >"$LAB/nobody.toml"
 /usr/sbin/posternd --config "$LAB/nobody.toml" --check >/dev/null 2>"$LAB/nobody.err"
 rc=$?
 check "user = \"nobody\" passes --check (exit $rc) with a warning to use _postern" \
     bash -c '[ "$1" = 0 ] && grep -q "^warning: \[daemon\] user is \"nobody\".*set user = \"_postern\"" "$2"' _ "$rc" "$LAB/nobody.err"
 key_before=$(sha256sum </etc/postern/keys/hello.key)
-/usr/sbin/posternd init --listen "127.0.0.1:$PORT" >/dev/null 2>"$LAB/init2.err"
+/usr/sbin/posternd init >/dev/null 2>"$LAB/init2.err"
 rc=$?
-check "a second init refuses (exit 1): $(cat "$LAB/init2.err")" [ "$rc" = 1 ]
+check "a second init refuses (exit 1): $(cat "$LAB/init2.err")" bash -c \
+    '[ "$1" = 1 ] && grep -q "hello.key exists" "$2"' _ "$rc" "$LAB/init2.err"
 check "a second init leaves the key alone" [ "$(sha256sum </etc/postern/keys/hello.key)" = "$key_before" ]
-TRIGGER=$(grep -m1 "^  postern trigger 127.0.0.1:$PORT hello --key-file /etc/postern/keys/hello.key\$" "$LAB/init.out")
+TRIGGER=$(grep -m1 "^  postern trigger 127.0.0.1:7001 hello --key-file /etc/postern/keys/hello.key\$" "$LAB/init.out")
 check "init prints the client command for this machine" [ -n "$TRIGGER" ]
+# The same command, to the port the edited conffile listens on.
+TRIGGER=${TRIGGER/127.0.0.1:7001/127.0.0.1:$PORT}
 
 # The README's three commands: its trigger line is what init prints with
 # its defaults (here written to a scratch directory, nothing bound).
@@ -233,8 +272,6 @@ check "exposure ${exposure:-?} is at most SECURITY.md's ${limit:-?}" \
     awk -v e="${exposure:-99}" -v l="${limit:-0}" 'BEGIN { exit !(e != "" && l != "" && e + 0 <= l + 0) }'
 
 # --- 5. posternd as the unit starts it --------------------------------------
-EXEC=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/posternd.service)
-read -ra argv <<<"$EXEC"
 note "ExecStart: ${argv[*]}"
 PD_LOG=$LAB/posternd.log
 "${argv[@]}" </dev/null >/dev/null 2>"$PD_LOG" &
@@ -269,17 +306,43 @@ kill -TERM "$PD_PID"
 check "posternd stops on SIGTERM" wait_gone "$PD_PID" 10
 wait "$PD_PID" 2>/dev/null
 
-# An upgrade (here: the same packages again) leaves the operator's files.
+# An upgrade leaves the operator's files. First the same packages again;
+# then a newer postern-server (this one, version +upgrade1) whose default
+# config changed, so dpkg meets an edited conffile that the package also
+# changed: --force-confold keeps the operator's, as answering the prompt
+# "N" would, and dpkg puts the new default next to it as .dpkg-dist.
 config_before=$(sha256sum </etc/postern/posternd.toml)
 if dpkg_wait -i "$SERVER_DEB" "$CLIENT_DEB" >"$LAB/dpkg-i2" 2>&1; then
-    pass "dpkg -i again (an upgrade)"
+    pass "dpkg -i again (a reinstall)"
 else
     fail "dpkg -i again: $(tr '\n' ' ' <"$LAB/dpkg-i2")"
 fi
-check "an upgrade keeps the config and the key" bash -c \
+check "a reinstall keeps the edited conffile and the key" bash -c \
     '[ "$(sha256sum </etc/postern/posternd.toml)" = "$1" ] && [ "$(sha256sum </etc/postern/keys/hello.key)" = "$2" ]' \
     _ "$config_before" "$key_before"
+UP=$LAB/upgrade
+dpkg-deb -R "$SERVER_DEB" "$UP"
+printf '# A new default in version +upgrade1.\n' >>"$UP/etc/postern/posternd.toml"
+sed -i 's/^Version: .*/&+upgrade1/' "$UP/DEBIAN/control"
+(cd "$UP" && sed -i "s|^[0-9a-f]\{32\}  etc/postern/posternd.toml\$|$(md5sum etc/postern/posternd.toml)|" DEBIAN/md5sums)
+UP_DEB=$LAB/postern-server_upgrade1.deb
+dpkg-deb --root-owner-group -Zxz --build "$UP" "$UP_DEB" >/dev/null
+if dpkg_wait --force-confold -i "$UP_DEB" >"$LAB/dpkg-up" 2>&1; then
+    pass "dpkg --force-confold -i: an upgrade to $(dpkg-query -W -f '${Version}' postern-server)"
+else
+    fail "dpkg --force-confold -i (upgrade): $(tr '\n' ' ' <"$LAB/dpkg-up")"
+fi
+sed 's/^/#   upgrade: /' "$LAB/dpkg-up"
+check "the upgrade installed the new version" bash -c \
+    '[[ $(dpkg-query -W -f "\${Version}" postern-server) == *+upgrade1 ]]'
+check "an upgrade keeps the edited conffile and the key" bash -c \
+    '[ "$(sha256sum </etc/postern/posternd.toml)" = "$1" ] && [ "$(sha256sum </etc/postern/keys/hello.key)" = "$2" ]' \
+    _ "$config_before" "$key_before"
+check "the new default is beside it, as posternd.toml.dpkg-dist" \
+    cmp -s /etc/postern/posternd.toml.dpkg-dist "$UP/etc/postern/posternd.toml"
+expect_stat root:root 600 /etc/postern/posternd.toml
 expect_stat root:root 700 /etc/postern
+expect_stat root:root 700 /etc/postern/keys
 
 # --- 7. man pages and completions -----------------------------------------
 for page in /usr/share/man/man8/posternd.8.gz /usr/share/man/man5/posternd.toml.5.gz \
@@ -307,13 +370,18 @@ read -r passed failed <"$LAB/counts"
 
 # --- 8. remove, then purge ------------------------------------------------
 check "dpkg -r postern postern-server" dpkg_wait -r postern postern-server
-check "remove keeps the config" [ -f /etc/postern/posternd.toml ]
+check "remove keeps the edited conffile" bash -c '[ "$(sha256sum </etc/postern/posternd.toml)" = "$1" ]' _ "$config_before"
+check "remove leaves postern-server's conffiles known to dpkg" bash -c \
+    '[ "$(dpkg-query -W -f "\${Status}" postern-server)" = "deinstall ok config-files" ]'
+expect_stat root:root 700 /etc/postern
 check "remove keeps the key" [ -f /etc/postern/keys/hello.key ]
 check "remove keeps the state directory" [ -d /var/lib/postern ]
 check "remove takes posternd away" [ ! -e /usr/sbin/posternd ]
 check "remove keeps the conffiles" [ -f /etc/fail2ban/jail.d/postern.conf ]
 check "dpkg --purge postern postern-server" dpkg_wait --purge postern postern-server
 INSTALLED=no
+check "purge removes /etc/postern (conffile, key, .dpkg-dist)" [ ! -e /etc/postern ]
+check "purge removes /var/lib/postern" [ ! -e /var/lib/postern ]
 check "purge: dpkg knows neither package" bash -c \
     '! dpkg-query -W -f "\${Status}\n" postern-server postern 2>/dev/null | grep -q installed'
 snapshot >"$LAB/after"
