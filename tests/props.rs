@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use postern::config::{IpNet, Limits};
 use postern::ipc::{Down, Request, REQUEST_LEN};
-use postern::limits::{Admit, Slots, SourceKey, SourceTable, Strike};
+use postern::limits::{Admit, Network, Slots, SourceKey, SourceTable, Strike};
 use postern::mac::MacKey;
 use postern::secret::Key;
 use postern::wire::{self, Status, Verifier, REPLY_LEN};
@@ -309,6 +309,24 @@ fn random_configs_and_peers_fire_only_on_valid_macs() {
 struct ModelEntry {
     failures: u32,
     locked_until: Option<Instant>,
+    good: bool,
+}
+
+/// A network's counter in the model: recent failures, forgotten after
+/// lockout_duration without one.
+#[derive(Debug, Clone)]
+struct ModelNet {
+    failures: u32,
+    last_failure: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// The enclosing networks of `ip` the table counts, with their factor.
+fn model_networks(ip: IpAddr) -> Vec<(Network, u32)> {
+    postern::limits::NETWORK_LOCKOUT
+        .iter()
+        .filter_map(|&(family, len, factor)| Network::of(ip, family, len).map(|n| (n, factor)))
+        .collect()
 }
 
 fn random_limits(rng: &mut Prng, capacity: usize) -> Limits {
@@ -320,6 +338,8 @@ fn random_limits(rng: &mut Prng, capacity: usize) -> Limits {
         lockout_after: NonZeroU32::new(rng.range(1, 5) as u32).unwrap(),
         lockout_duration: Duration::from_millis(rng.range(500, 60_000)),
         lockout_table: NonZeroUsize::new(capacity).unwrap(),
+        // The model checks lockouts, not the budget: never let it run out.
+        verify_per_second: NonZeroU32::new(1_000_000).unwrap(),
         exempt: if rng.chance(50) {
             vec![IpNet {
                 addr: "10.0.0.0".parse().unwrap(),
@@ -356,7 +376,8 @@ fn source_pool(rng: &mut Prng, n: usize) -> Vec<IpAddr> {
 // IPv4 and IPv6 sources at random times, the table never holds more than
 // its capacity; an exempt source is never locked; and when the capacity
 // is large enough that nothing need be forgotten, every answer matches a
-// plain model of the lockout rules (per /32 and per /64).
+// plain model of the lockout rules (per /32 and per /64, and per
+// enclosing /24, /56 and /48, which a source in good standing passes).
 #[test]
 fn source_table_is_bounded_and_matches_the_model() {
     let seed = Prng::seed(0x7ab1e);
@@ -369,7 +390,13 @@ fn source_table_is_bounded_and_matches_the_model() {
             let mut k: Vec<SourceKey> = pool.iter().map(|ip| SourceKey::of(*ip)).collect();
             k.sort();
             k.dedup();
-            k.len()
+            let mut n: Vec<Network> = pool
+                .iter()
+                .flat_map(|ip| model_networks(*ip).into_iter().map(|(n, _)| n))
+                .collect();
+            n.sort();
+            n.dedup();
+            k.len() + n.len()
         };
         let roomy = rng.chance(50);
         let capacity = if roomy {
@@ -380,6 +407,7 @@ fn source_table_is_bounded_and_matches_the_model() {
         let limits = random_limits(&mut rng, capacity.max(1));
         let mut table = SourceTable::new(&limits);
         let mut model: HashMap<SourceKey, ModelEntry> = HashMap::new();
+        let mut nets: HashMap<Network, ModelNet> = HashMap::new();
         let exempt = |ip: IpAddr| limits.exempt.iter().any(|n| n.contains(ip));
         let t0 = Instant::now();
         let mut now = t0;
@@ -396,10 +424,17 @@ fn source_table_is_bounded_and_matches_the_model() {
                         assert!(!matches!(got, Admit::Locked), "{ctx}: exempt locked");
                     }
                     let m = model.entry(k).or_default();
-                    let locked = m.locked_until.is_some_and(|t| t > now) && !exempt(ip);
-                    if !locked {
+                    let own = m.locked_until.is_some_and(|t| t > now) && !exempt(ip);
+                    if !own {
                         m.locked_until = None;
                     }
+                    let net_locked = !m.good
+                        && !exempt(ip)
+                        && model_networks(ip).iter().any(|(n, _)| {
+                            nets.get(n)
+                                .is_some_and(|x| x.locked_until.is_some_and(|t| t > now))
+                        });
+                    let locked = own || net_locked;
                     if roomy {
                         assert_eq!(matches!(got, Admit::Locked), locked, "{ctx}: admit {got:?}");
                     }
@@ -410,9 +445,30 @@ fn source_table_is_bounded_and_matches_the_model() {
                         assert_eq!(got, Strike::Exempt, "{ctx}");
                         continue;
                     }
+                    let after = limits.lockout_after.get();
+                    for (n, factor) in model_networks(ip) {
+                        let x = nets.entry(n).or_insert(ModelNet {
+                            failures: 0,
+                            last_failure: now,
+                            locked_until: None,
+                        });
+                        if x.locked_until.is_some_and(|t| t <= now) {
+                            x.locked_until = None;
+                        }
+                        if now.duration_since(x.last_failure) >= limits.lockout_duration {
+                            x.failures = 0;
+                        }
+                        x.last_failure = now;
+                        x.failures += 1;
+                        if x.locked_until.is_none() && x.failures >= after * factor {
+                            x.failures = 0;
+                            x.locked_until = Some(now + limits.lockout_duration);
+                        }
+                    }
                     let m = model.entry(k).or_default();
+                    m.good = false;
                     m.failures += 1;
-                    let want = if m.failures >= limits.lockout_after.get() {
+                    let want = if m.failures >= after {
                         let f = m.failures;
                         m.failures = 0;
                         m.locked_until = Some(now + limits.lockout_duration);
@@ -427,9 +483,10 @@ fn source_table_is_bounded_and_matches_the_model() {
                     }
                 }
                 _ => {
-                    table.succeed(ip);
+                    table.succeed(ip, now);
                     if let Some(m) = model.get_mut(&k) {
                         m.failures = 0;
+                        m.good = true;
                     }
                 }
             }
@@ -456,42 +513,71 @@ fn source_table_is_bounded_and_matches_the_model() {
     assert!(ops_total > 100_000, "only {ops_total} operations");
 }
 
-// Goal: the handshake slots never hold more than their capacity, evict
-// exactly the oldest handshake, and shrink by evicting the oldest.
+// Goal: the handshake slots never hold more than their capacity and, at
+// capacity or when shrunk, evict exactly what a plain model says: the
+// oldest handshake of the network (/24, /48) holding the most slots, ties
+// going to the network whose oldest handshake is oldest.
 #[test]
-fn slots_are_bounded_and_evict_the_oldest() {
+fn slots_are_bounded_and_evict_from_the_busiest_network() {
     let seed = Prng::seed(0x51075);
     let mut rng = Prng::new(seed);
+    let addrs: [IpAddr; 5] = [
+        "192.0.2.1".parse().unwrap(),
+        "192.0.2.77".parse().unwrap(),
+        "198.51.100.1".parse().unwrap(),
+        "2001:db8:1:2::1".parse().unwrap(),
+        "2001:db8:1:3::1".parse().unwrap(),
+    ];
+    // The model's victim: index into `live` (ids in insertion order).
+    let victim = |live: &[(u64, IpAddr)]| -> usize {
+        let mut best: Option<(usize, usize)> = None; // (count, first index)
+        for (i, (_, a)) in live.iter().enumerate() {
+            let net = Network::widest(*a);
+            if live[..i].iter().any(|(_, b)| Network::widest(*b) == net) {
+                continue; // not this network's oldest
+            }
+            let count = live
+                .iter()
+                .filter(|(_, b)| Network::widest(*b) == net)
+                .count();
+            if best.map_or(true, |(c, _)| count > c) {
+                best = Some((count, i));
+            }
+        }
+        best.map_or(0, |(_, i)| i)
+    };
     for case in 0..2000 {
         let mut cap = rng.range(1, 16) as usize;
         let mut slots: Slots<u64> = Slots::new(NonZeroUsize::new(cap).unwrap());
-        let mut live: Vec<u64> = Vec::new(); // ids in insertion order
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut live: Vec<(u64, IpAddr)> = Vec::new();
         for _ in 0..rng.range(1, 100) {
             let ctx = format!("seed {seed} case {case}");
             match rng.below(10) {
                 0..=5 => {
+                    let a = *rng.pick(&addrs);
                     let (id, evicted) = slots.reserve();
                     if live.len() >= cap {
-                        let oldest = live.remove(0);
-                        assert_eq!(evicted.map(|(_, h)| h), Some(oldest), "{ctx}");
+                        let (want, _) = live.remove(victim(&live));
+                        assert_eq!(evicted.map(|(_, h)| h), Some(want), "{ctx}");
                     } else {
                         assert!(evicted.is_none(), "{ctx}");
                     }
                     slots.insert(id, a, id);
-                    live.push(id);
+                    live.push((id, a));
                 }
                 6..=8 => {
                     if !live.is_empty() {
                         let i = rng.below(live.len() as u64) as usize;
-                        slots.remove(live.remove(i));
+                        slots.remove(live.remove(i).0);
                     }
                 }
                 _ => {
                     cap = rng.range(1, 16) as usize;
                     let out = slots.resize(NonZeroUsize::new(cap).unwrap());
-                    let excess = live.len().saturating_sub(cap);
-                    let want: Vec<u64> = live.drain(..excess).collect();
+                    let mut want = Vec::new();
+                    while live.len() > cap {
+                        want.push(live.remove(victim(&live)).0);
+                    }
                     let got: Vec<u64> = out.into_iter().map(|(_, h)| h).collect();
                     assert_eq!(got, want, "{ctx}");
                 }
@@ -821,6 +907,7 @@ mod inproc {
             lockout_after: NonZeroU32::new(1000).unwrap(),
             lockout_duration: Duration::from_secs(60),
             lockout_table: NonZeroUsize::new(64).unwrap(),
+            verify_per_second: NonZeroU32::new(1_000_000).unwrap(),
             ack_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(1),
         }
