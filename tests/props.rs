@@ -589,6 +589,165 @@ fn slots_are_bounded_and_evict_from_the_busiest_network() {
 }
 
 // ---------------------------------------------------------------------------
+// Configs: what --check accepts, the network process loads.
+
+/// A random `[limits] exempt` entry: plain, IPv4-mapped, all-zero,
+/// covering the mapped range, with host bits set, or not a network.
+fn random_exempt(rng: &mut Prng) -> String {
+    let v4 = |rng: &mut Prng| Ipv4Addr::from(rng.next_u64() as u32);
+    let mask4 = |a: Ipv4Addr, p: u32| {
+        Ipv4Addr::from(u32::from(a) & u32::MAX.checked_shl(32 - p).unwrap_or(0))
+    };
+    let mask6 = |a: u128, p: u32| Ipv6Addr::from(a & u128::MAX.checked_shl(128 - p).unwrap_or(0));
+    match rng.below(24) {
+        0..=3 => {
+            let p = rng.range(0, 32) as u32;
+            format!("{}/{p}", mask4(v4(rng), p))
+        }
+        4..=7 => {
+            let p = rng.range(0, 128) as u32;
+            let a = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+            format!("{}/{p}", mask6(a, p))
+        }
+        8 => {
+            let p = rng.range(96, 128) as u32;
+            let a = u128::from(u32::from(v4(rng))) | (0xffffu128 << 32);
+            format!("{}/{p}", mask6(a, p))
+        }
+        9..=11 => rng
+            .pick(&[
+                "::/0",
+                "0.0.0.0/0",
+                "::/96",
+                "::ffff:0:0/95",
+                "::/80",
+                "::1",
+                "0.0.0.0",
+                "::",
+            ])
+            .to_string(),
+        12 => format!("{}", v4(rng)),
+        13 => format!("{}/{}", v4(rng), rng.range(1, 31)),
+        14 => rng
+            .pick(&["intranet", "10.0.0.0/33", "::/129", "10.0.0.0/-1", ""])
+            .to_string(),
+        15 => format!("::ffff:{}", v4(rng)),
+        16..=18 => format!("2001:db8:{:x}::/48", rng.below(65_536)),
+        19..=21 => format!("fe80::/{}", rng.range(10, 64)),
+        _ => format!("{}/24", mask4(v4(rng), 24)),
+    }
+}
+
+/// A random `[limits]` table around the edges of every range (now and
+/// then just past one); 127.0.0.0/8 is always exempt, so the test's own
+/// trigger is never locked or over budget.
+fn random_limits_table(rng: &mut Prng) -> String {
+    let mut t = String::from("[limits]\n");
+    let mut pick = |rng: &mut Prng, key: &str, valid: &[&str], invalid: &str| {
+        if rng.chance(50) {
+            let v = if rng.chance(3) {
+                invalid
+            } else {
+                *rng.pick(valid)
+            };
+            t.push_str(&format!("{key} = {v}\n"));
+        }
+    };
+    pick(
+        rng,
+        "handshake_timeout",
+        &["\"1s\"", "\"100ms\"", "\"5s\"", "\"365d\""],
+        "\"0s\"",
+    );
+    pick(rng, "max_handshakes", &["1", "256", "65536"], "65537");
+    pick(rng, "rate_burst", &["1", "10", "1000000"], "0");
+    pick(rng, "rate_per_minute", &["1", "30", "1000000"], "1000001");
+    pick(rng, "lockout_after", &["1", "5", "1000000"], "0");
+    pick(
+        rng,
+        "lockout_duration",
+        &["\"1s\"", "\"15m\"", "\"365d\""],
+        "\"0s\"",
+    );
+    pick(rng, "lockout_table", &["1", "4096", "262144"], "262145");
+    pick(rng, "verify_per_second", &["1", "200", "1000000"], "0");
+    let n = rng.below(4) as usize;
+    let mut nets = vec!["\"127.0.0.0/8\"".to_string()];
+    nets.extend((0..n).map(|_| format!("\"{}\"", random_exempt(rng))));
+    t.push_str(&format!("exempt = [{}]\n", nets.join(", ")));
+    t
+}
+
+// Goal: finding 7 — every generated config that `posternd --check`
+// accepts also loads in the network process: a running daemon reloads
+// into it and serves, and a fresh daemon starts on it; every config it
+// refuses is refused by a reload too, and the daemon serves on.
+#[test]
+fn configs_that_pass_check_load_in_the_network_process() {
+    let seed = Prng::seed(0xc4ec);
+    let mut rng = Prng::new(seed);
+    let s = Scratch::new("checkload");
+    let (k, b) = key();
+    let config = |s: &Scratch, limits: &str| {
+        format!(
+            "{}{limits}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nsingle_instance = false\nrun = [\"/bin/true\"]\n",
+            daemon_table(s)
+        )
+    };
+    let mut d = Daemon::start(Scratch::new("checkload-d"), &config(&s, ""));
+    let net = d.network_pid();
+    let (mut accepted, mut refused) = (0, 0);
+    for case in 0..60u32 {
+        let limits = random_limits_table(&mut rng);
+        let cfg = config(&s, &limits);
+        let ctx = format!("seed {seed} case {case}:\n{cfg}");
+        let path = s.path("case.toml");
+        write_private(&path, &cfg);
+        let ok = check_config(&path).status.success();
+        d.rewrite(&cfg);
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        if ok {
+            accepted += 1;
+            d.wait_log_n("reloaded", accepted, 10 * SEC);
+            if accepted % 10 == 1 {
+                let fs = Scratch::new("checkload-fresh");
+                let fcfg = config(&fs, &limits);
+                let fresh = Daemon::start(fs, &fcfg);
+                let src = Some(IpAddr::V4(Ipv4Addr::new(127, 78, case as u8, 1)));
+                assert_eq!(
+                    trigger_from(fresh.addr(), src, &k, None),
+                    Outcome::Ack(Status::Started),
+                    "fresh start, {ctx}"
+                );
+            }
+        } else {
+            refused += 1;
+            d.wait_log_n(
+                "reload failed; keeping the running config",
+                refused,
+                10 * SEC,
+            );
+        }
+        let src = Some(IpAddr::V4(Ipv4Addr::new(127, 77, case as u8, 1)));
+        assert_eq!(
+            trigger_from(d.addr(), src, &k, None),
+            Outcome::Ack(Status::Started),
+            "{ctx}"
+        );
+        assert!(
+            d.wait_exit(Duration::ZERO).is_none(),
+            "daemon exited, {ctx}"
+        );
+        assert!(pid_alive(net), "network process died, {ctx}");
+    }
+    eprintln!("{accepted} generated configs accepted and loaded, {refused} refused");
+    assert!(
+        accepted >= 10 && refused >= 10,
+        "{accepted} accepted, {refused} refused"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Codecs.
 
 // Goal: random replies never verify, real ones verify under exactly
