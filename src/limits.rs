@@ -39,6 +39,10 @@ pub const NETWORK_LOCKOUT: [(Family, u8, u32); 3] = [
 /// The verification budget holds this many seconds' worth of tokens.
 pub const VERIFY_BURST_SECONDS: u32 = 2;
 
+/// A spent verification budget is reported at most once in this long: it
+/// refills token by token, so "once per episode" would be once per token.
+pub const BUDGET_NOTE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -341,7 +345,8 @@ pub enum Admit {
         first: bool,
     },
     /// The shared verification budget of sources not in good standing is
-    /// spent: close at once, send nothing. `first` once per episode.
+    /// spent: close at once, send nothing. `first` at most once per
+    /// [`BUDGET_NOTE_INTERVAL`].
     OverBudget {
         /// First refusal of this episode.
         first: bool,
@@ -387,7 +392,7 @@ pub struct SourceTable {
     lru: Lru,
     budget_tokens: u64,
     budget_refilled: Option<Instant>,
-    budget_noted: bool,
+    budget_noted: Option<Instant>,
     full_noted: bool,
     locked_network: Option<Network>,
 }
@@ -406,7 +411,7 @@ impl SourceTable {
             lru: Lru::new(limits.lockout_table.get().min(4096)),
             budget_tokens: Self::budget_burst(limits.verify_per_second),
             budget_refilled: None,
-            budget_noted: false,
+            budget_noted: None,
             full_noted: false,
             locked_network: None,
         }
@@ -576,11 +581,15 @@ impl SourceTable {
         }
         e.rate_noted = false;
         if !exempt && !good && !self.spend_budget(now) {
-            let first = !self.budget_noted;
-            self.budget_noted = true;
+            let first = match self.budget_noted {
+                None => true,
+                Some(t) => now.saturating_duration_since(t) >= BUDGET_NOTE_INTERVAL,
+            };
+            if first {
+                self.budget_noted = Some(now);
+            }
             return Admit::OverBudget { first };
         }
-        self.budget_noted = false;
         let e = &mut self.lru.nodes[i as usize].entry;
         e.tokens -= MICRO;
         Admit::Yes
@@ -1103,8 +1112,8 @@ mod tests {
     }
 
     // Goal: the verification budget is shared by sources not in good
-    // standing, refills with time, is noted once per episode, and does not
-    // apply to good-standing or exempt sources.
+    // standing, refills with time, is noted at most once per interval, and
+    // does not apply to good-standing or exempt sources.
     #[test]
     fn verification_budget() {
         let t0 = Instant::now();
@@ -1134,6 +1143,15 @@ mod tests {
         assert_eq!(t.admit(ip("198.51.101.3"), t1), Admit::Yes);
         assert_eq!(
             t.admit(ip("198.51.101.4"), t1),
+            Admit::OverBudget { first: false }
+        );
+        let t2 = t0 + BUDGET_NOTE_INTERVAL + Duration::from_secs(3);
+        for i in 0..=burst {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0xc633_6500 + i));
+            assert_eq!(t.admit(a, t2), Admit::Yes, "{i}");
+        }
+        assert_eq!(
+            t.admit(ip("198.51.101.5"), t2),
             Admit::OverBudget { first: true }
         );
     }
