@@ -653,14 +653,14 @@ impl SourceTable {
     }
 
     /// Records a successful handshake: the source's strikes are forgiven
-    /// and it is in good standing. Its networks' counters stay.
+    /// and it is in good standing (tracked again if a flood made the table
+    /// forget it during the handshake). Its networks' counters stay.
     pub fn succeed(&mut self, ip: IpAddr, now: Instant) {
-        if let Some(i) = self.lru.index(&TableKey::Source(SourceKey::of(ip))) {
-            let e = &mut self.lru.nodes[i as usize].entry;
-            e.failures = 0;
-            e.good = true;
-            self.touch(i, now);
-        }
+        let i = self.slot(TableKey::Source(SourceKey::of(ip)), now);
+        let e = &mut self.lru.nodes[i as usize].entry;
+        e.failures = 0;
+        e.good = true;
+        self.touch(i, now);
     }
 
     /// Whether `ip`'s source has failed since its last success or lockout

@@ -484,10 +484,9 @@ fn source_table_is_bounded_and_matches_the_model() {
                 }
                 _ => {
                     table.succeed(ip, now);
-                    if let Some(m) = model.get_mut(&k) {
-                        m.failures = 0;
-                        m.good = true;
-                    }
+                    let m = model.entry(k).or_default();
+                    m.failures = 0;
+                    m.good = true;
                 }
             }
             assert!(
