@@ -804,6 +804,20 @@ impl<H> Slots<H> {
         }
     }
 
+    /// Whether `ip`'s network (see [`Network::widest`]) holds more than its
+    /// fair share of the slots: more than the capacity divided by the
+    /// number of networks holding any. At capacity such a newcomer is
+    /// refused rather than served, so a flood from a few networks drains
+    /// from the accept queue instead of churning the slots, while a client
+    /// from any other network still takes a slot.
+    pub fn over_share(&self, ip: IpAddr) -> bool {
+        let held = self
+            .groups
+            .get(&Network::widest(ip))
+            .map_or(0, BTreeSet::len);
+        held > 0 && held.saturating_mul(self.groups.len()) > self.capacity.get()
+    }
+
     /// Whether every slot is taken (the next reservation evicts).
     pub fn is_full(&self) -> bool {
         self.pending.len() >= self.capacity.get()
@@ -1188,6 +1202,11 @@ mod tests {
                 n,
             );
         }
+        // Fair shares: 4 slots, 2 networks: the one holding 3 is over its
+        // share, the one holding 1 (and one holding none) is not.
+        assert!(s.over_share(ip("2001:db8:1:ff::1")));
+        assert!(!s.over_share(operator));
+        assert!(!s.over_share(ip("198.51.100.1")));
         // Equal counts: the network whose oldest handshake is oldest.
         let mut s: Slots<u32> = Slots::new(NonZeroUsize::new(2).unwrap());
         let (i, _) = s.reserve();

@@ -6,8 +6,9 @@
 //! the monitor for is "run action i for address a" (plus log events).
 //!
 //! One connection (see PROTOCOL.md):
-//! 1. while every handshake slot is busy, a source with strikes is closed
-//!    at once, with no greeting (and no token taken);
+//! 1. while every handshake slot is busy, a source with strikes, or one
+//!    not in good standing whose network holds more than its fair share
+//!    of the slots, is closed at once, with no greeting (and no token);
 //! 2. a locked-out source (or one in a locked network, unless in good
 //!    standing), an over-rate one, or one over the shared verification
 //!    budget is closed at once, with no greeting;
@@ -490,14 +491,17 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
             port: addr.port(),
         };
         // Under pressure (every slot busy), a source with strikes is closed
-        // at once, without a greeting and before it takes a token: a flood
-        // from known-bad sources then costs an accept and a close, the
-        // accept queue drains quickly, and only clean sources (a new
-        // client, or one whose last attempt succeeded) take a slot.
+        // at once, without a greeting and before it takes a token, and so
+        // is one whose network holds more than its fair share of the slots
+        // (unless in good standing): a flood from known-bad sources or from
+        // a few networks then costs an accept and a close, the accept
+        // queue drains quickly, and clients from elsewhere take a slot.
         // Evictions are not strikes, so an evicted client is not refused.
         let refuse = {
             let slots = state.slots.borrow();
-            slots.is_full() && state.table.borrow().has_strikes(ip)
+            let table = state.table.borrow();
+            slots.is_full()
+                && (table.has_strikes(ip) || (slots.over_share(ip) && !table.is_good(ip)))
         };
         if refuse {
             continue;
