@@ -819,4 +819,38 @@ mod tests {
             assert!(Down::decode(&longer).is_none());
         }
     }
+
+    // Goal: exempt networks with an all-zero address, or an IPv6 one that
+    // covers the IPv4-mapped range, reach the network process unchanged
+    // (they passed --check and once killed it).
+    #[test]
+    fn exempt_networks_with_zero_or_mapped_bits_roundtrip() {
+        for (addr, prefix) in [("::", 0), ("::", 80), ("::ffff:0:0", 95), ("0.0.0.0", 0)] {
+            let net = IpNet {
+                addr: addr.parse().unwrap(),
+                prefix,
+            };
+            let got = Down::decode(&Down::Exempt(net).encode());
+            assert!(
+                matches!(got, Some(Down::Exempt(n)) if n == net),
+                "{addr}/{prefix}: {got:?}"
+            );
+        }
+    }
+
+    // Goal: every request carries the generation it was made under, and
+    // decoding accepts it on every kind.
+    #[test]
+    fn requests_carry_their_generation() {
+        let fail = Request::Fail {
+            peer: peer(),
+            reason: Reason::Timeout,
+            failures: 2,
+        };
+        let b = fail.encode_for(7);
+        assert_eq!(Request::generation_of(&b), Some(7));
+        assert_eq!(Request::decode(&b, 2, 3), Ok(fail));
+        assert_eq!(Request::generation_of(&fail.encode()), Some(0));
+        assert_eq!(Request::generation_of(&b[..5]), None);
+    }
 }
