@@ -2,15 +2,16 @@
 //! trigger under attack, memory and idle wake-ups, verify cost (against
 //! the removed postern-1 implementation, kept in benches/baseline/), and
 //! trigger-to-action latency of the real, release-built posternd on
-//! loopback, and (f) fwknopd measured the same way in the same run where it
-//! is installed. BENCHMARKS.md explains each measure and the design behind
+//! loopback, a legitimate trigger under a flood from 50,000 rotating
+//! sources (f), and (g) fwknopd measured the same way in the same run where
+//! it is installed. BENCHMARKS.md explains each measure and the design behind
 //! the numbers; benches/stages.sh breaks one trigger into its stages.
 //!
 //! ```text
 //! cargo bench --bench load               the full suite (a few minutes)
 //! cargo bench --bench load -- --smoke    every measure, briefly: asserts
 //!                                        only that each one runs and reports
-//! cargo bench --bench load -- --only ad  a subset (letters a..f)
+//! cargo bench --bench load -- --only ad  a subset (letters a..g)
 //! ```
 //!
 //! posternd comes from $POSTERND, else `cargo build --release --bin
@@ -19,14 +20,16 @@
 //! privileges exactly as in production (network process chrooted, user
 //! nobody).
 //!
-//! Only loopback addresses are loaded (127.0.0.0/8), and every loop is
-//! bounded both in count and in time.
+//! Only loopback addresses are loaded (127.0.0.0/8), and, for (f), IPv6
+//! addresses of 2001:db8::/32 inside a network namespace the tool creates
+//! and deletes (root only); every loop is bounded both in count and in
+//! time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -88,9 +91,14 @@ struct Profile {
     d_samples: usize,
     d_sample_time: Duration,
     /// (e) triggers, and the time from one trigger's start to the next
-    /// (an operator's pace); the same for the peer in (f).
+    /// (an operator's pace); the same for the peer in (g).
     e_runs: usize,
     e_pace: Duration,
+    /// (f) rotating flood sources: IPv6 /64s of one /48, and IPv4 hosts
+    /// (more than the default 4,096-entry table); first-time sources tried.
+    f_v6_sources: usize,
+    f_v4_sources: usize,
+    f_first_timers: usize,
 }
 
 impl Profile {
@@ -115,6 +123,9 @@ impl Profile {
             d_sample_time: Duration::from_millis(100),
             e_runs: 21,
             e_pace: Duration::from_millis(500),
+            f_v6_sources: 40_000,
+            f_v4_sources: 10_000,
+            f_first_timers: 20,
         }
     }
 
@@ -139,6 +150,9 @@ impl Profile {
             d_sample_time: Duration::from_millis(5),
             e_runs: 3,
             e_pace: Duration::from_millis(30),
+            f_v6_sources: 200,
+            f_v4_sources: 100,
+            f_first_timers: 3,
         }
     }
 }
@@ -646,7 +660,11 @@ async fn connect_from(
     dst: SocketAddr,
     src: Option<IpAddr>,
 ) -> std::io::Result<tokio::net::TcpStream> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
+    let sock = if dst.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
     if let Some(src) = src {
         sock.set_reuseaddr(true)?;
         sock.bind(SocketAddr::new(src, 0))?;
@@ -693,6 +711,7 @@ struct FloodCount {
 /// turn, if any) until `until`; attempts ending after `count_from` count.
 async fn flood(
     dst: SocketAddr,
+    dst6: Option<SocketAddr>,
     sources: Rc<Vec<IpAddr>>,
     concurrency: usize,
     count_from: Instant,
@@ -720,7 +739,7 @@ async fn flood(
                     next_src.set((i + 1) % sources.len());
                     Some(sources[i])
                 };
-                let r = attempt(dst, src, &reply).await;
+                let r = attempt(dst_for(dst, dst6, src), src, &reply).await;
                 if Instant::now() >= count_from && Instant::now() <= until {
                     let mut c = counts.get();
                     match r {
@@ -744,11 +763,20 @@ async fn flood(
     counts.get()
 }
 
+/// The listener for `src`'s family: `dst6` for an IPv6 source, if given.
+fn dst_for(dst: SocketAddr, dst6: Option<SocketAddr>, src: Option<IpAddr>) -> SocketAddr {
+    match (src, dst6) {
+        (Some(IpAddr::V6(_)), Some(d6)) => d6,
+        _ => dst,
+    }
+}
+
 /// One silent connection per source, each held until the server closes
 /// it, then opened again; runs until aborted or `until`. Counts
 /// reconnections (= evictions or timeouts by the server).
 async fn slow_loris(
     dst: SocketAddr,
+    dst6: Option<SocketAddr>,
     sources: Vec<IpAddr>,
     until: Instant,
     reconnects: Rc<Cell<u64>>,
@@ -764,7 +792,7 @@ async fn slow_loris(
                 if round > 0 {
                     reconnects.set(reconnects.get() + 1);
                 }
-                let Ok(mut s) = connect_from(dst, Some(src)).await else {
+                let Ok(mut s) = connect_from(dst_for(dst, dst6, Some(src)), Some(src)).await else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
@@ -941,7 +969,7 @@ fn measure_a(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
     Ok(())
 }
 
-/// The (a) target for `n` actions (issue 11): at least 0.45 of the bare
+/// The (a) target for `n` actions: at least 0.45 of the bare
 /// server with 256 actions, 1.0 with 16, and with one action no worse than
 /// postern-1's last recorded run (1.07). Other counts keep the old 0.80.
 fn a_target(n: usize) -> (&'static str, f64) {
@@ -1004,6 +1032,7 @@ fn run_flood(addr: SocketAddr, p: &Profile, server: &[u32]) -> FloodRun {
         });
         let count = flood(
             addr,
+            None,
             Rc::new(Vec::new()),
             conc,
             count_from,
@@ -1048,7 +1077,7 @@ fn attack_config(dir: &Path, key: &Key) -> String {
     // silent connections are never locked out either. Other limits keep
     // their defaults (max_handshakes = 256, lockout_table = 4096).
     let limits = format!(
-        "rate_burst = 1000000\nrate_per_minute = 1000000\nlockout_after = 1000000\n{}",
+        "rate_burst = 1000000\nrate_per_minute = 1000000\nlockout_after = 1000000\nverify_per_second = 1000000\n{}",
         std::env::var("LOAD_B_LIMITS").unwrap_or_default()
     );
     config_text(
@@ -1099,9 +1128,9 @@ fn run_attack(
         let conc = p.b_flood_concurrency;
         async move {
             let mut set = JoinSet::new();
-            set.spawn_local(slow_loris(dst, loris, hard_end, reconnects));
+            set.spawn_local(slow_loris(dst, None, loris, hard_end, reconnects));
             set.spawn_local(async move {
-                flood(dst, sources, conc, t0, hard_end, counts).await;
+                flood(dst, None, sources, conc, t0, hard_end, counts).await;
             });
             // Sample memory every 50 ms until the legitimate client is done.
             for _ in 0..MAX_ITER {
@@ -1328,6 +1357,378 @@ fn measure_bc(
                 r2.rejected,
                 r2.attack_time.as_secs_f64()
             ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// (f) A legitimate trigger under a flood from rotating sources.
+
+/// The config of (f): the defaults that protect (lockout_after = 5, the
+/// network counters, verify_per_second = 200, lockout_table = 4096,
+/// max_handshakes = 256), with the rate limit at its maximum so that the
+/// legitimate client's own 200 triggers in a few seconds pass its bucket.
+fn rotating_config(dir: &Path, key: &Key) -> String {
+    let limits = format!(
+        "rate_burst = 1000000\nrate_per_minute = 1000000\n{}",
+        std::env::var("LOAD_F_LIMITS").unwrap_or_default()
+    );
+    config_text(
+        dir,
+        "127.0.0.1:0".parse().expect("literal"),
+        &limits,
+        std::slice::from_ref(key),
+        "[\"/bin/true\"]",
+    )
+    .replace(
+        "[[listen]]\naddress = \"127.0.0.1:0\"\n",
+        "[[listen]]\naddress = \"127.0.0.1:0\"\n[[listen]]\naddress = \"[::1]:0\"\n",
+    )
+}
+
+/// The second listener of the "started" line.
+fn second_listener(log: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("started version="))?;
+    let start = line.find("listeners=[")? + "listeners=[".len();
+    // "listeners=[127.0.0.1:P(postern-1) [::1]:Q(postern-1)] actions=..."
+    let second = line[start..].split(' ').nth(1)?;
+    second[..second.find('(')?].parse().ok()
+}
+
+/// The n-th /64 of 2001:db8:1::/48.
+fn v6_source(n: usize) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        1,
+        (n % 65_536) as u16,
+        0,
+        0,
+        0,
+        1,
+    ))
+}
+
+/// A legitimate trigger from `src` (bound before connecting).
+fn legit_trigger_from(dst: SocketAddr, src: IpAddr, key: &MacKey) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let s = block(connect_from(dst, Some(src))).map_err(|e| format!("connect: {e}"))?;
+    let mut s = s.into_std().map_err(|e| e.to_string())?;
+    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    let mut g = [0u8; GREETING_LEN];
+    s.read_exact(&mut g).map_err(|e| format!("greeting: {e}"))?;
+    let r = wire::reply(key, &g, None);
+    s.write_all(&r).map_err(|e| format!("reply: {e}"))?;
+    let mut a = [0u8; ACK_LEN];
+    s.read_exact(&mut a).map_err(|e| format!("ack: {e}"))?;
+    match wire::verify_ack(key, &g, &r, &a) {
+        Some(a) if a.status == Status::Started => Ok(t0.elapsed()),
+        other => Err(format!("ack status {other:?}")),
+    }
+}
+
+/// (f) in the parent: runs the measure in a fresh network namespace (this
+/// executable again, `--f-inner`) and adds its rows; deletes the
+/// namespace afterwards. Needs root; otherwise one n/a row.
+fn measure_f(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()> {
+    let what = format!(
+        "legit triggers under a flood from {} rotating sources",
+        p.f_v6_sources + p.f_v4_sources
+    );
+    if !is_root() {
+        rep.row(
+            "f",
+            &what,
+            "n/a (needs root for a network namespace)".into(),
+            "100 %",
+            None,
+        );
+        return Ok(());
+    }
+    let ns = format!("postern-load-{}", std::process::id());
+    let ip = |args: &[&str]| -> R<()> {
+        let st = Command::new("ip")
+            .args(args)
+            .status()
+            .map_err(|e| format!("ip: {e}"))?;
+        st.success()
+            .then_some(())
+            .ok_or_else(|| format!("ip {} failed", args.join(" ")))
+    };
+    ip(&["netns", "add", &ns])?;
+    let result = (|| -> R<String> {
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "route",
+            "add",
+            "local",
+            "2001:db8::/32",
+            "dev",
+            "lo",
+        ])?;
+        ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.ip_nonlocal_bind=1",
+        ])?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(exe)
+            .arg("--f-inner")
+            .arg(&bins.posternd)
+            .arg(scratch)
+            .arg(if p.smoke { "smoke" } else { "full" })
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("ip netns exec: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("(f) failed in namespace {ns}"));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })();
+    let _ = ip(&["netns", "del", &ns]);
+    for line in result?.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["ROW", id, what, result, target, met] => {
+                let met = match *met {
+                    "met" => Some(true),
+                    "NOT met" => Some(false),
+                    _ => None,
+                };
+                rep.row(id, what, result.to_string(), target, met);
+            }
+            ["NOTE", note] => rep.note(note.to_string()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// (f) inside the namespace: prints ROW and NOTE lines for the parent.
+fn f_inner(args: &[String]) -> i32 {
+    let (Some(posternd), Some(scratch), Some(profile)) = (args.first(), args.get(1), args.get(2))
+    else {
+        eprintln!("load: --f-inner POSTERND SCRATCH full|smoke");
+        return 64;
+    };
+    let p = if profile == "smoke" {
+        Profile::smoke()
+    } else {
+        Profile::full()
+    };
+    match run_f(&p, Path::new(posternd), Path::new(scratch)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("load (f): {e}");
+            1
+        }
+    }
+}
+
+fn run_f(p: &Profile, posternd: &Path, scratch: &Path) -> R<()> {
+    raise_nofile();
+    let bins = Bins {
+        posternd: posternd.to_path_buf(),
+        postern: PathBuf::new(),
+    };
+    let key = keys(1).remove(0);
+    let mk = MacKey::new(key.expose());
+    let row = |id: &str, what: &str, result: String, target: &str, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "-",
+        };
+        println!("ROW\t{id}\t{what}\t{result}\t{target}\t{verdict}");
+    };
+    let mut results = Vec::new();
+    // The 500-source attack of (b), as the baseline of this same run, then
+    // the rotating one; each on a fresh daemon in this namespace.
+    for (name, rotating) in [("b", false), ("f", true)] {
+        let dir = scratch.join(format!("f-{name}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let cfg = if rotating {
+            rotating_config(&dir, &key)
+        } else {
+            attack_config(&dir, &key)
+        };
+        let d = Daemon::start(&bins, &dir, &cfg)?;
+        let dst = d.addr;
+        let dst6 = second_listener(&d.log);
+        if rotating && dst6.is_none() {
+            return Err("no IPv6 listener in the log".into());
+        }
+        let operator: IpAddr = "127.0.0.1".parse().expect("literal");
+        // A returning operator: one trigger before the attack puts its
+        // source in good standing.
+        legit_trigger_from(dst, operator, &mk).map_err(|e| format!("warm-up trigger: {e}"))?;
+        let (sources, loris): (Vec<IpAddr>, Vec<IpAddr>) = if rotating {
+            let mut s: Vec<IpAddr> = (0..p.f_v6_sources).map(v6_source).collect();
+            s.extend((0..p.f_v4_sources).map(|i| source(16, i)));
+            // Silent connections from other /64s of the same /48.
+            let l = (0..p.b_loris)
+                .map(|i| v6_source(p.f_v6_sources + i))
+                .collect();
+            (s, l)
+        } else {
+            (
+                (0..p.b_sources).map(|i| source(16, i)).collect(),
+                (0..p.b_loris).map(|i| source(64, i)).collect(),
+            )
+        };
+        let n_sources = sources.len();
+        let done = Arc::new(AtomicBool::new(false));
+        let legit = {
+            let (done, mk) = (Arc::clone(&done), MacKey::new(key.expose()));
+            let (ramp, gap, triggers, first) = (
+                p.b_ramp,
+                p.b_gap,
+                p.b_triggers,
+                if rotating { p.f_first_timers } else { 0 },
+            );
+            std::thread::spawn(move || {
+                std::thread::sleep(ramp);
+                let mut out = Vec::with_capacity(triggers);
+                for _ in 0..triggers {
+                    out.push(legit_trigger_from(dst, operator, &mk));
+                    std::thread::sleep(gap);
+                }
+                let mut fresh = Vec::new();
+                for i in 0..first {
+                    let src = IpAddr::V4(Ipv4Addr::new(127, 3, 0, (i + 1) as u8));
+                    fresh.push(legit_trigger_from(dst, src, &mk));
+                    std::thread::sleep(gap);
+                }
+                done.store(true, Ordering::SeqCst);
+                (out, fresh)
+            })
+        };
+        let t0 = Instant::now();
+        let hard_end =
+            t0 + p.b_ramp + (STEP * 2 + p.b_gap) * (p.b_triggers + p.f_first_timers) as u32 + STEP;
+        let counts: Rc<Cell<FloodCount>> = Rc::default();
+        let reconnects = Rc::new(Cell::new(0u64));
+        block({
+            let (counts, reconnects, done) = (
+                Rc::clone(&counts),
+                Rc::clone(&reconnects),
+                Arc::clone(&done),
+            );
+            let conc = p.b_flood_concurrency;
+            let sources = Rc::new(sources);
+            async move {
+                let mut set = JoinSet::new();
+                set.spawn_local(slow_loris(dst, dst6, loris, hard_end, reconnects));
+                set.spawn_local(async move {
+                    flood(dst, dst6, sources, conc, t0, hard_end, counts).await;
+                });
+                for _ in 0..MAX_ITER {
+                    if done.load(Ordering::SeqCst) || Instant::now() >= hard_end {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+            }
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        let (out, fresh) = legit.join().unwrap_or_default();
+        let mut lat: Vec<Duration> = out
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        lat.sort();
+        let fails: Vec<String> = out
+            .iter()
+            .filter_map(|r| r.as_ref().err().cloned())
+            .collect();
+        let c = counts.get();
+        println!(
+            "NOTE\t{name}: {n_sources} flood sources, {} silent; attack {secs:.1} s; flood attempts: {} greeted and rejected after verification ({} bad-mac log lines), {} closed without a greeting, {} errors; silent connections re-opened {}; network lockouts logged {}; verify_per_second notes {}",
+            p.b_loris,
+            c.done,
+            d.count_log("reason=bad-mac"),
+            c.no_greeting,
+            c.errors,
+            reconnects.get(),
+            d.count_log("lockout src=").saturating_sub(d.count_log("source=127.")),
+            d.count_log("limit verify_per_second"),
+        );
+        for f in fails.iter().take(5) {
+            println!("NOTE\t{name}: failed trigger: {f}");
+        }
+        if rotating {
+            let ok = fresh.iter().filter(|r| r.is_ok()).count();
+            results.push((n_sources, lat, out.len(), Some((ok, fresh.len()))));
+        } else {
+            results.push((n_sources, lat, out.len(), None));
+        }
+    }
+    let base_p99 = percentile(&results[0].1, 99.0);
+    for (i, (n, lat, tried, fresh)) in results.iter().enumerate() {
+        let label = if i == 0 {
+            format!("{n} sources as in (b), this run")
+        } else {
+            format!(
+                "{n} rotating sources ({} IPv6 /64s of one /48, {} IPv4), {} silent",
+                p.f_v6_sources, p.f_v4_sources, p.b_loris
+            )
+        };
+        let ok = lat.len();
+        row(
+            "f",
+            &format!("legit triggers under attack, {label}"),
+            format!(
+                "{ok}/{tried} ok ({:.1} %)",
+                100.0 * ok as f64 / *tried as f64
+            ),
+            "100 %",
+            Some(ok == *tried),
+        );
+        let p99 = percentile(lat, 99.0);
+        let ratio = if base_p99.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " (p99 {:.2} x the 500-source p99)",
+                p99.as_secs_f64() / base_p99.as_secs_f64()
+            )
+        };
+        row(
+            "f",
+            &format!("legit latency p50 / p99 / max, {label}"),
+            format!(
+                "{} / {} / {}{}",
+                ms(percentile(lat, 50.0)),
+                ms(p99),
+                ms(lat.last().copied().unwrap_or_default()),
+                if i == 0 { String::new() } else { ratio }
+            ),
+            "p99 <= 50 ms",
+            Some(!lat.is_empty() && p99 <= Duration::from_millis(50)),
+        );
+        if let Some((ok, n)) = fresh {
+            row(
+                "f",
+                "first-time sources (no good standing) during the rotating flood",
+                format!("{ok}/{n} ok"),
+                "-",
+                None,
+            );
         }
     }
     Ok(())
@@ -1642,7 +2043,7 @@ fn measure_e(p: &Profile, bins: &Bins, scratch: &Path, rep: &mut Report) -> R<()
 }
 
 // ---------------------------------------------------------------------------
-// (f) A peer side by side: fwknopd, measured like (c) idle and (e).
+// (g) A peer side by side: fwknopd, measured like (c) idle and (e).
 
 /// Where the fwknop binaries are, if installed (Debian's fwknop-server and
 /// fwknop-client; not part of CI).
@@ -1658,15 +2059,15 @@ fn fwknop_bins() -> Option<(PathBuf, PathBuf)> {
     ))
 }
 
-/// Measure (f): runs this executable's `--peer-fwknop` mode inside a
+/// Measure (g): runs this executable's `--peer-fwknop` mode inside a
 /// fresh network namespace (`unshare -n`), so that fwknopd's firewall
 /// set-up touches nothing but that namespace and its SPA packets go only
 /// to that namespace's 127.0.0.1.
-fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
+fn measure_g(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
     let skip = |rep: &mut Report, why: String| {
-        println!("(f) fwknopd skipped: {why}");
+        println!("(g) fwknopd skipped: {why}");
         rep.row(
-            "f",
+            "g",
             "fwknopd trigger-to-command latency",
             format!("skipped: {why}"),
             "-",
@@ -1683,7 +2084,7 @@ fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
     if !is_root() {
         return skip(rep, "needs root (a network namespace for fwknopd)".into());
     }
-    let dir = scratch.join("f");
+    let dir = scratch.join("g");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (stamp, _) = stamp_program(&dir)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -1701,7 +2102,7 @@ fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
         return Err(format!(
-            "(f) fwknop harness failed ({}): {}{}",
+            "(g) fwknop harness failed ({}): {}{}",
             out.status,
             text,
             String::from_utf8_lossy(&out.stderr)
@@ -1727,12 +2128,12 @@ fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
         .collect();
     let (rss, pss) = (field("rss_kib"), field("pss_kib"));
     if lat.is_empty() {
-        return Err(format!("(f) no fwknop latency reported: {text}"));
+        return Err(format!("(g) no fwknop latency reported: {text}"));
     }
     lat.sort();
     client.sort();
     rep.row(
-        "f",
+        "g",
         &format!(
             "fwknopd trigger-to-command latency, median of {}",
             lat.len()
@@ -1747,7 +2148,7 @@ fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
         None,
     );
     rep.row(
-        "f",
+        "g",
         &format!(
             "fwknop client start to exit (SPA sent, no ack), median of {}",
             client.len()
@@ -1757,7 +2158,7 @@ fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
         None,
     );
     rep.row(
-        "f",
+        "g",
         "fwknopd idle RSS / PSS (one process)",
         format!(
             "{} / {}",
@@ -1774,7 +2175,7 @@ fn measure_f(p: &Profile, scratch: &Path, rep: &mut Report) -> R<()> {
 }
 
 /// `--peer-fwknop DIR RUNS PACE_MS STAMP...`: inside the namespace made by
-/// (f): lo up, fwknopd in UDP-server mode on 127.0.0.1 with one stanza
+/// (g): lo up, fwknopd in UDP-server mode on 127.0.0.1 with one stanza
 /// (SPA with HMAC-SHA256) whose CMD_CYCLE_OPEN runs the stamp program of
 /// (e); then the fwknop client RUNS times, PACE_MS apart, each timed from
 /// just before its spawn to the stamp, exactly as (e) times postern.
@@ -1972,6 +2373,7 @@ fn flood_only(args: &[String]) -> i32 {
     let start = Instant::now();
     let c = block(flood(
         addr,
+        None,
         Rc::new(Vec::new()),
         conc,
         start,
@@ -2027,12 +2429,15 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--flood") {
         std::process::exit(flood_only(&args[i + 1..]));
     }
+    if let Some(i) = args.iter().position(|a| a == "--f-inner") {
+        std::process::exit(f_inner(&args[i + 1..]));
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let only: String = args
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "abcdef".into());
+        .unwrap_or_else(|| "abcdefg".into());
     let p = if smoke {
         Profile::smoke()
     } else {
@@ -2099,8 +2504,8 @@ fn run(p: &Profile, only: &str) -> R<()> {
         if only.contains('e') {
             measure_e(p, &bins, &scratch, &mut rep)?;
         }
-        if only.contains('f') {
-            measure_f(p, &scratch, &mut rep)?;
+        if only.contains('g') {
+            measure_g(p, &scratch, &mut rep)?;
         }
         if only.contains('b') || only.contains('c') {
             measure_bc(
@@ -2111,6 +2516,9 @@ fn run(p: &Profile, only: &str) -> R<()> {
                 only.contains('b'),
                 only.contains('c'),
             )?;
+        }
+        if only.contains('f') {
+            measure_f(p, &bins, &scratch, &mut rep)?;
         }
         if only.contains('a') {
             measure_a(p, &bins, &scratch, &mut rep)?;

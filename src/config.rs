@@ -36,7 +36,8 @@
 //! rate_per_minute = 30            # 1..=1000000
 //! lockout_after = 5               # 1..=1000000
 //! lockout_duration = "15m"        # > 0
-//! lockout_table = 4096            # 1..=1048576
+//! lockout_table = 4096            # 1..=262144
+//! verify_per_second = 200         # 1..=1000000; full verifications for sources not in good standing
 //! exempt = ["10.0.0.0/8", "2001:db8::/32"]   # host bits zero; a bare address is /32 or /128
 //!
 //! [on_lockout]                    # optional: runs when a source gets locked out
@@ -117,6 +118,10 @@ pub mod defaults {
     pub const LOCKOUT_DURATION: Duration = Duration::from_secs(15 * 60);
     /// `[limits] lockout_table`: tracked sources (memory bound).
     pub const LOCKOUT_TABLE: usize = 4096;
+    /// `[limits] verify_per_second`: full verifications per second shared
+    /// by every source not in good standing (its bucket holds
+    /// `limits::VERIFY_BURST_SECONDS` seconds' worth).
+    pub const VERIFY_PER_SECOND: u32 = 200;
     /// `[[action]] timeout`.
     pub const ACTION_TIMEOUT: Duration = Duration::from_secs(60);
     /// `[[action]] timeout` of a gate with `run`: at most this. A trigger's
@@ -137,8 +142,9 @@ pub mod defaults {
     pub const MAX_ACTIONS: usize = 4096;
     /// Hard bound on `max_handshakes`.
     pub const MAX_HANDSHAKES_LIMIT: usize = 65_536;
-    /// Hard bound on `lockout_table`.
-    pub const LOCKOUT_TABLE_LIMIT: usize = 1 << 20;
+    /// Hard bound on `lockout_table`: about 170 bytes an entry (measured),
+    /// so at most about 42 MiB of the network process (see SECURITY.md).
+    pub const LOCKOUT_TABLE_LIMIT: usize = 1 << 18;
     /// Hard bound on an ostiary-4 password's length in bytes: the
     /// HMAC-SHA256 block. HMAC replaces a longer key by its SHA-256, so a
     /// longer password would be the same key as that 32-byte string.
@@ -152,6 +158,9 @@ pub mod defaults {
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Hard bound on an argv: number of elements.
     pub const MAX_ARGV: usize = 256;
+    /// Hard bound on `[limits] exempt` entries (the count travels to the
+    /// network process as 16 bits; each is checked per failure).
+    pub const MAX_EXEMPT: usize = 1024;
 
     /// `[daemon] chroot`: this directory under `state_dir`.
     pub const CHROOT_SUBDIR: &str = "empty";
@@ -265,8 +274,10 @@ pub struct Limits {
     pub lockout_after: NonZeroU32,
     /// How long a lockout lasts.
     pub lockout_duration: Duration,
-    /// Maximum tracked sources.
+    /// Maximum tracked sources and networks.
     pub lockout_table: NonZeroUsize,
+    /// Full verifications per second for sources not in good standing.
+    pub verify_per_second: NonZeroU32,
     /// Networks exempt from lockout.
     pub exempt: Vec<IpNet>,
 }
@@ -657,6 +668,7 @@ struct RawLimits {
     lockout_after: Opt<i64>,
     lockout_duration: Opt<RawDuration>,
     lockout_table: Opt<i64>,
+    verify_per_second: Opt<i64>,
     exempt: Option<RawArgv>,
 }
 
@@ -1193,12 +1205,31 @@ impl Cx<'_> {
             defaults::LOCKOUT_TABLE,
             defaults::LOCKOUT_TABLE_LIMIT,
         );
+        let verify_per_second = self.count_u32(
+            "limits.verify_per_second",
+            l.verify_per_second.as_ref(),
+            defaults::VERIFY_PER_SECOND,
+            defaults::MAX_RATE,
+        );
         let mut exempt = Some(Vec::new());
-        for net in l
+        let nets = l
             .exempt
             .as_ref()
-            .map_or(&[][..], |v| v.get_ref().as_slice())
-        {
+            .map_or(&[][..], |v| v.get_ref().as_slice());
+        if nets.len() > defaults::MAX_EXEMPT {
+            let span = l.exempt.as_ref().map(|v| v.span());
+            self.err(
+                "limits.exempt",
+                span,
+                format!(
+                    "{} networks; at most {} are allowed: list wider networks",
+                    nets.len(),
+                    defaults::MAX_EXEMPT
+                ),
+            );
+            exempt = None;
+        }
+        for net in nets {
             match parse_net(net.get_ref()) {
                 Ok(n) => {
                     if let Some(list) = exempt.as_mut() {
@@ -1219,6 +1250,7 @@ impl Cx<'_> {
             lockout_after: lockout_after?,
             lockout_duration: lockout_duration?,
             lockout_table: lockout_table?,
+            verify_per_second: verify_per_second?,
             exempt: exempt?,
         })
     }
@@ -2343,6 +2375,18 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
             "\"{s}\" has host bits set; write the network, \"{network}/{prefix}\""
         ));
     }
+    // Sources are compared as plain IPv4 (IPv4-mapped addresses are folded),
+    // so an IPv4-mapped network would match nothing: name the IPv4 one.
+    if let IpAddr::V6(a) = addr {
+        if prefix >= 96 {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return Err(format!(
+                    "\"{s}\" is an IPv4-mapped network; write it as IPv4, \"{v4}/{}\"",
+                    prefix - 96
+                ));
+            }
+        }
+    }
     Ok(IpNet { addr, prefix })
 }
 
@@ -2962,7 +3006,7 @@ builtin = "shutdown"
             ("limits.max_handshakes", "must be between 1 and 65536, not 0", 2, ["[limits]\nmax_handshakes = 0\n", L1, ACT].concat()),
             ("limits.max_handshakes", "must be between 1 and 65536, not -1", 2, ["[limits]\nmax_handshakes = -1\n", L1, ACT].concat()),
             ("limits.max_handshakes", "must be between 1 and 65536, not 70000", 2, ["[limits]\nmax_handshakes = 70000\n", L1, ACT].concat()),
-            ("limits.lockout_table", "must be between 1 and 1048576, not 9999999999", 2, ["[limits]\nlockout_table = 9999999999\n", L1, ACT].concat()),
+            ("limits.lockout_table", "must be between 1 and 262144, not 9999999999", 2, ["[limits]\nlockout_table = 9999999999\n", L1, ACT].concat()),
             ("limits.rate_burst", "must be between 1 and 1000000, not 0", 2, ["[limits]\nrate_burst = 0\n", L1, ACT].concat()),
             ("limits.rate_per_minute", "not 2000000", 2, ["[limits]\nrate_per_minute = 2000000\n", L1, ACT].concat()),
             ("limits.lockout_after", "must be between 1 and 1000000, not 0", 2, ["[limits]\nlockout_after = 0\n", L1, ACT].concat()),

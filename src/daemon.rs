@@ -18,8 +18,11 @@ use crate::monitor::{self, Monitor, NetChild};
 use crate::net;
 use crate::privsep::{self, Jail};
 
-/// Descriptors the network process needs beyond one per handshake.
-const NOFILE_SLACK: u64 = 64;
+/// Descriptors the network process may use beyond two per handshake
+/// slot (one live, one evicted and not yet closed) and one per waiting
+/// ack: listeners and their spare duplicates (up to 2 x 64), the channel,
+/// standard streams, and room for a burst to be accepted and closed.
+const NOFILE_SLACK: u64 = 256;
 
 /// A start-up failure: what failed and what to do about it.
 #[derive(Debug)]
@@ -130,7 +133,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             chroot: config.daemon.chroot_dir.clone(),
             uid: config.daemon.user.uid,
             gid: config.daemon.user.gid,
-            nofile: config.limits.max_handshakes.get() as u64
+            nofile: 2 * config.limits.max_handshakes.get() as u64
                 + net::MAX_PENDING_ACKS as u64
                 + NOFILE_SLACK,
         };

@@ -13,7 +13,7 @@
 //!  1   1  kind: 1 run, 2 fail, 3 lockout, 4 notice
 //!  2   2  arg16 (BE): action index | failure reason | notice code
 //!  4   4  arg32 (BE): request id | failure count | notice value
-//!  8   4  config generation (BE)
+//!  8   4  config generation (BE): the one the connection began under
 //! 12   1  listener index
 //! 13   1  reserved, zero
 //! 14   2  source port (BE)
@@ -107,19 +107,27 @@ pub enum Notice {
     /// Log events were dropped because the monitor fell behind; value is
     /// how many. Its source address is unspecified (0.0.0.0).
     EventsDropped = 6,
+    /// The shared verification budget of sources not in good standing is
+    /// spent; value is the budget per second. Logged once per episode.
+    OverBudget = 7,
+    /// A network enclosing the source got locked out; value is its prefix
+    /// length (24, 56 or 48).
+    NetworkLocked = 8,
     /// A peer closed right after the challenge without sending a byte
     /// (not counted as a failure: PROTOCOL.md).
-    NoReply = 7,
+    NoReply = 9,
 }
 
 impl Notice {
-    const ALL: [Notice; 7] = [
+    const ALL: [Notice; 9] = [
         Notice::HandshakesFull,
         Notice::SourceTableFull,
         Notice::RateLimited,
         Notice::AcceptError,
         Notice::RandomFailed,
         Notice::EventsDropped,
+        Notice::OverBudget,
+        Notice::NetworkLocked,
         Notice::NoReply,
     ];
 
@@ -239,7 +247,25 @@ fn addr16(b: &[u8]) -> [u8; ADDR_LEN] {
 }
 
 impl Request {
-    /// Encodes the request.
+    /// Encodes a request made under config `generation` (a run carries
+    /// its own). The monitor judges the request against that generation,
+    /// so a request from before a reload is never out of range.
+    pub fn encode_for(&self, generation: u32) -> [u8; REQUEST_LEN] {
+        let mut b = self.encode();
+        if !matches!(self, Request::Run { .. }) {
+            b[8..12].copy_from_slice(&generation.to_be_bytes());
+        }
+        b
+    }
+
+    /// The config generation a request says it belongs to (0: none said,
+    /// judge it against the current one). `None` if too short.
+    pub fn generation_of(bytes: &[u8]) -> Option<u32> {
+        let g = bytes.get(8..12)?;
+        Some(u32::from_be_bytes([g[0], g[1], g[2], g[3]]))
+    }
+
+    /// Encodes the request (generation 0 unless a run).
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[0] = VERSION;
@@ -288,7 +314,9 @@ impl Request {
     }
 
     /// Decodes and range-checks an untrusted request. `listeners` and
-    /// `actions` are the current counts; anything out of range is an error.
+    /// `actions` are the counts of the config generation the request
+    /// belongs to (see [`generation_of`](Self::generation_of)); anything
+    /// out of range is an error.
     pub fn decode(bytes: &[u8], listeners: usize, actions: usize) -> Result<Request, RequestError> {
         if bytes.len() != REQUEST_LEN {
             return Err(RequestError::WrongSize(bytes.len()));
@@ -315,7 +343,7 @@ impl Request {
             port,
         };
         let kind = bytes[1];
-        if kind != KIND_RUN && (target.is_some() || generation != 0) {
+        if kind != KIND_RUN && target.is_some() {
             return Err(RequestError::Target);
         }
         match kind {
@@ -379,6 +407,8 @@ pub struct NetLimits {
     pub lockout_duration: Duration,
     /// Source table bound.
     pub lockout_table: NonZeroUsize,
+    /// Full verifications per second for sources not in good standing.
+    pub verify_per_second: NonZeroU32,
     /// How long to wait for the monitor's answer to a run request.
     pub ack_timeout: Duration,
     /// How long a graceful stop waits for running handshakes.
@@ -469,6 +499,7 @@ impl Down {
                 b.extend_from_slice(&l.lockout_after.get().to_be_bytes());
                 b.extend_from_slice(&ms(l.lockout_duration).to_be_bytes());
                 b.extend_from_slice(&(l.lockout_table.get() as u64).to_be_bytes());
+                b.extend_from_slice(&l.verify_per_second.get().to_be_bytes());
                 b.extend_from_slice(&ms(l.ack_timeout).to_be_bytes());
                 b.extend_from_slice(&ms(l.shutdown_grace).to_be_bytes());
                 b.extend_from_slice(&listeners.to_be_bytes());
@@ -535,6 +566,7 @@ impl Down {
                     lockout_after: NonZeroU32::new(r.u32()?)?,
                     lockout_duration: Duration::from_millis(r.u64()?),
                     lockout_table: NonZeroUsize::new(usize::try_from(r.u64()?).ok()?)?,
+                    verify_per_second: NonZeroU32::new(r.u32()?)?,
                     ack_timeout: Duration::from_millis(r.u64()?),
                     shutdown_grace: Duration::from_millis(r.u64()?),
                 };
@@ -557,12 +589,19 @@ impl Down {
             }
             DOWN_EXEMPT => {
                 let prefix = r.u8()?;
-                let is_v4 = r.u8()? == 1;
-                let addr = decode_addr(&addr16(r.take(ADDR_LEN)?))?;
-                if addr.is_ipv4() != is_v4 {
-                    // 0.0.0.0 encodes as ::ffff:0.0.0.0, which decodes fine.
-                    return None;
-                }
+                let is_v4 = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                // Not decode_addr: a network's address may be all zeros
+                // (::/0), and an IPv6 network is never folded to IPv4.
+                let v6 = std::net::Ipv6Addr::from(addr16(r.take(ADDR_LEN)?));
+                let addr = if is_v4 {
+                    IpAddr::V4(v6.to_ipv4_mapped()?)
+                } else {
+                    IpAddr::V6(v6)
+                };
                 // IpNet::contains shifts by (32 or 128) - prefix: a longer
                 // prefix would overflow there.
                 if prefix > if is_v4 { 32 } else { 128 } {
@@ -740,6 +779,7 @@ mod tests {
             lockout_after: NonZeroU32::new(5).unwrap(),
             lockout_duration: Duration::from_secs(900),
             lockout_table: NonZeroUsize::new(4096).unwrap(),
+            verify_per_second: NonZeroU32::new(200).unwrap(),
             ack_timeout: Duration::from_secs(70),
             shutdown_grace: Duration::from_secs(5),
         };
@@ -792,5 +832,39 @@ mod tests {
             longer.push(0);
             assert!(Down::decode(&longer).is_none());
         }
+    }
+
+    // Goal: exempt networks with an all-zero address, or an IPv6 one that
+    // covers the IPv4-mapped range, reach the network process unchanged
+    // (they passed --check and once killed it).
+    #[test]
+    fn exempt_networks_with_zero_or_mapped_bits_roundtrip() {
+        for (addr, prefix) in [("::", 0), ("::", 80), ("::ffff:0:0", 95), ("0.0.0.0", 0)] {
+            let net = IpNet {
+                addr: addr.parse().unwrap(),
+                prefix,
+            };
+            let got = Down::decode(&Down::Exempt(net).encode());
+            assert!(
+                matches!(got, Some(Down::Exempt(n)) if n == net),
+                "{addr}/{prefix}: {got:?}"
+            );
+        }
+    }
+
+    // Goal: every request carries the generation it was made under, and
+    // decoding accepts it on every kind.
+    #[test]
+    fn requests_carry_their_generation() {
+        let fail = Request::Fail {
+            peer: peer(),
+            reason: Reason::Timeout,
+            failures: 2,
+        };
+        let b = fail.encode_for(7);
+        assert_eq!(Request::generation_of(&b), Some(7));
+        assert_eq!(Request::decode(&b, 2, 3), Ok(fail));
+        assert_eq!(Request::generation_of(&fail.encode()), Some(0));
+        assert_eq!(Request::generation_of(&b[..5]), None);
     }
 }

@@ -9,7 +9,7 @@
 //! - `wire.rs`    postern-2 and ostiary-4 messages as bytes; no I/O.
 //! - `kdf.rs`     passphrase (PBKDF2) and fleet (master secret) key derivation.
 //! - `config.rs`  TOML text to a typed, validated `Config`.
-//! - `limits.rs`  per-source token buckets, lockout table, handshake slots.
+//! - `limits.rs`  token buckets, lockouts per source and network, verify budget, slots.
 //! - `ipc.rs`     monitor <-> network process messages as bytes; no I/O.
 //! - `channel.rs` the seqpacket socketpair those messages travel on.
 //! - `listen.rs`  binding listeners and systemd socket activation.

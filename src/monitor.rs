@@ -11,7 +11,7 @@
 //! `shutdown` builtin).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -42,6 +42,12 @@ pub const MAX_RUN_REQUESTS: usize = 64;
 /// Extra time the network process waits for a run answer, beyond the
 /// longest action deadline.
 const ACK_SLACK: Duration = Duration::from_secs(5);
+
+/// Config generations whose listeners and action count the monitor keeps,
+/// to judge a request against the generation it was made under. A request
+/// from an older one is stale: handled (logged, a run refused), never
+/// fatal.
+pub const KEPT_GENERATIONS: usize = 8;
 
 /// Why the monitor stopped with an error.
 #[derive(Debug)]
@@ -179,6 +185,46 @@ struct Book {
     on_lockout_running: usize,
     on_lockout_noted: bool,
     runs_in_flight: usize,
+    /// (generation, listener names, action count), oldest first; the
+    /// last is the current generation.
+    generations: VecDeque<(u32, Vec<String>, usize)>,
+}
+
+/// What a request's generation says about how to judge it.
+enum Judge {
+    /// A kept generation: its listener and action counts.
+    Known(usize, usize),
+    /// Older than every kept generation: nothing to range-check against;
+    /// harmless, since every use of an index is a checked look-up.
+    Stale,
+}
+
+impl Book {
+    fn remember_generation(&mut self) {
+        let names = self.bound.iter().map(|x| x.local.to_string()).collect();
+        self.generations
+            .push_back((self.generation, names, self.config.actions.len()));
+        while self.generations.len() > KEPT_GENERATIONS {
+            self.generations.pop_front();
+        }
+    }
+
+    /// How to judge a request made under `generation` (0: the current
+    /// one). `None` for a generation never sent: forged.
+    fn judge(&self, generation: u32) -> Option<Judge> {
+        let g = if generation == 0 {
+            self.generation
+        } else {
+            generation
+        };
+        if let Some((_, names, actions)) = self.generations.iter().find(|(n, _, _)| *n == g) {
+            return Some(Judge::Known(names.len(), *actions));
+        }
+        // Generations count up (wrapping, skipping 0): one "behind" the
+        // current by less than half the range is older.
+        let behind = self.generation.wrapping_sub(g);
+        (behind != 0 && behind < u32::MAX / 2).then_some(Judge::Stale)
+    }
 }
 
 /// The monitor's signal handlers: SIGHUP reloads, SIGTERM and SIGINT stop.
@@ -227,17 +273,20 @@ impl Monitor {
         chan: Channel,
     ) -> Rc<Monitor> {
         let gates = Gates::new(&config, Arc::clone(&logger));
+        let mut book = Book {
+            config: Rc::new(config),
+            generation: 1,
+            previous: None,
+            bound,
+            actions: HashMap::new(),
+            on_lockout_running: 0,
+            on_lockout_noted: false,
+            runs_in_flight: 0,
+            generations: VecDeque::new(),
+        };
+        book.remember_generation();
         Rc::new(Monitor {
-            book: RefCell::new(Book {
-                config: Rc::new(config),
-                generation: 1,
-                previous: None,
-                bound,
-                actions: HashMap::new(),
-                on_lockout_running: 0,
-                on_lockout_noted: false,
-                runs_in_flight: 0,
-            }),
+            book: RefCell::new(book),
             logger,
             chan,
             shutdown: Notify::new(),
@@ -290,6 +339,7 @@ impl Monitor {
             lockout_after: l.lockout_after,
             lockout_duration: l.lockout_duration,
             lockout_table: l.lockout_table,
+            verify_per_second: l.verify_per_second,
             // The monitor always answers well within the protocol's ack
             // deadline (config bounds every wait before an ack); the
             // network process gives up a little before it.
@@ -360,12 +410,19 @@ impl Monitor {
                         break Err(MonitorError::NetworkGone("channel closed".into()));
                     }
                     let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
-                    let (listeners, actions) = {
-                        let b = self.book.borrow();
-                        (b.config.listeners.len(), b.config.actions.len())
+                    let bytes = &buf[..len.min(buf.len())];
+                    // Judged against the generation it was made under: a
+                    // handshake that began before a reload may name a
+                    // listener or action the new config no longer has.
+                    let generation = Request::generation_of(bytes).unwrap_or(0);
+                    let judge = self.book.borrow().judge(generation);
+                    let (listeners, actions) = match judge {
+                        Some(Judge::Known(l, a)) => (l, a),
+                        Some(Judge::Stale) => (usize::from(u8::MAX) + 1, usize::from(u16::MAX) + 1),
+                        None => break Err(MonitorError::Forged(format!("unknown config generation {generation}"))),
                     };
-                    match Request::decode(&buf[..len.min(buf.len())], listeners, actions) {
-                        Ok(req) => self.handle(req),
+                    match Request::decode(bytes, listeners, actions) {
+                        Ok(req) => self.handle(req, generation),
                         Err(e) => break Err(MonitorError::Forged(e.to_string())),
                     }
                 }
@@ -413,15 +470,23 @@ impl Monitor {
         result
     }
 
-    fn listener_name(&self, index: u8) -> String {
+    /// The name of listener `index` of config `generation` (0: current);
+    /// "?" if that generation is no longer kept.
+    fn listener_name(&self, generation: u32, index: u8) -> String {
         let b = self.book.borrow();
-        b.bound
-            .get(usize::from(index))
-            .map(|x| x.local.to_string())
+        let g = if generation == 0 {
+            b.generation
+        } else {
+            generation
+        };
+        b.generations
+            .iter()
+            .find(|(n, _, _)| *n == g)
+            .and_then(|(_, names, _)| names.get(usize::from(index)).cloned())
             .unwrap_or_else(|| "?".into())
     }
 
-    fn handle(self: &Rc<Self>, req: Request) {
+    fn handle(self: &Rc<Self>, req: Request, generation: u32) {
         match req {
             Request::Run {
                 id,
@@ -432,7 +497,7 @@ impl Monitor {
             } => {
                 let me = Rc::clone(self);
                 tokio::task::spawn_local(async move {
-                    let listener = me.listener_name(peer.listener);
+                    let listener = me.listener_name(generation, peer.listener);
                     let admitted = {
                         let mut b = me.book.borrow_mut();
                         let ok = b.runs_in_flight < MAX_RUN_REQUESTS;
@@ -490,7 +555,7 @@ impl Monitor {
                         "fail src={} port={} listener={} reason={} failures={failures}",
                         peer.addr,
                         peer.port,
-                        self.listener_name(peer.listener),
+                        self.listener_name(generation, peer.listener),
                         reason.name()
                     ),
                 );
@@ -513,7 +578,7 @@ impl Monitor {
                 peer,
                 value,
             } => {
-                let listener = self.listener_name(peer.listener);
+                let listener = self.listener_name(generation, peer.listener);
                 let line = match notice {
                     Notice::HandshakesFull => format!(
                         "limit max_handshakes={value} reached on listener={listener}; evicting the oldest pending handshakes"
@@ -535,6 +600,31 @@ impl Monitor {
                     Notice::EventsDropped => format!(
                         "limit log events: {value} dropped while the log fell behind a flood"
                     ),
+                    Notice::OverBudget => format!(
+                        "limit verify_per_second={value} reached; closing connections from sources not in good standing until it refills"
+                    ),
+                    Notice::NetworkLocked => {
+                        let len = value.min(128) as u8;
+                        let net = crate::limits::NETWORK_LOCKOUT
+                            .iter()
+                            .find(|(_, l, _)| *l == len)
+                            .and_then(|&(family, l, factor)| {
+                                crate::limits::Network::of(peer.addr, family, l).map(|n| (n, factor))
+                            });
+                        let Some((net, factor)) = net else {
+                            return;
+                        };
+                        let (after, duration) = {
+                            let b = self.book.borrow();
+                            (b.config.limits.lockout_after.get(), b.config.limits.lockout_duration)
+                        };
+                        format!(
+                            "lockout src={} source={net} failures={} duration={}s",
+                            peer.addr,
+                            after.saturating_mul(factor),
+                            duration.as_secs()
+                        )
+                    }
                     Notice::NoReply => format!(
                         "noreply src={} port={} listener={listener}; closed after the challenge without replying (not counted)",
                         peer.addr, peer.port
@@ -832,6 +922,7 @@ impl Monitor {
             let retired = b.previous.replace((generation, old_config));
             b.generation = b.generation.wrapping_add(1).max(1);
             b.bound = bound;
+            b.remember_generation();
             retired
         };
         // Retired keys are unlocked before they are freed (unless a running

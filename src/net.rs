@@ -6,13 +6,19 @@
 //! the monitor for is "run action i for address a" (plus log events).
 //!
 //! One connection (see PROTOCOL.md):
-//! 1. a locked-out or over-rate source is closed at once, with no greeting;
-//! 2. a handshake slot is reserved, evicting the oldest if all are busy;
-//!    while all are busy, a source with strikes is closed at once instead;
-//! 3. the greeting is written and exactly the reply length is read into a
+//! 1. while every handshake slot is busy, a source with strikes, or one
+//!    not in good standing whose network holds more than its fair share
+//!    of the slots, is closed at once, with no greeting (and no token);
+//! 2. a locked-out source (or one in a locked network, unless in good
+//!    standing), an over-rate one, or one over the shared verification
+//!    budget is closed at once, with no greeting;
+//! 3. a handshake slot is reserved; if all are busy, the oldest handshake
+//!    of the network holding the most slots is evicted (closed at once,
+//!    not counted against its source);
+//! 4. the greeting is written and exactly the reply length is read into a
 //!    fixed array, all under one deadline;
-//! 4. the reply is checked against every key in constant time;
-//! 5. on success the monitor is asked to run the action and the signed ack
+//! 5. the reply is checked against every key in constant time;
+//! 6. on success the monitor is asked to run the action and the signed ack
 //!    carries its answer; on failure the connection just closes.
 
 use std::cell::{Cell, RefCell};
@@ -47,6 +53,11 @@ pub const MAX_QUEUED_EVENTS: usize = 4096;
 
 /// Accept failures are logged at most once in this long.
 pub const ACCEPT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// After an accept failure that the spare descriptor cannot absorb (not
+/// EMFILE, or no spare), the accept loop pauses this long: short, so a
+/// failure never stalls it for long, and not zero, so it does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(2);
 
 /// Why the network process stopped.
 #[derive(Debug)]
@@ -92,7 +103,7 @@ struct State {
     chan: Channel,
     config: RefCell<Rc<NetConfig>>,
     table: RefCell<SourceTable>,
-    slots: RefCell<Slots<(Peer, AbortHandle)>>,
+    slots: RefCell<Slots<(Peer, u32, AbortHandle)>>,
     pending: RefCell<HashMap<u32, oneshot::Sender<Answer>>>,
     next_id: Cell<u32>,
     acks_in_flight: Cell<usize>,
@@ -129,7 +140,13 @@ async fn event_sender(state: Rc<State>) {
                         peer,
                         value: dropped,
                     };
-                    if state.chan.send(&req.encode(), &[]).await.is_err() {
+                    let generation = state.config.borrow().generation;
+                    if state
+                        .chan
+                        .send(&req.encode_for(generation), &[])
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     continue;
@@ -141,37 +158,60 @@ async fn event_sender(state: Rc<State>) {
 }
 
 impl State {
-    /// Queues a log event for the monitor. The queue is bounded: if the
-    /// monitor falls behind, events are dropped and counted, and the count
-    /// is reported once the queue drains, so a flood cannot grow memory.
+    /// Queues a log event for the monitor, made under the current config.
     fn send(self: &Rc<Self>, req: Request) {
+        let generation = self.config.borrow().generation;
+        self.send_in(req, generation);
+    }
+
+    /// Queues a log event for the monitor, made under config `generation`
+    /// (the monitor judges its listener index against that generation).
+    /// The queue is bounded: if the monitor falls behind, events are
+    /// dropped and counted, and the count is reported once the queue
+    /// drains, so a flood cannot grow memory.
+    fn send_in(self: &Rc<Self>, req: Request, generation: u32) {
         let mut q = self.events.borrow_mut();
         if q.len() >= MAX_QUEUED_EVENTS {
             self.events_dropped
                 .set(self.events_dropped.get().saturating_add(1));
             return;
         }
-        q.push_back(req.encode());
+        q.push_back(req.encode_for(generation));
         drop(q);
         self.events_ready.notify_one();
     }
 
-    fn fail(self: &Rc<Self>, peer: Peer, reason: Reason) {
-        let strike = self
-            .table
-            .borrow_mut()
-            .fail(peer.addr, std::time::Instant::now());
+    /// Counts a failure of `peer`'s source (and its networks) and logs it.
+    fn fail(self: &Rc<Self>, peer: Peer, reason: Reason, generation: u32) {
+        let (strike, network) = {
+            let mut t = self.table.borrow_mut();
+            let strike = t.fail(peer.addr, std::time::Instant::now());
+            (strike, t.take_locked_network())
+        };
         let failures = match strike {
             Strike::Counted { failures } | Strike::LockedOut { failures } => failures,
             Strike::Exempt => 0,
         };
-        self.send(Request::Fail {
-            peer,
-            reason,
-            failures,
-        });
+        self.send_in(
+            Request::Fail {
+                peer,
+                reason,
+                failures,
+            },
+            generation,
+        );
         if let Strike::LockedOut { failures } = strike {
-            self.send(Request::Lockout { peer, failures });
+            self.send_in(Request::Lockout { peer, failures }, generation);
+        }
+        if let Some(net) = network {
+            self.send_in(
+                Request::Notice {
+                    notice: Notice::NetworkLocked,
+                    peer,
+                    value: u32::from(net.prefix_len()),
+                },
+                generation,
+            );
         }
         self.note_table_full(peer);
     }
@@ -245,7 +285,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                         let now = std::time::Instant::now();
                         state.table.borrow_mut().reconfigure(&to_limits(&config), now);
                         let excess = state.slots.borrow_mut().resize(config.limits.max_handshakes);
-                        for (_, (_, h)) in excess {
+                        for (_, (_, _, h)) in excess {
                             h.abort();
                         }
                         for t in accept_tasks.drain(..) {
@@ -292,7 +332,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
             }
         }
     }
-    for (_, (_, h)) in state.slots.borrow_mut().drain() {
+    for (_, (_, _, h)) in state.slots.borrow_mut().drain() {
         h.abort();
     }
     Ok(())
@@ -308,6 +348,7 @@ fn to_limits(cfg: &NetConfig) -> Limits {
         lockout_after: l.lockout_after,
         lockout_duration: l.lockout_duration,
         lockout_table: l.lockout_table,
+        verify_per_second: l.verify_per_second,
         exempt: cfg.exempt.clone(),
     }
 }
@@ -430,34 +471,31 @@ fn start_listeners(
 }
 
 async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol, index: u8) {
+    // A spare descriptor (a duplicate of the listener): when accept fails
+    // for lack of descriptors, it is closed to accept and close the
+    // waiting connection at once, so the queue drains instead of stalling.
+    let mut spare = dup_listener(&listener);
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // Typically EMFILE/ENFILE: log at most once per interval
-                // (near the limit, accepts succeed and fail in turn, so
-                // "once until the next success" would still flood), back
-                // off briefly so the loop does not spin, and keep serving.
-                let now = Instant::now();
-                let due = match state.accept_error_noted.get() {
-                    None => true,
-                    Some(last) => now.saturating_duration_since(last) >= ACCEPT_NOTE_INTERVAL,
-                };
-                if due {
-                    state.accept_error_noted.set(Some(now));
-                    let peer = Peer {
-                        listener: index,
-                        addr: local_ip(&listener),
-                        port: 0,
-                    };
-                    let errno = e.raw_os_error().unwrap_or(0) as u32;
-                    state.send(Request::Notice {
-                        notice: Notice::AcceptError,
-                        peer,
-                        value: errno,
-                    });
+                note_accept_error(&state, &listener, index, &e);
+                let emfile = e.raw_os_error() == Some(nix::libc::EMFILE);
+                if emfile && spare.take().is_some() {
+                    // Only a connection already waiting (the zero timeout
+                    // polls once): never wait here for a new one.
+                    if let Ok(Ok((s, _))) = timeout(Duration::ZERO, listener.accept()).await {
+                        drop(s);
+                    }
+                    spare = dup_listener(&listener);
+                } else {
+                    // Typically ENFILE or ENOBUFS: pause briefly so the loop
+                    // does not spin, and keep serving.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    if spare.is_none() {
+                        spare = dup_listener(&listener);
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -467,6 +505,22 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
             addr: ip,
             port: addr.port(),
         };
+        // Under pressure (every slot busy), a source with strikes is closed
+        // at once, without a greeting and before it takes a token, and so
+        // is one whose network holds more than its fair share of the slots
+        // (unless in good standing): a flood from known-bad sources or from
+        // a few networks then costs an accept and a close, the accept
+        // queue drains quickly, and clients from elsewhere take a slot.
+        // Evictions are not strikes, so an evicted client is not refused.
+        let refuse = {
+            let slots = state.slots.borrow();
+            let table = state.table.borrow();
+            slots.is_full()
+                && (table.has_strikes(ip) || (slots.over_share(ip) && !table.is_good(ip)))
+        };
+        if refuse {
+            continue;
+        }
         let admit = state
             .table
             .borrow_mut()
@@ -484,6 +538,17 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                 }
                 continue;
             }
+            Admit::OverBudget { first } => {
+                if first {
+                    let value = state.config.borrow().limits.verify_per_second.get();
+                    state.send(Request::Notice {
+                        notice: Notice::OverBudget,
+                        peer,
+                        value,
+                    });
+                }
+                continue;
+            }
         }
         state.note_table_full(peer);
         if state.slots.borrow_mut().take_full_note() {
@@ -494,30 +559,62 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                 value: cap,
             });
         }
-        // Under pressure (every slot busy), a source with strikes is closed
-        // at once, without a greeting, like a rate-limited one: a flood from
-        // known-bad sources then costs an accept and a close, the accept
-        // queue drains quickly, and only clean sources (a new client, or
-        // one whose last attempt succeeded) evict the oldest handshake.
-        let refuse = {
-            let slots = state.slots.borrow();
-            slots.is_full() && state.table.borrow().has_strikes(ip)
-        };
-        if refuse {
-            continue;
-        }
+        let generation = state.config.borrow().generation;
         let (id, evicted) = state.slots.borrow_mut().reserve();
-        if let Some((_, (old, handle))) = evicted {
-            handle.abort();
-            state.fail(old, Reason::Evicted);
-        }
         let task =
             tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, protocol, id));
         state
             .slots
             .borrow_mut()
-            .insert(id, ip, (peer, task.abort_handle()));
+            .insert(id, ip, (peer, generation, task.abort_handle()));
+        if let Some((_, (old, old_generation, handle))) = evicted {
+            // Not a failure of the evicted source: it only lost a race for
+            // a slot (logged with failures=0, so fail2ban ignores it).
+            handle.abort();
+            state.send_in(
+                Request::Fail {
+                    peer: old,
+                    reason: Reason::Evicted,
+                    failures: 0,
+                },
+                old_generation,
+            );
+            // Let the runtime drop the aborted task now, so its socket is
+            // closed before the next accept, not after a burst of them.
+            tokio::task::yield_now().await;
+        }
     }
+}
+
+/// Logs an accept failure, at most once per ACCEPT_NOTE_INTERVAL (near
+/// the limit, accepts succeed and fail in turn, so "once until the next
+/// success" would still flood).
+fn note_accept_error(state: &Rc<State>, listener: &TcpListener, index: u8, e: &std::io::Error) {
+    let now = Instant::now();
+    let due = match state.accept_error_noted.get() {
+        None => true,
+        Some(last) => now.saturating_duration_since(last) >= ACCEPT_NOTE_INTERVAL,
+    };
+    if due {
+        state.accept_error_noted.set(Some(now));
+        let peer = Peer {
+            listener: index,
+            addr: local_ip(listener),
+            port: 0,
+        };
+        let errno = e.raw_os_error().unwrap_or(0) as u32;
+        state.send(Request::Notice {
+            notice: Notice::AcceptError,
+            peer,
+            value: errno,
+        });
+    }
+}
+
+/// A duplicate of the listener's descriptor, held as the spare.
+fn dup_listener(listener: &TcpListener) -> Option<OwnedFd> {
+    use std::os::fd::AsFd;
+    listener.as_fd().try_clone_to_owned().ok()
 }
 
 fn local_ip(l: &TcpListener) -> IpAddr {
@@ -626,15 +723,16 @@ async fn send_challenge(
     challenge: &[u8],
     peer: Peer,
     deadline: Instant,
+    generation: u32,
 ) -> bool {
     match tokio::time::timeout_at(deadline, stream.write_all(challenge)).await {
         Ok(Ok(())) => true,
         Err(_) => {
-            state.fail(peer, Reason::Timeout);
+            state.fail(peer, Reason::Timeout, generation);
             false
         }
         Ok(Err(_)) => {
-            state.fail(peer, Reason::Reset);
+            state.fail(peer, Reason::Reset, generation);
             false
         }
     }
@@ -651,38 +749,56 @@ async fn postern2(
     let Ok(greeting) = wire::fresh_greeting() else {
         return random_failed(state, peer);
     };
-    if !send_challenge(state, &mut stream, &greeting, peer, deadline).await {
+    if !send_challenge(
+        state,
+        &mut stream,
+        &greeting,
+        peer,
+        deadline,
+        cfg.generation,
+    )
+    .await
+    {
         return;
     }
     let reply: [u8; REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
-        Err((reason, got)) => return closed_or_failed(state, peer, reason, got),
+        Err((reason, got)) => return closed_or_failed(state, peer, reason, got, cfg.generation),
     };
     let Some((i, asserted)) = cfg.postern.check_reply(&greeting, &reply) else {
-        return state.fail(peer, Reason::BadMac);
+        return state.fail(peer, Reason::BadMac, cfg.generation);
     };
     if sent_extra(&stream) {
-        return state.fail(peer, Reason::LongReply);
+        return state.fail(peer, Reason::LongReply, cfg.generation);
     }
     let (Some(action), Some(key)) = (cfg.postern_actions.get(i), cfg.postern.key(i)) else {
-        return state.fail(peer, Reason::BadMac);
+        return state.fail(peer, Reason::BadMac, cfg.generation);
     };
     // Authenticated: free the pre-auth slot so this handshake can no longer
-    // be evicted, and forgive the source's strikes.
+    // be evicted.
     drop(guard);
-    state.table.borrow_mut().succeed(peer.addr);
     let refuse = |why| Answer::because(Status::Refused, why);
     let answer = if action.bind_source && asserted != Some(peer.addr) {
-        state.fail(peer, Reason::BindMismatch);
+        // An authenticated reply from the wrong address (a relayed or
+        // replayed exchange): a failure like any other, counted before
+        // anything is forgiven, so repeated mismatches lock out.
+        state.fail(peer, Reason::BindMismatch, cfg.generation);
         Some(refuse(AckReason::AddressBinding))
-    } else if asserted.is_some_and(|a| !wire::asserted_allowed(a)) {
-        Some(refuse(AckReason::AddressNotAllowed))
     } else {
-        let target = asserted.unwrap_or(peer.addr);
-        match ask_monitor(state, cfg, action.index, peer, target).await {
-            Asked::Answer(a) => Some(a),
-            Asked::Busy => Some(refuse(AckReason::Busy)),
-            Asked::NoAnswer => None,
+        // Forgive the source's strikes; it is in good standing.
+        state
+            .table
+            .borrow_mut()
+            .succeed(peer.addr, std::time::Instant::now());
+        if asserted.is_some_and(|a| !wire::asserted_allowed(a)) {
+            Some(refuse(AckReason::AddressNotAllowed))
+        } else {
+            let target = asserted.unwrap_or(peer.addr);
+            match ask_monitor(state, cfg, action.index, peer, target).await {
+                Asked::Answer(a) => Some(a),
+                Asked::Busy => Some(refuse(AckReason::Busy)),
+                Asked::NoAnswer => None,
+            }
         }
     };
     let Some(answer) = answer else {
@@ -697,15 +813,18 @@ async fn postern2(
 /// sending a single byte is not counted (a client on the wrong protocol
 /// closes right after the challenge; PROTOCOL.md), anything else is a
 /// failure of its source.
-fn closed_or_failed(state: &Rc<State>, peer: Peer, reason: Reason, got: usize) {
+fn closed_or_failed(state: &Rc<State>, peer: Peer, reason: Reason, got: usize, generation: u32) {
     if reason == Reason::ShortReply && got == 0 {
-        state.send(Request::Notice {
-            notice: Notice::NoReply,
-            peer,
-            value: 0,
-        });
+        state.send_in(
+            Request::Notice {
+                notice: Notice::NoReply,
+                peer,
+                value: 0,
+            },
+            generation,
+        );
     } else {
-        state.fail(peer, reason);
+        state.fail(peer, reason, generation);
     }
 }
 
@@ -721,24 +840,27 @@ async fn ostiary4(
     if getrandom::getrandom(&mut salt).is_err() {
         return random_failed(state, peer);
     }
-    if !send_challenge(state, &mut stream, &salt, peer, deadline).await {
+    if !send_challenge(state, &mut stream, &salt, peer, deadline, cfg.generation).await {
         return;
     }
     let reply: [u8; OSTIARY_REPLY_LEN] = match read_reply(&stream, deadline).await {
         Ok(r) => r,
-        Err((reason, got)) => return closed_or_failed(state, peer, reason, got),
+        Err((reason, got)) => return closed_or_failed(state, peer, reason, got, cfg.generation),
     };
     let verdict = cfg.ostiary.check_ostiary(&salt, &reply);
     let Some(action) = verdict.and_then(|i| cfg.ostiary_actions.get(i)) else {
-        return state.fail(peer, Reason::BadMac);
+        return state.fail(peer, Reason::BadMac, cfg.generation);
     };
     if sent_extra(&stream) {
-        return state.fail(peer, Reason::LongReply);
+        return state.fail(peer, Reason::LongReply, cfg.generation);
     }
     drop(guard);
     // ostiary-4 sends nothing back: close first, then ask.
     drop(stream);
-    state.table.borrow_mut().succeed(peer.addr);
+    state
+        .table
+        .borrow_mut()
+        .succeed(peer.addr, std::time::Instant::now());
     let _ = ask_monitor(state, cfg, action.index, peer, peer.addr).await;
 }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use postern::config::{IpNet, Limits};
 use postern::ipc::{Down, Request, REQUEST_LEN};
-use postern::limits::{Admit, Slots, SourceKey, SourceTable, Strike};
+use postern::limits::{Admit, Network, Slots, SourceKey, SourceTable, Strike};
 use postern::mac::MacKey;
 use postern::secret::Key;
 use postern::wire::{self, Answer, Reason as AckReason, Status, Verifier, REPLY_LEN};
@@ -309,6 +309,24 @@ fn random_configs_and_peers_fire_only_on_valid_macs() {
 struct ModelEntry {
     failures: u32,
     locked_until: Option<Instant>,
+    good: bool,
+}
+
+/// A network's counter in the model: recent failures, forgotten after
+/// lockout_duration without one.
+#[derive(Debug, Clone)]
+struct ModelNet {
+    failures: u32,
+    last_failure: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// The enclosing networks of `ip` the table counts, with their factor.
+fn model_networks(ip: IpAddr) -> Vec<(Network, u32)> {
+    postern::limits::NETWORK_LOCKOUT
+        .iter()
+        .filter_map(|&(family, len, factor)| Network::of(ip, family, len).map(|n| (n, factor)))
+        .collect()
 }
 
 fn random_limits(rng: &mut Prng, capacity: usize) -> Limits {
@@ -320,6 +338,8 @@ fn random_limits(rng: &mut Prng, capacity: usize) -> Limits {
         lockout_after: NonZeroU32::new(rng.range(1, 5) as u32).unwrap(),
         lockout_duration: Duration::from_millis(rng.range(500, 60_000)),
         lockout_table: NonZeroUsize::new(capacity).unwrap(),
+        // The model checks lockouts, not the budget: never let it run out.
+        verify_per_second: NonZeroU32::new(1_000_000).unwrap(),
         exempt: if rng.chance(50) {
             vec![IpNet {
                 addr: "10.0.0.0".parse().unwrap(),
@@ -356,7 +376,8 @@ fn source_pool(rng: &mut Prng, n: usize) -> Vec<IpAddr> {
 // IPv4 and IPv6 sources at random times, the table never holds more than
 // its capacity; an exempt source is never locked; and when the capacity
 // is large enough that nothing need be forgotten, every answer matches a
-// plain model of the lockout rules (per /32 and per /64).
+// plain model of the lockout rules (per /32 and per /64, and per
+// enclosing /24, /56 and /48, which a source in good standing passes).
 #[test]
 fn source_table_is_bounded_and_matches_the_model() {
     let seed = Prng::seed(0x7ab1e);
@@ -369,7 +390,13 @@ fn source_table_is_bounded_and_matches_the_model() {
             let mut k: Vec<SourceKey> = pool.iter().map(|ip| SourceKey::of(*ip)).collect();
             k.sort();
             k.dedup();
-            k.len()
+            let mut n: Vec<Network> = pool
+                .iter()
+                .flat_map(|ip| model_networks(*ip).into_iter().map(|(n, _)| n))
+                .collect();
+            n.sort();
+            n.dedup();
+            k.len() + n.len()
         };
         let roomy = rng.chance(50);
         let capacity = if roomy {
@@ -380,6 +407,7 @@ fn source_table_is_bounded_and_matches_the_model() {
         let limits = random_limits(&mut rng, capacity.max(1));
         let mut table = SourceTable::new(&limits);
         let mut model: HashMap<SourceKey, ModelEntry> = HashMap::new();
+        let mut nets: HashMap<Network, ModelNet> = HashMap::new();
         let exempt = |ip: IpAddr| limits.exempt.iter().any(|n| n.contains(ip));
         let t0 = Instant::now();
         let mut now = t0;
@@ -396,10 +424,17 @@ fn source_table_is_bounded_and_matches_the_model() {
                         assert!(!matches!(got, Admit::Locked), "{ctx}: exempt locked");
                     }
                     let m = model.entry(k).or_default();
-                    let locked = m.locked_until.is_some_and(|t| t > now) && !exempt(ip);
-                    if !locked {
+                    let own = m.locked_until.is_some_and(|t| t > now) && !exempt(ip);
+                    if !own {
                         m.locked_until = None;
                     }
+                    let net_locked = !m.good
+                        && !exempt(ip)
+                        && model_networks(ip).iter().any(|(n, _)| {
+                            nets.get(n)
+                                .is_some_and(|x| x.locked_until.is_some_and(|t| t > now))
+                        });
+                    let locked = own || net_locked;
                     if roomy {
                         assert_eq!(matches!(got, Admit::Locked), locked, "{ctx}: admit {got:?}");
                     }
@@ -410,9 +445,30 @@ fn source_table_is_bounded_and_matches_the_model() {
                         assert_eq!(got, Strike::Exempt, "{ctx}");
                         continue;
                     }
+                    let after = limits.lockout_after.get();
+                    for (n, factor) in model_networks(ip) {
+                        let x = nets.entry(n).or_insert(ModelNet {
+                            failures: 0,
+                            last_failure: now,
+                            locked_until: None,
+                        });
+                        if x.locked_until.is_some_and(|t| t <= now) {
+                            x.locked_until = None;
+                        }
+                        if now.duration_since(x.last_failure) >= limits.lockout_duration {
+                            x.failures = 0;
+                        }
+                        x.last_failure = now;
+                        x.failures += 1;
+                        if x.locked_until.is_none() && x.failures >= after * factor {
+                            x.failures = 0;
+                            x.locked_until = Some(now + limits.lockout_duration);
+                        }
+                    }
                     let m = model.entry(k).or_default();
+                    m.good = false;
                     m.failures += 1;
-                    let want = if m.failures >= limits.lockout_after.get() {
+                    let want = if m.failures >= after {
                         let f = m.failures;
                         m.failures = 0;
                         m.locked_until = Some(now + limits.lockout_duration);
@@ -427,10 +483,10 @@ fn source_table_is_bounded_and_matches_the_model() {
                     }
                 }
                 _ => {
-                    table.succeed(ip);
-                    if let Some(m) = model.get_mut(&k) {
-                        m.failures = 0;
-                    }
+                    table.succeed(ip, now);
+                    let m = model.entry(k).or_default();
+                    m.failures = 0;
+                    m.good = true;
                 }
             }
             assert!(
@@ -456,42 +512,71 @@ fn source_table_is_bounded_and_matches_the_model() {
     assert!(ops_total > 100_000, "only {ops_total} operations");
 }
 
-// Goal: the handshake slots never hold more than their capacity, evict
-// exactly the oldest handshake, and shrink by evicting the oldest.
+// Goal: the handshake slots never hold more than their capacity and, at
+// capacity or when shrunk, evict exactly what a plain model says: the
+// oldest handshake of the network (/24, /48) holding the most slots, ties
+// going to the network whose oldest handshake is oldest.
 #[test]
-fn slots_are_bounded_and_evict_the_oldest() {
+fn slots_are_bounded_and_evict_from_the_busiest_network() {
     let seed = Prng::seed(0x51075);
     let mut rng = Prng::new(seed);
+    let addrs: [IpAddr; 5] = [
+        "192.0.2.1".parse().unwrap(),
+        "192.0.2.77".parse().unwrap(),
+        "198.51.100.1".parse().unwrap(),
+        "2001:db8:1:2::1".parse().unwrap(),
+        "2001:db8:1:3::1".parse().unwrap(),
+    ];
+    // The model's victim: index into `live` (ids in insertion order).
+    let victim = |live: &[(u64, IpAddr)]| -> usize {
+        let mut best: Option<(usize, usize)> = None; // (count, first index)
+        for (i, (_, a)) in live.iter().enumerate() {
+            let net = Network::widest(*a);
+            if live[..i].iter().any(|(_, b)| Network::widest(*b) == net) {
+                continue; // not this network's oldest
+            }
+            let count = live
+                .iter()
+                .filter(|(_, b)| Network::widest(*b) == net)
+                .count();
+            if best.is_none_or(|(c, _)| count > c) {
+                best = Some((count, i));
+            }
+        }
+        best.map_or(0, |(_, i)| i)
+    };
     for case in 0..2000 {
         let mut cap = rng.range(1, 16) as usize;
         let mut slots: Slots<u64> = Slots::new(NonZeroUsize::new(cap).unwrap());
-        let mut live: Vec<u64> = Vec::new(); // ids in insertion order
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut live: Vec<(u64, IpAddr)> = Vec::new();
         for _ in 0..rng.range(1, 100) {
             let ctx = format!("seed {seed} case {case}");
             match rng.below(10) {
                 0..=5 => {
+                    let a = *rng.pick(&addrs);
                     let (id, evicted) = slots.reserve();
                     if live.len() >= cap {
-                        let oldest = live.remove(0);
-                        assert_eq!(evicted.map(|(_, h)| h), Some(oldest), "{ctx}");
+                        let (want, _) = live.remove(victim(&live));
+                        assert_eq!(evicted.map(|(_, h)| h), Some(want), "{ctx}");
                     } else {
                         assert!(evicted.is_none(), "{ctx}");
                     }
                     slots.insert(id, a, id);
-                    live.push(id);
+                    live.push((id, a));
                 }
                 6..=8 => {
                     if !live.is_empty() {
                         let i = rng.below(live.len() as u64) as usize;
-                        slots.remove(live.remove(i));
+                        slots.remove(live.remove(i).0);
                     }
                 }
                 _ => {
                     cap = rng.range(1, 16) as usize;
                     let out = slots.resize(NonZeroUsize::new(cap).unwrap());
-                    let excess = live.len().saturating_sub(cap);
-                    let want: Vec<u64> = live.drain(..excess).collect();
+                    let mut want = Vec::new();
+                    while live.len() > cap {
+                        want.push(live.remove(victim(&live)).0);
+                    }
                     let got: Vec<u64> = out.into_iter().map(|(_, h)| h).collect();
                     assert_eq!(got, want, "{ctx}");
                 }
@@ -500,6 +585,165 @@ fn slots_are_bounded_and_evict_the_oldest() {
             assert_eq!(slots.len(), live.len(), "{ctx}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Configs: what --check accepts, the network process loads.
+
+/// A random `[limits] exempt` entry: plain, IPv4-mapped, all-zero,
+/// covering the mapped range, with host bits set, or not a network.
+fn random_exempt(rng: &mut Prng) -> String {
+    let v4 = |rng: &mut Prng| Ipv4Addr::from(rng.next_u64() as u32);
+    let mask4 = |a: Ipv4Addr, p: u32| {
+        Ipv4Addr::from(u32::from(a) & u32::MAX.checked_shl(32 - p).unwrap_or(0))
+    };
+    let mask6 = |a: u128, p: u32| Ipv6Addr::from(a & u128::MAX.checked_shl(128 - p).unwrap_or(0));
+    match rng.below(24) {
+        0..=3 => {
+            let p = rng.range(0, 32) as u32;
+            format!("{}/{p}", mask4(v4(rng), p))
+        }
+        4..=7 => {
+            let p = rng.range(0, 128) as u32;
+            let a = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+            format!("{}/{p}", mask6(a, p))
+        }
+        8 => {
+            let p = rng.range(96, 128) as u32;
+            let a = u128::from(u32::from(v4(rng))) | (0xffffu128 << 32);
+            format!("{}/{p}", mask6(a, p))
+        }
+        9..=11 => rng
+            .pick(&[
+                "::/0",
+                "0.0.0.0/0",
+                "::/96",
+                "::ffff:0:0/95",
+                "::/80",
+                "::1",
+                "0.0.0.0",
+                "::",
+            ])
+            .to_string(),
+        12 => format!("{}", v4(rng)),
+        13 => format!("{}/{}", v4(rng), rng.range(1, 31)),
+        14 => rng
+            .pick(&["intranet", "10.0.0.0/33", "::/129", "10.0.0.0/-1", ""])
+            .to_string(),
+        15 => format!("::ffff:{}", v4(rng)),
+        16..=18 => format!("2001:db8:{:x}::/48", rng.below(65_536)),
+        19..=21 => format!("fe80::/{}", rng.range(10, 64)),
+        _ => format!("{}/24", mask4(v4(rng), 24)),
+    }
+}
+
+/// A random `[limits]` table around the edges of every range (now and
+/// then just past one); 127.0.0.0/8 is always exempt, so the test's own
+/// trigger is never locked or over budget.
+fn random_limits_table(rng: &mut Prng) -> String {
+    let mut t = String::from("[limits]\n");
+    let mut pick = |rng: &mut Prng, key: &str, valid: &[&str], invalid: &str| {
+        if rng.chance(50) {
+            let v = if rng.chance(3) {
+                invalid
+            } else {
+                *rng.pick(valid)
+            };
+            t.push_str(&format!("{key} = {v}\n"));
+        }
+    };
+    pick(
+        rng,
+        "handshake_timeout",
+        &["\"1s\"", "\"100ms\"", "\"5s\"", "\"365d\""],
+        "\"0s\"",
+    );
+    pick(rng, "max_handshakes", &["1", "256", "65536"], "65537");
+    pick(rng, "rate_burst", &["1", "10", "1000000"], "0");
+    pick(rng, "rate_per_minute", &["1", "30", "1000000"], "1000001");
+    pick(rng, "lockout_after", &["1", "5", "1000000"], "0");
+    pick(
+        rng,
+        "lockout_duration",
+        &["\"1s\"", "\"15m\"", "\"365d\""],
+        "\"0s\"",
+    );
+    pick(rng, "lockout_table", &["1", "4096", "262144"], "262145");
+    pick(rng, "verify_per_second", &["1", "200", "1000000"], "0");
+    let n = rng.below(4) as usize;
+    let mut nets = vec!["\"127.0.0.0/8\"".to_string()];
+    nets.extend((0..n).map(|_| format!("\"{}\"", random_exempt(rng))));
+    t.push_str(&format!("exempt = [{}]\n", nets.join(", ")));
+    t
+}
+
+// Goal: finding 7 — every generated config that `posternd --check`
+// accepts also loads in the network process: a running daemon reloads
+// into it and serves, and a fresh daemon starts on it; every config it
+// refuses is refused by a reload too, and the daemon serves on.
+#[test]
+fn configs_that_pass_check_load_in_the_network_process() {
+    let seed = Prng::seed(0xc4ec);
+    let mut rng = Prng::new(seed);
+    let s = Scratch::new("checkload");
+    let (k, b) = key();
+    let config = |s: &Scratch, limits: &str| {
+        format!(
+            "{}{limits}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nsingle_instance = false\nrun = [\"/bin/true\"]\n",
+            daemon_table(s)
+        )
+    };
+    let mut d = Daemon::start(Scratch::new("checkload-d"), &config(&s, ""));
+    let net = d.network_pid();
+    let (mut accepted, mut refused) = (0, 0);
+    for case in 0..60u32 {
+        let limits = random_limits_table(&mut rng);
+        let cfg = config(&s, &limits);
+        let ctx = format!("seed {seed} case {case}:\n{cfg}");
+        let path = s.path("case.toml");
+        write_private(&path, &cfg);
+        let ok = check_config(&path).status.success();
+        d.rewrite(&cfg);
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        if ok {
+            accepted += 1;
+            d.wait_log_n("reloaded", accepted, 10 * SEC);
+            if accepted % 10 == 1 {
+                let fs = Scratch::new("checkload-fresh");
+                let fcfg = config(&fs, &limits);
+                let fresh = Daemon::start(fs, &fcfg);
+                let src = Some(IpAddr::V4(Ipv4Addr::new(127, 78, case as u8, 1)));
+                assert_eq!(
+                    trigger_from(fresh.addr(), src, &k, None),
+                    Outcome::Ack(Status::Started),
+                    "fresh start, {ctx}"
+                );
+            }
+        } else {
+            refused += 1;
+            d.wait_log_n(
+                "reload failed; keeping the running config",
+                refused,
+                10 * SEC,
+            );
+        }
+        let src = Some(IpAddr::V4(Ipv4Addr::new(127, 77, case as u8, 1)));
+        assert_eq!(
+            trigger_from(d.addr(), src, &k, None),
+            Outcome::Ack(Status::Started),
+            "{ctx}"
+        );
+        assert!(
+            d.wait_exit(Duration::ZERO).is_none(),
+            "daemon exited, {ctx}"
+        );
+        assert!(pid_alive(net), "network process died, {ctx}");
+    }
+    eprintln!("{accepted} generated configs accepted and loaded, {refused} refused");
+    assert!(
+        accepted >= 10 && refused >= 10,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -823,6 +1067,7 @@ mod inproc {
             lockout_after: NonZeroU32::new(1000).unwrap(),
             lockout_duration: Duration::from_secs(60),
             lockout_table: NonZeroUsize::new(64).unwrap(),
+            verify_per_second: NonZeroU32::new(1_000_000).unwrap(),
             ack_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(1),
         }

@@ -115,6 +115,7 @@ async fn send_config(mon: &Channel, inp: &Input<'_>) {
         lockout_after: NonZeroU32::new(1_000_000).expect("1e6"),
         lockout_duration: Duration::from_secs(60),
         lockout_table: NonZeroUsize::new(64).expect("64"),
+        verify_per_second: NonZeroU32::new(1_000_000).expect("1000000"),
         ack_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
     };

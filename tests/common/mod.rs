@@ -15,6 +15,8 @@ use postern::mac::MacKey;
 use postern::secret::{b64_encode, Key};
 use postern::wire::{self, Answer, Status, ACK_LEN, GREETING_LEN};
 
+pub mod netns;
+
 /// A unique scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 

@@ -26,7 +26,10 @@ cat "$out"
 note "smoke run took $(($(date +%s) - start)) s, building included"
 
 missing=""
-for m in a b c d e; do
+# (f) needs root (a network namespace); without root it reports "n/a".
+measures="a b c d e"
+[ "$(id -u)" = 0 ] && measures="$measures f"
+for m in $measures; do
     # A table row "| m | what | result | target | verdict |" whose result
     # holds a number.
     grep -Eq "^\| $m \| [^|]+ \| [^|]*[0-9][^|]* \|" "$out" || missing="$missing $m"
@@ -36,6 +39,6 @@ if [ $rc -ne 0 ]; then
 elif [ -n "$missing" ]; then
     fail "no result row for measure(s):$missing"
 else
-    pass "every measure (a b c d e) ran and reported"
+    pass "every measure ($measures) ran and reported"
 fi
 finish
