@@ -220,6 +220,10 @@ fn code_defaults() -> BTreeMap<(String, String), Want> {
             Dur(defaults::LOCKOUT_DURATION),
         ),
         (k("limits", "lockout_table"), n(&defaults::LOCKOUT_TABLE)),
+        (
+            k("limits", "verify_per_second"),
+            n(&defaults::VERIFY_PER_SECOND),
+        ),
         (k("limits", "exempt"), t("[]")),
         (
             k("on_lockout", "timeout"),
