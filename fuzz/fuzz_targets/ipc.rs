@@ -25,7 +25,14 @@ fuzz_target!(|data: &[u8]| {
     for bytes in [body, &fixed[..]] {
         if let Ok(req) = Request::decode(bytes, listeners, actions) {
             assert_eq!(bytes.len(), REQUEST_LEN);
-            assert_eq!(&req.encode()[..], bytes, "decode is injective");
+            // Every request carries the config generation it was made
+            // under (a run holds it in its fields; the others beside them).
+            let generation = Request::generation_of(bytes).expect("a whole request");
+            assert_eq!(
+                &req.encode_for(generation)[..],
+                bytes,
+                "decode is injective"
+            );
             let peer = match req {
                 Request::Run {
                     action,
