@@ -266,35 +266,33 @@ pub struct Gates {
     outcome: RefCell<HashMap<String, Answer>>,
 }
 
-/// Marks a gate as opening for as long as it lives (even if the opening
-/// task is cancelled), then wakes triggers waiting for the outcome.
-struct Opening<'a> {
-    gates: &'a Gates,
+/// Marks a gate as being opened or closed for as long as it lives (even
+/// if the task doing it is cancelled), then wakes whoever waits for that
+/// to finish: triggers waiting for an opening's outcome, openings waiting
+/// for a close.
+struct Busy<'a> {
+    set: &'a RefCell<HashSet<String>>,
+    done: &'a Notify,
     name: String,
 }
 
-impl Drop for Opening<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut o) = self.gates.opening.try_borrow_mut() {
-            o.remove(&self.name);
+impl<'a> Busy<'a> {
+    fn mark(set: &'a RefCell<HashSet<String>>, done: &'a Notify, name: &str) -> Busy<'a> {
+        set.borrow_mut().insert(name.to_string());
+        Busy {
+            set,
+            done,
+            name: name.to_string(),
         }
-        self.gates.opened.notify_waiters();
     }
 }
 
-/// Marks a gate as closing for as long as it lives (even if the closing
-/// task is cancelled), then wakes openings waiting for it.
-struct Closing<'a> {
-    gates: &'a Gates,
-    name: String,
-}
-
-impl Drop for Closing<'_> {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.gates.closing.try_borrow_mut() {
-            c.remove(&self.name);
+        if let Ok(mut s) = self.set.try_borrow_mut() {
+            s.remove(&self.name);
         }
-        self.gates.closed.notify_waiters();
+        self.done.notify_waiters();
     }
 }
 
@@ -447,11 +445,7 @@ impl Gates {
         addr: IpAddr,
     ) -> Answer {
         let name = action.name.clone();
-        self.opening.borrow_mut().insert(name.clone());
-        let _opening = Opening {
-            gates: self,
-            name: name.clone(),
-        };
+        let _opening = Busy::mark(&self.opening, &self.opened, &name);
         let answer = self.open_inner(monitor, config, action, addr).await;
         self.outcome.borrow_mut().insert(name, answer);
         answer
@@ -762,11 +756,7 @@ impl Gates {
         let Some(o) = self.open.borrow_mut().remove(name) else {
             return;
         };
-        self.closing.borrow_mut().insert(name.to_string());
-        let _closing = Closing {
-            gates: self,
-            name: name.to_string(),
-        };
+        let _closing = Busy::mark(&self.closing, &self.closed, name);
         if o.record.serve {
             stop_serve(o.record.pid, child).await;
         } else if let Some(a) = action {

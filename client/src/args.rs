@@ -218,6 +218,21 @@ fn name_value(flag: &str, value: String) -> Result<String, UsageError> {
     }
 }
 
+/// Whole seconds from 1 to [`MAX_TIMEOUT_SECS`], for `--timeout` and
+/// `--ack-timeout`.
+fn seconds_value(flag: &str, value: &str) -> Result<Duration, UsageError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (1..=MAX_TIMEOUT_SECS).contains(s))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            usage(format!(
+                "{flag} {value:?}: use whole seconds from 1 to {MAX_TIMEOUT_SECS}"
+            ))
+        })
+}
+
 fn path_value(flag: &str, value: String) -> Result<PathBuf, UsageError> {
     if value.is_empty() {
         return Err(usage(format!("{flag} needs a file name")));
@@ -373,30 +388,12 @@ fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
                 set_once(&mut a.assert_addr, &o, ip)?;
             }
             "--timeout" => {
-                let v = t.value(&o, v)?;
-                let secs = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| (1..=MAX_TIMEOUT_SECS).contains(s))
-                    .ok_or_else(|| {
-                        usage(format!(
-                            "--timeout {v:?}: use whole seconds from 1 to {MAX_TIMEOUT_SECS}"
-                        ))
-                    })?;
-                set_once(&mut a.timeout, &o, Duration::from_secs(secs))?;
+                let d = seconds_value(&o, &t.value(&o, v)?)?;
+                set_once(&mut a.timeout, &o, d)?;
             }
             "--ack-timeout" => {
-                let v = t.value(&o, v)?;
-                let secs = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| (1..=MAX_TIMEOUT_SECS).contains(s))
-                    .ok_or_else(|| {
-                        usage(format!(
-                            "--ack-timeout {v:?}: use whole seconds from 1 to {MAX_TIMEOUT_SECS}"
-                        ))
-                    })?;
-                set_once(&mut a.ack_timeout, &o, Duration::from_secs(secs))?;
+                let d = seconds_value(&o, &t.value(&o, v)?)?;
+                set_once(&mut a.ack_timeout, &o, d)?;
             }
             "--protocol" => {
                 let v = t.value(&o, v)?;
