@@ -563,7 +563,7 @@ fn wrong_reply() -> [u8; REPLY_LEN] {
 // ---------------------------------------------------------------------------
 // The bare baseline server (a separate process, like posternd's network
 // process): accept, write 36 bytes, read 48 bytes, close. Same listening
-// socket set-up as posternd (postern::listen::bind_listener), same
+// socket set-up as posternd (postern::monitor::listen::bind_listener), same
 // current-thread runtime; nothing else: no socket options, no randomness,
 // no crypto, no limits, no logging.
 
@@ -572,7 +572,7 @@ fn baseline_server(addr: &str) -> i32 {
         eprintln!("load: --baseline-server needs ADDR:PORT");
         return 64;
     };
-    let fd: OwnedFd = match postern::listen::bind_listener(addr) {
+    let fd: OwnedFd = match postern::monitor::listen::bind_listener(addr) {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("load: baseline: {e}");

@@ -1063,7 +1063,7 @@ impl Cx<'_> {
                 );
             } else if dir.is_dir() {
                 // A missing one is created and checked at start-up.
-                if let Err(e) = crate::state::StateDir::open(dir, false) {
+                if let Err(e) = crate::monitor::state::StateDir::open(dir, false) {
                     self.err("daemon.state_dir", Some(v.span()), e.to_string());
                 }
             }

@@ -20,14 +20,14 @@ systemd (conf/posternd.service) or another supervisor.";
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--network-child") {
-        return code(postern::daemon::network_child(&args[1..]));
+        return code(postern::monitor::daemon::network_child(&args[1..]));
     }
     if args.first().map(String::as_str) == Some("init") {
         if matches!(args.get(1).map(String::as_str), Some("--help" | "-h")) {
-            println!("{}", postern::init::USAGE);
+            println!("{}", postern::monitor::init::USAGE);
             return ExitCode::SUCCESS;
         }
-        return ExitCode::from(postern::init::main(&args[1..]));
+        return ExitCode::from(postern::monitor::init::main(&args[1..]));
     }
     let mut config: Option<PathBuf> = None;
     let mut check = false;
@@ -54,13 +54,13 @@ fn main() -> ExitCode {
         return usage("--config FILE is required");
     };
     if check {
-        return if postern::daemon::check(&path) {
+        return if postern::monitor::daemon::check(&path) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         };
     }
-    match postern::daemon::run(&path) {
+    match postern::monitor::daemon::run(&path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("posternd: {e}");

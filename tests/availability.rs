@@ -276,7 +276,7 @@ fn round_robin(
 /// The most guesses the verification budget lets through in `elapsed`:
 /// its burst plus its rate, with one second of slack.
 fn budget_bound(per_second: u64, elapsed: Duration) -> u64 {
-    let burst = per_second * u64::from(postern::limits::VERIFY_BURST_SECONDS);
+    let burst = per_second * u64::from(postern::net::limits::VERIFY_BURST_SECONDS);
     burst + per_second * (elapsed.as_secs() + 1)
 }
 

@@ -626,7 +626,7 @@ fn state_records_from_a_jumping_clock() {
         .arg("60")
         .spawn()
         .unwrap();
-    let now = postern::gate::unix_now();
+    let now = postern::monitor::gate::unix_now();
     let state = s.path("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(
@@ -683,7 +683,7 @@ fn damaged_state_records_fail_closed() {
     std::fs::write(&open, b"").unwrap();
     let state = s.path("state");
     std::fs::create_dir_all(&state).unwrap();
-    let now = postern::gate::unix_now();
+    let now = postern::monitor::gate::unix_now();
     std::fs::write(
         state.join("gates.state"),
         format!(

@@ -13,7 +13,7 @@ use common::*;
 use postern::channel::{self, Channel};
 use postern::config::LogTarget;
 use postern::ipc::{Peer, Reason, Request, REQUEST_LEN};
-use postern::log::Logger;
+use postern::monitor::log::Logger;
 use postern::monitor::{Monitor, MonitorError, NetChild};
 use postern::wire::Status;
 

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use postern::config::{IpNet, Limits};
 use postern::ipc::{Down, Request, REQUEST_LEN};
-use postern::limits::{Admit, Network, Slots, SourceKey, SourceTable, Strike};
 use postern::mac::MacKey;
+use postern::net::limits::{Admit, Network, Slots, SourceKey, SourceTable, Strike};
 use postern::secret::Key;
 use postern::wire::{self, Answer, Reason as AckReason, Status, Verifier, REPLY_LEN};
 
@@ -323,7 +323,7 @@ struct ModelNet {
 
 /// The enclosing networks of `ip` the table counts, with their factor.
 fn model_networks(ip: IpAddr) -> Vec<(Network, u32)> {
-    postern::limits::NETWORK_LOCKOUT
+    postern::net::limits::NETWORK_LOCKOUT
         .iter()
         .filter_map(|&(family, len, factor)| Network::of(ip, family, len).map(|n| (n, factor)))
         .collect()

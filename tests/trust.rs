@@ -284,7 +284,7 @@ fn recovery_never_kills_an_unrelated_group() {
     let state = s.path("state");
     std::fs::create_dir_all(&state).unwrap();
     set_mode(&state, 0o700);
-    let now = postern::gate::unix_now();
+    let now = postern::monitor::gate::unix_now();
     let boot = this_boot();
     std::fs::write(
         state.join("gates.state"),
@@ -591,7 +591,7 @@ fn unreadable_record_closes_the_whole_door() {
     let state = s.path("state");
     std::fs::create_dir_all(&state).unwrap();
     set_mode(&state, 0o700);
-    let now = postern::gate::unix_now();
+    let now = postern::monitor::gate::unix_now();
     std::fs::write(
         state.join("gates.state"),
         format!(

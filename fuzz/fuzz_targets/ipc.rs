@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(v6.to_ipv4_mapped().is_none());
             }
             // What the monitor does with a source: key it and print it.
-            let _ = postern::limits::SourceKey::of(peer.addr).to_string();
+            let _ = postern::net::limits::SourceKey::of(peer.addr).to_string();
         }
     }
 

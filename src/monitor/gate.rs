@@ -31,14 +31,14 @@ use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::action::{self, Spec};
 use crate::config::{Action, ActionKind, Argv, Config, Gate};
-use crate::log::{Level, Logger};
+use crate::monitor::action::{self, Spec};
+use crate::monitor::log::{Level, Logger};
+use crate::monitor::state::{ReadState, StateDir, StateDirError};
 use crate::monitor::Monitor;
-use crate::state::{ReadState, StateDir, StateDirError};
 use crate::wire::{Answer, Reason, Status};
 
-pub use crate::state::STATE_FILE;
+pub use crate::monitor::state::STATE_FILE;
 /// How long a freshly started `serve` program must stay up before the
 /// trigger is acknowledged as started.
 pub const SERVE_SETTLE: Duration = Duration::from_millis(150);
@@ -246,7 +246,7 @@ pub struct Gates {
     /// error makes every gate refuse to open.
     state: RefCell<Result<StateDir, StateDirError>>,
     /// Where gate cgroups go, if the system has a cgroup2 hierarchy.
-    cgroups: Option<crate::cgroup::Base>,
+    cgroups: Option<crate::monitor::cgroup::Base>,
     /// Whether "no cgroup" was logged.
     cgroup_noted: std::cell::Cell<bool>,
     /// Cgroups of closed gates still holding processes (sessions).
@@ -303,7 +303,7 @@ impl Gates {
             logger,
             state_dir: RefCell::new(config.daemon.state_dir.clone()),
             state: RefCell::new(StateDir::open(&config.daemon.state_dir, true)),
-            cgroups: crate::cgroup::Base::detect(),
+            cgroups: crate::monitor::cgroup::Base::detect(),
             cgroup_noted: std::cell::Cell::new(false),
             lingering: RefCell::new(Vec::new()),
             open: RefCell::new(HashMap::new()),
@@ -813,7 +813,7 @@ impl Gates {
 
     /// A new cgroup for one of gate `name`'s commands, or `None` where
     /// the system allows none (then logged once).
-    fn new_cgroup(&self, name: &str) -> Option<crate::cgroup::Cgroup> {
+    fn new_cgroup(&self, name: &str) -> Option<crate::monitor::cgroup::Cgroup> {
         let made = match &self.cgroups {
             Some(base) => base.create(name).map_err(|e| e.to_string()),
             None => Err("no writable cgroup2 hierarchy".to_string()),
@@ -896,7 +896,7 @@ impl Gates {
     async fn kill_leftovers(&self, r: &Record, boot: &str) {
         if let Some(path) = r.cgroup.as_deref() {
             if self.cgroups.as_ref().is_some_and(|b| b.is_ours(path)) {
-                let killed = crate::cgroup::kill_and_remove(path).await;
+                let killed = crate::monitor::cgroup::kill_and_remove(path).await;
                 if killed > 0 {
                     self.log(
                         Level::Notice,
@@ -945,7 +945,7 @@ impl Gates {
         if !ours {
             return;
         }
-        let killed = crate::cgroup::kill_and_remove(path).await;
+        let killed = crate::monitor::cgroup::kill_and_remove(path).await;
         if killed > 0 {
             self.log(
                 Level::Notice,

@@ -10,6 +10,15 @@
 //! logging, config reload (SIGHUP) and shutdown (SIGTERM, SIGINT, or the
 //! `shutdown` builtin).
 
+pub mod action;
+pub mod cgroup;
+pub mod daemon;
+pub mod gate;
+pub mod init;
+pub mod listen;
+pub mod log;
+pub mod state;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -23,13 +32,13 @@ use tokio::process::Child;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::action::{self, Spec};
 use crate::channel::Channel;
 use crate::config::{self, ActionKind, ActionSecret, Config, Protocol};
-use crate::gate::Gates;
 use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
-use crate::listen::{bind_listener, local_addr, ListenError};
-use crate::log::{Level, Logger};
+use crate::monitor::action::Spec;
+use crate::monitor::gate::Gates;
+use crate::monitor::listen::{bind_listener, local_addr, ListenError};
+use crate::monitor::log::{Level, Logger};
 use crate::secret::Password;
 use crate::wire::{Answer, Reason, Status};
 
@@ -567,7 +576,7 @@ impl Monitor {
                     &format!(
                         "lockout src={} source={} failures={failures} duration={}s",
                         peer.addr,
-                        crate::limits::SourceKey::of(peer.addr),
+                        crate::net::limits::SourceKey::of(peer.addr),
                         duration.as_secs()
                     ),
                 );
@@ -605,11 +614,11 @@ impl Monitor {
                     ),
                     Notice::NetworkLocked => {
                         let len = value.min(128) as u8;
-                        let net = crate::limits::NETWORK_LOCKOUT
+                        let net = crate::net::limits::NETWORK_LOCKOUT
                             .iter()
                             .find(|(_, l, _)| *l == len)
                             .and_then(|&(family, l, factor)| {
-                                crate::limits::Network::of(peer.addr, family, l).map(|n| (n, factor))
+                                crate::net::limits::Network::of(peer.addr, family, l).map(|n| (n, factor))
                             });
                         let Some((net, factor)) = net else {
                             return;
@@ -928,10 +937,10 @@ impl Monitor {
         // Retired keys are unlocked before they are freed (unless a running
         // action still holds them), then the new ones locked.
         if let Some(Ok(old)) = retired.map(|(_, c)| Rc::try_unwrap(c)) {
-            crate::daemon::unlock_keys(&old);
+            crate::monitor::daemon::unlock_keys(&old);
         }
         let current = Rc::clone(&self.book.borrow().config);
-        if !crate::daemon::lock_keys(&current) {
+        if !crate::monitor::daemon::lock_keys(&current) {
             self.log(
                 Level::Warning,
                 "keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",

@@ -21,6 +21,9 @@
 //! 6. on success the monitor is asked to run the action and the signed ack
 //!    carries its answer; on failure the connection just closes.
 
+pub mod limits;
+pub mod privsep;
+
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSliceMut;
@@ -38,7 +41,7 @@ use tokio::time::{timeout, Instant};
 use crate::channel::Channel;
 use crate::config::{IpNet, Limits, Protocol};
 use crate::ipc::{Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
-use crate::limits::{Admit, Slots, SourceTable, Strike};
+use crate::net::limits::{Admit, Slots, SourceTable, Strike};
 use crate::secret::{Key, Password, KEY_LEN};
 use crate::wire::{
     self, Answer, Reason as AckReason, Status, Verifier, OSTIARY_REPLY_LEN, OSTIARY_SALT_LEN,

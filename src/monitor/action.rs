@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use crate::config::{Argv, RunAs};
-use crate::log::{Level, Logger};
+use crate::monitor::log::{Level, Logger};
 
 /// The fixed PATH given to every command.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -100,7 +100,7 @@ pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> 
 pub fn start_in(
     spec: &Spec<'_>,
     logger: &Arc<Logger>,
-    cgroup: Option<&crate::cgroup::Cgroup>,
+    cgroup: Option<&crate::monitor::cgroup::Cgroup>,
 ) -> std::io::Result<Started> {
     let argv = spec.argv.render(&spec.addr, spec.action);
     let mut cmd = Command::new(spec.argv.program());
@@ -120,7 +120,7 @@ pub fn start_in(
         spec.run_as.map(|r| (r.uid, r.gid)),
         true,
         false,
-        cgroup.map(crate::cgroup::Cgroup::procs),
+        cgroup.map(crate::monitor::cgroup::Cgroup::procs),
     );
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);

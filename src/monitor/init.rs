@@ -41,7 +41,7 @@ pub const CONFIG_NAME: &str = "posternd.toml";
 /// The config `postern-server` installs as a conffile: what [`config_text`]
 /// writes with the default options and [`SYSTEM_USER`] (a unit test keeps
 /// the two equal).
-pub const PACKAGED_CONFIG: &str = include_str!("../pkg/posternd.toml");
+pub const PACKAGED_CONFIG: &str = include_str!("../../pkg/posternd.toml");
 
 /// The usage text of `posternd init`.
 pub const USAGE: &str =

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use crate::channel::{self, Channel};
 use crate::config;
-use crate::listen;
-use crate::log::{Level, Logger};
+use crate::monitor::listen;
+use crate::monitor::log::{Level, Logger};
 use crate::monitor::{self, Monitor, NetChild};
 use crate::net;
-use crate::privsep::{self, Jail};
+use crate::net::privsep::{self, Jail};
 
 /// Descriptors the network process may use beyond two per handshake
 /// slot (one live, one evicted and not yet closed) and one per waiting
@@ -41,7 +41,7 @@ pub fn check(path: &Path) -> bool {
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
-            if let Some(w) = crate::init::shared_user_warning(&cfg.daemon.user.name) {
+            if let Some(w) = crate::monitor::init::shared_user_warning(&cfg.daemon.user.name) {
                 eprintln!("warning: {w}");
             }
             println!(
@@ -94,7 +94,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     for w in &config.warnings {
         logger.log(Level::Warning, &format!("config: {w}"));
     }
-    if let Some(w) = crate::init::shared_user_warning(&config.daemon.user.name) {
+    if let Some(w) = crate::monitor::init::shared_user_warning(&config.daemon.user.name) {
         logger.log(Level::Warning, &format!("config: {w}"));
     }
     for w in &activation_warnings {
@@ -200,7 +200,7 @@ pub fn unlock_keys(config: &config::Config) {
 /// root can change it or any directory above it (see `state.rs`).
 fn prepare_state_dir(dir: &Path) -> Result<(), StartError> {
     let existed = dir.exists();
-    crate::state::StateDir::open(dir, true)
+    crate::monitor::state::StateDir::open(dir, true)
         .map(drop)
         .map_err(|e| match existed {
             true => StartError(format!("state_dir {e}")),
