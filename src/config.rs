@@ -71,6 +71,13 @@
 //! cooldown = "0s"                 # minimum time between two starts
 //! single_instance = true          # a trigger while running answers "already active"
 //! bind_source = false             # postern-2 only: the asserted address must be the source
+//! per_address = false             # gates: one instance per address (asserted, else source)
+//! max_addresses = 64              # 1..=4096; only with per_address: addresses open at once
+//!
+//! [[action]]                      # a closing action: closes a gate now
+//! name = "sshd.close"             # the client's convention: GATE.close
+//! key_file = "keys/sshd.close.key"   # its own secret, like any action
+//! closes = "sshd"                 # a gate action of this file; takes no other keys but bind_source
 //! ```
 //!
 //! Durations are strings of number-unit pairs: `"500ms"`, `"30s"`, `"15m"`,
@@ -183,6 +190,15 @@ pub mod defaults {
     pub const SINGLE_INSTANCE: bool = true;
     /// `[[action]] bind_source`.
     pub const BIND_SOURCE: bool = false;
+    /// `[[action]] per_address`: one gate for the action, not one per
+    /// address.
+    pub const PER_ADDRESS: bool = false;
+    /// `[[action]] max_addresses`: addresses a per-address gate is open
+    /// for at once.
+    pub const MAX_ADDRESSES: usize = 64;
+    /// Hard bound on `max_addresses`: each open address is a record in
+    /// the state file, a deadline timer and, for `serve`, a process.
+    pub const MAX_ADDRESSES_LIMIT: usize = 4096;
 
     /// Hard bound on an action name's length in bytes.
     pub const MAX_ACTION_NAME: usize = 64;
@@ -438,6 +454,13 @@ pub enum ActionKind {
     },
     /// `builtin = "shutdown"`: stop posternd.
     Shutdown,
+    /// `closes = "NAME"`: close gate NAME now (for the requesting
+    /// address, if it is per address). NAME is checked to be a gate
+    /// action of the same config.
+    Close {
+        /// The gate action's name.
+        gate: String,
+    },
 }
 
 /// How long a gate stays open.
@@ -459,6 +482,10 @@ pub struct Gate {
     /// address it was opened for is unknown. Required when `stop` uses
     /// `{addr}`; never uses `{addr}` itself.
     pub stop_all: Option<Argv>,
+    /// `per_address`: `Some(max_addresses)` gives each address its own
+    /// instance (deadline, extension, ceiling), at most that many open at
+    /// once; `None` is one gate for the action.
+    pub per_address: Option<NonZeroUsize>,
 }
 
 /// One problem in a config file.
@@ -712,6 +739,9 @@ struct RawAction {
     cooldown: Opt<RawDuration>,
     single_instance: Opt<bool>,
     bind_source: Opt<bool>,
+    per_address: Opt<bool>,
+    max_addresses: Opt<i64>,
+    closes: Opt<String>,
 }
 
 /// An inline secret, zeroized when the raw config is dropped.
@@ -1474,7 +1504,8 @@ impl Cx<'_> {
                 }
             }
         }
-        ok.then_some(out)
+        let closes = ok && self.check_closes(raw, &out);
+        closes.then_some(out)
     }
 
     /// One action, with the name and span of its secret key.
@@ -1515,7 +1546,8 @@ impl Cx<'_> {
         };
         let secret = self.secret(prefix, raw, protocols);
         let kind = self.kind(prefix, raw);
-        let builtin = a.builtin.is_some();
+        // A builtin or a closing action runs no command of its own.
+        let builtin = a.builtin.is_some() || a.closes.is_some();
         let run_as = if builtin {
             Some(None)
         } else {
@@ -1749,6 +1781,7 @@ impl Cx<'_> {
             ("run", a.run.as_ref().map(Spanned::span)),
             ("serve", a.serve.as_ref().map(Spanned::span)),
             ("builtin", a.builtin.as_ref().map(Spanned::span)),
+            ("closes", a.closes.as_ref().map(Spanned::span)),
         ]
         .into_iter()
         .filter_map(|(k, s)| s.map(|s| (k, s)))
@@ -1758,7 +1791,7 @@ impl Cx<'_> {
                 self.err(
                     prefix,
                     Some(raw.span()),
-                    "nothing to do; set exactly one of run, serve or builtin",
+                    "nothing to do; set exactly one of run, serve, builtin or closes",
                 );
                 return None;
             }
@@ -1768,7 +1801,7 @@ impl Cx<'_> {
                     dotted(prefix, second.0),
                     Some(second.1.clone()),
                     format!(
-                        "{} and {} are both set; an action does one thing, so keep exactly one of run, serve or builtin",
+                        "{} and {} are both set; an action does one thing, so keep exactly one of run, serve, builtin or closes",
                         first.0, second.0
                     ),
                 );
@@ -1777,6 +1810,9 @@ impl Cx<'_> {
         }
         if let Some(b) = &a.builtin {
             return self.builtin(prefix, a, b);
+        }
+        if let Some(g) = &a.closes {
+            return self.closes(prefix, a, g);
         }
         if let Some(serve) = &a.serve {
             let argv = self.argv(&dotted(prefix, "serve"), serve);
@@ -1835,6 +1871,24 @@ impl Cx<'_> {
             );
             ok = false;
         }
+        let bare = self.no_command_keys(prefix, a, "a builtin action");
+        (ok && bare).then_some(ActionKind::Shutdown)
+    }
+
+    /// `closes = "NAME"`: a closing action, which takes no command keys.
+    /// That NAME is a gate of this config is checked once every action is
+    /// built ([`Cx::check_closes`]).
+    fn closes(&mut self, prefix: &str, a: &RawAction, g: &Spanned<String>) -> Option<ActionKind> {
+        let bare = self.no_command_keys(prefix, a, "a closing action (it runs its gate's stop)");
+        bare.then(|| ActionKind::Close {
+            gate: g.get_ref().clone(),
+        })
+    }
+
+    /// Every key that configures commands or a gate is refused for an
+    /// action that has none (`what`). True when none is set.
+    fn no_command_keys(&mut self, prefix: &str, a: &RawAction, what: &str) -> bool {
+        let mut ok = true;
         let extra = [
             ("stop", a.stop.as_ref().map(Spanned::span)),
             ("stop_all", a.stop_all.as_ref().map(Spanned::span)),
@@ -1851,18 +1905,48 @@ impl Cx<'_> {
                 "single_instance",
                 a.single_instance.as_ref().map(Spanned::span),
             ),
+            ("per_address", a.per_address.as_ref().map(Spanned::span)),
+            ("max_addresses", a.max_addresses.as_ref().map(Spanned::span)),
         ];
         for (k, span) in extra {
             if let Some(span) = span {
                 self.err(
                     dotted(prefix, k),
                     Some(span),
-                    format!("{k} has no meaning for a builtin action; remove it"),
+                    format!("{k} has no meaning for {what}; remove it"),
                 );
                 ok = false;
             }
         }
-        ok.then_some(ActionKind::Shutdown)
+        ok
+    }
+
+    /// Each closing action names a gate action of this config, and not
+    /// another closing action or a builtin.
+    fn check_closes(&mut self, raw: &[Spanned<RawAction>], built: &[Action]) -> bool {
+        let mut ok = true;
+        for (i, a) in raw.iter().enumerate() {
+            let Some(g) = &a.get_ref().closes else {
+                continue;
+            };
+            let target = built.iter().find(|b| b.name == *g.get_ref());
+            let problem = match target.map(|t| &t.kind) {
+                None => Some(format!(
+                    "no action named \"{}\"; closes names the gate action it closes",
+                    g.get_ref()
+                )),
+                Some(ActionKind::Run { gate: Some(_), .. } | ActionKind::Serve { .. }) => None,
+                Some(_) => Some(format!(
+                    "\"{}\" is not a gate (run with stop, or serve), so there is nothing to close; name a gate action",
+                    g.get_ref()
+                )),
+            };
+            if let Some(p) = problem {
+                self.err(format!("action[{}].closes", i + 1), Some(g.span()), p);
+                ok = false;
+            }
+        }
+        ok
     }
 
     /// A run action without stop: refuses every gate key. True when none
@@ -1890,6 +1974,8 @@ impl Cx<'_> {
             ("max_open", a.max_open.as_ref().map(Spanned::span)),
             ("hold_while", a.hold_while.as_ref().map(Spanned::span)),
             ("hold_interval", a.hold_interval.as_ref().map(Spanned::span)),
+            ("per_address", a.per_address.as_ref().map(Spanned::span)),
+            ("max_addresses", a.max_addresses.as_ref().map(Spanned::span)),
         ];
         for (k, span) in gate_keys {
             if let (Some(span), true) = (span, a.ttl.is_none()) {
@@ -1980,6 +2066,7 @@ impl Cx<'_> {
                 .map_or(defaults::MAX_DURATION, |d| d.min(defaults::MAX_DURATION)),
             None => ttl,
         };
+        let per_address = self.per_address(prefix, a, opener);
         Some(Gate {
             ttl,
             extend,
@@ -1987,7 +2074,62 @@ impl Cx<'_> {
             hold_while: hold_while?,
             hold_interval: hold_interval?,
             stop_all: None,
+            per_address: per_address?,
         })
+    }
+
+    /// `per_address` and `max_addresses` of a gate. A per-address gate
+    /// opens and closes one address at a time, so its opener (`run` or
+    /// `serve`) and its `stop` must use `{addr}`.
+    fn per_address(
+        &mut self,
+        prefix: &str,
+        a: &RawAction,
+        opener: &str,
+    ) -> Option<Option<NonZeroUsize>> {
+        let on = a
+            .per_address
+            .as_ref()
+            .map_or(defaults::PER_ADDRESS, |v| *v.get_ref());
+        if !on {
+            if let Some(m) = &a.max_addresses {
+                self.err(
+                    dotted(prefix, "max_addresses"),
+                    Some(m.span()),
+                    "max_addresses only applies with per_address = true; set it or remove max_addresses",
+                );
+                return None;
+            }
+            return Some(None);
+        }
+        let uses_addr = |v: &RawArgv| v.get_ref().iter().any(|x| x.get_ref().contains("{addr}"));
+        let mut ok = true;
+        let commands = [
+            ("run", a.run.as_ref()),
+            ("serve", a.serve.as_ref()),
+            ("stop", a.stop.as_ref()),
+        ];
+        for (k, argv) in commands {
+            let Some(argv) = argv else { continue };
+            if k == "run" && opener == "serve" {
+                continue;
+            }
+            if !uses_addr(argv) {
+                self.err(
+                    dotted(prefix, k),
+                    Some(argv.span()),
+                    format!("per_address opens and closes one address at a time, but {k} does not use {{addr}}; add {{addr}} to {k}, or remove per_address"),
+                );
+                ok = false;
+            }
+        }
+        let max = self.count_usize(
+            &dotted(prefix, "max_addresses"),
+            a.max_addresses.as_ref(),
+            defaults::MAX_ADDRESSES,
+            defaults::MAX_ADDRESSES_LIMIT,
+        );
+        ok.then_some(Some(max?))
     }
 
     // --- Shared value checks ------------------------------------------------
@@ -2800,6 +2942,49 @@ builtin = "shutdown"
         assert_eq!(syslog.daemon.log, LogTarget::Syslog { facility: 4 });
     }
 
+    // Goal: per_address gives a gate its bound (default, or as set), and
+    // a closing action parses into the gate it closes.
+    #[test]
+    fn per_address_and_closes_parse() {
+        let f = Fixture::new();
+        let door = "[[action]]\nname = \"door\"\nkey = \"@K1\"\nrun = [\"/bin/true\", \"{addr}\"]\nstop = [\"/bin/true\", \"{addr}\"]\nstop_all = [\"/bin/true\"]\nttl = \"1m\"\nper_address = true\n";
+        let close = "[[action]]\nname = \"door.close\"\nkey = \"@K2\"\ncloses = \"door\"\nbind_source = true\n";
+        let c = f.parse(&[L1, door, close].concat()).unwrap();
+        match &c.actions[0].kind {
+            ActionKind::Run {
+                gate: Some((_, g)),
+                ..
+            } => assert_eq!(
+                g.per_address.map(NonZeroUsize::get),
+                Some(defaults::MAX_ADDRESSES)
+            ),
+            other => panic!("not a gate: {other:?}"),
+        }
+        match &c.actions[1].kind {
+            ActionKind::Close { gate } => assert_eq!(gate, "door"),
+            other => panic!("not a closing action: {other:?}"),
+        }
+        assert!(c.actions[1].bind_source);
+        let c = f
+            .parse(&[L1, door, "max_addresses = 3\n"].concat())
+            .unwrap();
+        match &c.actions[0].kind {
+            ActionKind::Run {
+                gate: Some((_, g)),
+                ..
+            } => assert_eq!(g.per_address.map(NonZeroUsize::get), Some(3)),
+            other => panic!("not a gate: {other:?}"),
+        }
+        let c = f.parse(&[L1, ACT, "stop = [\"/bin/true\"]\nttl = \"1m\"\n"].concat()).unwrap();
+        match &c.actions[0].kind {
+            ActionKind::Run {
+                gate: Some((_, g)),
+                ..
+            } => assert_eq!(g.per_address, None),
+            other => panic!("not a gate: {other:?}"),
+        }
+    }
+
     // Goal: max_open defaults to ttl without extend or hold_while, to
     // 4 x ttl with either, and is capped at MAX_DURATION.
     #[test]
@@ -2959,7 +3144,16 @@ builtin = "shutdown"
             ("action[2].key_file", "same key as action[1]", 9, [L1, ACT, BH, "key_file = \"a.key\"\n", RUN].concat()),
             ("action[2].password", "same password as action[1]", 10, [L4, AH, "password = \"pw\"\n", RUN, BH, "password = \"pw\"\n", RUN].concat()),
             // What an action does.
-            ("action[1]", "nothing to do; set exactly one of run, serve or builtin", 3, [L1, AH, KEY].concat()),
+            ("action[1]", "nothing to do; set exactly one of run, serve, builtin or closes", 3, [L1, AH, KEY].concat()),
+            // Per-address gates and closing actions.
+            ("action[1].stop", "per_address opens and closes one address at a time, but stop does not use {addr}", 7, [L1, AH, KEY, "run = [\"/bin/true\", \"{addr}\"]\n", "stop = [\"/bin/true\"]\nttl = \"1m\"\nper_address = true\n"].concat()),
+            ("action[1].max_addresses", "only applies with per_address = true", 8, [L1, AH, KEY, serve_ttl, "max_addresses = 4\n"].concat()),
+            ("action[1].max_addresses", "must be between 1 and 4096, not 5000", 9, [L1, AH, KEY, "serve = [\"/bin/sleep\", \"{addr}\"]\nttl = \"1m\"\nper_address = true\nmax_addresses = 5000\n"].concat()),
+            ("action[1].per_address", "per_address only applies to a gate", 7, [L1, ACT, "per_address = true\n"].concat()),
+            ("action[1].closes", "no action named \"nope\"; closes names the gate action it closes", 6, [L1, AH, KEY, "closes = \"nope\"\n"].concat()),
+            ("action[2].closes", "\"a\" is not a gate (run with stop, or serve)", 10, [L1, ACT, BH, "key = \"@K2\"\n", "closes = \"a\"\n"].concat()),
+            ("action[1].closes", "run and closes are both set", 7, [L1, ACT, "closes = \"a\"\n"].concat()),
+            ("action[1].ttl", "ttl has no meaning for a closing action", 7, [L1, AH, KEY, "closes = \"x\"\nttl = \"1m\"\n"].concat()),
             ("action[1].serve", "run and serve are both set", 7, [L1, ACT, serve_ttl].concat()),
             ("action[1].builtin", "run and builtin are both set", 7, [L1, ACT, "builtin = \"shutdown\"\n"].concat()),
             ("action[1].builtin", "unknown builtin \"reboot\"; the only builtin is \"shutdown\"", 6, [L1, AH, KEY, "builtin = \"reboot\"\n"].concat()),

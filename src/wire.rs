@@ -88,17 +88,24 @@ pub enum Status {
     /// The action could not be started or did not succeed; the reason
     /// says why.
     Failed = 4,
+    /// A closing action (`closes`): the gate was open for this address
+    /// and has been closed now, through the same stop path as its
+    /// deadline.
+    Closed = 5,
+    /// A closing action: the gate was not open for this address, so
+    /// nothing was done.
+    NotOpen = 6,
 }
 
 impl Status {
-    /// All statuses, in wire order. Bytes 5 and 6 are reserved for
-    /// closing a gate early ("closed", "not-open"); 0 and 7..=255 are
-    /// never sent.
-    pub const ALL: [Status; 4] = [
+    /// All statuses, in wire order; 0 and 7..=255 are never sent.
+    pub const ALL: [Status; 6] = [
         Status::Started,
         Status::AlreadyActive,
         Status::Refused,
         Status::Failed,
+        Status::Closed,
+        Status::NotOpen,
     ];
 
     /// The wire byte.
@@ -118,12 +125,19 @@ impl Status {
             Status::AlreadyActive => "already-active",
             Status::Refused => "refused",
             Status::Failed => "failed",
+            Status::Closed => "closed",
+            Status::NotOpen => "not-open",
         }
     }
 
-    /// Whether a client should report success (exit 0).
+    /// Whether a client should report success (exit 0). A gate closed
+    /// now and one that was not open both leave it closed, which is what
+    /// a closing action asks for.
     pub fn is_success(self) -> bool {
-        matches!(self, Status::Started | Status::AlreadyActive)
+        matches!(
+            self,
+            Status::Started | Status::AlreadyActive | Status::Closed | Status::NotOpen
+        )
     }
 }
 
@@ -154,6 +168,10 @@ pub enum Reason {
     ConfigChanged,
     /// Refused: posternd is shutting down.
     ShuttingDown,
+    /// Refused: a per-address gate is open for as many addresses as its
+    /// `max_addresses` allows; `seconds` says when the first of them
+    /// closes.
+    AddressesFull,
     /// Failed: the program could not be started.
     SpawnFailed,
     /// Failed: the gate's `run` exited non-zero or was killed.
@@ -171,7 +189,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason this implementation sends, for tests and docs.
-    pub const KNOWN: [Reason; 13] = [
+    pub const KNOWN: [Reason; 14] = [
         Reason::None,
         Reason::Cooldown,
         Reason::Busy,
@@ -180,6 +198,7 @@ impl Reason {
         Reason::OpenForOther,
         Reason::ConfigChanged,
         Reason::ShuttingDown,
+        Reason::AddressesFull,
         Reason::SpawnFailed,
         Reason::RunFailed,
         Reason::RunTimedOut,
@@ -198,6 +217,7 @@ impl Reason {
             Reason::OpenForOther => 5,
             Reason::ConfigChanged => 6,
             Reason::ShuttingDown => 7,
+            Reason::AddressesFull => 8,
             Reason::SpawnFailed => 16,
             Reason::RunFailed => 17,
             Reason::RunTimedOut => 18,
@@ -226,6 +246,7 @@ impl Reason {
             Reason::OpenForOther => "open-for-other-address",
             Reason::ConfigChanged => "config-changed",
             Reason::ShuttingDown => "shutting-down",
+            Reason::AddressesFull => "addresses-full",
             Reason::SpawnFailed => "spawn-failed",
             Reason::RunFailed => "run-failed",
             Reason::RunTimedOut => "run-timed-out",
@@ -248,6 +269,7 @@ impl Reason {
             Reason::OpenForOther => "it is open for another address".into(),
             Reason::ConfigChanged => "the server's config changed; try again".into(),
             Reason::ShuttingDown => "the server is shutting down".into(),
+            Reason::AddressesFull => "the gate is open for as many addresses as it allows".into(),
             Reason::SpawnFailed => "the program could not be started".into(),
             Reason::RunFailed => "the run command failed".into(),
             Reason::RunTimedOut => "the run command timed out".into(),
@@ -266,7 +288,8 @@ pub struct Answer {
     /// Why, for `refused` and `failed`; [`Reason::None`] otherwise.
     pub reason: Reason,
     /// Seconds: until the gate closes (`started`, `already-active`, and
-    /// `refused` with [`Reason::OpenForOther`]), or until a retry can
+    /// `refused` with [`Reason::OpenForOther`]; with
+    /// [`Reason::AddressesFull`], until its first address closes), or until a retry can
     /// succeed (`refused` with [`Reason::Cooldown`]); 0 when there is no
     /// such time (a plain `run` has no deadline).
     pub seconds: u32,
@@ -803,7 +826,15 @@ mod tests {
         }
         assert_eq!(Reason::from_byte(200), Reason::Unknown(200));
         assert_eq!(Reason::Unknown(200).describe(), "reason 200");
-        for b in [0u8, 5, 6, 7, 255] {
+        assert_eq!(
+            Answer::from_bytes(&[5, 0, 0, 0, 0, 0]).map(|a| a.status),
+            Some(Status::Closed)
+        );
+        assert_eq!(
+            Answer::from_bytes(&[6, 0, 0, 0, 0, 0]).map(|a| a.status),
+            Some(Status::NotOpen)
+        );
+        for b in [0u8, 7, 8, 255] {
             assert_eq!(Answer::from_bytes(&[b, 0, 0, 0, 0, 0]), None);
         }
     }

@@ -260,6 +260,10 @@ fn random_configs_and_peers_fire_only_on_valid_macs() {
                             "{ctx}: refused"
                         ),
                         Status::Failed => panic!("{ctx}: /bin/sh failed to start"),
+                        // No closing action is configured here.
+                        Status::Closed | Status::NotOpen => {
+                            panic!("{ctx}: {st:?} without a closing action")
+                        }
                     }
                     if !bound_ok {
                         assert_eq!(st, Status::Refused, "{ctx}");

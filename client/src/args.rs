@@ -21,6 +21,10 @@ use crate::trigger::Protocol;
 pub const DEFAULT_PARALLEL: usize = 32;
 /// Largest `--parallel` accepted.
 pub const MAX_PARALLEL: usize = 1024;
+/// `postern close HOST GATE` uses the closing action `GATE` + this
+/// (`sshd.close`) unless `--action` names it: its key is looked up, or
+/// derived, under that name.
+pub const CLOSE_SUFFIX: &str = ".close";
 
 /// The full `--help` text.
 pub const HELP: &str = "\
@@ -30,6 +34,9 @@ Usage:
   postern trigger HOST[:PORT] [ACTION] [options]   one server, by address
   postern trigger NAME ACTION [options]            one inventory host
   postern trigger @GROUP ACTION [options]          every host of an inventory group
+  postern close HOST[:PORT]|NAME|@GROUP GATE [options]
+                                                   close gate GATE now, with the key of
+                                                   its closing action GATE.close
   postern keygen                                   print a fresh base64 key
   postern key from-passphrase --host NAME --action NAME
                                                    print the key a passphrase derives
@@ -45,6 +52,12 @@ Key sources for trigger (choose one; default: prompt for the base64 key):
   --password-file FILE   ostiary-4 password in FILE
   --action NAME          action name for derivation (also the 2nd positional)
   --host-name NAME       host name for derivation (default: HOST as given)
+
+Close takes every trigger option; --action names the closing action when it
+is not GATE.close. A gate open per address closes for the asserted address
+(--assert-addr), else the connection's source. Exit 0 when the server says
+closed or not open; 5 when it says started or already active (the key was
+an opening action's, so the gate is open).
 
 Trigger options:
   --protocol P           postern-2 (default) or ostiary-4
@@ -95,6 +108,14 @@ pub enum Command {
     },
     /// Trigger one host or a group.
     Trigger(TriggerArgs),
+    /// `postern close`: trigger the closing action of gate `gate`
+    /// (`args.action`, by default `GATE.close`).
+    Close {
+        /// The gate to close, as the user named it.
+        gate: String,
+        /// The trigger, with the closing action's name as its action.
+        args: TriggerArgs,
+    },
     /// `postern complete ...`: words for the shell completions (see `complete.rs`).
     Complete(Vec<String>),
 }
@@ -263,6 +284,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Usage
         "keygen" => parse_keygen(tokens),
         "key" => parse_key(tokens),
         "trigger" => parse_trigger(tokens),
+        "close" => parse_close(tokens),
         "complete" => Ok(Command::Complete(tokens.args.collect())),
         other => Err(usage(format!(
             "unknown command {other:?}; see postern --help"
@@ -331,7 +353,60 @@ fn parse_key(mut t: Tokens) -> Result<Command, UsageError> {
     }
 }
 
-fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
+fn parse_trigger(t: Tokens) -> Result<Command, UsageError> {
+    let Some((mut a, positionals)) = parse_options(t)? else {
+        return Ok(Command::Help);
+    };
+    let mut positionals = positionals.into_iter();
+    a.target = positionals
+        .next()
+        .ok_or_else(|| usage("trigger needs a HOST[:PORT], an inventory NAME or @GROUP"))?;
+    if let Some(action) = positionals.next() {
+        let action = name_value("ACTION", action)?;
+        match &a.action {
+            Some(given) if *given != action => {
+                return Err(usage(format!(
+                    "action given twice: {action:?} and --action {given:?}"
+                )))
+            }
+            _ => a.action = Some(action),
+        }
+    }
+    if let Some(extra) = positionals.next() {
+        return Err(usage(format!("unexpected argument {extra:?}")));
+    }
+    Ok(Command::Trigger(a))
+}
+
+fn parse_close(t: Tokens) -> Result<Command, UsageError> {
+    let Some((mut a, positionals)) = parse_options(t)? else {
+        return Ok(Command::Help);
+    };
+    let mut positionals = positionals.into_iter();
+    a.target = positionals
+        .next()
+        .ok_or_else(|| usage("close needs a HOST[:PORT], an inventory NAME or @GROUP"))?;
+    let gate = positionals
+        .next()
+        .ok_or_else(|| usage("close needs the GATE to close, e.g. postern close HOST sshd"))?;
+    let gate = name_value("GATE", gate)?;
+    if let Some(extra) = positionals.next() {
+        return Err(usage(format!("unexpected argument {extra:?}")));
+    }
+    if a.action.is_none() {
+        let closing = format!("{gate}{CLOSE_SUFFIX}");
+        a.action = Some(name_value("the closing action", closing).map_err(|_| {
+            usage(format!(
+                "GATE {gate:?} is too long for a closing action named {gate}{CLOSE_SUFFIX}; name it with --action"
+            ))
+        })?);
+    }
+    Ok(Command::Close { gate, args: a })
+}
+
+/// The options shared by `trigger` and `close`, and the positionals in
+/// order; `None` for `--help`.
+fn parse_options(mut t: Tokens) -> Result<Option<(TriggerArgs, Vec<String>)>, UsageError> {
     let mut a = TriggerArgs::default();
     let mut positionals = Vec::new();
     while let Some(tok) = t.next() {
@@ -343,7 +418,7 @@ fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
             Token::Opt(o, v) => (o, v),
         };
         match o.as_str() {
-            "--help" | "-h" => return Ok(Command::Help),
+            "--help" | "-h" => return Ok(None),
             "--key-file" => {
                 let p = path_value(&o, t.value(&o, v)?)?;
                 set_source(&mut a, KeySource::File(p))?;
@@ -441,25 +516,7 @@ fn parse_trigger(mut t: Tokens) -> Result<Command, UsageError> {
             _ => return Err(usage(format!("unknown option {o}; see postern --help"))),
         }
     }
-    let mut positionals = positionals.into_iter();
-    a.target = positionals
-        .next()
-        .ok_or_else(|| usage("trigger needs a HOST[:PORT], an inventory NAME or @GROUP"))?;
-    if let Some(action) = positionals.next() {
-        let action = name_value("ACTION", action)?;
-        match &a.action {
-            Some(given) if *given != action => {
-                return Err(usage(format!(
-                    "action given twice: {action:?} and --action {given:?}"
-                )))
-            }
-            _ => a.action = Some(action),
-        }
-    }
-    if let Some(extra) = positionals.next() {
-        return Err(usage(format!("unexpected argument {extra:?}")));
-    }
-    Ok(Command::Trigger(a))
+    Ok(Some((a, positionals)))
 }
 
 fn set_source(a: &mut TriggerArgs, source: KeySource) -> Result<(), UsageError> {
@@ -551,6 +608,45 @@ mod tests {
         assert_eq!((t.target.as_str(), t.action.as_deref()), ("h", Some("a")));
         let t = trig(&["trigger", "h", "a", "--action", "a"]);
         assert_eq!(t.action.as_deref(), Some("a"));
+    }
+
+    // Goal: close takes HOST and GATE, names the closing action GATE.close
+    // by the documented convention unless --action overrides it, and takes
+    // every trigger option.
+    #[test]
+    fn parses_close() {
+        let close = |args: &[&str]| match p(args).unwrap() {
+            Command::Close { gate, args } => (gate, args),
+            other => panic!("not a close: {other:?}"),
+        };
+        let (gate, a) = close(&["close", "web-17", "sshd", "--assert-addr", "203.0.113.5"]);
+        assert_eq!(gate, "sshd");
+        assert_eq!(a.target, "web-17");
+        assert_eq!(a.action.as_deref(), Some("sshd.close"));
+        assert_eq!(a.assert_addr, Some("203.0.113.5".parse().unwrap()));
+        let (gate, a) = close(&[
+            "close",
+            "h:7001",
+            "door",
+            "--action=shut-door",
+            "--master",
+            "/m",
+        ]);
+        assert_eq!(gate, "door");
+        assert_eq!(a.action.as_deref(), Some("shut-door"));
+        assert_eq!(a.source, Some(KeySource::Master("/m".into())));
+        assert_eq!(p(&["close", "--help"]).unwrap(), Command::Help);
+        let long = "g".repeat(60);
+        for (args, want) in [
+            (vec!["close"], "close needs a HOST"),
+            (vec!["close", "h"], "close needs the GATE"),
+            (vec!["close", "h", "g", "x"], "unexpected argument"),
+            (vec!["close", "h", "a b"], "GATE"),
+            (vec!["close", "h", long.as_str()], "name it with --action"),
+        ] {
+            let e = p(&args).unwrap_err();
+            assert!(e.0.contains(want), "{args:?}: {e}");
+        }
     }
 
     // Goal: the other commands parse.

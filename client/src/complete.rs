@@ -6,12 +6,14 @@
 //! from the inventory, so the completions follow the client as it changes.
 //!
 //! ```text
-//! postern complete commands                 trigger, keygen, key, help
-//! postern complete options trigger|key      one "--option [METAVAR]" per line
+//! postern complete commands                 trigger, close, keygen, key, help
+//! postern complete options trigger|close|key   one "--option [METAVAR]" per line
 //! postern complete protocols                the --protocol values
 //! postern complete hosts [--inventory F]    inventory hosts, then @groups
 //! postern complete actions TARGET [--inventory F]
 //!                                           actions of a host, or of every host of @GROUP
+//! postern complete gates TARGET [--inventory F]
+//!                                           gates G with a closing action G.close there
 //! ```
 //!
 //! Output is one word per line on standard output. A missing or invalid
@@ -21,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::args::{UsageError, HELP};
+use crate::args::{UsageError, CLOSE_SUFFIX, HELP};
 use crate::inventory::{self, Inventory};
 use crate::trigger::Protocol;
 
@@ -45,7 +47,7 @@ pub fn commands() -> Vec<String> {
 /// or `key`, each with its metavar when it takes a value.
 pub fn options(command: &str) -> Vec<String> {
     match command {
-        "trigger" => {
+        "trigger" | "close" => {
             let mut out = Vec::new();
             let mut in_section = false;
             for line in HELP.lines() {
@@ -90,6 +92,17 @@ pub fn protocols() -> Vec<String> {
         .filter(|l| l.trim_start().starts_with("--protocol"))
         .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')))
         .filter(|w| !w.starts_with('-') && Protocol::parse(w).is_some())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The gates `postern close` can close on `target`: each action `G` for
+/// which the inventory also has the closing action `G.close`.
+pub fn gates(inv: &Inventory, target: &str) -> Vec<String> {
+    let all = actions(inv, target);
+    all.iter()
+        .filter_map(|a| a.strip_suffix(CLOSE_SUFFIX))
+        .filter(|g| !g.is_empty())
         .map(str::to_owned)
         .collect()
 }
@@ -148,8 +161,9 @@ pub fn run(args: &[String]) -> Result<Vec<String>, UsageError> {
         ["protocols"] => Ok(protocols()),
         ["hosts"] => Ok(load().map(|i| hosts(&i)).unwrap_or_default()),
         ["actions", target] => Ok(load().map(|i| actions(&i, target)).unwrap_or_default()),
+        ["gates", target] => Ok(load().map(|i| gates(&i, target)).unwrap_or_default()),
         _ => Err(UsageError(
-            "usage: postern complete commands | options trigger|key | protocols | hosts | actions TARGET [--inventory FILE]"
+            "usage: postern complete commands | options trigger|close|key | protocols | hosts | actions TARGET | gates TARGET [--inventory FILE]"
                 .into(),
         )),
     }
@@ -168,6 +182,8 @@ address = "192.0.2.17"
 key_env = "K"
 [hosts.web-17.actions.console]
 key_env = "K"
+[hosts.web-17.actions."sshd.close"]
+key_env = "K"
 [hosts.db-1]
 address = "192.0.2.5"
 [hosts.db-1.actions.backup]
@@ -183,12 +199,14 @@ rack-4 = ["web-17", "db-1"]
     #[test]
     fn commands_come_from_the_help() {
         // Goal: every subcommand of the help, and nothing that is an option.
-        assert_eq!(commands(), ["trigger", "keygen", "key", "help"]);
+        assert_eq!(commands(), ["trigger", "close", "keygen", "key", "help"]);
     }
 
     #[test]
     fn every_trigger_option_parses() {
-        // Goal: each option offered is one the parser knows (never "unknown option").
+        // Goal: each option offered is one the parser knows (never "unknown option"),
+        // for close as for trigger.
+        assert_eq!(options("close"), options("trigger"));
         let opts = options("trigger");
         assert!(opts.iter().any(|o| o == "--key-file FILE"), "{opts:?}");
         assert!(opts.iter().any(|o| o == "--json"), "{opts:?}");
@@ -223,8 +241,13 @@ rack-4 = ["web-17", "db-1"]
         // Goal: hosts then @groups; a host's actions; a group's union of actions.
         let i = inv();
         assert_eq!(hosts(&i), ["db-1", "web-17", "@rack-4"]);
-        assert_eq!(actions(&i, "web-17"), ["console", "sshd"]);
-        assert_eq!(actions(&i, "@rack-4"), ["backup", "console", "sshd"]);
+        assert_eq!(actions(&i, "web-17"), ["console", "sshd", "sshd.close"]);
+        assert_eq!(
+            actions(&i, "@rack-4"),
+            ["backup", "console", "sshd", "sshd.close"]
+        );
+        assert_eq!(gates(&i, "web-17"), ["sshd"]);
+        assert!(gates(&i, "db-1").is_empty());
         assert!(actions(&i, "nope").is_empty());
     }
 

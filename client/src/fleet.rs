@@ -20,7 +20,7 @@ pub fn run_one(job: &Job) -> Report {
 }
 
 /// [`run_one`], announcing on a terminal, once the ack has been awaited for
-/// a second, that the server is starting `announce`.
+/// a second, what the server is doing: `announce` ("start sshd").
 pub fn run_waiting(job: &Job, announce: Option<String>) -> Report {
     let credential = job.credential();
     let waits = Waits {

@@ -33,7 +33,8 @@ fn main() -> ExitCode {
             keys::load_key_file(&master).map(|m| kdf::key_from_master(&m, &host, &action)),
         ),
         Command::KeyFromPassphrase { host, action } => secret_out(from_passphrase(&host, &action)),
-        Command::Trigger(t) => trigger(&t),
+        Command::Trigger(t) => trigger(&t, None),
+        Command::Close { gate, args } => trigger(&args, Some(&gate)),
         Command::Complete(a) => match postern_client::complete::run(&a) {
             Ok(words) => print(&words.iter().map(|w| format!("{w}\n")).collect::<String>()),
             Err(e) => {
@@ -88,7 +89,14 @@ fn from_passphrase(host: &str, action: &str) -> Result<postern::secret::Key, Sec
     Ok(kdf::key_from_passphrase(pass.as_bytes(), host, action))
 }
 
-fn trigger(args: &TriggerArgs) -> u8 {
+/// Runs a trigger, or with `closing` (the gate's name) `postern close`,
+/// which differs only in its words and in that an opened gate is a
+/// failure ([`postern_client::outcome::Outcome::close_exit_code`]).
+fn trigger(args: &TriggerArgs, closing: Option<&str>) -> u8 {
+    let code_of = |o: &postern_client::outcome::Outcome| match closing {
+        Some(_) => o.close_exit_code(),
+        None => o.exit_code(),
+    };
     let plan = match plan::plan(args) {
         Ok(p) => p,
         Err(e) => {
@@ -101,19 +109,22 @@ fn trigger(args: &TriggerArgs) -> u8 {
     };
     match plan {
         Plan::One(job) => {
-            let announce = Some(
-                job.action
+            let name = match closing {
+                Some(gate) => gate.to_owned(),
+                None => job
+                    .action
                     .clone()
                     .unwrap_or_else(|| "the action".to_owned()),
-            );
-            let report = fleet::run_waiting(&job, announce);
+            };
+            let verb = if closing.is_some() { "close" } else { "start" };
+            let report = fleet::run_waiting(&job, Some(format!("{verb} {name}")));
             let text = if args.json {
                 output::json_report(&job, &report)
             } else {
-                output::human_line(&job.label, job.action.as_deref(), &report.outcome)
+                output::human_line(&job.label, Some(&name), &report.outcome)
             };
             let printed = print(&format!("{text}\n"));
-            report.outcome.exit_code().max(printed)
+            code_of(&report.outcome).max(printed)
         }
         Plan::Group {
             name,
@@ -123,7 +134,7 @@ fn trigger(args: &TriggerArgs) -> u8 {
             let rows = Fleet::new(parallel).run(&jobs, |_, _| {});
             let code = rows
                 .iter()
-                .map(|(_, r)| r.outcome.exit_code())
+                .map(|(_, r)| code_of(&r.outcome))
                 .max()
                 .unwrap_or(exit::OK);
             let text = if args.json {

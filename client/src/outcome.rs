@@ -55,6 +55,7 @@ impl Outcome {
         match self {
             Outcome::Acknowledged(a) => match a.status {
                 Status::Started | Status::AlreadyActive => exit::OK,
+                Status::Closed | Status::NotOpen => exit::OK,
                 Status::Refused => exit::REFUSED,
                 Status::Failed => exit::FAILED,
             },
@@ -67,6 +68,21 @@ impl Outcome {
     /// Whether this counts as success.
     pub fn is_success(&self) -> bool {
         self.exit_code() == exit::OK
+    }
+
+    /// The exit code for `postern close`: as [`Outcome::exit_code`],
+    /// except that `started` and `already-active` are failures
+    /// ([`exit::FAILED`]): the key was an opening action's, so the gate
+    /// was opened (or left open), not closed.
+    pub fn close_exit_code(&self) -> u8 {
+        match self {
+            Outcome::Acknowledged(a)
+                if matches!(a.status, Status::Started | Status::AlreadyActive) =>
+            {
+                exit::FAILED
+            }
+            other => other.exit_code(),
+        }
     }
 
     /// A stable, lower-case name, for tables and JSON.
@@ -103,6 +119,8 @@ mod tests {
         let cases = [
             (ack(Status::Started), 0),
             (ack(Status::AlreadyActive), 0),
+            (ack(Status::Closed), 0),
+            (ack(Status::NotOpen), 0),
             (Outcome::ReplySent, 0),
             (Outcome::NoAck(NoAck::Closed), 2),
             (Outcome::NoAck(NoAck::BadAck), 2),
@@ -113,6 +131,9 @@ mod tests {
         for (o, code) in cases {
             assert_eq!(o.exit_code(), code, "{o:?}");
             assert_eq!(o.is_success(), code == 0);
+            let opened = matches!(&o, Outcome::Acknowledged(a) if matches!(a.status, Status::Started | Status::AlreadyActive));
+            let close = if opened { exit::FAILED } else { code };
+            assert_eq!(o.close_exit_code(), close, "{o:?}");
         }
     }
 }

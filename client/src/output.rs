@@ -59,6 +59,12 @@ pub fn acknowledged(a: &Answer, name: &str, now: u64) -> String {
             "refused: it is open for another address, closes in {}",
             duration(secs)
         ),
+        (Status::Refused, Reason::AddressesFull) if secs > 0 => format!(
+            "refused: it is open for as many addresses as it allows; the first closes in {}",
+            duration(secs)
+        ),
+        (Status::Closed, _) => format!("closed; {name} closed now"),
+        (Status::NotOpen, _) => format!("not open; {name} was not open, nothing to close"),
         (Status::Refused, why) => format!("refused: {}", why.describe()),
         (Status::Failed, why) => format!("failed: {}", why.describe()),
     }
@@ -279,6 +285,12 @@ mod tests {
             (ack(Status::Refused, Reason::Busy, 0), "h: refused: the server is busy"),
             (ack(Status::Failed, Reason::RunFailed, 0), "h: failed: the run command failed"),
             (ack(Status::Failed, Reason::Unknown(99), 0), "h: failed: reason 99"),
+            (ack(Status::Closed, Reason::None, 0), "h: closed; sshd closed now"),
+            (ack(Status::NotOpen, Reason::None, 0), "h: not open; sshd was not open, nothing to close"),
+            (
+                ack(Status::Refused, Reason::AddressesFull, 0),
+                "h: refused: the gate is open for as many addresses as it allows",
+            ),
         ];
         for (o, want) in cases {
             assert_eq!(human_line("h", Some("sshd"), &o), want);
@@ -300,6 +312,10 @@ mod tests {
         assert_eq!(
             a(Status::Refused, Reason::OpenForOther, 5400),
             "refused: it is open for another address, closes in 1 h 30 min"
+        );
+        assert_eq!(
+            a(Status::Refused, Reason::AddressesFull, 90),
+            "refused: it is open for as many addresses as it allows; the first closes in 2 min"
         );
         assert_eq!(
             human_line("h", None, &ack(Status::Started, Reason::None, 0)),

@@ -150,9 +150,9 @@ pub struct Waits {
     pub timeout: Duration,
     /// Bound for the ack.
     pub ack_wait: Duration,
-    /// When set, and standard error is a terminal, one line naming this
-    /// action is printed there once the ack has been awaited for
-    /// [`ANNOUNCE_AFTER`].
+    /// When set, and standard error is a terminal, one line saying what
+    /// the server is doing ("start sshd", "close sshd") is printed there
+    /// once the ack has been awaited for [`ANNOUNCE_AFTER`].
     pub announce: Option<String>,
 }
 
@@ -250,7 +250,7 @@ fn postern2(
     let ack_deadline = Instant::now() + waits.ack_wait;
     if let Some(name) = &waits.announce {
         if std::io::stderr().is_terminal() && !answer_within(stream, ANNOUNCE_AFTER) {
-            eprintln!("waiting for the server to start {name}\u{2026}");
+            eprintln!("waiting for the server to {name}\u{2026}");
         }
     }
     let mut ack: Ack = [0u8; ACK_LEN];

@@ -8,8 +8,18 @@
 //! its trigger is acknowledged; if that write fails, the gate is closed at
 //! once and the trigger answered "failed".
 //!
+//! A gate with `per_address` has one instance per address ([`Instance`]),
+//! each with its own deadline, extension, ceiling, record and close; at
+//! most `max_addresses` are open at once ([`Gates::full`]). A closing
+//! action (`closes`) closes one instance now ([`Gates::close_early`]),
+//! through the same path as its deadline.
+//!
+//! Gates need nothing from the monitor but the current config, which it
+//! hands them at start and on every reload ([`Gates::reconfigure`]).
+//!
 //! Fail closed at start-up ([`Gates::recover`]): every recorded gate whose
-//! deadline has passed is stopped; a `serve` gate is over anyway (its
+//! deadline has passed is stopped, each instance with its own recorded
+//! address; a `serve` gate is over anyway (its
 //! program died with the previous posternd); what either left running is
 //! killed through the gate's recorded cgroup (`cgroup.rs`), or, without
 //! one, only a live serve program whose pid and start time match exactly,
@@ -35,7 +45,6 @@ use crate::config::{Action, ActionKind, Argv, Config, Gate};
 use crate::monitor::action::{self, Spec};
 use crate::monitor::log::{Level, Logger};
 use crate::monitor::state::{ReadState, StateDir, StateDirError};
-use crate::monitor::Monitor;
 use crate::wire::{Answer, Reason, Status};
 
 pub use crate::monitor::state::STATE_FILE;
@@ -52,6 +61,10 @@ pub struct Record {
     pub name: String,
     /// `serve` (true) or `run`/`stop` (false).
     pub serve: bool,
+    /// An instance of a per-address gate (`per=address`), or the one gate
+    /// of its action (`per=gate`; also what a file without the field
+    /// means).
+    pub per_address: bool,
     /// The serve program's pid (0 for run gates).
     pub pid: u32,
     /// Its start time in clock ticks since boot (/proc/PID/stat field 22);
@@ -74,7 +87,7 @@ pub struct Record {
 impl Record {
     fn to_line(&self) -> String {
         format!(
-            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={} cgroup={}",
+            "gate name={} kind={} pid={} start={} boot={} opened={} deadline={} addr={} cgroup={} per={}",
             self.name,
             if self.serve { "serve" } else { "run" },
             self.pid,
@@ -90,7 +103,8 @@ impl Record {
             self.addr,
             self.cgroup
                 .as_ref()
-                .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+                .map_or_else(|| "-".to_string(), |p| p.display().to_string()),
+            if self.per_address { "address" } else { "gate" }
         )
     }
 
@@ -114,6 +128,13 @@ impl Record {
                 Some(&"serve") => true,
                 Some(&"run") => false,
                 _ => return Err(bad()),
+            },
+            // Absent in files of older versions, which had no per-address
+            // gates.
+            per_address: match f.get("per") {
+                None | Some(&"gate") => false,
+                Some(&"address") => true,
+                Some(_) => return Err(bad()),
             },
             pid: num("pid")
                 .and_then(|p| u32::try_from(p).ok())
@@ -228,6 +249,40 @@ pub fn read_state(dir: &StateDir) -> Loaded {
     Loaded::Records(good, bad)
 }
 
+/// Which gate: an action's, and for a per-address gate the address its
+/// instance is open for. Every table of [`Gates`] is keyed by it, so the
+/// instances of a per-address gate open, extend, close and recover each
+/// on their own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Instance {
+    /// The action's name.
+    pub name: String,
+    /// `Some` for an instance of a per-address gate.
+    pub addr: Option<IpAddr>,
+}
+
+impl Instance {
+    /// The instance of gate `action` that a request for `addr` concerns:
+    /// the address's own for a per-address gate, else the one gate.
+    pub fn of(action: &Action, addr: IpAddr) -> Instance {
+        let per_address = gate_of(action).is_some_and(|g| g.per_address.is_some());
+        Instance {
+            name: action.name.clone(),
+            addr: per_address.then_some(addr),
+        }
+    }
+}
+
+impl core::fmt::Display for Instance {
+    /// `NAME`, or `NAME@ADDR` for a per-address instance, as in the log.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{}@{a}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
 struct Open {
     record: Record,
     /// Monotonic deadline and ceiling (the wall clock can jump).
@@ -236,12 +291,19 @@ struct Open {
     timer: Option<AbortHandle>,
     /// For serve gates: the child, taken by the closer.
     child: Option<tokio::process::Child>,
+    /// Set by a closing action; `wake` then tells the gate's timer to
+    /// close it now, through the same path as its deadline.
+    early: bool,
+    wake: Rc<Notify>,
 }
 
-/// All open gates.
+/// All open gates. The owner gives them the current config (at start and
+/// on every reload); they need nothing else from it.
 pub struct Gates {
     logger: Arc<Logger>,
-    state_dir: RefCell<PathBuf>,
+    /// The current config: the actions whose commands open and close the
+    /// gates, and the state directory.
+    config: RefCell<Rc<Config>>,
     /// The state directory, held open and checked (see `state.rs`); an
     /// error makes every gate refuse to open.
     state: RefCell<Result<StateDir, StateDirError>>,
@@ -251,38 +313,42 @@ pub struct Gates {
     cgroup_noted: std::cell::Cell<bool>,
     /// Cgroups of closed gates still holding processes (sessions).
     lingering: RefCell<Vec<PathBuf>>,
-    open: RefCell<HashMap<String, Open>>,
-    /// Gates whose stop is running; a new opening waits for it, or the
-    /// old stop would undo the new run.
-    closing: RefCell<HashSet<String>>,
+    /// Open instances: at most one per action, or `max_addresses` per
+    /// per-address action (checked by [`Gates::full`] before opening).
+    open: RefCell<HashMap<Instance, Open>>,
+    /// Instances whose stop is running; a new opening waits for it, or
+    /// the old stop would undo the new run.
+    closing: RefCell<HashSet<Instance>>,
     /// Notified whenever a close finishes.
     closed: Notify,
-    /// Gates whose opening (`run`, or a `serve` settling) is in progress;
-    /// a trigger that arrives meanwhile waits for the outcome.
-    opening: RefCell<HashSet<String>>,
+    /// Instances whose opening (`run`, or a `serve` settling) is in
+    /// progress; a trigger that arrives meanwhile waits for the outcome.
+    opening: RefCell<HashSet<Instance>>,
     /// Notified whenever an opening finishes.
     opened: Notify,
-    /// The answer of each gate's last finished opening.
-    outcome: RefCell<HashMap<String, Answer>>,
+    /// The answer of each instance's last finished opening: one per
+    /// configured gate, and for a per-address gate at most
+    /// `max_addresses` besides those being opened.
+    outcome: RefCell<HashMap<Instance, Answer>>,
 }
 
-/// Marks a gate as being opened or closed for as long as it lives (even
-/// if the task doing it is cancelled), then wakes whoever waits for that
-/// to finish: triggers waiting for an opening's outcome, openings waiting
-/// for a close.
+/// Marks an instance as being opened or closed for as long as it lives
+/// (even if the task doing it is cancelled), then wakes whoever waits for
+/// that to finish: triggers waiting for an opening's outcome, openings
+/// waiting for a close.
 struct Busy<'a> {
-    set: &'a RefCell<HashSet<String>>,
+    set: &'a RefCell<HashSet<Instance>>,
     done: &'a Notify,
-    name: String,
+    key: Instance,
 }
 
 impl<'a> Busy<'a> {
-    fn mark(set: &'a RefCell<HashSet<String>>, done: &'a Notify, name: &str) -> Busy<'a> {
-        set.borrow_mut().insert(name.to_string());
+    fn mark(set: &'a RefCell<HashSet<Instance>>, done: &'a Notify, key: &Instance) -> Busy<'a> {
+        set.borrow_mut().insert(key.clone());
         Busy {
             set,
             done,
-            name: name.to_string(),
+            key: key.clone(),
         }
     }
 }
@@ -290,7 +356,7 @@ impl<'a> Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         if let Ok(mut s) = self.set.try_borrow_mut() {
-            s.remove(&self.name);
+            s.remove(&self.key);
         }
         self.done.notify_waiters();
     }
@@ -298,11 +364,12 @@ impl Drop for Busy<'_> {
 
 impl Gates {
     /// No gate open yet.
-    pub fn new(config: &Config, logger: Arc<Logger>) -> Gates {
-        Gates {
+    pub fn new(config: Rc<Config>, logger: Arc<Logger>) -> Rc<Gates> {
+        let state = StateDir::open(&config.daemon.state_dir, true);
+        Rc::new(Gates {
             logger,
-            state_dir: RefCell::new(config.daemon.state_dir.clone()),
-            state: RefCell::new(StateDir::open(&config.daemon.state_dir, true)),
+            config: RefCell::new(config),
+            state: RefCell::new(state),
             cgroups: crate::monitor::cgroup::Base::detect(),
             cgroup_noted: std::cell::Cell::new(false),
             lingering: RefCell::new(Vec::new()),
@@ -312,23 +379,36 @@ impl Gates {
             opening: RefCell::new(HashSet::new()),
             opened: Notify::new(),
             outcome: RefCell::new(HashMap::new()),
-        }
+        })
     }
 
-    /// Whether gate `name` is being opened right now.
-    pub fn is_opening(&self, name: &str) -> bool {
-        self.opening.borrow().contains(name)
+    fn state_dir(&self) -> PathBuf {
+        self.config.borrow().daemon.state_dir.clone()
     }
 
-    /// If gate `name` is being opened, waits until that is done. Returns
-    /// the answer of that opening if it failed, so that the waiting trigger
-    /// is told exactly what happened; `None` when nothing was in progress or
-    /// the opening succeeded (the gate is open now).
-    pub async fn wait_opening(&self, name: &str) -> Option<Answer> {
+    fn action_named(&self, name: &str) -> Option<Action> {
+        self.config
+            .borrow()
+            .actions
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+    }
+
+    /// Whether instance `key` is being opened right now.
+    pub fn is_opening(&self, key: &Instance) -> bool {
+        self.opening.borrow().contains(key)
+    }
+
+    /// If instance `key` is being opened, waits until that is done.
+    /// Returns the answer of that opening if it failed, so that the
+    /// waiting trigger is told exactly what happened; `None` when nothing
+    /// was in progress or the opening succeeded (the gate is open now).
+    pub async fn wait_opening(&self, key: &Instance) -> Option<Answer> {
         let mut waited = false;
         loop {
             let done = self.opened.notified();
-            if !self.opening.borrow().contains(name) {
+            if !self.opening.borrow().contains(key) {
                 break;
             }
             waited = true;
@@ -339,12 +419,23 @@ impl Gates {
         }
         self.outcome
             .borrow()
-            .get(name)
+            .get(key)
             .copied()
             .filter(|a| a.status == Status::Failed)
     }
 
-    /// Seconds from now until the open gate `name` closes (at least 1).
+    /// Waits until instance `key`'s stop, if one is running, is done.
+    async fn wait_closing(&self, key: &Instance) {
+        loop {
+            let done = self.closed.notified();
+            if !self.closing.borrow().contains(key) {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// Seconds from now until the open gate `o` closes (at least 1).
     fn seconds_left(o: &Open) -> u32 {
         let left = o.deadline.saturating_duration_since(Instant::now());
         let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
@@ -355,9 +446,9 @@ impl Gates {
         self.logger.log(level, msg);
     }
 
-    /// After a reload.
-    pub fn reconfigure(&self, config: &Config) {
-        if *self.state_dir.borrow() != config.daemon.state_dir {
+    /// After a reload: `config` is the current config from now on.
+    pub fn reconfigure(&self, config: Rc<Config>) {
+        if self.state_dir() != config.daemon.state_dir {
             let opened = StateDir::open(&config.daemon.state_dir, true);
             if let Err(e) = &opened {
                 self.log(
@@ -367,12 +458,12 @@ impl Gates {
             }
             *self.state.borrow_mut() = opened;
         }
-        *self.state_dir.borrow_mut() = config.daemon.state_dir.clone();
         // Outcomes are kept per configured gate only, so they stay bounded
-        // by the config's action count across reloads.
+        // by the config's action count (and max_addresses) across reloads.
         self.outcome
             .borrow_mut()
-            .retain(|name, _| config.actions.iter().any(|a| &a.name == name));
+            .retain(|key, _| config.actions.iter().any(|a| a.name == key.name));
+        *self.config.borrow_mut() = config;
     }
 
     fn persist(&self) -> std::io::Result<()> {
@@ -390,14 +481,15 @@ impl Gates {
 
     /// A trigger for an open gate. For the address it is open for: extend
     /// it (if allowed) and answer "already active" with the seconds left.
-    /// For another address: refuse, saying it is open for another address
-    /// and when it closes (nothing was done for this one). `None` when the
-    /// gate is not open.
-    pub async fn try_extend(&self, name: &str, action: &Action, addr: IpAddr) -> Option<Answer> {
+    /// For another address (a gate that is not per address): refuse,
+    /// saying it is open for another address and when it closes (nothing
+    /// was done for this one). `None` when the instance is not open.
+    pub async fn try_extend(&self, action: &Action, addr: IpAddr) -> Option<Answer> {
         let gate = gate_of(action)?;
+        let key = Instance::of(action, addr);
         let (changed, left) = {
             let mut open = self.open.borrow_mut();
-            let o = open.get_mut(name)?;
+            let o = open.get_mut(&key)?;
             if o.record.addr != addr {
                 return Some(
                     Answer::because(Status::Refused, Reason::OpenForOther)
@@ -427,58 +519,97 @@ impl Gates {
                 self.log(
                     Level::Err,
                     &format!(
-                        "gate {name}: state file write failed ({e}); extension kept in memory only"
+                        "gate {key}: state file write failed ({e}); extension kept in memory only"
                     ),
                 );
             }
-            self.log(Level::Notice, &format!("gate {name} extended"));
+            self.log(Level::Notice, &format!("gate {key} extended"));
         }
         Some(Answer::bare(Status::AlreadyActive).with_seconds(left))
     }
 
-    /// Opens the gate of `action` for `addr`.
-    pub async fn open(
-        &self,
-        monitor: &Rc<Monitor>,
-        config: &Config,
-        action: &Action,
-        addr: IpAddr,
-    ) -> Answer {
-        let name = action.name.clone();
-        let _opening = Busy::mark(&self.opening, &self.opened, &name);
-        let answer = self.open_inner(monitor, config, action, addr).await;
-        self.outcome.borrow_mut().insert(name, answer);
+    /// Whether a per-address gate is open (or being opened) for as many
+    /// addresses as its `max_addresses` allows, so that `addr`, which has
+    /// no instance yet, must be refused: the answer says so, with the
+    /// seconds until the first open instance closes. `None` when `addr`
+    /// may open (or already has its instance).
+    pub fn full(&self, action: &Action, addr: IpAddr) -> Option<Answer> {
+        let max = gate_of(action)?.per_address?;
+        let key = Instance::of(action, addr);
+        let open = self.open.borrow();
+        let opening = self.opening.borrow();
+        if open.contains_key(&key) || opening.contains(&key) {
+            return None;
+        }
+        let mine = |k: &Instance| k.name == action.name;
+        let busy = open.keys().filter(|k| mine(k)).count()
+            + opening
+                .iter()
+                .filter(|k| mine(k) && !open.contains_key(*k))
+                .count();
+        if busy < max.get() {
+            return None;
+        }
+        let first = open
+            .iter()
+            .filter(|(k, _)| mine(k))
+            .map(|(_, o)| Self::seconds_left(o))
+            .min()
+            .unwrap_or(0);
+        Some(Answer::because(Status::Refused, Reason::AddressesFull).with_seconds(first))
+    }
+
+    /// Opens the gate of `action` for `addr` (its own instance, for a
+    /// per-address gate).
+    pub async fn open(self: &Rc<Self>, action: &Action, addr: IpAddr) -> Answer {
+        let key = Instance::of(action, addr);
+        let answer = {
+            let _opening = Busy::mark(&self.opening, &self.opened, &key);
+            let answer = self.open_inner(action, &key, addr).await;
+            self.outcome.borrow_mut().insert(key.clone(), answer);
+            self.bound_outcomes(action, &key);
+            answer
+        };
         answer
     }
 
-    async fn open_inner(
-        &self,
-        monitor: &Rc<Monitor>,
-        config: &Config,
-        action: &Action,
-        addr: IpAddr,
-    ) -> Answer {
+    /// Keeps the outcomes of a per-address gate to `max_addresses` besides
+    /// those being opened. A trigger that finds no outcome after waiting
+    /// for an opening tries the gate itself, so forgetting one is safe.
+    fn bound_outcomes(&self, action: &Action, just: &Instance) {
+        let Some(max) = gate_of(action).and_then(|g| g.per_address) else {
+            return;
+        };
+        let opening = self.opening.borrow();
+        let mut outcome = self.outcome.borrow_mut();
+        let mine = outcome
+            .keys()
+            .filter(|k| k.name == action.name && k.addr.is_some())
+            .count();
+        if mine > max.get() {
+            outcome.retain(|k, _| {
+                k.name != action.name || k.addr.is_none() || k == just || opening.contains(k)
+            });
+        }
+    }
+
+    async fn open_inner(self: &Rc<Self>, action: &Action, key: &Instance, addr: IpAddr) -> Answer {
         let failed = |reason| Answer::because(Status::Failed, reason);
         let Some(gate) = gate_of(action) else {
             return failed(Reason::SpawnFailed);
         };
         let name = action.name.clone();
-        // A trigger that arrives while this gate's stop (or serve
+        // A trigger that arrives while this instance's stop (or serve
         // shutdown) is still running opens it only once that is done.
-        loop {
-            let done = self.closed.notified();
-            if !self.closing.borrow().contains(&name) {
-                break;
-            }
-            done.await;
-        }
+        self.wait_closing(key).await;
         self.sweep_cgroups();
-        let cwd = &config.daemon.state_dir;
+        let cwd = self.state_dir();
         let now = Instant::now();
         let opened = unix_now();
         let mut record = Record {
             name: name.clone(),
             serve: false,
+            per_address: key.addr.is_some(),
             pid: 0,
             start_ticks: None,
             boot_id: boot_id(),
@@ -496,13 +627,13 @@ impl Gates {
                 run,
                 gate: Some((stop, _)),
             } => {
-                let spec = spec(&name, "run", run, addr, action, cwd);
+                let spec = spec(key, "run", run, addr, action, &cwd);
                 let why = match action::start_in(&spec, &self.logger, cgroup.as_ref()) {
                     Ok(s) => {
                         let outcome = s.wait(action.timeout).await;
                         self.log(
                             Level::Notice,
-                            &format!("gate {name} run {}", outcome.describe()),
+                            &format!("gate {key} run {}", outcome.describe()),
                         );
                         match outcome {
                             o if o.success() => None,
@@ -513,27 +644,27 @@ impl Gates {
                     Err(e) => {
                         self.log(
                             Level::Err,
-                            &format!("gate {name} run failed to start {}: {e}", run.program()),
+                            &format!("gate {key} run failed to start {}: {e}", run.program()),
                         );
                         Some(Reason::SpawnFailed)
                     }
                 };
                 if let Some(reason) = why {
-                    self.run_stop(&name, stop, addr, action, cwd).await;
-                    self.end_cgroup(&name, record.cgroup.as_deref()).await;
+                    self.run_stop(key, stop, addr, action, &cwd).await;
+                    self.end_cgroup(key, record.cgroup.as_deref()).await;
                     return failed(reason);
                 }
             }
             ActionKind::Serve { serve, .. } => {
-                let spec = spec(&name, "serve", serve, addr, action, cwd);
+                let spec = spec(key, "serve", serve, addr, action, &cwd);
                 let mut s = match action::start_in(&spec, &self.logger, cgroup.as_ref()) {
                     Ok(s) => s,
                     Err(e) => {
                         self.log(
                             Level::Err,
-                            &format!("gate {name} serve failed to start {}: {e}", serve.program()),
+                            &format!("gate {key} serve failed to start {}: {e}", serve.program()),
                         );
-                        self.end_cgroup(&name, record.cgroup.as_deref()).await;
+                        self.end_cgroup(key, record.cgroup.as_deref()).await;
                         return failed(Reason::SpawnFailed);
                     }
                 };
@@ -542,13 +673,13 @@ impl Gates {
                     self.log(
                         Level::Err,
                         &format!(
-                            "gate {name} serve pid={} exited at once ({})",
+                            "gate {key} serve pid={} exited at once ({})",
                             s.pid,
                             action::Outcome::Exited(st).describe()
                         ),
                     );
                     action::kill_group(s.pid, Signal::SIGKILL);
-                    self.end_cgroup(&name, record.cgroup.as_deref()).await;
+                    self.end_cgroup(key, record.cgroup.as_deref()).await;
                     return failed(Reason::ServeExited);
                 }
                 record.serve = true;
@@ -558,79 +689,146 @@ impl Gates {
                 child = Some(s.into_child());
                 self.log(
                     Level::Notice,
-                    &format!("gate {name} serve pid={pid} started"),
+                    &format!("gate {key} serve pid={pid} started"),
                 );
             }
             _ => {
-                self.end_cgroup(&name, record.cgroup.as_deref()).await;
+                self.end_cgroup(key, record.cgroup.as_deref()).await;
                 return failed(Reason::SpawnFailed);
             }
         }
         let ceiling = now + gate.max_open;
         self.open.borrow_mut().insert(
-            name.clone(),
+            key.clone(),
             Open {
                 record,
                 deadline: now + gate.ttl,
                 ceiling,
                 timer: None,
                 child,
+                early: false,
+                wake: Rc::new(Notify::new()),
             },
         );
         if let Err(e) = self.persist() {
             self.log(
                 Level::Err,
-                &format!("gate {name}: cannot record it in the state file ({e}); closing it now"),
+                &format!("gate {key}: cannot record it in the state file ({e}); closing it now"),
             );
-            self.close(&name, "state file unwritable", action).await;
+            self.close(key, "state file unwritable", action).await;
             return failed(Reason::StateUnwritable);
         }
         self.log(
             Level::Notice,
             &format!(
-                "gate {name} open for addr={addr} ttl={}s max_open={}s",
+                "gate {key} open for addr={addr} ttl={}s max_open={}s",
                 gate.ttl.as_secs(),
                 gate.max_open.as_secs()
             ),
         );
-        self.arm(monitor, &name);
+        self.arm(key);
         Answer::bare(Status::Started)
             .with_seconds(u32::try_from(gate.ttl.as_secs().max(1)).unwrap_or(u32::MAX))
     }
 
-    /// Starts the task that closes gate `name` at its deadline (or when
-    /// its serve program exits).
-    fn arm(&self, monitor: &Rc<Monitor>, name: &str) {
-        let me = Rc::clone(monitor);
-        let n = name.to_string();
-        let task = tokio::task::spawn_local(async move { me.gates().watch(&me, &n).await });
-        if let Some(o) = self.open.borrow_mut().get_mut(name) {
+    /// A closing action for gate `action` from `addr`: closes the instance
+    /// `addr` concerns now, through the same path as its deadline (its
+    /// timer runs `stop`, or stops the serve program, then forgets the
+    /// record), and answers once that is done: `closed`, or `not-open`
+    /// when it was not open (or its opening failed, or a stop already
+    /// running closed it). A gate that is not per address and is open for
+    /// another address is not closed: refused, `open-for-other-address`,
+    /// as a trigger for it would be.
+    pub async fn close_early(&self, action: &Action, addr: IpAddr) -> Answer {
+        let key = Instance::of(action, addr);
+        // An opening in progress is waited for, so that the close cannot
+        // be overtaken by the run it follows.
+        if self.wait_opening(&key).await.is_some() {
+            return Answer::bare(Status::NotOpen);
+        }
+        let closing_already = self.closing.borrow().contains(&key);
+        if closing_already {
+            self.wait_closing(&key).await;
+            return Answer::bare(Status::NotOpen);
+        }
+        let ours = {
+            let mut open = self.open.borrow_mut();
+            let Some(o) = open.get_mut(&key) else {
+                return Answer::bare(Status::NotOpen);
+            };
+            if o.record.addr != addr {
+                return Answer::because(Status::Refused, Reason::OpenForOther)
+                    .with_seconds(Self::seconds_left(o));
+            }
+            o.early = true;
+            o.wake.notify_one();
+            Rc::clone(&o.wake)
+        };
+        self.log(
+            Level::Notice,
+            &format!("gate {key}: closing action; closing it now"),
+        );
+        // Its timer removes it from `open` and marks it closing in one
+        // step; the close is over once that closing is. (The instance may
+        // be opened again meanwhile: that is a new entry, not this one.)
+        loop {
+            let done = self.closed.notified();
+            let still = self
+                .open
+                .borrow()
+                .get(&key)
+                .is_some_and(|o| Rc::ptr_eq(&o.wake, &ours));
+            if !still {
+                break;
+            }
+            done.await;
+        }
+        self.wait_closing(&key).await;
+        Answer::bare(Status::Closed)
+    }
+
+    /// Starts the task that closes instance `key` at its deadline (or when
+    /// its serve program exits, or a closing action asks).
+    fn arm(self: &Rc<Self>, key: &Instance) {
+        let me = Rc::clone(self);
+        let k = key.clone();
+        let task = tokio::task::spawn_local(async move { me.watch(&k).await });
+        if let Some(o) = self.open.borrow_mut().get_mut(key) {
             o.timer = Some(task.abort_handle());
         }
     }
 
-    async fn watch(&self, monitor: &Rc<Monitor>, name: &str) {
+    async fn watch(&self, key: &Instance) {
         // The serve child (if any) lives in this task from here on.
         let mut child = self
             .open
             .borrow_mut()
-            .get_mut(name)
+            .get_mut(key)
             .and_then(|o| o.child.take());
         loop {
-            let Some(deadline) = self.open.borrow().get(name).map(|o| o.deadline) else {
+            let Some((deadline, wake)) = self
+                .open
+                .borrow()
+                .get(key)
+                .map(|o| (o.deadline, Rc::clone(&o.wake)))
+            else {
                 return;
             };
             let exited = match child.as_mut() {
                 Some(c) => tokio::select! {
                     st = c.wait() => Some(st),
                     _ = tokio::time::sleep_until(deadline.into()) => None,
+                    _ = wake.notified() => None,
                 },
                 None => {
-                    tokio::time::sleep_until(deadline.into()).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = wake.notified() => {}
+                    }
                     None
                 }
             };
-            let action = monitor.action_named(name);
+            let action = self.action_named(&key.name);
             if let Some(st) = exited {
                 let how = match st {
                     Ok(s) => action::Outcome::Exited(s).describe(),
@@ -638,46 +836,55 @@ impl Gates {
                 };
                 self.log(
                     Level::Notice,
-                    &format!("gate {name} serve exited early ({how})"),
+                    &format!("gate {key} serve exited early ({how})"),
                 );
-                self.detach_timer(name);
-                self.close_with(name, "serve exited", action.as_ref(), child)
+                self.detach_timer(key);
+                self.close_with(key, "serve exited", action.as_ref(), child)
                     .await;
                 return;
             }
-            let current = self.open.borrow().get(name).map(|o| o.deadline);
+            let early = self.open.borrow().get(key).is_some_and(|o| o.early);
+            if early {
+                self.detach_timer(key);
+                self.close_with(key, "closing action", action.as_ref(), child)
+                    .await;
+                return;
+            }
+            let current = self.open.borrow().get(key).map(|o| o.deadline);
             if current.is_some_and(|d| Instant::now() < d) {
                 continue; // extended meanwhile
             }
             if let Some(a) = action.as_ref() {
-                if self.hold(name, a).await {
+                if self.hold(key, a).await {
                     continue;
                 }
             }
-            self.detach_timer(name);
-            self.close_with(name, "deadline", action.as_ref(), child)
-                .await;
+            // A closing action may have come while hold_while ran.
+            let early = self.open.borrow().get(key).is_some_and(|o| o.early);
+            let why = if early { "closing action" } else { "deadline" };
+            self.detach_timer(key);
+            self.close_with(key, why, action.as_ref(), child).await;
             return;
         }
     }
 
     /// Forgets the timer handle of a gate whose own timer is closing it.
-    fn detach_timer(&self, name: &str) {
-        if let Some(o) = self.open.borrow_mut().get_mut(name) {
+    fn detach_timer(&self, key: &Instance) {
+        if let Some(o) = self.open.borrow_mut().get_mut(key) {
             o.timer = None;
         }
     }
 
     /// Runs `hold_while` at the deadline; on exit 0 extends by
     /// `hold_interval` up to `max_open`. Returns whether it extended.
-    async fn hold(&self, name: &str, action: &Action) -> bool {
+    async fn hold(&self, key: &Instance, action: &Action) -> bool {
         let Some(gate) = gate_of(action) else {
             return false;
         };
         let Some(hold) = gate.hold_while.as_ref() else {
             return false;
         };
-        let (addr, ceiling) = match self.open.borrow().get(name) {
+        let (addr, ceiling) = match self.open.borrow().get(key) {
             Some(o) => (o.record.addr, o.ceiling),
             None => return false,
         };
@@ -685,12 +892,12 @@ impl Gates {
         if now >= ceiling {
             self.log(
                 Level::Notice,
-                &format!("gate {name} reached max_open; closing"),
+                &format!("gate {key} reached max_open; closing"),
             );
             return false;
         }
-        let cwd = self.state_dir.borrow().clone();
-        let s = spec(name, "hold_while", hold, addr, action, &cwd);
+        let cwd = self.state_dir();
+        let s = spec(key, "hold_while", hold, addr, action, &cwd);
         let busy = match action::start(&s, &self.logger) {
             Ok(st) => st
                 .wait(action.timeout.min(gate.hold_interval))
@@ -699,7 +906,7 @@ impl Gates {
             Err(e) => {
                 self.log(
                     Level::Err,
-                    &format!("gate {name} hold_while failed to start: {e}"),
+                    &format!("gate {key} hold_while failed to start: {e}"),
                 );
                 false
             }
@@ -708,55 +915,59 @@ impl Gates {
             return false;
         }
         let new = (Instant::now() + gate.hold_interval).min(ceiling);
-        if let Some(o) = self.open.borrow_mut().get_mut(name) {
-            o.deadline = new;
-            o.record.deadline =
-                unix_now().saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
+        match self.open.borrow_mut().get_mut(key) {
+            // A closing action that came while hold_while ran wins.
+            Some(o) if !o.early => {
+                o.deadline = new;
+                o.record.deadline = unix_now()
+                    .saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
+            }
+            _ => return false,
         }
         if let Err(e) = self.persist() {
             self.log(
                 Level::Err,
-                &format!("gate {name}: state file write failed ({e}); not extending"),
+                &format!("gate {key}: state file write failed ({e}); not extending"),
             );
             return false;
         }
         self.log(
             Level::Notice,
-            &format!("gate {name} held open: still in use"),
+            &format!("gate {key} held open: still in use"),
         );
         true
     }
 
-    async fn close(&self, name: &str, why: &str, action: &Action) {
+    async fn close(&self, key: &Instance, why: &str, action: &Action) {
         let child = self
             .open
             .borrow_mut()
-            .get_mut(name)
+            .get_mut(key)
             .and_then(|o| o.child.take());
         if let Some(t) = self
             .open
             .borrow_mut()
-            .get_mut(name)
+            .get_mut(key)
             .and_then(|o| o.timer.take())
         {
             t.abort();
         }
-        self.close_with(name, why, Some(action), child).await;
+        self.close_with(key, why, Some(action), child).await;
     }
 
     /// Closes a gate: kills the serve group or runs `stop`, then removes
     /// the record.
     async fn close_with(
         &self,
-        name: &str,
+        key: &Instance,
         why: &str,
         action: Option<&Action>,
         child: Option<tokio::process::Child>,
     ) {
-        let Some(o) = self.open.borrow_mut().remove(name) else {
+        let Some(o) = self.open.borrow_mut().remove(key) else {
             return;
         };
-        let _closing = Busy::mark(&self.closing, &self.closed, name);
+        let _closing = Busy::mark(&self.closing, &self.closed, key);
         if o.record.serve {
             stop_serve(o.record.pid, child).await;
         } else if let Some(a) = action {
@@ -765,14 +976,14 @@ impl Gates {
                 ..
             } = &a.kind
             {
-                let cwd = self.state_dir.borrow().clone();
-                self.run_stop(name, stop, o.record.addr, a, &cwd).await;
+                let cwd = self.state_dir();
+                self.run_stop(key, stop, o.record.addr, a, &cwd).await;
             }
         } else {
             self.log(
                 Level::Err,
                 &format!(
-                    "gate {name}: its action is no longer configured; cannot run its stop command"
+                    "gate {key}: its action is no longer configured; cannot run its stop command"
                 ),
             );
         }
@@ -786,14 +997,21 @@ impl Gates {
         if let Err(e) = self.persist() {
             self.log(
                 Level::Err,
-                &format!("gate {name}: state file write failed after closing ({e})"),
+                &format!("gate {key}: state file write failed after closing ({e})"),
             );
         }
-        self.log(Level::Notice, &format!("gate {name} closed ({why})"));
+        self.log(Level::Notice, &format!("gate {key} closed ({why})"));
     }
 
-    async fn run_stop(&self, name: &str, stop: &Argv, addr: IpAddr, action: &Action, cwd: &Path) {
-        let s = spec(name, "stop", stop, addr, action, cwd);
+    async fn run_stop(
+        &self,
+        key: &Instance,
+        stop: &Argv,
+        addr: IpAddr,
+        action: &Action,
+        cwd: &Path,
+    ) {
+        let s = spec(key, "stop", stop, addr, action, cwd);
         match action::start(&s, &self.logger) {
             Ok(st) => {
                 let outcome = st.wait(action.timeout).await;
@@ -802,11 +1020,11 @@ impl Gates {
                 } else {
                     Level::Err
                 };
-                self.log(level, &format!("gate {name} stop {}", outcome.describe()));
+                self.log(level, &format!("gate {key} stop {}", outcome.describe()));
             }
             Err(e) => self.log(
                 Level::Err,
-                &format!("gate {name} stop failed to start {}: {e}", stop.program()),
+                &format!("gate {key} stop failed to start {}: {e}", stop.program()),
             ),
         }
     }
@@ -935,9 +1153,9 @@ impl Gates {
             .retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
     }
 
-    /// Kills what is left in gate `name`'s cgroup and removes it: for a
+    /// Kills what is left in instance `key`'s cgroup and removes it: for a
     /// gate that failed to open, whose processes let nobody in yet.
-    async fn end_cgroup(&self, name: &str, cgroup: Option<&Path>) {
+    async fn end_cgroup(&self, key: &Instance, cgroup: Option<&Path>) {
         let Some(path) = cgroup else {
             return;
         };
@@ -949,7 +1167,7 @@ impl Gates {
         if killed > 0 {
             self.log(
                 Level::Notice,
-                &format!("gate {name}: {killed} process(es) left in its cgroup; killed"),
+                &format!("gate {key}: {killed} process(es) left in its cgroup; killed"),
             );
         }
     }
@@ -957,12 +1175,12 @@ impl Gates {
     /// Closes every open gate (clean shutdown, or failure), with the
     /// actions of `config` for their stop commands.
     pub async fn close_all(&self, why: &str, config: &Config) {
-        let names: Vec<String> = self.open.borrow().keys().cloned().collect();
-        for name in names {
+        let keys: Vec<Instance> = self.open.borrow().keys().cloned().collect();
+        for key in keys {
             if let Some(t) = self
                 .open
                 .borrow_mut()
-                .get_mut(&name)
+                .get_mut(&key)
                 .and_then(|o| o.timer.take())
             {
                 t.abort();
@@ -970,16 +1188,36 @@ impl Gates {
             let child = self
                 .open
                 .borrow_mut()
-                .get_mut(&name)
+                .get_mut(&key)
                 .and_then(|o| o.child.take());
-            let action = config.actions.iter().find(|a| a.name == name);
-            self.close_with(&name, why, action, child).await;
+            let action = config.actions.iter().find(|a| a.name == key.name);
+            self.close_with(&key, why, action, child).await;
         }
     }
 
+    /// Start-up: closes, exactly, a recorded run gate that must not be
+    /// re-armed: its `stop` runs with its own recorded address, then what
+    /// it left is killed.
+    async fn stop_recorded(&self, r: &Record, a: &Action, boot: &str, why: &str) {
+        let key = Instance {
+            name: r.name.clone(),
+            addr: r.per_address.then_some(r.addr),
+        };
+        if let ActionKind::Run {
+            gate: Some((stop, _)),
+            ..
+        } = &a.kind
+        {
+            self.run_stop(&key, stop, r.addr, a, &self.state_dir())
+                .await;
+        }
+        self.kill_leftovers(r, boot).await;
+        self.log(Level::Notice, &format!("gate {key} {why}"));
+    }
+
     /// Start-up: apply the state file left by the previous posternd.
-    pub async fn recover(&self, monitor: &Rc<Monitor>) {
-        let dir = self.state_dir.borrow().clone();
+    pub async fn recover(self: &Rc<Self>) {
+        let dir = self.state_dir();
         let now = unix_now();
         let boot = boot_id();
         let loaded = match &*self.state.borrow() {
@@ -999,13 +1237,14 @@ impl Gates {
                         dir.join(STATE_FILE).display()
                     ),
                 );
-                for a in monitor.all_actions() {
+                let actions = self.config.borrow().actions.clone();
+                for a in actions {
                     self.close_unknown(&a, &dir).await;
                 }
             }
             Loaded::Records(records, bad) => {
                 for (line, name) in bad {
-                    let Some(a) = name.as_deref().and_then(|n| monitor.action_named(n)) else {
+                    let Some(a) = name.as_deref().and_then(|n| self.action_named(n)) else {
                         self.log(
                             Level::Err,
                             &format!("state file line {line}: record unreadable and of no configured action"),
@@ -1020,74 +1259,7 @@ impl Gates {
                     self.close_unknown(&a, &dir).await;
                 }
                 for r in records {
-                    let action = monitor.action_named(&r.name);
-                    let expired = now >= r.deadline || now < r.opened;
-                    if r.serve {
-                        // Its program died with the previous posternd; make
-                        // sure, and kill only what is provably ours.
-                        self.kill_leftovers(&r, &boot).await;
-                        self.log(
-                            Level::Notice,
-                            &format!("gate {} (serve) closed at start-up", r.name),
-                        );
-                        continue;
-                    }
-                    match action.as_ref() {
-                        Some(a) if !expired && gate_of(a).is_some() => {
-                            // The ceiling counts from when the gate opened,
-                            // not from this restart, and a recorded deadline
-                            // beyond it (a stale or edited file) is cut back.
-                            let recorded = Duration::from_secs(r.deadline - now);
-                            let max_open = gate_of(a).map(|g| g.max_open).unwrap_or(recorded);
-                            let open_for = Duration::from_secs(now - r.opened);
-                            let left = max_open.saturating_sub(open_for);
-                            let remaining = recorded.min(left).max(Duration::from_secs(1));
-                            let ceiling = Instant::now() + left.max(remaining);
-                            let name = r.name.clone();
-                            self.open.borrow_mut().insert(
-                                name.clone(),
-                                Open {
-                                    record: r,
-                                    deadline: Instant::now() + remaining,
-                                    ceiling,
-                                    timer: None,
-                                    child: None,
-                                },
-                            );
-                            self.log(
-                                Level::Notice,
-                                &format!(
-                                    "gate {name} re-armed: closes in {}s",
-                                    remaining.as_secs()
-                                ),
-                            );
-                            self.arm(monitor, &name);
-                        }
-                        Some(a) => {
-                            if let ActionKind::Run {
-                                gate: Some((stop, _)),
-                                ..
-                            } = &a.kind
-                            {
-                                self.run_stop(&r.name, stop, r.addr, a, &dir).await;
-                            }
-                            self.kill_leftovers(&r, &boot).await;
-                            self.log(
-                                Level::Notice,
-                                &format!(
-                                    "gate {} expired while posternd was down; stopped at start-up",
-                                    r.name
-                                ),
-                            );
-                        }
-                        None => {
-                            self.log(
-                                Level::Err,
-                                &format!("gate {} recorded open but no longer configured; cannot run its stop command", r.name),
-                            );
-                            self.kill_leftovers(&r, &boot).await;
-                        }
-                    }
+                    self.recover_one(r, now, &boot).await;
                 }
             }
         }
@@ -1100,6 +1272,119 @@ impl Gates {
                 ),
             );
         }
+    }
+
+    /// Start-up: one readable record. A serve gate is over; an unexpired
+    /// run gate is re-armed as the instance it was; anything else (expired,
+    /// recorded per address but configured per gate or the other way
+    /// round, a second record of one instance, more addresses than
+    /// `max_addresses` now allows) is closed exactly, with its own address.
+    async fn recover_one(self: &Rc<Self>, r: Record, now: u64, boot: &str) {
+        let action = self.action_named(&r.name);
+        let expired = now >= r.deadline || now < r.opened;
+        if r.serve {
+            // Its program died with the previous posternd; make sure, and
+            // kill only what is provably ours.
+            self.kill_leftovers(&r, boot).await;
+            let key = Instance {
+                name: r.name.clone(),
+                addr: r.per_address.then_some(r.addr),
+            };
+            self.log(
+                Level::Notice,
+                &format!("gate {key} (serve) closed at start-up"),
+            );
+            return;
+        }
+        let Some(a) = action else {
+            self.log(
+                Level::Err,
+                &format!(
+                    "gate {} recorded open but no longer configured; cannot run its stop command",
+                    r.name
+                ),
+            );
+            self.kill_leftovers(&r, boot).await;
+            return;
+        };
+        let Some(gate) = gate_of(&a) else {
+            self.stop_recorded(
+                &r,
+                &a,
+                boot,
+                "recorded open but no longer a gate; stopped at start-up",
+            )
+            .await;
+            return;
+        };
+        if expired {
+            self.stop_recorded(
+                &r,
+                &a,
+                boot,
+                "expired while posternd was down; stopped at start-up",
+            )
+            .await;
+            return;
+        }
+        if gate.per_address.is_some() != r.per_address {
+            let why = if r.per_address {
+                "recorded per address, now configured as one gate; stopped at start-up"
+            } else {
+                "recorded as one gate, now configured per address; stopped at start-up"
+            };
+            self.stop_recorded(&r, &a, boot, why).await;
+            return;
+        }
+        let key = Instance::of(&a, r.addr);
+        if self.open.borrow().contains_key(&key) {
+            self.stop_recorded(
+                &r,
+                &a,
+                boot,
+                "recorded twice; this record's address stopped at start-up",
+            )
+            .await;
+            return;
+        }
+        if let Some(max) = gate.per_address {
+            let count = self
+                .open
+                .borrow()
+                .keys()
+                .filter(|k| k.name == a.name)
+                .count();
+            if count >= max.get() {
+                self.stop_recorded(&r, &a, boot, "over max_addresses; stopped at start-up")
+                    .await;
+                return;
+            }
+        }
+        // The ceiling counts from when the gate opened, not from this
+        // restart, and a recorded deadline beyond it (a stale or edited
+        // file) is cut back.
+        let recorded = Duration::from_secs(r.deadline - now);
+        let open_for = Duration::from_secs(now - r.opened);
+        let left = gate.max_open.saturating_sub(open_for);
+        let remaining = recorded.min(left).max(Duration::from_secs(1));
+        let ceiling = Instant::now() + left.max(remaining);
+        self.open.borrow_mut().insert(
+            key.clone(),
+            Open {
+                record: r,
+                deadline: Instant::now() + remaining,
+                ceiling,
+                timer: None,
+                child: None,
+                early: false,
+                wake: Rc::new(Notify::new()),
+            },
+        );
+        self.log(
+            Level::Notice,
+            &format!("gate {key} re-armed: closes in {}s", remaining.as_secs()),
+        );
+        self.arm(&key);
     }
 }
 
@@ -1114,7 +1399,7 @@ fn gate_of(action: &Action) -> Option<&Gate> {
 }
 
 fn spec<'a>(
-    name: &str,
+    key: &Instance,
     what: &str,
     argv: &'a Argv,
     addr: IpAddr,
@@ -1122,7 +1407,7 @@ fn spec<'a>(
     cwd: &'a Path,
 ) -> Spec<'a> {
     Spec {
-        label: format!("gate {name} {what}"),
+        label: format!("gate {key} {what}"),
         argv,
         addr: addr.to_string(),
         action: &action.name,
@@ -1162,6 +1447,7 @@ mod tests {
         let r = Record {
             name: "svc".into(),
             serve: true,
+            per_address: false,
             pid: 42,
             start_ticks: None,
             boot_id: "b".into(),

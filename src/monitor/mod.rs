@@ -36,7 +36,7 @@ use crate::channel::Channel;
 use crate::config::{self, ActionKind, ActionSecret, Config, Protocol};
 use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
 use crate::monitor::action::Spec;
-use crate::monitor::gate::Gates;
+use crate::monitor::gate::{Gates, Instance};
 use crate::monitor::listen::{bind_listener, local_addr, ListenError};
 use crate::monitor::log::{Level, Logger};
 use crate::secret::Password;
@@ -263,7 +263,7 @@ pub struct Monitor {
     logger: Arc<Logger>,
     chan: Channel,
     shutdown: Notify,
-    gates: Gates,
+    gates: Rc<Gates>,
 }
 
 /// How the network process is started: its argv and the socketpair end
@@ -281,9 +281,10 @@ impl Monitor {
         logger: Arc<Logger>,
         chan: Channel,
     ) -> Rc<Monitor> {
-        let gates = Gates::new(&config, Arc::clone(&logger));
+        let config = Rc::new(config);
+        let gates = Gates::new(Rc::clone(&config), Arc::clone(&logger));
         let mut book = Book {
-            config: Rc::new(config),
+            config,
             generation: 1,
             previous: None,
             bound,
@@ -305,27 +306,6 @@ impl Monitor {
 
     fn log(&self, level: Level, msg: &str) {
         self.logger.log(level, msg);
-    }
-
-    /// The gates.
-    pub fn gates(&self) -> &Gates {
-        &self.gates
-    }
-
-    /// The current config's action called `name`.
-    pub fn action_named(&self, name: &str) -> Option<config::Action> {
-        self.book
-            .borrow()
-            .config
-            .actions
-            .iter()
-            .find(|a| a.name == name)
-            .cloned()
-    }
-
-    /// The current config's actions.
-    pub fn all_actions(&self) -> Vec<config::Action> {
-        self.book.borrow().config.actions.clone()
     }
 
     /// Sends the current config (limits, sockets, secrets) to the network
@@ -403,7 +383,7 @@ impl Monitor {
             mut term,
             mut int,
         } = signals;
-        self.gates.recover(self).await;
+        self.gates.recover().await;
         let mut buf = [0u8; REQUEST_LEN + 1];
         let result = loop {
             tokio::select! {
@@ -711,13 +691,23 @@ impl Monitor {
             );
         };
         let name = action.name.clone();
-        if matches!(action.kind, ActionKind::Shutdown) {
-            return (Answer::bare(Status::Started), name);
+        match &action.kind {
+            ActionKind::Shutdown => return (Answer::bare(Status::Started), name),
+            ActionKind::Close { gate } => {
+                // Config validation names a gate of the same config here.
+                let answer = match config.actions.iter().find(|a| a.name == *gate) {
+                    Some(g) => self.gates.close_early(g, target).await,
+                    None => Answer::because(Status::Refused, Reason::ConfigChanged),
+                };
+                return (answer, name);
+            }
+            _ => {}
         }
         // A trigger that arrives while this gate is being opened waits for
         // that outcome: a failure is reported as it is, a success is
         // answered below as an open gate.
-        if self.gates.is_opening(&name) {
+        let instance = Instance::of(action, target);
+        if self.gates.is_opening(&instance) {
             self.log(
                 Level::Info,
                 &format!(
@@ -725,16 +715,22 @@ impl Monitor {
                 ),
             );
         }
-        if let Some(failed) = self.gates.wait_opening(&name).await {
+        if let Some(failed) = self.gates.wait_opening(&instance).await {
             return (failed, name);
         }
-        if let Some(answer) = self.gates.try_extend(&name, action, target).await {
+        if let Some(answer) = self.gates.try_extend(action, target).await {
             return (answer, name);
         }
+        if let Some(full) = self.gates.full(action, target) {
+            return (full, name);
+        }
+        // A per-address gate's instances are its single instances: one
+        // address's opening does not hold back another's.
+        let per_address = instance.addr.is_some();
         {
             let mut b = self.book.borrow_mut();
             let st = b.actions.entry(name.clone()).or_default();
-            if action.single_instance && st.running > 0 {
+            if action.single_instance && !per_address && st.running > 0 {
                 return (Answer::bare(Status::AlreadyActive), name);
             }
             if let Some(last) = st.last_start {
@@ -755,11 +751,11 @@ impl Monitor {
         let answer = match &action.kind {
             ActionKind::Run { run, gate: None } => self.run_plain(&config, action, run, target),
             ActionKind::Run { gate: Some(_), .. } | ActionKind::Serve { .. } => {
-                let answer = self.gates.open(self, &config, action, target).await;
+                let answer = self.gates.open(action, target).await;
                 self.finished(&name);
                 answer
             }
-            ActionKind::Shutdown => Answer::bare(Status::Started),
+            ActionKind::Shutdown | ActionKind::Close { .. } => Answer::bare(Status::Started),
         };
         if answer.status == Status::Failed {
             // A failed start does not hold the single-instance slot.
@@ -920,13 +916,14 @@ impl Monitor {
         // closes the monitor's copy (the network process drops its own).
         drop(old);
         self.logger.retarget(new.daemon.log);
-        self.gates.reconfigure(&new);
+        let new = Rc::new(new);
+        self.gates.reconfigure(Rc::clone(&new));
         let retired = {
             let mut b = self.book.borrow_mut();
             // The replaced config stays as `previous`, so that requests from
             // handshakes that began under it can still be mapped; the one
             // it replaces in turn is retired.
-            let old_config = std::mem::replace(&mut b.config, Rc::new(new));
+            let old_config = std::mem::replace(&mut b.config, new);
             let generation = b.generation;
             let retired = b.previous.replace((generation, old_config));
             b.generation = b.generation.wrapping_add(1).max(1);
