@@ -57,13 +57,19 @@ EX_REFUSED = 4
 EX_FAILED = 5
 EX_USAGE = 64
 
-# Ack statuses: byte -> (name, exit code). 5 and 6 are reserved.
+# Ack statuses: byte -> (name, exit code). 5 and 6 answer closing actions.
 STATUS = {
     1: ("started", EX_OK),
     2: ("already-active", EX_OK),
     3: ("refused", EX_REFUSED),
     4: ("failed", EX_FAILED),
+    5: ("closed", EX_OK),
+    6: ("not-open", EX_OK),
 }
+
+# "close HOST GATE" triggers GATE's closing action, named GATE + this
+# unless --action names it.
+CLOSE_SUFFIX = ".close"
 
 # Ack reasons: byte -> (name, phrase). Unknown bytes are shown as "reason N".
 REASONS = {
@@ -75,6 +81,7 @@ REASONS = {
     5: ("open-for-other-address", "it is open for another address"),
     6: ("config-changed", "the server's config changed; try again"),
     7: ("shutting-down", "the server is shutting down"),
+    8: ("addresses-full", "the gate is open for as many addresses as it allows"),
     16: ("spawn-failed", "the program could not be started"),
     17: ("run-failed", "the run command failed"),
     18: ("run-timed-out", "the run command timed out"),
@@ -88,6 +95,9 @@ NOT_POSTERN_2 = ("not a postern-2 greeting: the port looks like an ostiary-4 or 
 USAGE = """\
 usage:
   {p} trigger HOST[:PORT] [ACTION] [options]
+  {p} close HOST[:PORT] GATE [options]
+                               close gate GATE now with the key of its closing
+                               action, GATE.close (or --action NAME)
   {p} keygen                   print a fresh base64 key
   {p} selftest VECTORS_DIR     check the computations against the test vectors
 
@@ -112,10 +122,11 @@ HOST[:PORT]: a name, a.b.c.d, [v6] or [v6]:port; the default port is {d}.
 Prompts read the terminal with echo off, or one line of standard input when
 standard input is not a terminal.
 
-exit codes: 0 accepted (started, already active; ostiary-4: reply sent),
-1 local error (key, password, terminal), 2 no acknowledgement,
-3 network error or timeout, 4 acknowledged but refused,
-5 acknowledged but failed to start, 64 usage error.
+exit codes: 0 accepted (started, already active, closed, not open;
+ostiary-4: reply sent), 1 local error (key, password, terminal),
+2 no acknowledgement, 3 network error or timeout, 4 acknowledged but
+refused, 5 acknowledged but failed to start (close: the server started or
+kept the gate open, so the key was an opening action's), 64 usage error.
 """.format(p=PROG, t=DEFAULT_TIMEOUT, a=DEFAULT_ACK_TIMEOUT, d=DEFAULT_PORT)
 
 
@@ -337,10 +348,14 @@ def until(n, now=None):
         return "?"
 
 
-def answer_line(status, reason, seconds, name, now=None):
-    """(exit code, text after "TARGET: ") for a verified ack."""
+def answer_line(status, reason, seconds, name, now=None, closing=False):
+    """(exit code, text after "TARGET: ") for a verified ack. With
+    closing (the close command), a gate started or left open is a failure:
+    the key was an opening action's."""
     name = name or "the action"
     code = STATUS[status][1]
+    if closing and status in (1, 2):
+        code = EX_FAILED
     if status == 1:
         if seconds:
             return code, "accepted; %s open for %s (until %s)" % (name, duration(seconds), until(seconds, now))
@@ -355,7 +370,14 @@ def answer_line(status, reason, seconds, name, now=None):
             return code, "refused: cooling down, try again in %s" % duration(seconds)
         if reason == 5 and seconds:
             return code, "refused: it is open for another address, closes in %s" % duration(seconds)
+        if reason == 8 and seconds:
+            return code, ("refused: it is open for as many addresses as it allows; "
+                          "the first closes in %s" % duration(seconds))
         return code, "refused: %s" % reason_phrase(reason)
+    if status == 5:
+        return code, "closed; %s closed now" % name
+    if status == 6:
+        return code, "not open; %s was not open, nothing to close" % name
     return code, "failed: %s" % reason_phrase(reason)
 
 
@@ -695,9 +717,12 @@ NO_ACK = (EX_NOACK, "no acknowledgement (wrong key, locked out or refused)")
 CLOSED_EARLY = (EX_NET, "connection failed: server closed before sending its challenge")
 
 
-def wait_notice(name):
+def wait_notice(name, closing=None):
     """The one line shown on a terminal while the server works."""
-    line = "waiting for the server to start %s\u2026\n" % (name or "the action")
+    if closing:
+        line = "waiting for the server to close %s\u2026\n" % closing
+    else:
+        line = "waiting for the server to start %s\u2026\n" % (name or "the action")
     try:
         sys.stderr.flush()
         sys.stderr.buffer.write(line.encode("utf-8"))
@@ -749,7 +774,7 @@ def trigger(args):
         conn.start(args.ack_timeout)
         if (sys.stderr.isatty() and args.ack_timeout > WAIT_NOTICE_AFTER
                 and conn.quiet_for(WAIT_NOTICE_AFTER)):
-            wait_notice(args.action)
+            wait_notice(args.action, args.gate)
         # A close, even after part of an ack, is the server's way of saying no.
         # Exactly 38 bytes are read; anything after them is never looked at.
         ack = conn.read(ACK_LEN, "timed out after %s waiting for the acknowledgement"
@@ -760,7 +785,8 @@ def trigger(args):
                                  "wrong key or tampering)")
         if answer is None:
             raise Done(EX_NOACK, "no acknowledgement (status %d is not one this client knows)" % ack[0])
-        raise Done(*answer_line(answer[0], answer[1], answer[2], args.action))
+        raise Done(*answer_line(answer[0], answer[1], answer[2], args.gate or args.action,
+                                closing=bool(args.gate)))
     finally:
         conn.close()
 
@@ -937,8 +963,15 @@ def selftest(vdir):
             ((3, 2, 0), (EX_REFUSED, "refused: the server is busy")),
             ((3, 4, 0), (EX_REFUSED, "refused: the asserted address cannot be acted for")),
             ((4, 17, 0), (EX_FAILED, "failed: the run command failed")),
-            ((4, 99, 0), (EX_FAILED, "failed: reason 99"))):
+            ((4, 99, 0), (EX_FAILED, "failed: reason 99")),
+            ((5, 0, 0), (EX_OK, "closed; sshd closed now")),
+            ((6, 0, 0), (EX_OK, "not open; sshd was not open, nothing to close")),
+            ((3, 8, 90), (EX_REFUSED, "refused: it is open for as many addresses as it allows; "
+                                      "the first closes in 2 min")),
+            ((3, 8, 0), (EX_REFUSED, "refused: the gate is open for as many addresses as it allows"))):
         check("answer %d/%d/%d" % (st, why, sec), answer_line(st, why, sec, "sshd"), want)
+    for st, want in ((1, EX_FAILED), (2, EX_FAILED), (5, EX_OK), (6, EX_OK), (3, EX_REFUSED)):
+        check("close answer %d" % st, answer_line(st, 0, 0, "sshd", closing=True)[0], want)
     check("answer with no action name", answer_line(1, 0, 0, None)[1], "accepted; the action started")
 
     passed = sum(results)
@@ -984,6 +1017,8 @@ def build_parser():
     t.add_argument("--ack-timeout", type=positive_number, default=DEFAULT_ACK_TIMEOUT)
     t.add_argument("--protocol", choices=["postern-2", "ostiary-4"], default="postern-2")
     t.add_argument("--proxy")
+    c = sub.add_parser("close", add_help=False, parents=[t])
+    c.set_defaults(closing=True)
     sub.add_parser("keygen", add_help=False)
     s = sub.add_parser("selftest", add_help=False)
     s.add_argument("vectors_dir")
@@ -992,6 +1027,15 @@ def build_parser():
 
 def check_combination(a):
     """Usage rules, as the Rust client has them."""
+    a.gate = None
+    if getattr(a, "closing", False):
+        # close HOST GATE: the closing action is GATE.close unless --action.
+        if a.positional_action is None:
+            raise UsageError("close needs the GATE to close")
+        a.gate = a.positional_action
+        a.positional_action = None
+        if a.action is None:
+            a.action = a.gate + CLOSE_SUFFIX
     if a.positional_action is not None:
         if a.action is not None:
             raise UsageError("give the action once: ACTION or --action")
@@ -1033,7 +1077,7 @@ def main(argv=None):
     args, extra = parser.parse_known_args(argv)
     # The ACTION positional may come after options (as with the other
     # clients); argparse would only take it before them.
-    if (args.command == "trigger" and len(extra) == 1 and not extra[0].startswith("-")
+    if (args.command in ("trigger", "close") and len(extra) == 1 and not extra[0].startswith("-")
             and args.positional_action is None):
         args.positional_action = extra[0]
     elif extra:

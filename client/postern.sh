@@ -49,6 +49,9 @@ usage() {
     cat <<EOF
 usage:
   $PROG trigger HOST[:PORT] [ACTION] [options]
+  $PROG close HOST[:PORT] GATE [options]
+                                 close gate GATE now with the key of its closing
+                                 action, GATE.close (or --action NAME)
   $PROG keygen                   print a fresh base64 key
   $PROG selftest VECTORS_DIR     check the computations against the test vectors
 
@@ -74,10 +77,11 @@ Prompts read the terminal with echo off, or one line of standard input when
 standard input is not a terminal. Transport: bash's /dev/tcp under bash,
 else socat, else nc; POSTERN_TRANSPORT=devtcp|socat|nc chooses.
 
-exit codes: 0 accepted (started, already active; ostiary-4: reply sent),
-1 local error (key, password, terminal), 2 no acknowledgement,
-3 network error or timeout, 4 acknowledged but refused,
-5 acknowledged but failed to start, 64 usage error.
+exit codes: 0 accepted (started, already active, closed, not open;
+ostiary-4: reply sent), 1 local error (key, password, terminal),
+2 no acknowledgement, 3 network error or timeout, 4 acknowledged but
+refused, 5 acknowledged but failed to start (close: the server started or
+kept the gate open, so the key was an opening action's), 64 usage error.
 EOF
 }
 
@@ -484,7 +488,7 @@ ack_hex() { # key greeting reply body(6 bytes: status reason seconds, as 12 hex 
 
 # Verify ack $4 for key $1, greeting $2, reply $3, comparing the hex of the
 # recomputed MAC. Sets ACK_STATUS, ACK_REASON and ACK_SECONDS (decimal) and
-# returns 0 for a genuine ack with a known status (1..4); returns 1 for a
+# returns 0 for a genuine ack with a known status (1..6); returns 1 for a
 # forged or corrupted one, 2 for a genuine one with an unknown status.
 verify_ack() {
     ACK_STATUS='' ACK_REASON='' ACK_SECONDS=''
@@ -497,7 +501,7 @@ verify_ack() {
     ACK_STATUS=$((0x$_vs))
     ACK_REASON=$((0x$_vr))
     ACK_SECONDS=$((0x${_vb#????}))
-    case $_vs in 01 | 02 | 03 | 04) ;; *) return 2 ;; esac
+    case $_vs in 01 | 02 | 03 | 04 | 05 | 06) ;; *) return 2 ;; esac
 }
 
 # ---------------------------------------------------------------------------
@@ -514,6 +518,7 @@ reason_of() {
         5) REASON_NAME=open-for-other-address REASON_PHRASE="it is open for another address" ;;
         6) REASON_NAME=config-changed REASON_PHRASE="the server's config changed; try again" ;;
         7) REASON_NAME=shutting-down REASON_PHRASE="the server is shutting down" ;;
+        8) REASON_NAME=addresses-full REASON_PHRASE="the gate is open for as many addresses as it allows" ;;
         16) REASON_NAME=spawn-failed REASON_PHRASE="the program could not be started" ;;
         17) REASON_NAME=run-failed REASON_PHRASE="the run command failed" ;;
         18) REASON_NAME=run-timed-out REASON_PHRASE="the run command timed out" ;;
@@ -583,15 +588,29 @@ answer_line() {
                 ANSWER="refused: cooling down, try again in $DUR"
             elif [ "$2" -eq 5 ] && [ "$3" -gt 0 ]; then
                 ANSWER="refused: it is open for another address, closes in $DUR"
+            elif [ "$2" -eq 8 ] && [ "$3" -gt 0 ]; then
+                ANSWER="refused: it is open for as many addresses as it allows; the first closes in $DUR"
             else
                 ANSWER="refused: $REASON_PHRASE"
             fi
+            ;;
+        5)
+            ANSWER_RC=$EX_OK
+            ANSWER="closed; $_an closed now"
+            ;;
+        6)
+            ANSWER_RC=$EX_OK
+            ANSWER="not open; $_an was not open, nothing to close"
             ;;
         *)
             ANSWER_RC=$EX_FAILED
             ANSWER="failed: $REASON_PHRASE"
             ;;
     esac
+    # close: a gate started or left open means the key opened it.
+    if [ -n "${CLOSE_GATE:-}" ]; then
+        case $1 in 1 | 2) ANSWER_RC=$EX_FAILED ;; esac
+    fi
 }
 
 # ---------------------------------------------------------------------------
@@ -693,8 +712,9 @@ start_notice() {
         _nsl=''
         sleep 1 &
         _nsl=$!
+        if [ -n "${CLOSE_GATE:-}" ]; then _nw="close $CLOSE_GATE"; else _nw="start ${ACTION:-the action}"; fi
         wait "$_nsl" && [ -e "$TMPD/waiting" ] &&
-            printf 'waiting for the server to start %s\342\200\246\n' "${ACTION:-the action}" >&2
+            printf 'waiting for the server to %s\342\200\246\n' "$_nw" >&2
     ) </dev/null >/dev/null &
     NOTICE=$!
 }
@@ -904,7 +924,12 @@ cmd_trigger() {
             --protocol) PROTOCOL=$_val ;;
         esac
     done
-    if [ -n "$_positional" ]; then
+    if [ -n "${CLOSE_GATE+x}" ]; then
+        # close HOST GATE: the closing action is GATE.close unless --action.
+        [ -n "$_positional" ] || fail_usage "close needs the GATE to close"
+        CLOSE_GATE=$_positional
+        [ -n "$ACTION" ] || ACTION=$_positional.close
+    elif [ -n "$_positional" ]; then
         [ -z "$ACTION" ] || fail_usage "give the action once: ACTION or --action"
         ACTION=$_positional
     fi
@@ -1046,8 +1071,15 @@ cmd_trigger() {
         *) result "$EX_NOACK" "no acknowledgement (the acknowledgement did not verify: wrong key or tampering)" ;;
     esac
     KEYHEX=''
-    answer_line "$ACK_STATUS" "$ACK_REASON" "$ACK_SECONDS" "$ACTION"
+    answer_line "$ACK_STATUS" "$ACK_REASON" "$ACK_SECONDS" "${CLOSE_GATE:-$ACTION}"
     result "$ANSWER_RC" "$ANSWER"
+}
+
+# close HOST[:PORT] GATE [options]: a trigger of GATE's closing action.
+cmd_close() {
+    [ $# -ge 1 ] || fail_usage "close needs HOST[:PORT]"
+    CLOSE_GATE=''
+    cmd_trigger "$@"
 }
 
 cmd_keygen() {
@@ -1282,12 +1314,23 @@ st_builtin() {
         "3 2 0=4 refused: the server is busy" \
         "3 4 0=4 refused: the asserted address cannot be acted for" \
         "4 17 0=5 failed: the run command failed" \
-        "4 99 0=5 failed: reason 99"; do
+        "4 99 0=5 failed: reason 99" \
+        "5 0 0=0 closed; sshd closed now" \
+        "6 0 0=0 not open; sshd was not open, nothing to close" \
+        "3 8 90=4 refused: it is open for as many addresses as it allows; the first closes in 2 min" \
+        "3 8 0=4 refused: the gate is open for as many addresses as it allows"; do
         # shellcheck disable=SC2086 # three numbers
         set -- ${_c%%=*}
         answer_line "$1" "$2" "$3" sshd
         check "answer $1/$2/$3" "$ANSWER_RC $ANSWER" "${_c#*=}"
     done
+    # close: a gate started or left open is a failure (an opening key).
+    CLOSE_GATE=sshd
+    for _c in 1=5 2=5 5=0 6=0 3=4; do
+        answer_line "${_c%%=*}" 0 0 sshd
+        check "close answer ${_c%%=*}" "$ANSWER_RC" "${_c#*=}"
+    done
+    unset CLOSE_GATE
     answer_line 1 0 0 ''
     check "answer with no action name" "$ANSWER" "accepted; the action started"
 }
@@ -1317,7 +1360,8 @@ command -v openssl >/dev/null 2>&1 || fail_local "openssl not found"
 _cmd=$1
 shift
 case $_cmd in
-    trigger) cmd_trigger "$@" ;;
+    trigger) unset CLOSE_GATE; cmd_trigger "$@" ;;
+    close) cmd_close "$@" ;;
     keygen) cmd_keygen "$@" ;;
     selftest) cmd_selftest "$@" ;;
     help | -h | --help) usage ;;

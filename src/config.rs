@@ -2947,42 +2947,30 @@ builtin = "shutdown"
     #[test]
     fn per_address_and_closes_parse() {
         let f = Fixture::new();
+        let per = |c: &Config| match &c.actions[0].kind {
+            ActionKind::Run {
+                gate: Some((_, g)), ..
+            } => Some(g.per_address.map(NonZeroUsize::get)),
+            _ => None,
+        };
         let door = "[[action]]\nname = \"door\"\nkey = \"@K1\"\nrun = [\"/bin/true\", \"{addr}\"]\nstop = [\"/bin/true\", \"{addr}\"]\nstop_all = [\"/bin/true\"]\nttl = \"1m\"\nper_address = true\n";
         let close = "[[action]]\nname = \"door.close\"\nkey = \"@K2\"\ncloses = \"door\"\nbind_source = true\n";
         let c = f.parse(&[L1, door, close].concat()).unwrap();
-        match &c.actions[0].kind {
-            ActionKind::Run {
-                gate: Some((_, g)),
-                ..
-            } => assert_eq!(
-                g.per_address.map(NonZeroUsize::get),
-                Some(defaults::MAX_ADDRESSES)
-            ),
-            other => panic!("not a gate: {other:?}"),
-        }
-        match &c.actions[1].kind {
-            ActionKind::Close { gate } => assert_eq!(gate, "door"),
-            other => panic!("not a closing action: {other:?}"),
-        }
+        assert_eq!(per(&c), Some(Some(defaults::MAX_ADDRESSES)));
+        assert!(
+            matches!(&c.actions[1].kind, ActionKind::Close { gate } if gate == "door"),
+            "{:?}",
+            c.actions[1].kind
+        );
         assert!(c.actions[1].bind_source);
         let c = f
             .parse(&[L1, door, "max_addresses = 3\n"].concat())
             .unwrap();
-        match &c.actions[0].kind {
-            ActionKind::Run {
-                gate: Some((_, g)),
-                ..
-            } => assert_eq!(g.per_address.map(NonZeroUsize::get), Some(3)),
-            other => panic!("not a gate: {other:?}"),
-        }
-        let c = f.parse(&[L1, ACT, "stop = [\"/bin/true\"]\nttl = \"1m\"\n"].concat()).unwrap();
-        match &c.actions[0].kind {
-            ActionKind::Run {
-                gate: Some((_, g)),
-                ..
-            } => assert_eq!(g.per_address, None),
-            other => panic!("not a gate: {other:?}"),
-        }
+        assert_eq!(per(&c), Some(Some(3)));
+        let c = f
+            .parse(&[L1, ACT, "stop = [\"/bin/true\"]\nttl = \"1m\"\n"].concat())
+            .unwrap();
+        assert_eq!(per(&c), Some(None));
     }
 
     // Goal: max_open defaults to ttl without extend or hold_while, to

@@ -292,8 +292,9 @@ free_port() {
 #   REAL_PORT is set). WANT_LINE: the client's output after "TARGET: "
 #   (@TARGET@ in it stands for the target, @UNTIL@ for the local HH:MM
 #   UNTIL_SECS seconds after the run), or "-" to check that stderr is not
-#   empty instead. The client runs `trigger TARGET ARGS...`.
-# Per-case settings, reset after each case: SRV (fake server options), BIND,
+#   empty instead. The client runs `CMD TARGET ARGS...` (CMD: trigger,
+#   or close when set so).
+# Per-case settings, reset after each case: CMD, SRV (fake server options), BIND,
 # CLIENT_IN, PROXY, REAL_PORT, UNTIL_SECS, MAX_MS (the run must take less),
 # ERR_EMPTY=1 (stderr must be empty), ERR_HAS (stderr must contain it),
 # PTY=1 (run under script(1): stderr is a terminal, and is checked for
@@ -320,11 +321,11 @@ fake_case() {
     _t0=$(date +%s)
     _m0=$(now_ms)
     if [ -n "${PTY:-}" ]; then
-        _cmd="'$W/client-$_v' trigger '$_target'"
+        _cmd="'$W/client-$_v' ${CMD:-trigger} '$_target'"
         for _a in "$@"; do _cmd="$_cmd '$_a'"; done
         SHELL=/bin/sh "$SCRIPT" -q -e -c "$_cmd <'$CLIENT_IN' >'$W/out'" "$W/err" </dev/null >/dev/null 2>&1
     else
-        run_client "$_v" trigger "$_target" "$@" <"$CLIENT_IN" >"$W/out" 2>"$W/err"
+        run_client "$_v" "${CMD:-trigger}" "$_target" "$@" <"$CLIENT_IN" >"$W/out" 2>"$W/err"
     fi
     _rc=$?
     _m1=$(now_ms)
@@ -378,7 +379,7 @@ fake_case() {
         _problem="${_problem:+$_problem; }stderr does not name '$ERR_HAS'"
     fi
     if [ -n "${PTY:-}" ]; then
-        _n=$(grep -c "^waiting for the server to start ${WAIT_NAME:-the action}…" "$W/err")
+        _n=$(grep -c "^waiting for the server to ${WAIT_VERB:-start} ${WAIT_NAME:-the action}…" "$W/err")
         _all=$(grep -c "waiting for the server" "$W/err")
         [ "$_n" = "$WAIT_LINES" ] && [ "$_all" = "$WAIT_LINES" ] ||
             _problem="${_problem:+$_problem; }$_all waiting lines ($_n as wanted) on the terminal, want $WAIT_LINES"
@@ -393,7 +394,7 @@ fake_case() {
 
 fake_reset() {
     SRV='' BIND=127.0.0.1 CLIENT_IN=/dev/null MAX_SECS='' MAX_MS='' PROXY='' REAL_PORT=''
-    UNTIL_SECS='' ERR_EMPTY='' ERR_HAS='' PTY='' WAIT_LINES='' WAIT_NAME=''
+    UNTIL_SECS='' ERR_EMPTY='' ERR_HAS='' PTY='' WAIT_LINES='' WAIT_NAME='' WAIT_VERB='' CMD=''
 }
 
 now_ms() {
@@ -420,6 +421,7 @@ reason_phrase() {
         5) echo "it is open for another address" ;;
         6) echo "the server's config changed; try again" ;;
         7) echo "the server is shutting down" ;;
+        8) echo "the gate is open for as many addresses as it allows" ;;
         16) echo "the program could not be started" ;;
         17) echo "the run command failed" ;;
         18) echo "the run command timed out" ;;
@@ -469,7 +471,10 @@ for v in $VARIANTS; do
     SRV="$A --status 3 --reason 5 --seconds 125"
     fake_case "$v" "refused, open for another address" 4 verified \
         "refused: it is open for another address, closes in 3 min" $K "$W/key"
-    for r in 2 3 4 6 7 200; do
+    SRV="$A --status 3 --reason 8 --seconds 125"
+    fake_case "$v" "refused, addresses full" 4 verified \
+        "refused: it is open for as many addresses as it allows; the first closes in 3 min" $K "$W/key"
+    for r in 2 3 4 6 7 8 200; do
         SRV="$A --status 3 --reason $r"
         fake_case "$v" "refused, reason $r" 4 verified "refused: $(reason_phrase $r)" $K "$W/key"
     done
@@ -479,8 +484,27 @@ for v in $VARIANTS; do
         [ "$r" = 0 ] && _p="no reason given"
         fake_case "$v" "failed, reason $r" 5 verified "failed: $_p" $K "$W/key"
     done
+    # Closing: closed and not-open are successes; for close, an opened gate
+    # (the key was an opening action's) is a failure.
+    SRV="$A --status 5"
+    fake_case "$v" "closed" 0 verified "closed; sshd closed now" sshd $K "$W/key"
+    SRV="$A --status 6"
+    fake_case "$v" "not open" 0 verified "not open; the action was not open, nothing to close" $K "$W/key"
+    SRV="$A --status 5"
+    CMD=close
+    fake_case "$v" "close: closed" 0 verified "closed; sshd closed now" sshd $K "$W/key"
+    SRV="$A --status 6"
+    CMD=close
+    fake_case "$v" "close: not open" 0 verified "not open; sshd was not open, nothing to close" sshd $K "$W/key"
+    SRV="$A --status 1 --seconds 600"
+    CMD=close
+    UNTIL_SECS=600
+    fake_case "$v" "close with an opening key: exit 5" 5 verified \
+        "accepted; sshd open for 10 min (until @UNTIL@)" sshd $K "$W/key"
+    CMD=close
+    fake_case "$v" "close without a GATE: usage" 64 - - $K "$W/key"
     # A genuine ack with a status the client does not know is no valid ack.
-    for st in 0 5 6 9 255; do
+    for st in 0 7 9 255; do
         SRV="$A --status $st"
         fake_case "$v" "unknown status $st (valid MAC)" 2 verified \
             "no acknowledgement (status $st is not one this client knows)" $K "$W/key"
@@ -541,6 +565,10 @@ for v in $VARIANTS; do
         PTY=1 WAIT_LINES=1 WAIT_NAME="the action"
         fake_case "$v" "ack after 2 s on a terminal, no action name" 0 verified \
             "accepted; the action started" $K "$W/key"
+        SRV="$A --status 5 --ack-delay 2"
+        PTY=1 WAIT_LINES=1 WAIT_NAME=sshd WAIT_VERB=close CMD=close
+        fake_case "$v" "close acked after 2 s on a terminal: one waiting line" 0 verified \
+            "closed; sshd closed now" sshd $K "$W/key"
         SRV="$A --status 1"
         PTY=1 WAIT_LINES=0
         fake_case "$v" "prompt ack on a terminal: no waiting line" 0 verified \

@@ -1,0 +1,350 @@
+//! Per-address gates (`per_address`, `max_addresses`) and closing actions
+//! (`closes`): each address has its own instance, deadline, extension,
+//! record and close; a closing action closes one instance now. Uses
+//! harmless commands that keep one file per open address.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use postern::secret::Key;
+use postern::wire::{Reason, Status};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const A: &str = "192.0.2.1";
+const B: &str = "192.0.2.2";
+const C: &str = "192.0.2.3";
+
+/// A per-address door ("door", at most 2 addresses) whose run and stop
+/// keep one file per address and log each call, its closing action
+/// ("door.close"), a door that is one gate ("one") and its closing action.
+struct Doors {
+    door: Key,
+    close: Key,
+    one: Key,
+    one_close: Key,
+    config: String,
+}
+
+fn doors(s: &Scratch, ttl: &str, extra: &str) -> Doors {
+    let (door, b1) = key();
+    let (close, b2) = key();
+    let (one, b3) = key();
+    let (one_close, b4) = key();
+    let dir = s.path("open");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.display();
+    let log = s.path("calls").display().to_string();
+    let config = format!(
+        "{daemon}[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"door\"\nkey = \"{b1}\"\n\
+         run = [\"/bin/sh\", \"-c\", \"touch {dir}/$1; echo run $1 >> {log}\", \"run\", \"{{addr}}\"]\n\
+         stop = [\"/bin/sh\", \"-c\", \"rm -f {dir}/$1; echo stop $1 >> {log}\", \"stop\", \"{{addr}}\"]\n\
+         stop_all = [\"/bin/sh\", \"-c\", \"rm -f {dir}/*; echo stop_all >> {log}\"]\n\
+         ttl = \"{ttl}\"\nper_address = true\nmax_addresses = 2\n{extra}\
+         [[action]]\nname = \"door.close\"\nkey = \"{b2}\"\ncloses = \"door\"\n\
+         [[action]]\nname = \"one\"\nkey = \"{b3}\"\n\
+         run = [\"/bin/sh\", \"-c\", \"echo run-one >> {log}\"]\n\
+         stop = [\"/bin/sh\", \"-c\", \"echo stop-one >> {log}\"]\nttl = \"1m\"\n\
+         [[action]]\nname = \"one.close\"\nkey = \"{b4}\"\ncloses = \"one\"\n",
+        daemon = daemon_table(s),
+    );
+    Doors {
+        door,
+        close,
+        one,
+        one_close,
+        config,
+    }
+}
+
+/// The ack for `key` asserting `addr`.
+fn ask(d: &Daemon, key: &Key, addr: &str) -> postern::wire::Answer {
+    match exchange(d.addr(), None, key, Some(ip(addr))) {
+        Exchange::Ack(a) => a,
+        other => panic!("no ack for {addr}: {other:?}"),
+    }
+}
+
+fn calls(s: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(s)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn state_of(d: &Daemon) -> String {
+    std::fs::read_to_string(d.scratch.path("state").join("gates.state")).unwrap_or_default()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// Goal: two addresses each get their own instance of a per-address gate
+// (not "open for another address"), each recorded in the state file, each
+// extended and closed on its own deadline with its own {addr}; a third
+// address past max_addresses is refused "addresses-full" with the seconds
+// until the first closes, and may open once one has closed.
+#[test]
+fn each_address_has_its_own_instance() {
+    let s = Scratch::new("doors-own");
+    let g = doors(&s, "2s", "max_open = \"5s\"\n");
+    let open = s.path("open");
+    let log = s.path("calls");
+    let d = Daemon::start(s, &g.config);
+    let t0 = Instant::now();
+    let a = ask(&d, &g.door, A);
+    assert_eq!((a.status, a.seconds), (Status::Started, 2), "{a:?}");
+    let b = ask(&d, &g.door, B);
+    assert_eq!(b.status, Status::Started, "{b:?}");
+    assert!(open.join(A).exists() && open.join(B).exists());
+    let st = state_of(&d);
+    for addr in [A, B] {
+        assert!(
+            st.contains(&format!("addr={addr} cgroup="))
+                && st
+                    .lines()
+                    .any(|l| l.contains(&format!("addr={addr} ")) && l.ends_with(" per=address")),
+            "{st}"
+        );
+    }
+    assert_eq!(
+        st.lines()
+            .filter(|l| l.starts_with("gate name=door "))
+            .count(),
+        2,
+        "{st}"
+    );
+    // Full: a third address is refused, and told when the first closes.
+    let c = ask(&d, &g.door, C);
+    assert_eq!(
+        (c.status, c.reason),
+        (Status::Refused, Reason::AddressesFull),
+        "{c:?}"
+    );
+    assert!((1..=2).contains(&c.seconds), "{c:?}");
+    assert!(!open.join(C).exists());
+    // A's instance is extended; B's is not.
+    std::thread::sleep(Duration::from_millis(1000));
+    let again = ask(&d, &g.door, A);
+    assert_eq!(again.status, Status::AlreadyActive, "{again:?}");
+    d.wait_log(&format!("gate door@{A} extended"), 5 * SEC);
+    d.wait_log(&format!("gate door@{B} closed (deadline)"), 10 * SEC);
+    let b_closed = t0.elapsed();
+    assert!(open.join(A).exists(), "A closed with B");
+    assert!(!open.join(B).exists());
+    // With B's instance gone, C has room.
+    assert_eq!(ask(&d, &g.door, C).status, Status::Started);
+    d.wait_log(&format!("gate door@{A} closed (deadline)"), 10 * SEC);
+    let a_closed = t0.elapsed();
+    assert!(
+        b_closed >= Duration::from_millis(1900) && a_closed >= Duration::from_millis(2900),
+        "B closed after {b_closed:?}, A after {a_closed:?}"
+    );
+    assert!(!open.join(A).exists());
+    d.wait_log(&format!("gate door@{C} closed (deadline)"), 10 * SEC);
+    let mut got = calls(&log);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!("run {A}"),
+            format!("run {B}"),
+            format!("run {C}"),
+            format!("stop {A}"),
+            format!("stop {B}"),
+            format!("stop {C}"),
+        ],
+        "every instance opened and closed exactly once, with its own address"
+    );
+    assert!(!state_of(&d).contains("name=door "), "{}", state_of(&d));
+}
+
+// Goal: a closing action closes the requesting address's instance now,
+// through the gate's stop, and answers "closed"; the other address's
+// instance stays open; closing again, or an address never opened, answers
+// "not-open" and runs nothing; the closed address may open again.
+#[test]
+fn closing_action_closes_one_address_now() {
+    let s = Scratch::new("doors-close");
+    let g = doors(&s, "1m", "");
+    let open = s.path("open");
+    let log = s.path("calls");
+    let d = Daemon::start(s, &g.config);
+    assert_eq!(ask(&d, &g.door, A).status, Status::Started);
+    assert_eq!(ask(&d, &g.door, B).status, Status::Started);
+    let t0 = Instant::now();
+    let closed = ask(&d, &g.close, A);
+    assert_eq!(closed.status, Status::Closed, "{closed:?}");
+    assert!(t0.elapsed() < 5 * SEC, "the close waited for something");
+    // Acked after the stop ran, so the file is already gone.
+    assert!(!open.join(A).exists(), "closed, but A's stop did not run");
+    assert!(open.join(B).exists(), "closing A closed B");
+    d.wait_log(&format!("gate door@{A} closed (closing action)"), 5 * SEC);
+    let st = state_of(&d);
+    assert!(!st.contains(&format!("addr={A} ")), "{st}");
+    assert!(st.contains(&format!("addr={B} ")), "{st}");
+    assert_eq!(ask(&d, &g.close, A).status, Status::NotOpen);
+    assert_eq!(ask(&d, &g.close, C).status, Status::NotOpen);
+    assert_eq!(ask(&d, &g.door, B).status, Status::AlreadyActive);
+    let stops: Vec<String> = calls(&log)
+        .into_iter()
+        .filter(|l| l.starts_with("stop"))
+        .collect();
+    assert_eq!(stops, [format!("stop {A}")]);
+    // The log names the closing action and its status.
+    d.wait_log(
+        &format!("action=door.close addr={A} status=closed"),
+        5 * SEC,
+    );
+    d.wait_log(
+        &format!("action=door.close addr={C} status=not-open"),
+        5 * SEC,
+    );
+    // Open again after an early close.
+    assert_eq!(ask(&d, &g.door, A).status, Status::Started);
+    assert!(open.join(A).exists());
+}
+
+// Goal: a closing action for a gate that is one gate (not per address)
+// closes it only for the address it is open for: from another address it
+// is refused "open-for-other-address", as a trigger would be, and nothing
+// is stopped.
+#[test]
+fn closing_a_single_gate_respects_its_address() {
+    let s = Scratch::new("doors-one");
+    let g = doors(&s, "1m", "");
+    let log = s.path("calls");
+    let d = Daemon::start(s, &g.config);
+    assert_eq!(ask(&d, &g.one, A).status, Status::Started);
+    let other = ask(&d, &g.one_close, B);
+    assert_eq!(
+        (other.status, other.reason),
+        (Status::Refused, Reason::OpenForOther),
+        "{other:?}"
+    );
+    assert!(!calls(&log).iter().any(|l| l == "stop-one"));
+    assert_eq!(ask(&d, &g.one_close, A).status, Status::Closed);
+    assert_eq!(
+        calls(&log).iter().filter(|l| *l == "stop-one").count(),
+        1,
+        "{:?}",
+        calls(&log)
+    );
+    assert_eq!(ask(&d, &g.one_close, A).status, Status::NotOpen);
+    d.wait_log("gate one closed (closing action)", 5 * SEC);
+}
+
+// Goal: start-up recovery closes each recorded instance exactly, with its
+// own address: an unexpired one is re-armed and closes at its deadline, an
+// expired one is stopped at once, a record of one gate that is now per
+// address is stopped with its recorded address; stop_all (and so no
+// address) is never used, and no made-up address appears.
+#[test]
+fn recovery_closes_each_instance_exactly() {
+    let s = Scratch::new("doors-recover");
+    let g = doors(&s, "1m", "");
+    let now = unix_now();
+    std::fs::create_dir_all(s.path("state")).unwrap();
+    for addr in [A, B, C] {
+        std::fs::write(s.path("open").join(addr), b"").unwrap();
+    }
+    std::fs::write(
+        s.path("state").join("gates.state"),
+        format!(
+            "gate name=door kind=run pid=0 start=- boot=- opened={now} deadline={} addr={A} cgroup=- per=address\n\
+             gate name=door kind=run pid=0 start=- boot=- opened={} deadline={} addr={B} cgroup=- per=address\n\
+             gate name=door kind=run pid=0 start=- boot=- opened={now} deadline={} addr={C} cgroup=- per=gate\n",
+            now + 2,
+            now - 100,
+            now - 40,
+            now + 60
+        ),
+    )
+    .unwrap();
+    let open = s.path("open");
+    let log = s.path("calls");
+    let d = Daemon::start(s, &g.config);
+    d.wait_log(
+        &format!("gate door@{B} expired while posternd was down"),
+        5 * SEC,
+    );
+    d.wait_log(
+        "gate door recorded as one gate, now configured per address",
+        5 * SEC,
+    );
+    d.wait_log(&format!("gate door@{A} re-armed"), 5 * SEC);
+    assert!(!open.join(B).exists() && !open.join(C).exists());
+    assert!(
+        open.join(A).exists(),
+        "the unexpired instance was closed early"
+    );
+    d.wait_log(&format!("gate door@{A} closed (deadline)"), 10 * SEC);
+    assert!(!open.join(A).exists());
+    let mut got = calls(&log);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!("stop {A}"),
+            format!("stop {B}"),
+            format!("stop {C}")
+        ]
+    );
+    assert!(!d.lines().iter().any(|l| l.contains("0.0.0.0")));
+}
+
+// Goal: after SIGKILL of posternd, a restart re-arms every open instance
+// from the state file and each closes at its own deadline with its own
+// address, exactly once.
+#[test]
+fn crash_and_restart_close_each_instance() {
+    let s = Scratch::new("doors-crash");
+    let g = doors(&s, "3s", "extend = false\n");
+    let open = s.path("open");
+    let log = s.path("calls");
+    let mut d = Daemon::start(s, &g.config);
+    let t0 = Instant::now();
+    assert_eq!(ask(&d, &g.door, A).status, Status::Started);
+    assert_eq!(ask(&d, &g.door, B).status, Status::Started);
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    assert!(open.join(A).exists() && open.join(B).exists());
+    let scratch = std::mem::replace(&mut d.scratch, Scratch::new("doors-crash-old"));
+    drop(d);
+    let d2 = Daemon::start(scratch, &g.config);
+    d2.wait_log(&format!("gate door@{A} re-armed"), 5 * SEC);
+    d2.wait_log(&format!("gate door@{B} re-armed"), 5 * SEC);
+    d2.wait_log(&format!("gate door@{A} closed (deadline)"), 10 * SEC);
+    d2.wait_log(&format!("gate door@{B} closed (deadline)"), 10 * SEC);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2000) && took < 8 * SEC,
+        "{took:?}"
+    );
+    assert!(!open.join(A).exists() && !open.join(B).exists());
+    let mut got = calls(&log);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!("run {A}"),
+            format!("run {B}"),
+            format!("stop {A}"),
+            format!("stop {B}")
+        ]
+    );
+}
