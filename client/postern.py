@@ -815,7 +815,8 @@ def read_vectors(path):
 
 # The acks every case of postern-2.vectors carries (its header).
 VECTOR_ACKS = (("started", 1, 0, 900), ("already_active", 2, 0, 600),
-               ("refused", 3, 1, 40), ("failed", 4, 17, 0))
+               ("refused", 3, 1, 40), ("failed", 4, 17, 0),
+               ("closed", 5, 0, 0), ("not_open", 6, 0, 0))
 
 
 def selftest(vdir):

@@ -1156,7 +1156,7 @@ ack_verdict() {
 
 # The acks every case of postern-2.vectors carries (its header):
 # NAME:STATUS:REASON:SECONDS.
-VECTOR_ACKS="started:1:0:900 already_active:2:0:600 refused:3:1:40 failed:4:17:0"
+VECTOR_ACKS="started:1:0:900 already_active:2:0:600 refused:3:1:40 failed:4:17:0 closed:5:0:0 not_open:6:0:0"
 
 st_postern_case() {
     _n="postern-2 case ${v_case:-?}"

@@ -659,7 +659,7 @@ mod tests {
 
     // Goal: every positive postern-2 vector (written by an independent
     // implementation, tests/vectors/make.py) is reproduced byte for byte:
-    // MAC input, reply, the four acks, and their decoding.
+    // MAC input, reply, an ack of every status, and their decoding.
     #[test]
     fn positive_vectors() {
         let cases = blocks("postern-2.vectors");
@@ -681,6 +681,8 @@ mod tests {
                 "ack_failed",
                 Answer::because(Status::Failed, Reason::RunFailed),
             ),
+            ("ack_closed", Answer::bare(Status::Closed)),
+            ("ack_not_open", Answer::bare(Status::NotOpen)),
         ];
         for c in &cases {
             let key = Key::from_base64(&c["key"]).unwrap();

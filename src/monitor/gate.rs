@@ -1467,4 +1467,51 @@ mod tests {
         let bad = format!("{old} cgroup=relative/path");
         assert_eq!(Record::parse(&bad), Err(Some("svc".into())));
     }
+
+    // Goal: an instance of a per-address gate round-trips as per=address;
+    // a file of an older version (no per field) means one gate; any other
+    // value is a record refused by name, never guessed.
+    #[test]
+    fn record_per_address() {
+        let r = Record {
+            name: "door".into(),
+            serve: false,
+            per_address: true,
+            pid: 0,
+            start_ticks: None,
+            boot_id: String::new(),
+            opened: 10,
+            deadline: 20,
+            addr: "2001:db8::7".parse().unwrap(),
+            cgroup: None,
+        };
+        let line = r.to_line();
+        assert!(
+            line.ends_with(" addr=2001:db8::7 cgroup=- per=address"),
+            "{line}"
+        );
+        assert_eq!(Record::parse(&line).unwrap(), r);
+        let one = line.replace("per=address", "per=gate");
+        assert!(!Record::parse(&one).unwrap().per_address);
+        let old = line.replace(" per=address", "");
+        assert!(!Record::parse(&old).unwrap().per_address);
+        let bad = line.replace("per=address", "per=host");
+        assert_eq!(Record::parse(&bad), Err(Some("door".into())));
+    }
+
+    // Goal: an instance is named NAME or NAME@ADDR in the log, and only a
+    // per-address gate's requests get an address of their own.
+    #[test]
+    fn instance_names() {
+        let one = Instance {
+            name: "sshd".into(),
+            addr: None,
+        };
+        let per = Instance {
+            name: "door".into(),
+            addr: Some("192.0.2.7".parse().unwrap()),
+        };
+        assert_eq!(one.to_string(), "sshd");
+        assert_eq!(per.to_string(), "door@192.0.2.7");
+    }
 }

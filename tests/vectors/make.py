@@ -59,12 +59,15 @@ POSITIVE = [
     (bytes([0xA5] * 32), bytes([0x5A] * 32), "127.0.0.1"),
 ]
 
-# (name, status, reason, seconds) of the four acks written for every case.
+# (name, status, reason, seconds) of the acks written for every case: one
+# per status.
 ACKS = [
     ("ack_started", 1, 0, 900),
     ("ack_already_active", 2, 0, 600),
     ("ack_refused", 3, 1, 40),
     ("ack_failed", 4, 17, 0),
+    ("ack_closed", 5, 0, 0),
+    ("ack_not_open", 6, 0, 0),
 ]
 
 
@@ -79,7 +82,8 @@ def write_positive():
         "# ack_* = status || reason || seconds (4 bytes, big-endian) ||",
         "#         HMAC-SHA256(key, \"PST2-A\\0\" || greeting || reply || status || reason || seconds)",
         "# ack_started: status 1, reason 0, 900 s; ack_already_active: 2, 0, 600 s;",
-        "# ack_refused: 3, reason 1 (cooldown), 40 s; ack_failed: 4, reason 17 (run-failed), 0 s.",
+        "# ack_refused: 3, reason 1 (cooldown), 40 s; ack_failed: 4, reason 17 (run-failed), 0 s;",
+        "# ack_closed: 5, 0, 0 s; ack_not_open: 6, 0, 0 s.",
         "",
     ]
     for i, (key, nonce, addr) in enumerate(POSITIVE, 1):
@@ -121,6 +125,7 @@ def write_negative():
     cases.append(("ack", "seconds changed after the MAC was made", good_ack_fields(key, greeting, r, bytes(longer)), "reject"))
     cases.append(("ack", "a valid MAC over an unknown status (9)", good_ack_fields(key, greeting, r, ack(key, greeting, r, 9, 0, 0)), "reject"))
     cases.append(("ack", "a valid MAC over status 0", good_ack_fields(key, greeting, r, ack(key, greeting, r, 0, 0, 0)), "reject"))
+    cases.append(("ack", "a valid MAC over status 7, the first after not-open", good_ack_fields(key, greeting, r, ack(key, greeting, r, 7, 0, 0)), "reject"))
     other = bytes([0x42] * 32)
     cases.append(("ack", "an ack made under another key", good_ack_fields(key, greeting, r, ack(other, greeting, r, 1, 0, 900)), "reject"))
     cases.append(("ack", "an ack for another reply (a replayed ack)",
