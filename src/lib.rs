@@ -28,7 +28,8 @@
 //! - `monitor/listen.rs`  binding listeners and systemd socket activation.
 //! - `monitor/action.rs`  running commands: clean env, process group, deadline, output.
 //! - `monitor/cgroup.rs`  a cgroup v2 per serve program and gate run, killed whole.
-//! - `monitor/gate.rs`    gates opened by a trigger, closed by a deadline, on disk.
+//! - `monitor/gate.rs`    gates (per action or per address): opened by a trigger,
+//!   closed by a deadline or a closing action, on disk; needs only the config.
 //! - `monitor/state.rs`   the trusted state directory and the state file's I/O.
 //! - `monitor/log.rs`     stderr or syslog output in a stable line format.
 //! - `monitor/init.rs`    `posternd init`: a key and a config for a first action.

@@ -111,6 +111,15 @@ fn config_with(table: &str, extra: &str) -> String {
         if key == "hold_interval" {
             s.push_str("hold_while = [\"/bin/true\"]\n");
         }
+        // A per-address gate opens and closes one address: {addr} in
+        // run and stop, and so stop_all.
+        if ["per_address", "max_addresses"].contains(&key) {
+            s.push_str("run = [\"/bin/true\", \"{addr}\"]\nstop = [\"/bin/true\", \"{addr}\"]\nstop_all = [\"/bin/true\"]\nttl = \"30m\"\n");
+            if key == "max_addresses" {
+                s.push_str("per_address = true\n");
+            }
+            return s;
+        }
     }
     if !(table == "action" && (extra.starts_with("run") || extra.starts_with("builtin"))) {
         s.push_str("run = [\"/bin/true\"]\n");
@@ -239,6 +248,8 @@ fn code_defaults() -> BTreeMap<(String, String), Want> {
             n(&defaults::SINGLE_INSTANCE),
         ),
         (k("action", "bind_source"), n(&defaults::BIND_SOURCE)),
+        (k("action", "per_address"), n(&defaults::PER_ADDRESS)),
+        (k("action", "max_addresses"), n(&defaults::MAX_ADDRESSES)),
     ])
 }
 

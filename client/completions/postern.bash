@@ -52,7 +52,7 @@ _postern() {
             return 0
             ;;
         --action)
-            [ "$cmd" = trigger ] && [ -n "$target" ] &&
+            { [ "$cmd" = trigger ] || [ "$cmd" = close ]; } && [ -n "$target" ] &&
                 mapfile -t COMPREPLY < <(compgen -W "$(_postern_words actions "$target" "${inv[@]}")" -- "$cur")
             return 0
             ;;
@@ -71,10 +71,12 @@ _postern() {
 
     if [[ $cur == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$(awk '{ print $1 }' <<<"$opts")" -- "$cur")
-    elif [ "$cmd" = trigger ] && [ "$npos" -eq 0 ]; then
+    elif { [ "$cmd" = trigger ] || [ "$cmd" = close ]; } && [ "$npos" -eq 0 ]; then
         mapfile -t COMPREPLY < <(compgen -W "$(_postern_words hosts "${inv[@]}")" -- "$cur")
     elif [ "$cmd" = trigger ] && [ "$npos" -eq 1 ]; then
         mapfile -t COMPREPLY < <(compgen -W "$(_postern_words actions "$target" "${inv[@]}")" -- "$cur")
+    elif [ "$cmd" = close ] && [ "$npos" -eq 1 ]; then
+        mapfile -t COMPREPLY < <(compgen -W "$(_postern_words gates "$target" "${inv[@]}")" -- "$cur")
     fi
     return 0
 }

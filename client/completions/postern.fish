@@ -65,7 +65,7 @@ function __postern_complete
             command postern complete protocols 2>/dev/null
             return
         case --action
-            if test $cmd = trigger; and test -n "$target"
+            if contains -- $cmd trigger close; and test -n "$target"
                 command postern complete actions $target $inv 2>/dev/null
             end
             return
@@ -85,10 +85,12 @@ function __postern_complete
         for o in $opts
             string split -f1 ' ' -- $o
         end
-    else if test $cmd = trigger; and test $npos -eq 0
+    else if contains -- $cmd trigger close; and test $npos -eq 0
         command postern complete hosts $inv 2>/dev/null
     else if test $cmd = trigger; and test $npos -eq 1
         command postern complete actions $target $inv 2>/dev/null
+    else if test $cmd = close; and test $npos -eq 1
+        command postern complete gates $target $inv 2>/dev/null
     end
 end
 

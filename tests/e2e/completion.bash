@@ -71,6 +71,8 @@ address = "192.0.2.17"
 key_env = "K"
 [hosts.web-17.actions.console]
 key_env = "K"
+[hosts.web-17.actions."sshd.close"]
+key_env = "K"
 [hosts.db-1]
 address = "192.0.2.5"
 [hosts.db-1.actions.backup]
@@ -93,7 +95,7 @@ TOML
 check_completions() {
     local sh=$1 src=$2 out=$LAB/offered
     local -a cases=(
-        "postern |trigger keygen key"
+        "postern |trigger close keygen key"
         "postern trigger --key-|--key-file --key-env"
         "postern trigger --|--passphrase --protocol --inventory --json --timeout"
         "postern trigger |web-17 db-1 @rack-4"
@@ -103,6 +105,10 @@ check_completions() {
         "postern trigger web-17 sshd --protocol |ostiary-4"
         "postern trigger --inventory $INVDIR/other.toml |elsewhere"
         "postern trigger --inventory $INVDIR/other.toml elsewhere |door"
+        "postern close |web-17 db-1 @rack-4"
+        "postern close web-17 |sshd"
+        "postern close web-17 --key-|--key-file --key-env"
+        "postern close web-17 sshd --action |sshd.close"
         "postern key |from-passphrase derive"
         "postern key derive --|--host --action --master"
     )
