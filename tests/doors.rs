@@ -348,3 +348,81 @@ fn crash_and_restart_close_each_instance() {
         ]
     );
 }
+
+// Goal: a reload that makes a per-address gate one gate closes its open
+// instances at once, each with its own address, so that no address is
+// ever open under two keys; the gate then opens as one gate.
+#[test]
+fn reload_changing_per_address_closes_instances() {
+    let s = Scratch::new("doors-reload");
+    let g = doors(&s, "1m", "");
+    let open = s.path("open");
+    let log = s.path("calls");
+    let d = Daemon::start(s, &g.config);
+    assert_eq!(ask(&d, &g.door, A).status, Status::Started);
+    assert_eq!(ask(&d, &g.door, B).status, Status::Started);
+    let one_gate = g
+        .config
+        .replace("per_address = true\nmax_addresses = 2\n", "");
+    assert_ne!(one_gate, g.config);
+    d.rewrite(&one_gate);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reloaded", 5 * SEC);
+    for addr in [A, B] {
+        d.wait_log(
+            &format!("gate door@{addr} closed (per_address changed by a reload)"),
+            5 * SEC,
+        );
+        assert!(!open.join(addr).exists(), "{addr} still open");
+    }
+    assert_eq!(ask(&d, &g.door, A).status, Status::Started);
+    let b = ask(&d, &g.door, B);
+    assert_eq!(
+        (b.status, b.reason),
+        (Status::Refused, Reason::OpenForOther)
+    );
+    let mut got = calls(&log);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!("run {A}"),
+            format!("run {A}"),
+            format!("run {B}"),
+            format!("stop {A}"),
+            format!("stop {B}"),
+        ]
+    );
+}
+
+// Goal: closing a serve gate early stops its program the way its deadline
+// does (SIGTERM to the group, through the timer that holds the child), and
+// the ack comes once the program is gone.
+#[test]
+fn closing_a_serve_gate_stops_its_program() {
+    let s = Scratch::new("doors-serve");
+    let (svc, b1) = key();
+    let (close, b2) = key();
+    let pidfile = s.path("serve.pid");
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"svc\"\nkey = \"{b1}\"\nserve = [\"/bin/sh\", \"-c\", \"echo $$ > {}; exec sleep 300\"]\nttl = \"1m\"\n\
+         [[action]]\nname = \"svc.close\"\nkey = \"{b2}\"\ncloses = \"svc\"\n",
+        daemon_table(&s),
+        pidfile.display()
+    );
+    let d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &svc), Outcome::Ack(Status::Started));
+    let pid: u32 = wait_file(&pidfile, 5 * SEC).trim().parse().unwrap();
+    assert!(pid_alive(pid));
+    let t0 = Instant::now();
+    assert_eq!(trigger(d.addr(), &close), Outcome::Ack(Status::Closed));
+    assert!(t0.elapsed() < 2 * SEC, "took {:?}", t0.elapsed());
+    assert!(
+        !pid_alive(pid),
+        "acked closed with the program still running"
+    );
+    d.wait_log("gate svc closed (closing action)", 5 * SEC);
+    assert_eq!(trigger(d.addr(), &close), Outcome::Ack(Status::NotOpen));
+    assert!(!state_of(&d).contains("name=svc "), "{}", state_of(&d));
+}

@@ -291,9 +291,10 @@ struct Open {
     timer: Option<AbortHandle>,
     /// For serve gates: the child, taken by the closer.
     child: Option<tokio::process::Child>,
-    /// Set by a closing action; `wake` then tells the gate's timer to
-    /// close it now, through the same path as its deadline.
-    early: bool,
+    /// Set (with the reason, for the log) by a closing action or a
+    /// reload; `wake` then tells the gate's timer to close it now,
+    /// through the same path as its deadline.
+    early: Option<&'static str>,
     wake: Rc<Notify>,
 }
 
@@ -463,6 +464,30 @@ impl Gates {
         self.outcome
             .borrow_mut()
             .retain(|key, _| config.actions.iter().any(|a| a.name == key.name));
+        // An open instance whose gate the reload made per address, or no
+        // longer per address, would be looked up under another key and
+        // could be opened twice for one address: it closes now, with its
+        // own recorded address, through its timer.
+        let mut changed = Vec::new();
+        for (key, o) in self.open.borrow_mut().iter_mut() {
+            let now_per = config
+                .actions
+                .iter()
+                .find(|a| a.name == key.name)
+                .and_then(gate_of)
+                .map(|g| g.per_address.is_some());
+            if now_per.is_some_and(|p| p != key.addr.is_some()) && o.early.is_none() {
+                o.early = Some("per_address changed by a reload");
+                o.wake.notify_one();
+                changed.push(key.to_string());
+            }
+        }
+        for key in changed {
+            self.log(
+                Level::Notice,
+                &format!("gate {key}: per_address changed by the reload; closing it"),
+            );
+        }
         *self.config.borrow_mut() = config;
     }
 
@@ -706,7 +731,7 @@ impl Gates {
                 ceiling,
                 timer: None,
                 child,
-                early: false,
+                early: None,
                 wake: Rc::new(Notify::new()),
             },
         );
@@ -760,7 +785,7 @@ impl Gates {
                 return Answer::because(Status::Refused, Reason::OpenForOther)
                     .with_seconds(Self::seconds_left(o));
             }
-            o.early = true;
+            o.early = Some("closing action");
             o.wake.notify_one();
             Rc::clone(&o.wake)
         };
@@ -843,11 +868,10 @@ impl Gates {
                     .await;
                 return;
             }
-            let early = self.open.borrow().get(key).is_some_and(|o| o.early);
-            if early {
+            let early = self.open.borrow().get(key).and_then(|o| o.early);
+            if let Some(why) = early {
                 self.detach_timer(key);
-                self.close_with(key, "closing action", action.as_ref(), child)
-                    .await;
+                self.close_with(key, why, action.as_ref(), child).await;
                 return;
             }
             let current = self.open.borrow().get(key).map(|o| o.deadline);
@@ -860,8 +884,8 @@ impl Gates {
                 }
             }
             // A closing action may have come while hold_while ran.
-            let early = self.open.borrow().get(key).is_some_and(|o| o.early);
-            let why = if early { "closing action" } else { "deadline" };
+            let early = self.open.borrow().get(key).and_then(|o| o.early);
+            let why = early.unwrap_or("deadline");
             self.detach_timer(key);
             self.close_with(key, why, action.as_ref(), child).await;
             return;
@@ -917,7 +941,7 @@ impl Gates {
         let new = (Instant::now() + gate.hold_interval).min(ceiling);
         match self.open.borrow_mut().get_mut(key) {
             // A closing action that came while hold_while ran wins.
-            Some(o) if !o.early => {
+            Some(o) if o.early.is_none() => {
                 o.deadline = new;
                 o.record.deadline = unix_now()
                     .saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
@@ -1376,7 +1400,7 @@ impl Gates {
                 ceiling,
                 timer: None,
                 child: None,
-                early: false,
+                early: None,
                 wake: Rc::new(Notify::new()),
             },
         );
