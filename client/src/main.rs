@@ -93,10 +93,7 @@ fn from_passphrase(host: &str, action: &str) -> Result<postern::secret::Key, Sec
 /// which differs only in its words and in that an opened gate is a
 /// failure ([`postern_client::outcome::Outcome::close_exit_code`]).
 fn trigger(args: &TriggerArgs, closing: Option<&str>) -> u8 {
-    let code_of = |o: &postern_client::outcome::Outcome| match closing {
-        Some(_) => o.close_exit_code(),
-        None => o.exit_code(),
-    };
+    let close = closing.is_some();
     let plan = match plan::plan(args) {
         Ok(p) => p,
         Err(e) => {
@@ -119,12 +116,12 @@ fn trigger(args: &TriggerArgs, closing: Option<&str>) -> u8 {
             let verb = if closing.is_some() { "close" } else { "start" };
             let report = fleet::run_waiting(&job, Some(format!("{verb} {name}")));
             let text = if args.json {
-                output::json_report(&job, &report)
+                output::json_report(&job, &report, close)
             } else {
                 output::human_line(&job.label, Some(&name), &report.outcome)
             };
             let printed = print(&format!("{text}\n"));
-            code_of(&report.outcome).max(printed)
+            report.outcome.code_for(close).max(printed)
         }
         Plan::Group {
             name,
@@ -134,19 +131,19 @@ fn trigger(args: &TriggerArgs, closing: Option<&str>) -> u8 {
             let rows = Fleet::new(parallel).run(&jobs, |_, _| {});
             let code = rows
                 .iter()
-                .map(|(_, r)| code_of(&r.outcome))
+                .map(|(_, r)| r.outcome.code_for(close))
                 .max()
                 .unwrap_or(exit::OK);
             let text = if args.json {
                 let mut s: String = rows
                     .iter()
-                    .map(|(j, r)| output::json_report(j, r) + "\n")
+                    .map(|(j, r)| output::json_report(j, r, close) + "\n")
                     .collect();
-                s.push_str(&output::json_summary(&name, &rows, code));
+                s.push_str(&output::json_summary(&name, &rows, code, close));
                 s.push('\n');
                 s
             } else {
-                output::table(&rows)
+                output::table(&rows, close)
             };
             code.max(print(&text))
         }

@@ -85,6 +85,16 @@ impl Outcome {
         }
     }
 
+    /// The exit code for a trigger (`closing` false) or for `postern
+    /// close` (true).
+    pub fn code_for(&self, closing: bool) -> u8 {
+        if closing {
+            self.close_exit_code()
+        } else {
+            self.exit_code()
+        }
+    }
+
     /// A stable, lower-case name, for tables and JSON.
     pub fn name(&self) -> &'static str {
         match self {

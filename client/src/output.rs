@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use postern::wire::{Answer, Reason, Status};
 
-use crate::outcome::{NoAck, Outcome, Report};
+use crate::outcome::{exit, NoAck, Outcome, Report};
 use crate::plan::Job;
 
 /// The one-line verdict for a trigger: `LABEL: ...`. `action` names the
@@ -102,8 +102,9 @@ fn detail(outcome: &Outcome) -> String {
 }
 
 /// The group summary: a table (host, address, outcome, latency, detail)
-/// and a closing count line.
-pub fn table(rows: &[(&Job, Report)]) -> String {
+/// and a closing count line. `closing`: the rows are of `postern close`,
+/// which counts an opened gate as a failure.
+pub fn table(rows: &[(&Job, Report)], closing: bool) -> String {
     let header = ["HOST", "ADDRESS", "OUTCOME", "LATENCY", "DETAIL"];
     let cells: Vec<[String; 5]> = rows
         .iter()
@@ -142,7 +143,10 @@ pub fn table(rows: &[(&Job, Report)]) -> String {
     for row in &cells {
         line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
     }
-    let ok = rows.iter().filter(|(_, r)| r.outcome.is_success()).count();
+    let ok = rows
+        .iter()
+        .filter(|(_, r)| r.outcome.code_for(closing) == exit::OK)
+        .count();
     out.push_str(&format!(
         "{} hosts: {ok} succeeded, {} failed\n",
         rows.len(),
@@ -182,9 +186,11 @@ fn json_opt(s: Option<&str>) -> String {
     s.map(json_string).unwrap_or_else(|| "null".to_owned())
 }
 
-/// One JSON object (one line) for a trigger. `reason` and `seconds` are
-/// the ack's (null without an ack).
-pub fn json_report(job: &Job, r: &Report) -> String {
+/// One JSON object (one line) for a trigger (or, with `closing`, a
+/// `postern close`). `reason` and `seconds` are the ack's (null without an
+/// ack).
+pub fn json_report(job: &Job, r: &Report, closing: bool) -> String {
+    let code = r.outcome.code_for(closing);
     let d = detail(&r.outcome);
     let (reason, seconds) = match &r.outcome {
         Outcome::Acknowledged(a) => (json_string(a.reason.name()), a.seconds.to_string()),
@@ -197,16 +203,19 @@ pub fn json_report(job: &Job, r: &Report) -> String {
         json_string(&r.address),
         json_string(job.protocol().name()),
         json_string(r.outcome.name()),
-        r.outcome.is_success(),
-        r.outcome.exit_code(),
+        code == exit::OK,
+        code,
         r.latency.as_millis(),
         json_opt(if d.is_empty() { None } else { Some(&d) }),
     )
 }
 
 /// The closing JSON object (one line) for a group.
-pub fn json_summary(group: &str, rows: &[(&Job, Report)], exit_code: u8) -> String {
-    let ok = rows.iter().filter(|(_, r)| r.outcome.is_success()).count();
+pub fn json_summary(group: &str, rows: &[(&Job, Report)], exit_code: u8, closing: bool) -> String {
+    let ok = rows
+        .iter()
+        .filter(|(_, r)| r.outcome.code_for(closing) == exit::OK)
+        .count();
     format!(
         "{{\"summary\":true,\"group\":{},\"hosts\":{},\"succeeded\":{ok},\"failed\":{},\"exit_code\":{exit_code}}}",
         json_string(group),
@@ -341,7 +350,7 @@ mod tests {
             ),
             (&b, report(Outcome::NoAck(NoAck::Closed))),
         ];
-        let t = table(&rows);
+        let t = table(&rows, false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(
@@ -359,15 +368,18 @@ mod tests {
         assert_eq!(lines[3], "2 hosts: 1 succeeded, 1 failed");
 
         assert_eq!(
-            json_report(&b, &rows[1].1),
+            json_report(&b, &rows[1].1, false),
             "{\"host\":\"db\\\"1\",\"action\":\"console\",\"address\":\"192.0.2.1:7001\",\
              \"protocol\":\"postern-2\",\"outcome\":\"no-ack\",\"reason\":null,\"seconds\":null,\"success\":false,\"exit_code\":2,\
              \"latency_ms\":12,\"detail\":\"wrong key, locked out or refused\"}"
         );
-        assert!(json_report(&a, &rows[0].1).ends_with("\"detail\":null}"));
-        assert!(json_report(&a, &rows[0].1).contains("\"reason\":\"none\",\"seconds\":900,"));
+        assert!(json_report(&a, &rows[0].1, false).ends_with("\"detail\":null}"));
+        assert!(json_report(&a, &rows[0].1, false).contains("\"reason\":\"none\",\"seconds\":900,"));
+        // For close, a started gate is a failure (exit 5) in every form.
+        assert!(json_report(&a, &rows[0].1, true).contains("\"success\":false,\"exit_code\":5,"));
+        assert!(table(&rows, true).ends_with("2 hosts: 0 succeeded, 2 failed\n"));
         assert_eq!(
-            json_summary("@rack-4", &rows, 2),
+            json_summary("@rack-4", &rows, 2, false),
             "{\"summary\":true,\"group\":\"@rack-4\",\"hosts\":2,\"succeeded\":1,\"failed\":1,\"exit_code\":2}"
         );
     }

@@ -445,3 +445,63 @@ fn slow_ack_outlives_the_connect_timeout() {
     assert_eq!(code(&out), 3, "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("acknowledgement"), "{}", stdout(&out));
 }
+
+// Goal: `postern close HOST GATE` answers with the key of the closing
+// action GATE.close (here derived from a fleet master under that name, so
+// a key derived for GATE itself would not verify), prints "closed" and
+// "not open" with exit 0, and exits 5 when the server says the gate was
+// started (the key was an opening action's).
+#[test]
+fn close_uses_the_closing_action_and_reports_its_outcome() {
+    let case = postern_case(1);
+    let dir = TempDir::new();
+    let master_key = postern::secret::Key::from_bytes([0x5c; 32]);
+    let master = dir.file("fleet.key", master_key.to_base64().as_bytes(), 0o600);
+    let closing = postern::kdf::key_from_master(&master_key, "web-17", "door.close");
+    let mut closing_bytes = [0u8; 32];
+    closing_bytes.copy_from_slice(closing.expose());
+    let run = |script: Script, extra: &[&str]| {
+        let server = FakeServer::postern(closing_bytes, greeting_of(&case), script);
+        let addr = server.addr();
+        let mut args = vec![
+            "close",
+            &addr,
+            "door",
+            "--master",
+            master.to_str().unwrap(),
+            "--host-name",
+            "web-17",
+            "--timeout",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let out = postern(&args, dir.path(), &[], None);
+        server.finish();
+        out
+    };
+    let out = run(Script::Ack(Status::Closed), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).ends_with(": closed; door closed now\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(Script::Ack(Status::NotOpen), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).ends_with(": not open; door was not open, nothing to close\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(Script::Ack(Status::Started), &["--json"]);
+    assert_eq!(code(&out), 5, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("\"success\":false,\"exit_code\":5,"),
+        "{}",
+        stdout(&out)
+    );
+    // --action names another closing action: its key is derived under
+    // that name, which the server here does not hold.
+    let out = run(Script::Ack(Status::Closed), &["--action", "shut-door"]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+}

@@ -588,13 +588,10 @@ impl Gates {
     /// per-address gate).
     pub async fn open(self: &Rc<Self>, action: &Action, addr: IpAddr) -> Answer {
         let key = Instance::of(action, addr);
-        let answer = {
-            let _opening = Busy::mark(&self.opening, &self.opened, &key);
-            let answer = self.open_inner(action, &key, addr).await;
-            self.outcome.borrow_mut().insert(key.clone(), answer);
-            self.bound_outcomes(action, &key);
-            answer
-        };
+        let _opening = Busy::mark(&self.opening, &self.opened, &key);
+        let answer = self.open_inner(action, &key, addr).await;
+        self.outcome.borrow_mut().insert(key.clone(), answer);
+        self.bound_outcomes(action, &key);
         answer
     }
 
