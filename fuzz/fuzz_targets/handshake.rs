@@ -97,7 +97,7 @@ fn parse(data: &[u8]) -> Option<Input<'_>> {
             _ => Some("2001:db8::7".parse().ok()?),
         },
         timeout_ms: 100 * u64::from(head[2] % 30 + 1),
-        answer: Status::from_byte(head[3] % 5).map(|st| {
+        answer: Status::from_byte(head[3] % 7).map(|st| {
             Answer::because(st, AckReason::from_byte(head[3] >> 3)).with_seconds(u32::from(head[2]))
         }),
         chunks,
