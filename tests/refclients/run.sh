@@ -764,6 +764,9 @@ EOF
             real_action "cool$_i" 'run = ["/bin/true"]' 'single_instance = false' 'cooldown = "1h"'
             real_action "other$_i" 'run = ["/bin/true"]' 'stop = ["/bin/true"]' 'ttl = "15m"'
             real_action "slow$_i" 'run = ["/bin/sleep", "2"]' 'stop = ["/bin/true"]' 'ttl = "1m"'
+            real_action "door$_i" 'run = ["/bin/true", "{addr}"]' 'stop = ["/bin/true", "{addr}"]' \
+                'stop_all = ["/bin/true"]' 'ttl = "15m"' 'per_address = true' 'max_addresses = 1'
+            real_action "door$_i.close" "closes = \"door$_i\""
         done
     } >"$W/real/posternd.toml"
     chmod 600 "$W/real/posternd.toml"
@@ -811,6 +814,24 @@ EOF
             fake_case "$v" "real: open for another address" 4 - \
                 "refused: it is open for another address, closes in 15 min" \
                 "other$_i" --key-file "$R/other$_i.key" --assert-addr 192.0.2.8
+            # A door per address (at most one here), and closing it early.
+            REAL_PORT=$REAL_P2 UNTIL_SECS=900
+            fake_case "$v" "real: door opened for 192.0.2.7" 0 - "accepted; door$_i open for 15 min (until @UNTIL@)" \
+                "door$_i" --key-file "$R/door$_i.key" --assert-addr 192.0.2.7
+            REAL_PORT=$REAL_P2
+            fake_case "$v" "real: door full for 192.0.2.8" 4 - \
+                "refused: it is open for as many addresses as it allows; the first closes in 15 min" \
+                "door$_i" --key-file "$R/door$_i.key" --assert-addr 192.0.2.8
+            REAL_PORT=$REAL_P2 CMD=close
+            fake_case "$v" "real: close the door of 192.0.2.7" 0 - "closed; door$_i closed now" \
+                "door$_i" --key-file "$R/door$_i.close.key" --assert-addr 192.0.2.7
+            REAL_PORT=$REAL_P2 CMD=close
+            fake_case "$v" "real: close it again" 0 - "not open; door$_i was not open, nothing to close" \
+                "door$_i" --key-file "$R/door$_i.close.key" --assert-addr 192.0.2.7
+            REAL_PORT=$REAL_P2 UNTIL_SECS=900
+            fake_case "$v" "real: room again, door opened for 192.0.2.8" 0 - \
+                "accepted; door$_i open for 15 min (until @UNTIL@)" \
+                "door$_i" --key-file "$R/door$_i.key" --assert-addr 192.0.2.8
             REAL_PORT=$REAL_P2
             fake_case "$v" "real: run failed" 5 - "failed: the run command failed" fails --key-file "$R/fails.key"
             REAL_PORT=$REAL_P2
