@@ -755,6 +755,7 @@ impl Monitor {
                 self.finished(&name);
                 answer
             }
+            // Both were answered above, before any state was touched.
             ActionKind::Shutdown | ActionKind::Close { .. } => Answer::bare(Status::Started),
         };
         if answer.status == Status::Failed {
