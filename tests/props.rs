@@ -801,7 +801,7 @@ fn ipc_decoding_is_total_and_exact() {
     let base = Request::Run {
         id: 3,
         generation: 2,
-        action: 1,
+        slot: 1,
         peer,
         target: "2001:db8::1".parse().unwrap(),
     }
@@ -1056,6 +1056,8 @@ mod inproc {
         pub keys: &'a [([u8; 32], bool)],
         /// ostiary-4 passwords, as the actions after the keys.
         pub passwords: &'a [&'a [u8]],
+        /// Per key (by index; missing: none): refused from this Unix time.
+        pub until: &'a [Option<u64>],
     }
 
     pub fn limits() -> NetLimits {
@@ -1080,7 +1082,7 @@ mod inproc {
             limits: s.limits.clone(),
             listeners: 2,
             exempt: s.exempt.len() as u16,
-            actions: n_actions,
+            slots: n_actions,
         };
         mon.send(&begin.encode(), &[]).await.unwrap();
         for (i, (l, p)) in listeners
@@ -1098,19 +1100,21 @@ mod inproc {
             mon.send(&Down::Exempt(*n).encode(), &[]).await.unwrap();
         }
         for (i, (k, bind)) in s.keys.iter().enumerate() {
-            let m = Down::Action {
+            let m = Down::Slot {
                 index: i as u16,
                 password: false,
                 bind_source: *bind,
+                until: s.until.get(i).copied().flatten(),
                 secret: Password::new(k.to_vec()),
             };
             mon.send(&m.encode(), &[]).await.unwrap();
         }
         for (j, p) in s.passwords.iter().enumerate() {
-            let m = Down::Action {
+            let m = Down::Slot {
                 index: (s.keys.len() + j) as u16,
                 password: true,
                 bind_source: false,
+                until: None,
                 secret: Password::new(p.to_vec()),
             };
             mon.send(&m.encode(), &[]).await.unwrap();
@@ -1297,6 +1301,7 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &keys,
             passwords: &[pw],
+            until: &[],
         };
         let net = Net::start(&setup, Status::Started).await;
         let src: IpAddr = "127.0.0.1".parse().unwrap();
@@ -1318,8 +1323,8 @@ fn network_process_in_process_random_peers() {
                 assert!(rest(&mut c).await.is_empty(), "{ctx}");
                 net.wait_ends(conns).await;
                 match (right, net.last_end()) {
-                    (true, Request::Run { action, target, .. }) => {
-                        assert_eq!((action, target), (3, src), "{ctx}")
+                    (true, Request::Run { slot, target, .. }) => {
+                        assert_eq!((slot, target), (3, src), "{ctx}")
                     }
                     (false, r) => assert_eq!(fail_reason(&r), Some(Reason::BadMac), "{ctx}"),
                     (_, r) => panic!("{ctx}: {r:?}"),
@@ -1398,12 +1403,12 @@ fn network_process_in_process_random_peers() {
             } else {
                 match end {
                     Request::Run {
-                        action,
+                        slot,
                         target,
                         generation,
                         ..
                     } => {
-                        assert_eq!(usize::from(action), i, "{ctx}");
+                        assert_eq!(usize::from(slot), i, "{ctx}");
                         assert_eq!(target, asserted.unwrap_or(src), "{ctx}");
                         assert_eq!(generation, 1, "{ctx}");
                     }
@@ -1429,6 +1434,7 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &new_keys,
             passwords: &[],
+            until: &[],
         };
         net.reload(&setup2).await;
         // The old key no longer opens anything; the new one does.
@@ -1528,6 +1534,7 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &keys,
             passwords: &[],
+            until: &[],
         };
         let net = Net::start(&setup3, Status::Started).await;
         net.paused.set(true);
