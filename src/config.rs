@@ -51,7 +51,7 @@
 //!
 //! [[action]]                      # at least one, at most 4096
 //! name = "sshd"                   # unique, 1-64 of A-Z a-z 0-9 . _ -
-//! # exactly one secret; key/key_file need a postern-2 listener,
+//! # exactly one secret (or [[action.key]] tables); key/key_file need a postern-2 listener,
 //! # password/password_file an ostiary-4 listener. Secret files must not be
 //! # accessible by group or others (chmod 600).
 //! key = "<base64 of 32 bytes>"    # or key_file = "keys/sshd.key" (relative to this file)
@@ -71,7 +71,18 @@
 //! cooldown = "0s"                 # minimum time between two starts
 //! single_instance = true          # a trigger while running answers "already active"
 //! bind_source = false             # postern-2 only: the asserted address must be the source
+//!
+//! [[action.key]]                  # instead of the single secret: a key per operator, at most 64
+//! name = "alice"                  # unique within the action, 1-64 of A-Z a-z 0-9 . _ -; logged by=alice
+//! key_file = "keys/sshd.alice.key"    # or key = "<base64 of 32 bytes>"
+//! next_key_file = "keys/sshd.alice.next.key"   # optional successor (or next_key = "...")
+//! overlap_until = "2026-12-15T00:00:00Z"       # required with a successor: the old key is
+//!                                              # accepted until then (RFC 3339, UTC), then only the successor
 //! ```
+//!
+//! Every key, password and successor of every action is one slot of
+//! [`Config::slots`] (at most [`defaults::MAX_KEY_SLOTS`]); no two slots
+//! hold the same secret.
 //!
 //! Durations are strings of number-unit pairs: `"500ms"`, `"30s"`, `"15m"`,
 //! `"2h"`, `"1d"`, `"1h30m"`; at most [`defaults::MAX_DURATION`]. Bare
