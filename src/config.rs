@@ -613,13 +613,6 @@ pub struct Action {
     pub bind_source: bool,
 }
 
-impl Action {
-    /// Whether the action is triggered over ostiary-4 (a password).
-    pub fn is_ostiary(&self) -> bool {
-        self.keys.iter().any(|k| k.secret.is_password())
-    }
-}
-
 /// What an action does.
 #[derive(Debug, Clone)]
 pub enum ActionKind {

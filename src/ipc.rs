@@ -868,6 +868,35 @@ mod tests {
         }
     }
 
+    // Goal: a key slot record with an unknown flag bit is refused, and
+    // its validity end survives the round trip only when flagged.
+    #[test]
+    fn slot_flags_are_strict() {
+        let slot = Down::Slot {
+            index: 0,
+            password: false,
+            bind_source: false,
+            until: Some(5),
+            secret: Password::new(vec![1; 32]),
+        };
+        let enc = slot.encode();
+        assert!(matches!(
+            Down::decode(&enc),
+            Some(Down::Slot { until: Some(5), .. })
+        ));
+        for bit in 3..8 {
+            let mut bad = enc.to_vec();
+            bad[2] |= 1 << bit;
+            assert!(Down::decode(&bad).is_none(), "flag bit {bit}");
+        }
+        let mut cleared = enc.to_vec();
+        cleared[2] &= !4;
+        assert!(matches!(
+            Down::decode(&cleared),
+            Some(Down::Slot { until: None, .. })
+        ));
+    }
+
     // Goal: exempt networks with an all-zero address, or an IPv6 one that
     // covers the IPv4-mapped range, reach the network process unchanged
     // (they passed --check and once killed it).

@@ -1604,3 +1604,61 @@ fn network_process_in_process_random_peers() {
         );
     });
 }
+
+// Goal: the network process refuses a key slot whose validity has ended
+// (an old key past its overlap window) exactly like a wrong key, a
+// bad-mac failure with no run and no ack, while a slot that is still
+// inside its window, and one with no end, run with their own index.
+#[test]
+fn network_process_refuses_slots_past_their_end() {
+    use inproc::*;
+    use postern::ipc::Reason;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let keys: Vec<([u8; 32], bool)> = (1..=3u8).map(|i| ([i; 32], false)).collect();
+        let until = [None, Some(now), Some(now + 3600)];
+        let exempt = [IpNet {
+            addr: "127.0.0.0".parse().unwrap(),
+            prefix: 8,
+        }];
+        let setup = Setup {
+            generation: 1,
+            limits: limits(),
+            exempt: &exempt,
+            keys: &keys,
+            passwords: &[],
+            until: &until,
+        };
+        let net = Net::start(&setup, Status::Started).await;
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        for (i, (k, _)) in keys.iter().enumerate() {
+            let mut c = connect_from(net.postern, src).await;
+            let g: [u8; wire::GREETING_LEN] = read_some(&mut c, wire::GREETING_LEN)
+                .await
+                .try_into()
+                .unwrap();
+            write_all(&mut c, &wire::reply(&MacKey::new(k), &g, None)).await;
+            let back = rest(&mut c).await;
+            net.wait_ends(i + 1).await;
+            match (i, net.last_end()) {
+                (1, r) => {
+                    assert_eq!(fail_reason(&r), Some(Reason::BadMac), "slot {i}");
+                    assert!(back.is_empty(), "no ack for an ended slot");
+                }
+                (_, Request::Run { slot, .. }) => {
+                    assert_eq!(usize::from(slot), i);
+                    assert_eq!(back.len(), wire::ACK_LEN, "slot {i} gets its ack");
+                }
+                (_, r) => panic!("slot {i}: {r:?}"),
+            }
+        }
+    });
+}
