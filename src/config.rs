@@ -4128,7 +4128,7 @@ builtin = "shutdown"
                     && e.message.contains(" does not exist; install it");
                 // On a machine laid out for the examples, a test run by a
                 // user other than root cannot look inside /etc/postern/.
-                let missing_secret = [".key_file", ".password_file"]
+                let missing_secret = [".key_file", ".next_key_file", ".password_file"]
                     .iter()
                     .any(|k| e.key.ends_with(k))
                     && e.message.contains(" /etc/postern/")
