@@ -376,6 +376,9 @@ impl Monitor {
             self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
         }
         for (i, slot) in config.slots.iter().enumerate() {
+            // A config's own slots always name its actions and keys
+            // (`config::build_slots`); should one not, the slot counts
+            // would disagree and the network process refuse the config.
             let (Some(action), Some(secret)) =
                 (config.actions.get(slot.action), config.slot_secret(slot))
             else {
