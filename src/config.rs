@@ -51,7 +51,7 @@
 //!
 //! [[action]]                      # at least one, at most 4096
 //! name = "sshd"                   # unique, 1-64 of A-Z a-z 0-9 . _ -
-//! # exactly one secret; key/key_file need a postern-2 listener,
+//! # exactly one secret (or [[action.key]] tables); key/key_file need a postern-2 listener,
 //! # password/password_file an ostiary-4 listener. Secret files must not be
 //! # accessible by group or others (chmod 600).
 //! key = "<base64 of 32 bytes>"    # or key_file = "keys/sshd.key" (relative to this file)
@@ -74,11 +74,22 @@
 //! per_address = false             # gates: one instance per address (asserted, else source)
 //! max_addresses = 64              # 1..=4096; only with per_address: addresses open at once
 //!
+//! [[action.key]]                  # instead of the single secret: a key per operator, at most 64
+//! name = "alice"                  # unique within the action, 1-64 of A-Z a-z 0-9 . _ -; logged by=alice
+//! key_file = "keys/sshd.alice.key"    # or key = "<base64 of 32 bytes>"
+//! next_key_file = "keys/sshd.alice.next.key"   # optional successor (or next_key = "...")
+//! overlap_until = "2026-12-15T00:00:00Z"       # required with a successor: the old key is
+//!                                              # accepted until then (RFC 3339, UTC), then only the successor
+//!
 //! [[action]]                      # a closing action: closes a gate now
 //! name = "sshd.close"             # the client's convention: GATE.close
 //! key_file = "keys/sshd.close.key"   # its own secret, like any action
 //! closes = "sshd"                 # a gate action of this file; takes no other keys but bind_source
 //! ```
+//!
+//! Every key, password and successor of every action is one slot of
+//! [`Config::slots`] (at most [`defaults::MAX_KEY_SLOTS`]); no two slots
+//! hold the same secret.
 //!
 //! Durations are strings of number-unit pairs: `"500ms"`, `"30s"`, `"15m"`,
 //! `"2h"`, `"1d"`, `"1h30m"`; at most [`defaults::MAX_DURATION`]. Bare
@@ -92,7 +103,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::unistd::{Group, User};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -147,6 +158,15 @@ pub mod defaults {
     pub const MAX_LISTENERS: usize = 64;
     /// Hard bound on `[[action]]` entries.
     pub const MAX_ACTIONS: usize = 4096;
+    /// Hard bound on `[[action.key]]` entries of one action.
+    pub const MAX_KEYS_PER_ACTION: usize = 64;
+    /// Hard bound on key slots in the whole file: every key, password and
+    /// successor of every action. Each reply is checked against all of
+    /// them (BENCHMARKS.md gives the cost per slot), and slot indexes
+    /// travel to the network process as 16 bits.
+    pub const MAX_KEY_SLOTS: usize = 8192;
+    /// Hard bound on a `[[action.key]]` name's length in bytes.
+    pub const MAX_KEY_NAME: usize = 64;
     /// Hard bound on `max_handshakes`.
     pub const MAX_HANDSHAKES_LIMIT: usize = 65_536;
     /// Hard bound on `lockout_table`: about 170 bytes an entry (measured),
@@ -226,6 +246,10 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// `[[action]]`, at least one; names and keys are unique.
     pub actions: Vec<Action>,
+    /// Every key of every action, flattened: what a reply is checked
+    /// against, in this order (see [`KeySlot`]). At most
+    /// [`defaults::MAX_KEY_SLOTS`]; every secret differs from every other.
+    pub slots: Vec<KeySlot>,
     /// Problems that do not stop posternd but that the operator should fix
     /// (an inline secret in a file others can read). One line each, ready
     /// to log at start-up.
@@ -398,18 +422,188 @@ pub enum ActionSecret {
     Password(Password),
 }
 
-/// Whether two actions are the same in every respect: the same secret
-/// (compared in constant time) and the same name, commands and settings.
-/// A reload that leaves an action the same lets requests from handshakes
-/// that began before it run.
+impl ActionSecret {
+    /// Constant-time equality; a key never equals a password.
+    pub fn ct_eq(&self, other: &ActionSecret) -> bool {
+        match (self, other) {
+            (ActionSecret::Key(x), ActionSecret::Key(y)) => x.ct_eq(y),
+            (ActionSecret::Password(x), ActionSecret::Password(y)) => x.ct_eq(y),
+            _ => false,
+        }
+    }
+
+    /// The bytes that key the MAC: the key, or the password.
+    pub fn expose(&self) -> &[u8] {
+        match self {
+            ActionSecret::Key(k) => k.expose(),
+            ActionSecret::Password(p) => p.expose(),
+        }
+    }
+
+    /// Whether this is an ostiary-4 password.
+    pub fn is_password(&self) -> bool {
+        matches!(self, ActionSecret::Password(_))
+    }
+}
+
+/// One key of an action: the single unnamed secret (`key`, `key_file`,
+/// `password`, `password_file` on the action), or a named
+/// `[[action.key]]`, possibly with a successor.
+#[derive(Debug, Clone)]
+pub struct ActionKey {
+    /// The operator it belongs to; `None` for the action's single secret
+    /// (logged as `by=-`).
+    pub name: Option<String>,
+    /// The secret.
+    pub secret: ActionSecret,
+    /// Its successor, if it is being rotated.
+    pub next: Option<Successor>,
+}
+
+/// A key's successor (`next_key`, `next_key_file`) and the end of the
+/// overlap window (`overlap_until`).
+#[derive(Debug, Clone)]
+pub struct Successor {
+    /// The new key.
+    pub secret: ActionSecret,
+    /// The old key is accepted while the time is before this instant;
+    /// from it on, only the successor.
+    pub overlap_until: SystemTime,
+}
+
+/// Which of a key's secrets a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// A key without a successor.
+    Only,
+    /// A key being replaced: accepted until its `overlap_until`.
+    Old,
+    /// The successor of a key being replaced.
+    Next,
+}
+
+impl KeyRole {
+    /// The log's `key=` value; `None` for a key without a successor.
+    pub fn log_name(self) -> Option<&'static str> {
+        match self {
+            KeyRole::Only => None,
+            KeyRole::Old => Some("old"),
+            KeyRole::Next => Some("next"),
+        }
+    }
+}
+
+/// One secret a reply can match, in the flat list [`Config::slots`]: the
+/// constant-time check covers every slot of every action, and the index of
+/// the slot that matched is what travels from the verifier to the monitor
+/// (`ipc.rs`), which names the key in the log from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySlot {
+    /// Index into [`Config::actions`].
+    pub action: usize,
+    /// Index into that action's [`Action::keys`].
+    pub key: usize,
+    /// Whether it is the key itself or its successor.
+    pub role: KeyRole,
+    /// `Some` for [`KeyRole::Old`]: the slot is refused from this instant.
+    pub until: Option<SystemTime>,
+}
+
+impl KeySlot {
+    /// Whether the slot may be accepted at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
+
+impl Config {
+    /// The secret a slot holds; `None` if the slot is not this config's.
+    pub fn slot_secret(&self, slot: &KeySlot) -> Option<&ActionSecret> {
+        let key = self.actions.get(slot.action)?.keys.get(slot.key)?;
+        match slot.role {
+            KeyRole::Only | KeyRole::Old => Some(&key.secret),
+            KeyRole::Next => key.next.as_ref().map(|n| &n.secret),
+        }
+    }
+
+    /// The key name a slot is logged as: the `[[action.key]]` name, or
+    /// `-` for an action's single secret.
+    pub fn slot_name(&self, slot: &KeySlot) -> &str {
+        self.actions
+            .get(slot.action)
+            .and_then(|a| a.keys.get(slot.key))
+            .and_then(|k| k.name.as_deref())
+            .unwrap_or("-")
+    }
+}
+
+/// Builds the flat slot list, in action order, each key then its
+/// successor.
+fn build_slots(actions: &[Action]) -> Vec<KeySlot> {
+    let mut out = Vec::new();
+    for (a, action) in actions.iter().enumerate() {
+        for (k, key) in action.keys.iter().enumerate() {
+            match &key.next {
+                None => out.push(KeySlot {
+                    action: a,
+                    key: k,
+                    role: KeyRole::Only,
+                    until: None,
+                }),
+                Some(next) => {
+                    out.push(KeySlot {
+                        action: a,
+                        key: k,
+                        role: KeyRole::Old,
+                        until: Some(next.overlap_until),
+                    });
+                    out.push(KeySlot {
+                        action: a,
+                        key: k,
+                        role: KeyRole::Next,
+                        until: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether two actions are the same in every respect but their keys: the
+/// same name, commands and settings. A reload that leaves an action the
+/// same lets requests from handshakes that began before it run, if the
+/// key that matched is still there (see [`same_slot`]).
 pub fn same_action(a: &Action, b: &Action) -> bool {
-    let secrets = match (&a.secret, &b.secret) {
-        (ActionSecret::Key(x), ActionSecret::Key(y)) => x.ct_eq(y),
-        (ActionSecret::Password(x), ActionSecret::Password(y)) => x.ct_eq(y),
-        _ => false,
+    // Every field named, so that a new one cannot be left out.
+    let settings = |x: &Action| {
+        let Action {
+            name,
+            keys: _,
+            kind,
+            run_as,
+            timeout,
+            cooldown,
+            single_instance,
+            bind_source,
+        } = x;
+        format!("{name:?} {kind:?} {run_as:?} {timeout:?} {cooldown:?} {single_instance:?} {bind_source:?}")
     };
-    // Debug prints every field but the secret, which shows as <redacted>.
-    secrets && format!("{a:?}") == format!("{b:?}")
+    settings(a) == settings(b)
+}
+
+/// The slot of `new` that carries the same key as slot `was` of `old`:
+/// the same name and the same secret (compared in constant time), in the
+/// action `action` of `new`. A key removed, renamed or re-keyed by a
+/// reload has none, so a reply verified under the old config is refused.
+pub fn same_slot(old: &Config, was: &KeySlot, new: &Config, action: usize) -> Option<usize> {
+    let secret = old.slot_secret(was)?;
+    let name = old.slot_name(was);
+    new.slots.iter().position(|s| {
+        s.action == action
+            && new.slot_name(s) == name
+            && new.slot_secret(s).is_some_and(|x| x.ct_eq(secret))
+    })
 }
 
 /// `[[action]]`.
@@ -417,8 +611,10 @@ pub fn same_action(a: &Action, b: &Action) -> bool {
 pub struct Action {
     /// Unique name; `{action}` in argvs, `POSTERN_ACTION` in the env.
     pub name: String,
-    /// The secret that triggers it.
-    pub secret: ActionSecret,
+    /// The keys that trigger it: one unnamed secret, or the named
+    /// `[[action.key]]` entries (at most [`defaults::MAX_KEYS_PER_ACTION`]).
+    /// All postern-2 keys, or one ostiary-4 password.
+    pub keys: Vec<ActionKey>,
     /// What it does.
     pub kind: ActionKind,
     /// Who its commands run as (`None`: posternd's own user).
@@ -549,8 +745,27 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         ));
     };
     let (mut config, inline_secret) = parse_inner(text, &file)?;
+    let now = SystemTime::now();
     for (i, a) in config.actions.iter().enumerate() {
-        if let ActionSecret::Password(p) = &a.secret {
+        for (j, k) in a.keys.iter().enumerate() {
+            let Some(next) = k.next.as_ref().filter(|n| n.overlap_until <= now) else {
+                continue;
+            };
+            config.warnings.push(format!(
+                "{}: action[{}].key[{}] ({} of {}): overlap_until {} has passed, so only the successor is accepted; make next_key_file the key_file and remove next_key_file and overlap_until",
+                file.display(),
+                i + 1,
+                j + 1,
+                k.name.as_deref().unwrap_or("-"),
+                a.name,
+                format_utc(next.overlap_until)
+            ));
+        }
+        let password = a.keys.iter().find_map(|k| match &k.secret {
+            ActionSecret::Password(p) => Some(p),
+            ActionSecret::Key(_) => None,
+        });
+        if let Some(p) = password {
             if let Some(why) = ostclient_cannot_send(p.expose()) {
                 config.warnings.push(format!(
                     "{}: action[{}] ({}): Ostiary 4.0's own client cannot send this password: {why}; other ostiary-4 clients can, but to keep ostclient working choose another password",
@@ -657,6 +872,9 @@ fn io_reason(e: &std::io::Error) -> String {
 // ---------------------------------------------------------------------------
 // Raw structs: the shape of the file, nothing more.
 
+/// The dotted key and the span of each key slot's secret, in slot order.
+type SlotSpans = Vec<(String, Range<usize>)>;
+
 /// An optional key with its position in the file.
 type Opt<T> = Option<Spanned<T>>;
 /// An argv as written.
@@ -719,7 +937,7 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawAction {
     name: Opt<String>,
-    key: Opt<SecretText>,
+    key: Opt<RawKeyField>,
     key_file: Opt<String>,
     password: Opt<SecretText>,
     password_file: Opt<String>,
@@ -742,6 +960,53 @@ struct RawAction {
     per_address: Opt<bool>,
     max_addresses: Opt<i64>,
     closes: Opt<String>,
+}
+
+/// `[[action.key]]`: one operator's key, and its successor.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: Opt<String>,
+    key: Opt<SecretText>,
+    key_file: Opt<String>,
+    next_key: Opt<SecretText>,
+    next_key_file: Opt<String>,
+    overlap_until: Opt<String>,
+}
+
+/// An action's `key`: an inline base64 key (a string), or the named keys
+/// (an array of `[[action.key]]` tables).
+enum RawKeyField {
+    Inline(SecretText),
+    Named(Vec<Spanned<RawKey>>),
+}
+
+impl<'de> Deserialize<'de> for RawKeyField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawKeyField;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a base64 key string or [[action.key]] tables")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawKeyField, E> {
+                Ok(RawKeyField::Inline(SecretText(Zeroizing::new(
+                    v.to_owned(),
+                ))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<RawKeyField, E> {
+                Ok(RawKeyField::Inline(SecretText(Zeroizing::new(v))))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawKeyField, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element()? {
+                    keys.push(k);
+                }
+                Ok(RawKeyField::Named(keys))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// An inline secret, zeroized when the raw config is dropped.
@@ -869,19 +1134,46 @@ fn locate(root: &Node, at: usize) -> (String, Option<Range<usize>>) {
                 let hit = entries
                     .iter()
                     .find(|(k, v)| span_holds(&k.span(), at) || span_holds(&v.span(), at));
-                let Some((k, v)) = hit else { break };
+                // A nested array of tables (`[[action.key]]`) is written
+                // after its parent's own keys, and the parent's span ends
+                // before it: the last one declared before `at` holds it.
+                let nested = || {
+                    entries
+                        .iter()
+                        .filter(|(k, v)| {
+                            k.span().start <= at
+                                && matches!(v.get_ref(), Node::Array(a)
+                                    if a.iter().any(|t| matches!(t.get_ref(), Node::Table(_))))
+                        })
+                        .max_by_key(|(k, _)| k.span().start)
+                };
+                let (k, v, exact) = match hit {
+                    Some((k, v)) => (k, v, true),
+                    None => match nested() {
+                        Some((k, v)) => (k, v, false),
+                        None => break,
+                    },
+                };
                 if !path.is_empty() {
                     path.push('.');
                 }
                 path.push_str(k.get_ref());
-                let (ks, vs) = (k.span(), v.span());
-                pair = Some(ks.start.min(vs.start)..ks.end.max(vs.end));
+                if exact {
+                    let (ks, vs) = (k.span(), v.span());
+                    pair = Some(ks.start.min(vs.start)..ks.end.max(vs.end));
+                }
                 node = v.get_ref();
             }
             Node::Array(items) => {
-                let hit = items.iter().enumerate().find(|(_, v)| {
-                    matches!(v.get_ref(), Node::Table(_)) && span_holds(&v.span(), at)
-                });
+                let tables = || {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| matches!(v.get_ref(), Node::Table(_)))
+                };
+                let hit = tables()
+                    .find(|(_, v)| span_holds(&v.span(), at))
+                    .or_else(|| tables().rfind(|(_, v)| v.span().start <= at));
                 let Some((i, v)) = hit else { break };
                 path.push_str(&format!("[{}]", i + 1));
                 node = v.get_ref();
@@ -1023,6 +1315,7 @@ impl Cx<'_> {
         };
         let (listeners, protocols) = self.listeners(raw.listen.as_deref().unwrap_or(&[]));
         let actions = self.actions(raw.action.as_deref().unwrap_or(&[]), protocols);
+        let slots = actions.as_deref().map(build_slots);
         Some(Config {
             path: self.file.to_path_buf(),
             daemon: daemon?,
@@ -1030,6 +1323,7 @@ impl Cx<'_> {
             on_lockout: on_lockout?,
             listeners: listeners?,
             actions: actions?,
+            slots: slots?,
             warnings: Vec::new(),
         })
     }
@@ -1450,8 +1744,8 @@ impl Cx<'_> {
         }
         let mut ok = true;
         let mut out = Vec::with_capacity(raw.len());
-        // (index, secret key name, its span) for each action built.
-        let mut secrets: Vec<(usize, &'static str, Range<usize>)> = Vec::new();
+        // (dotted key, its span) of each slot, in slot order.
+        let mut secrets: SlotSpans = Vec::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, a) in raw.iter().enumerate() {
             let prefix = format!("action[{}]", i + 1);
@@ -1469,36 +1763,53 @@ impl Cx<'_> {
                 }
             }
             match self.action(&prefix, a, protocols) {
-                Some((action, key, span)) => {
-                    secrets.push((i + 1, key, span));
+                Some((action, spans)) => {
+                    secrets.extend(spans);
                     out.push(action);
                 }
                 None => ok = false,
             }
         }
-        // Two actions with one secret: the daemon could not tell which was
-        // meant. Pairwise and constant-time, as secrets are compared
-        // everywhere.
-        for j in 0..out.len() {
+        if !ok {
+            return None;
+        }
+        let slots = build_slots(&out);
+        if slots.len() > defaults::MAX_KEY_SLOTS {
+            self.err(
+                "action",
+                None,
+                format!(
+                    "{} keys, passwords and successors in all; at most {} are allowed (every reply is checked against each); remove some",
+                    slots.len(),
+                    defaults::MAX_KEY_SLOTS
+                ),
+            );
+            return None;
+        }
+        // Two slots with one secret: the daemon could not tell which action
+        // or which operator was meant. Pairwise and constant-time, as
+        // secrets are compared everywhere.
+        let secret_of = |s: &KeySlot| {
+            let key = &out[s.action].keys[s.key];
+            match (&key.next, s.role) {
+                (Some(next), KeyRole::Next) => &next.secret,
+                _ => &key.secret,
+            }
+        };
+        for j in 0..slots.len() {
             for i in 0..j {
-                let same = match (&out[i].secret, &out[j].secret) {
-                    (ActionSecret::Key(a), ActionSecret::Key(b)) => a.ct_eq(b),
-                    (ActionSecret::Password(a), ActionSecret::Password(b)) => a.ct_eq(b),
-                    _ => false,
-                };
-                if same {
-                    let (first, _, _) = secrets[i];
-                    let (index, key, span) = secrets[j].clone();
-                    let what = if key.starts_with("key") {
-                        "key"
-                    } else {
+                if secret_of(&slots[i]).ct_eq(secret_of(&slots[j])) {
+                    let (first, _) = &secrets[i];
+                    let (key, span) = secrets[j].clone();
+                    let what = if secret_of(&slots[j]).is_password() {
                         "password"
+                    } else {
+                        "key"
                     };
-                    self.err(
-                        format!("action[{index}].{key}"),
-                        Some(span),
-                        format!("same {what} as action[{first}]; give every action its own {what}"),
+                    let message = format!(
+                        "same {what} as {first}; give every action, operator and successor its own {what}"
                     );
+                    self.err(key, Some(span), message);
                     ok = false;
                     break;
                 }
@@ -1508,13 +1819,14 @@ impl Cx<'_> {
         closes.then_some(out)
     }
 
-    /// One action, with the name and span of its secret key.
+    /// One action, with the dotted key and span of each of its slots'
+    /// secrets, in slot order.
     fn action(
         &mut self,
         prefix: &str,
         raw: &Spanned<RawAction>,
         protocols: Option<(bool, bool)>,
-    ) -> Option<(Action, &'static str, Range<usize>)> {
+    ) -> Option<(Action, SlotSpans)> {
         let a = raw.get_ref();
         let name = match &a.name {
             None => {
@@ -1544,7 +1856,7 @@ impl Cx<'_> {
                 valid.then(|| s.clone())
             }
         };
-        let secret = self.secret(prefix, raw, protocols);
+        let secret = self.keys(prefix, raw, protocols);
         let kind = self.kind(prefix, raw);
         // A builtin or a closing action runs no command of its own.
         let builtin = a.builtin.is_some() || a.closes.is_some();
@@ -1577,7 +1889,10 @@ impl Cx<'_> {
             .bind_source
             .as_ref()
             .map_or(defaults::BIND_SOURCE, |v| *v.get_ref());
-        if let (true, Some((ActionSecret::Password(_), _, _))) = (bind_source, &secret) {
+        let password = secret
+            .as_ref()
+            .is_some_and(|(keys, _)| keys.iter().any(|k| k.secret.is_password()));
+        if bind_source && password {
             self.err(
                 dotted(prefix, "bind_source"),
                 a.bind_source.as_ref().map(Spanned::span),
@@ -1599,10 +1914,10 @@ impl Cx<'_> {
                 return None;
             }
         }
-        let (secret, key, span) = secret?;
+        let (keys, spans) = secret?;
         let action = Action {
             name: name?,
-            secret,
+            keys,
             kind: kind?,
             run_as: run_as?,
             timeout: timeout?,
@@ -1613,7 +1928,264 @@ impl Cx<'_> {
                 .map_or(defaults::SINGLE_INSTANCE, |v| *v.get_ref()),
             bind_source,
         };
-        Some((action, key, span))
+        Some((action, spans))
+    }
+
+    /// The action's keys: its single secret, or its `[[action.key]]`
+    /// tables (not both), with the dotted key and span of each slot.
+    fn keys(
+        &mut self,
+        prefix: &str,
+        raw: &Spanned<RawAction>,
+        protocols: Option<(bool, bool)>,
+    ) -> Option<(Vec<ActionKey>, SlotSpans)> {
+        let a = raw.get_ref();
+        let Some(named) = a.key.as_ref().and_then(|k| match k.get_ref() {
+            RawKeyField::Named(v) => Some((v, k.span())),
+            RawKeyField::Inline(_) => None,
+        }) else {
+            let (secret, which, span) = self.secret(prefix, raw, protocols)?;
+            let key = ActionKey {
+                name: None,
+                secret,
+                next: None,
+            };
+            return Some((vec![key], vec![(dotted(prefix, which), span)]));
+        };
+        let (named, span) = named;
+        let single = [
+            ("key_file", a.key_file.as_ref().map(Spanned::span)),
+            ("password", a.password.as_ref().map(Spanned::span)),
+            ("password_file", a.password_file.as_ref().map(Spanned::span)),
+        ]
+        .into_iter()
+        .find_map(|(k, s)| s.map(|s| (k, s)));
+        if let Some((which, at)) = single {
+            self.err(
+                dotted(prefix, which),
+                Some(at),
+                format!(
+                    "{which} and [[action.key]] tables are both set; an action has one secret or named keys, not both: move it into a [[action.key]] table with a name"
+                ),
+            );
+            return None;
+        }
+        if named.is_empty() {
+            self.err(
+                dotted(prefix, "key"),
+                Some(span),
+                "an empty list of keys; add [[action.key]] tables with a name and a key",
+            );
+            return None;
+        }
+        if let Some(extra) = named.get(defaults::MAX_KEYS_PER_ACTION) {
+            self.err(
+                dotted(prefix, "key"),
+                Some(extra.span()),
+                format!(
+                    "too many [[action.key]] tables ({}); at most {} per action are allowed",
+                    named.len(),
+                    defaults::MAX_KEYS_PER_ACTION
+                ),
+            );
+            return None;
+        }
+        if let Some((false, _)) = protocols {
+            self.err(
+                dotted(prefix, "key"),
+                Some(span),
+                "unreachable action: keys are used by postern-2, but no [[listen]] has protocol = \"postern-2\"; add one",
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut keys = Vec::with_capacity(named.len());
+        let mut spans = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, k) in named.iter().enumerate() {
+            let at = format!("{prefix}.key[{}]", i + 1);
+            if let Some(n) = &k.get_ref().name {
+                if let Some(first) = names.insert(n.get_ref().as_str(), i + 1) {
+                    self.err(
+                        dotted(&at, "name"),
+                        Some(n.span()),
+                        format!(
+                            "duplicate key name \"{}\" (also {prefix}.key[{first}]); names must be unique within an action",
+                            n.get_ref()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            match self.named_key(&at, k) {
+                Some((key, s)) => {
+                    keys.push(key);
+                    spans.extend(s);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some((keys, spans))
+    }
+
+    /// One `[[action.key]]` table, with the dotted key and span of its
+    /// secret and of its successor's.
+    fn named_key(&mut self, at: &str, raw: &Spanned<RawKey>) -> Option<(ActionKey, SlotSpans)> {
+        let k = raw.get_ref();
+        let name = match &k.name {
+            None => {
+                self.err(
+                    dotted(at, "name"),
+                    Some(raw.span()),
+                    "missing; every key needs a name, logged as by=NAME when it matches",
+                );
+                None
+            }
+            Some(n) => {
+                let s = n.get_ref();
+                let valid = !s.is_empty()
+                    && s.len() <= defaults::MAX_KEY_NAME
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !valid {
+                    self.err(
+                        dotted(at, "name"),
+                        Some(n.span()),
+                        format!(
+                            "invalid key name \"{s}\"; use 1 to {} characters from A-Z a-z 0-9 . _ -",
+                            defaults::MAX_KEY_NAME
+                        ),
+                    );
+                }
+                valid.then(|| s.clone())
+            }
+        };
+        let secret = self.key_pair(
+            at,
+            "key",
+            k.key.as_ref(),
+            k.key_file.as_ref(),
+            raw.span(),
+            true,
+        );
+        let next = self.key_pair(
+            at,
+            "next_key",
+            k.next_key.as_ref(),
+            k.next_key_file.as_ref(),
+            raw.span(),
+            false,
+        );
+        let until = match (&k.overlap_until, &next) {
+            (Some(u), Some(Some(_))) => match parse_utc(u.get_ref()) {
+                Ok(t) => Some(Some(t)),
+                Err(why) => {
+                    self.err(dotted(at, "overlap_until"), Some(u.span()), why);
+                    None
+                }
+            },
+            (Some(u), Some(None)) => {
+                self.err(
+                    dotted(at, "overlap_until"),
+                    Some(u.span()),
+                    "an overlap window without a successor; set next_key_file (or next_key), or remove overlap_until",
+                );
+                None
+            }
+            (None, Some(Some(_))) => {
+                self.err(
+                    at,
+                    Some(raw.span()),
+                    "a successor needs overlap_until: the old key is accepted until then (RFC 3339 in UTC, e.g. \"2026-12-15T00:00:00Z\")",
+                );
+                None
+            }
+            (_, _) => Some(None),
+        };
+        let (secret, which, span) = secret??;
+        let mut spans = vec![(dotted(at, which), span)];
+        let next = match (next?, until?) {
+            (Some((next, which, span)), Some(overlap_until)) => {
+                spans.push((dotted(at, which), span));
+                Some(Successor {
+                    secret: ActionSecret::Key(next),
+                    overlap_until,
+                })
+            }
+            _ => None,
+        };
+        Some((
+            ActionKey {
+                name: Some(name?),
+                secret: ActionSecret::Key(secret),
+                next,
+            },
+            spans,
+        ))
+    }
+
+    /// A postern-2 key given inline (`NAME`) or in a file (`NAME_file`):
+    /// exactly one when `required`, at most one otherwise. `Some(None)`:
+    /// neither given and not required; `None`: an error was reported.
+    #[allow(clippy::type_complexity)]
+    fn key_pair(
+        &mut self,
+        at: &str,
+        name: &'static str,
+        inline: Option<&Spanned<SecretText>>,
+        file: Option<&Spanned<String>>,
+        table: Range<usize>,
+        required: bool,
+    ) -> Option<Option<(Key, &'static str, Range<usize>)>> {
+        let file_name: &'static str = if name == "key" {
+            "key_file"
+        } else {
+            "next_key_file"
+        };
+        match (inline, file) {
+            (Some(_), Some(f)) => {
+                self.err(
+                    dotted(at, file_name),
+                    Some(f.span()),
+                    format!("{name} and {file_name} are both set; keep exactly one"),
+                );
+                None
+            }
+            (None, None) if required => {
+                self.err(
+                    at,
+                    Some(table),
+                    format!("no key; set exactly one of {file_name} or {name}"),
+                );
+                None
+            }
+            (None, None) => Some(None),
+            (Some(k), None) => {
+                self.inline_secret = true;
+                match Key::from_base64(&k.get_ref().0) {
+                    Ok(key) => Some(Some((key, name, k.span()))),
+                    Err(e) => {
+                        self.err(dotted(at, name), Some(k.span()), e.to_string());
+                        None
+                    }
+                }
+            }
+            (None, Some(f)) => {
+                let key = dotted(at, file_name);
+                let bytes = self.secret_file(&key, f, "key", defaults::MAX_KEY_FILE_LEN)?;
+                let parsed = std::str::from_utf8(&bytes)
+                    .map_err(|_| crate::secret::KeyError::NotBase64)
+                    .and_then(Key::from_base64);
+                match parsed {
+                    Ok(k) => Some(Some((k, file_name, f.span()))),
+                    Err(e) => {
+                        let path = self.base.join(f.get_ref());
+                        self.err(key, Some(f.span()), format!("{}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+        }
     }
 
     /// The action's secret, checked against the listeners' protocols.
@@ -1624,8 +2196,12 @@ impl Cx<'_> {
         protocols: Option<(bool, bool)>,
     ) -> Option<(ActionSecret, &'static str, Range<usize>)> {
         let a = raw.get_ref();
+        let inline_key = a.key.as_ref().and_then(|k| match k.get_ref() {
+            RawKeyField::Inline(t) => Some((t, k.span())),
+            RawKeyField::Named(_) => None,
+        });
         let given: Vec<(&'static str, Range<usize>)> = [
-            ("key", a.key.as_ref().map(Spanned::span)),
+            ("key", inline_key.as_ref().map(|(_, s)| s.clone())),
             ("key_file", a.key_file.as_ref().map(Spanned::span)),
             ("password", a.password.as_ref().map(Spanned::span)),
             ("password_file", a.password_file.as_ref().map(Spanned::span)),
@@ -1638,7 +2214,7 @@ impl Cx<'_> {
                 self.err(
                     prefix,
                     Some(raw.span()),
-                    "no secret; set exactly one of key, key_file (postern-2) or password, password_file (ostiary-4)",
+                    "no secret; set exactly one of key, key_file (postern-2) or password, password_file (ostiary-4), or add [[action.key]] tables",
                 );
                 return None;
             }
@@ -1656,9 +2232,9 @@ impl Cx<'_> {
             }
         };
         let key = dotted(prefix, which);
-        let secret = if let Some(k) = &a.key {
+        let secret = if let Some((k, _)) = &inline_key {
             self.inline_secret = true;
-            match Key::from_base64(&k.get_ref().0) {
+            match Key::from_base64(&k.0) {
                 Ok(key) => ActionSecret::Key(key),
                 Err(e) => {
                     self.err(key, Some(span), e.to_string());
@@ -2430,6 +3006,99 @@ fn open_secret(path: &Path) -> nix::Result<(std::fs::File, nix::sys::stat::FileS
 // ---------------------------------------------------------------------------
 // Value parsers without context.
 
+/// Parses an RFC 3339 instant in UTC with whole seconds:
+/// `YYYY-MM-DDTHH:MM:SSZ` (or `+00:00` for `Z`).
+fn parse_utc(s: &str) -> Result<SystemTime, String> {
+    let fix = "write it in UTC as YYYY-MM-DDTHH:MM:SSZ, e.g. \"2026-12-15T00:00:00Z\"";
+    let body = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix("+00:00"))
+        .ok_or_else(|| format!("\"{s}\" is not in UTC; {fix}"))?;
+    let b = body.as_bytes();
+    let shape = b.len() == 19
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape {
+        return Err(format!(
+            "\"{s}\" is not an RFC 3339 time with whole seconds; {fix}"
+        ));
+    }
+    // Only ASCII digits remain at these positions (checked above).
+    let num = |r: Range<usize>| body.get(r).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    let (y, mo, d) = (num(0..4), num(5..7), num(8..10));
+    let (h, mi, se) = (num(11..13), num(14..16), num(17..19));
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let valid = (1970..=9999).contains(&y)
+        && (1..=12).contains(&mo)
+        && d >= 1
+        && month_days
+            .get(usize::try_from(mo).unwrap_or(0).wrapping_sub(1))
+            .is_some_and(|&m| d <= m)
+        && h < 24
+        && mi < 60
+        && se < 60;
+    if !valid {
+        return Err(format!(
+            "\"{s}\" is not a valid date and time (years 1970 to 9999); {fix}"
+        ));
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let (yy, mm) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = yy / 400;
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Formats an instant as `overlap_until` is written (for messages).
+pub fn format_utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Parses `"500ms"`, `"30s"`, `"15m"`, `"2h"`, `"1d"` and concatenations
 /// such as `"1h30m"`. At most [`defaults::MAX_DURATION`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -2820,7 +3489,7 @@ builtin = "shutdown"
         assert_eq!(c.actions.len(), 4);
         let web = &c.actions[0];
         assert_eq!(web.name, "web");
-        match &web.secret {
+        match &web.keys[0].secret {
             ActionSecret::Key(k) => assert!(k.ct_eq(&Key::from_bytes([1u8; 32]))),
             ActionSecret::Password(_) => unreachable!("web has a key"),
         }
@@ -2860,7 +3529,7 @@ builtin = "shutdown"
         assert!(web.bind_source);
 
         let shell = &c.actions[1];
-        match &shell.secret {
+        match &shell.keys[0].secret {
             ActionSecret::Key(k) => assert!(k.ct_eq(&Key::from_bytes([2u8; 32]))),
             ActionSecret::Password(_) => unreachable!("shell has a key"),
         }
@@ -2882,7 +3551,7 @@ builtin = "shutdown"
 
         let old = &c.actions[2];
         assert_eq!(old.name, "old.style");
-        match &old.secret {
+        match &old.keys[0].secret {
             ActionSecret::Password(p) => assert_eq!(p.expose(), b"Sample"),
             ActionSecret::Key(_) => unreachable!("old.style has a password"),
         }
@@ -3024,10 +3693,10 @@ builtin = "shutdown"
         assert_eq!(c.daemon.state_dir, f.dir.join("state"));
         assert_eq!(c.daemon.chroot_dir, f.dir.join("../jail"));
         assert!(
-            matches!(&c.actions[0].secret, ActionSecret::Key(k) if k.ct_eq(&Key::from_bytes([2u8; 32])))
+            matches!(&c.actions[0].keys[0].secret, ActionSecret::Key(k) if k.ct_eq(&Key::from_bytes([2u8; 32])))
         );
         assert!(
-            matches!(&c.actions[1].secret, ActionSecret::Password(p) if p.expose() == b"Sample")
+            matches!(&c.actions[1].keys[0].secret, ActionSecret::Password(p) if p.expose() == b"Sample")
         );
         // The default chroot follows a relative state_dir.
         let c = f
@@ -3074,6 +3743,30 @@ builtin = "shutdown"
             "n".repeat(defaults::MAX_ACTION_NAME + 1)
         );
         let serve_ttl = "serve = [\"/bin/sleep\", \"9\"]\nttl = \"10m\"\n";
+        let named =
+            |name: &str, key: &str| format!("[[action.key]]\nname = \"{name}\"\nkey = \"{key}\"\n");
+        let many_keys: String = (0..=defaults::MAX_KEYS_PER_ACTION)
+            .map(|i| named(&format!("k{i}"), "@K1"))
+            .collect();
+        let too_many_keys = format!(
+            "too many [[action.key]] tables ({}); at most {} per action are allowed",
+            defaults::MAX_KEYS_PER_ACTION + 1,
+            defaults::MAX_KEYS_PER_ACTION
+        );
+        // Whole actions of the most keys each, one more slot than allowed.
+        let per = defaults::MAX_KEYS_PER_ACTION;
+        let n_actions = defaults::MAX_KEY_SLOTS / per + 1;
+        let many_slots: String = (0..n_actions)
+            .map(|a| {
+                let keys: String = (0..per).map(|i| named(&format!("k{i}"), "@K1")).collect();
+                format!("[[action]]\nname = \"a{a}\"\n{RUN}{keys}")
+            })
+            .collect();
+        let too_many_slots = format!(
+            "{} keys, passwords and successors in all; at most {} are allowed",
+            n_actions * per,
+            defaults::MAX_KEY_SLOTS
+        );
 
         // (key, part of the message, line or 0 for none, text)
         let cases: Vec<(&str, &str, usize, String)> = vec![
@@ -3128,9 +3821,29 @@ builtin = "shutdown"
             ("action[1].key", "unreachable action: a key is used by postern-2", 6, [L4, AH, KEY, RUN].concat()),
             ("action[1].password", "unreachable action: a password is used by ostiary-4", 5, [L1, AH, "password = \"pw\"\n", RUN].concat()),
             ("action[1].bind_source", "ostiary-4 carries no address", 8, [L4, AH, "password = \"pw\"\n", RUN, "bind_source = true\n"].concat()),
-            ("action[2].key", "same key as action[1]; give every action its own key", 9, [L1, ACT, BH, KEY, RUN].concat()),
+            ("action[2].key", "same key as action[1].key; give every action, operator and successor its own key", 9, [L1, ACT, BH, KEY, RUN].concat()),
             ("action[2].key_file", "same key as action[1]", 9, [L1, ACT, BH, "key_file = \"a.key\"\n", RUN].concat()),
             ("action[2].password", "same password as action[1]", 10, [L4, AH, "password = \"pw\"\n", RUN, BH, "password = \"pw\"\n", RUN].concat()),
+            // Named keys: [[action.key]].
+            ("action[1].key[1].nme", "unknown key; remove it or fix its spelling", 7, [L1, AH, RUN, "[[action.key]]\nnme = \"alice\"\nkey = \"@K1\"\n"].concat()),
+            ("action[1].key[1].name", "invalid key name \"al ice\"; use 1 to 64 characters", 7, [L1, AH, RUN, "[[action.key]]\nname = \"al ice\"\nkey = \"@K1\"\n"].concat()),
+            ("action[1].key[1].name", "missing; every key needs a name", 6, [L1, AH, RUN, "[[action.key]]\nkey = \"@K1\"\n"].concat()),
+            ("action[1].key[2].name", "duplicate key name \"alice\" (also action[1].key[1])", 10, [L1, AH, RUN, &named("alice", "@K1"), &named("alice", "@K2")].concat()),
+            ("action[1].key_file", "key_file and [[action.key]] tables are both set; an action has one secret or named keys, not both", 5, [L1, AH, "key_file = \"a.key\"\n", RUN, &named("alice", "@K2")].concat()),
+            ("action[1].key[1]", "no key; set exactly one of key_file or key", 6, [L1, AH, RUN, "[[action.key]]\nname = \"alice\"\n"].concat()),
+            ("action[1].key[1].key_file", "key and key_file are both set", 9, [L1, AH, RUN, &named("alice", "@K1"), "key_file = \"a.key\"\n"].concat()),
+            ("action[1].key[1].key_file", "open.key is accessible by group or others", 8, [L1, AH, RUN, "[[action.key]]\nname = \"alice\"\nkey_file = \"open.key\"\n"].concat()),
+            ("action[1].key[1]", "a successor needs overlap_until", 6, [L1, AH, RUN, &named("alice", "@K1"), "next_key = \"@K2\"\n"].concat()),
+            ("action[1].key[1].overlap_until", "an overlap window without a successor", 9, [L1, AH, RUN, &named("alice", "@K1"), "overlap_until = \"2026-12-15T00:00:00Z\"\n"].concat()),
+            ("action[1].key[1].overlap_until", "\"2026-12-15T01:00:00+01:00\" is not in UTC; write it in UTC as YYYY-MM-DDTHH:MM:SSZ", 10, [L1, AH, RUN, &named("alice", "@K1"), "next_key = \"@K2\"\noverlap_until = \"2026-12-15T01:00:00+01:00\"\n"].concat()),
+            ("action[1].key[1].overlap_until", "is not an RFC 3339 time with whole seconds", 10, [L1, AH, RUN, &named("alice", "@K1"), "next_key = \"@K2\"\noverlap_until = \"2026-12-15T00:00:00.5Z\"\n"].concat()),
+            ("action[1].key[1].overlap_until", "is not a valid date and time", 10, [L1, AH, RUN, &named("alice", "@K1"), "next_key = \"@K2\"\noverlap_until = \"2027-02-29T00:00:00Z\"\n"].concat()),
+            ("action[1].key[1].next_key_file", "next_key and next_key_file are both set", 10, [L1, AH, RUN, &named("alice", "@K1"), "next_key = \"@K2\"\nnext_key_file = \"a.key\"\noverlap_until = \"2026-12-15T00:00:00Z\"\n"].concat()),
+            ("action[1].key[2].key", "same key as action[1].key[1].key; give every action, operator and successor its own key", 11, [L1, AH, RUN, &named("alice", "@K1"), &named("bob", "@K1")].concat()),
+            ("action[1].key[1].next_key", "same key as action[1].key[1].key", 9, [L1, AH, RUN, &named("alice", "@K1"), "next_key = \"@K1\"\noverlap_until = \"2026-12-15T00:00:00Z\"\n"].concat()),
+            ("action[2].key[1].next_key_file", "same key as action[1].key", 13, [L1, ACT, BH, RUN, &named("alice", "@K2"), "next_key_file = \"a.key\"\noverlap_until = \"2026-12-15T00:00:00Z\"\n"].concat()),
+            ("action[1].key", &too_many_keys, 6 + 3 * defaults::MAX_KEYS_PER_ACTION, [L1, AH, RUN, &many_keys].concat()),
+            ("action", &too_many_slots, 0, [L1, many_slots.as_str()].concat()),
             // What an action does.
             ("action[1]", "nothing to do; set exactly one of run, serve, builtin or closes", 3, [L1, AH, KEY].concat()),
             // Per-address gates and closing actions.
@@ -3256,6 +3969,126 @@ builtin = "shutdown"
             failures.len(),
             failures.join("\n")
         );
+    }
+
+    // Goal: named keys and successors parse into one flat list of slots
+    // in action order (each key, then its successor), with names, roles
+    // and the window's end; the single secret is one unnamed slot.
+    #[test]
+    fn named_keys_become_slots() {
+        let f = Fixture::new();
+        f.file("k3.key", &format!("{}\n", f.k3), 0o600);
+        let text = [
+            L1,
+            ACT,
+            BH,
+            RUN,
+            "[[action.key]]\nname = \"alice\"\nkey = \"@K2\"\nnext_key_file = \"k3.key\"\noverlap_until = \"2026-12-15T00:00:00Z\"\n",
+            "[[action.key]]\nname = \"bob.ops-2_x\"\nkey = \"",
+            &b64_encode(&[4u8; 32]),
+            "\"\n",
+        ]
+        .concat();
+        let c = f.parse(&text).unwrap();
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(1_797_292_800);
+        let shape: Vec<(usize, usize, KeyRole, Option<SystemTime>, &str)> = c
+            .slots
+            .iter()
+            .map(|s| (s.action, s.key, s.role, s.until, c.slot_name(s)))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (0, 0, KeyRole::Only, None, "-"),
+                (1, 0, KeyRole::Old, Some(until), "alice"),
+                (1, 0, KeyRole::Next, None, "alice"),
+                (1, 1, KeyRole::Only, None, "bob.ops-2_x"),
+            ]
+        );
+        let bytes: Vec<u8> = c
+            .slots
+            .iter()
+            .map(|s| c.slot_secret(s).unwrap().expose()[0])
+            .collect();
+        assert_eq!(bytes, [1, 2, 3, 4]);
+        let before = until - Duration::from_secs(1);
+        assert!(c.slots[1].valid_at(before));
+        assert!(!c.slots[1].valid_at(until));
+        assert!(c.slots[2].valid_at(until + Duration::from_secs(86_400)));
+        assert_eq!(KeyRole::Old.log_name(), Some("old"));
+        assert_eq!(KeyRole::Next.log_name(), Some("next"));
+        assert_eq!(KeyRole::Only.log_name(), None);
+    }
+
+    // Goal: across a reload, a slot maps to the key of the same name and
+    // secret only: a removed, renamed or re-keyed key has no slot, and
+    // the others keep theirs even when their action's key list changed.
+    #[test]
+    fn same_slot_follows_name_and_secret() {
+        let f = Fixture::new();
+        let two = |a: &str, ka: &str, b: &str, kb: &str| {
+            [
+                L1,
+                AH,
+                RUN,
+                &format!("[[action.key]]\nname = \"{a}\"\nkey = \"{ka}\"\n"),
+                &format!("[[action.key]]\nname = \"{b}\"\nkey = \"{kb}\"\n"),
+            ]
+            .concat()
+        };
+        let old = f.parse(&two("alice", "@K1", "bob", "@K2")).unwrap();
+        let alice = &old.slots[0];
+        let bob = &old.slots[1];
+        // Bob removed (carol added): alice still maps, bob does not.
+        let new = f.parse(&two("carol", "@K3", "alice", "@K1")).unwrap();
+        assert!(same_action(&old.actions[0], &new.actions[0]));
+        assert_eq!(same_slot(&old, alice, &new, 0), Some(1));
+        assert_eq!(same_slot(&old, bob, &new, 0), None);
+        // Alice re-keyed, or her key given to another name: no slot.
+        let rekeyed = f.parse(&two("alice", "@K3", "bob", "@K2")).unwrap();
+        assert_eq!(same_slot(&old, alice, &rekeyed, 0), None);
+        assert_eq!(same_slot(&old, bob, &rekeyed, 0), Some(1));
+        let renamed = f.parse(&two("alicia", "@K1", "bob", "@K2")).unwrap();
+        assert_eq!(same_slot(&old, alice, &renamed, 0), None);
+        // The action's commands changed: not the same action at all.
+        let other = f
+            .parse(&two("alice", "@K1", "bob", "@K2").replace("/bin/true", "/bin/false"))
+            .unwrap();
+        assert!(!same_action(&old.actions[0], &other.actions[0]));
+    }
+
+    // Goal: overlap_until reads RFC 3339 UTC instants exactly (leap days,
+    // the epoch, the last second of a year) and prints them back.
+    #[test]
+    fn utc_instants() {
+        for (text, secs) in [
+            ("1970-01-01T00:00:00Z", 0u64),
+            ("2026-12-15T00:00:00Z", 1_797_292_800),
+            ("2024-02-29T12:34:56Z", 1_709_210_096),
+            ("1999-12-31T23:59:59Z", 946_684_799),
+            ("2000-03-01T00:00:00+00:00", 951_868_800),
+        ] {
+            let t = parse_utc(text).unwrap();
+            assert_eq!(
+                t,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+                "{text}"
+            );
+            assert_eq!(format_utc(t), text.replace("+00:00", "Z"));
+        }
+        for bad in [
+            "2026-12-15 00:00:00Z",
+            "2026-12-15T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2026-12-15T24:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2026-12-15T00:00:60Z",
+            "+026-12-15T00:00:00Z",
+            "",
+        ] {
+            assert!(parse_utc(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     // Goal: independent problems are all reported in one run, in file
@@ -3477,7 +4310,7 @@ builtin = "shutdown"
                     && e.message.contains(" does not exist; install it");
                 // On a machine laid out for the examples, a test run by a
                 // user other than root cannot look inside /etc/postern/.
-                let missing_secret = [".key_file", ".password_file"]
+                let missing_secret = [".key_file", ".next_key_file", ".password_file"]
                     .iter()
                     .any(|k| e.key.ends_with(k))
                     && e.message.contains(" /etc/postern/")

@@ -11,7 +11,7 @@
 //! off len field
 //!  0   1  version (1)
 //!  1   1  kind: 1 run, 2 fail, 3 lockout, 4 notice
-//!  2   2  arg16 (BE): action index | failure reason | notice code
+//!  2   2  arg16 (BE): key slot index | failure reason | notice code
 //!  4   4  arg32 (BE): request id | failure count | notice value
 //!  8   4  config generation (BE): the one the connection began under
 //! 12   1  listener index
@@ -24,7 +24,9 @@
 //! Monitor -> network messages are trusted (the monitor wrote them) but
 //! are still decoded without panics: a status for a run request, and the
 //! network part of the config (limits, listener sockets passed with
-//! SCM_RIGHTS, and the action secrets).
+//! SCM_RIGHTS, and the key slots: every secret of every action, in the
+//! order of `Config::slots`, each with its action's `bind_source` and the
+//! end of its validity).
 
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -150,14 +152,16 @@ pub struct Peer {
 /// A decoded network -> monitor message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// Run action `action` for `target`; answer with [`Down::Status`].
+    /// Run the action of key slot `slot` for `target`; answer with
+    /// [`Down::Status`].
     Run {
         /// Correlates the answer.
         id: u32,
         /// The config generation the index refers to.
         generation: u32,
-        /// Action index.
-        action: u16,
+        /// Index of the key slot that matched (`Config::slots` of that
+        /// generation): names the action and the key.
+        slot: u16,
         /// Who asked.
         peer: Peer,
         /// The address `{addr}` stands for.
@@ -209,8 +213,8 @@ pub enum RequestError {
     Code(u16),
     /// Listener index out of range.
     Listener(u8),
-    /// Action index out of range.
-    Action(u16),
+    /// Key slot index out of range.
+    Slot(u16),
 }
 
 impl core::fmt::Display for RequestError {
@@ -224,7 +228,7 @@ impl core::fmt::Display for RequestError {
             RequestError::Target => f.write_str("target address misplaced"),
             RequestError::Code(c) => write!(f, "unknown reason or notice code {c}"),
             RequestError::Listener(l) => write!(f, "listener index {l} out of range"),
-            RequestError::Action(a) => write!(f, "action index {a} out of range"),
+            RequestError::Slot(a) => write!(f, "key slot index {a} out of range"),
         }
     }
 }
@@ -273,12 +277,12 @@ impl Request {
             Request::Run {
                 id,
                 generation,
-                action,
+                slot,
                 peer,
                 target,
             } => {
                 b[1] = KIND_RUN;
-                b[2..4].copy_from_slice(&action.to_be_bytes());
+                b[2..4].copy_from_slice(&slot.to_be_bytes());
                 b[4..8].copy_from_slice(&id.to_be_bytes());
                 b[8..12].copy_from_slice(&generation.to_be_bytes());
                 put_peer(&mut b, peer);
@@ -314,10 +318,10 @@ impl Request {
     }
 
     /// Decodes and range-checks an untrusted request. `listeners` and
-    /// `actions` are the counts of the config generation the request
+    /// `slots` are the counts of the config generation the request
     /// belongs to (see [`generation_of`](Self::generation_of)); anything
     /// out of range is an error.
-    pub fn decode(bytes: &[u8], listeners: usize, actions: usize) -> Result<Request, RequestError> {
+    pub fn decode(bytes: &[u8], listeners: usize, slots: usize) -> Result<Request, RequestError> {
         if bytes.len() != REQUEST_LEN {
             return Err(RequestError::WrongSize(bytes.len()));
         }
@@ -348,14 +352,14 @@ impl Request {
         }
         match kind {
             KIND_RUN => {
-                if usize::from(arg16) >= actions {
-                    return Err(RequestError::Action(arg16));
+                if usize::from(arg16) >= slots {
+                    return Err(RequestError::Slot(arg16));
                 }
                 let target = target.ok_or(RequestError::Target)?;
                 Ok(Request::Run {
                     id: arg32,
                     generation,
-                    action: arg16,
+                    slot: arg16,
                     peer,
                     target,
                 })
@@ -425,7 +429,7 @@ pub enum Down {
         /// What happened, why, and for how long: the ack's body.
         answer: Answer,
     },
-    /// Start of a config; `listeners`, `exempt` and `actions` records follow.
+    /// Start of a config; `listeners`, `exempt` and `slots` records follow.
     Begin {
         /// Generation number, echoed in run requests.
         generation: u32,
@@ -435,8 +439,8 @@ pub enum Down {
         listeners: u16,
         /// Exempt-network records that follow.
         exempt: u16,
-        /// Action records that follow.
-        actions: u16,
+        /// Key slot records that follow.
+        slots: u16,
     },
     /// A listener; its socket arrives with the message.
     Listener {
@@ -447,14 +451,18 @@ pub enum Down {
     },
     /// A network exempt from lockout.
     Exempt(IpNet),
-    /// An action's secret.
-    Action {
-        /// Index (order of `[[action]]`).
+    /// A key slot: one secret of one action (`Config::slots`).
+    Slot {
+        /// Slot index: records come in order, 0 first.
         index: u16,
         /// ostiary-4 password rather than postern-2 key.
         password: bool,
-        /// Refuse unless the asserted address is the source.
+        /// Its action's `bind_source`: refuse unless the asserted address
+        /// is the source.
         bind_source: bool,
+        /// Refused from this time on (seconds since the Unix epoch): an
+        /// old key whose overlap window ends then. `None`: no end.
+        until: Option<u64>,
         /// The key or password bytes (redacted in Debug, zeroized on drop).
         secret: Password,
     },
@@ -466,7 +474,7 @@ const DOWN_STATUS: u8 = 0x81;
 const DOWN_BEGIN: u8 = 0x90;
 const DOWN_LISTENER: u8 = 0x91;
 const DOWN_EXEMPT: u8 = 0x92;
-const DOWN_ACTION: u8 = 0x93;
+const DOWN_SLOT: u8 = 0x95;
 const DOWN_END: u8 = 0x94;
 
 fn ms(d: Duration) -> u64 {
@@ -488,7 +496,7 @@ impl Down {
                 limits: l,
                 listeners,
                 exempt,
-                actions,
+                slots,
             } => {
                 b.push(DOWN_BEGIN);
                 b.extend_from_slice(&generation.to_be_bytes());
@@ -504,7 +512,7 @@ impl Down {
                 b.extend_from_slice(&ms(l.shutdown_grace).to_be_bytes());
                 b.extend_from_slice(&listeners.to_be_bytes());
                 b.extend_from_slice(&exempt.to_be_bytes());
-                b.extend_from_slice(&actions.to_be_bytes());
+                b.extend_from_slice(&slots.to_be_bytes());
             }
             Down::Listener { index, protocol } => {
                 b.push(DOWN_LISTENER);
@@ -520,15 +528,21 @@ impl Down {
                 b.push(u8::from(net.addr.is_ipv4()));
                 b.extend_from_slice(&encode_addr(Some(net.addr)));
             }
-            Down::Action {
+            Down::Slot {
                 index,
                 password,
                 bind_source,
+                until,
                 secret,
             } => {
-                b.push(DOWN_ACTION);
-                b.push(u8::from(*password) | (u8::from(*bind_source) << 1));
+                b.push(DOWN_SLOT);
+                b.push(
+                    u8::from(*password)
+                        | (u8::from(*bind_source) << 1)
+                        | (u8::from(until.is_some()) << 2),
+                );
                 b.extend_from_slice(&index.to_be_bytes());
+                b.extend_from_slice(&until.unwrap_or(0).to_be_bytes());
                 let bytes = secret.expose();
                 b.extend_from_slice(&(bytes.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
                 b.extend_from_slice(bytes);
@@ -575,7 +589,7 @@ impl Down {
                     limits,
                     listeners: r.u16()?,
                     exempt: r.u16()?,
-                    actions: r.u16()?,
+                    slots: r.u16()?,
                 }
             }
             DOWN_LISTENER => {
@@ -609,15 +623,20 @@ impl Down {
                 }
                 Down::Exempt(IpNet { addr, prefix })
             }
-            DOWN_ACTION => {
+            DOWN_SLOT => {
                 let flags = r.u8()?;
+                if flags & !0b111 != 0 {
+                    return None;
+                }
                 let index = r.u16()?;
+                let until = r.u64()?;
                 let len = usize::from(r.u16()?);
                 let secret = Password::new(r.take(len)?.to_vec());
-                Down::Action {
+                Down::Slot {
                     index,
                     password: flags & 1 != 0,
                     bind_source: flags & 2 != 0,
+                    until: (flags & 4 != 0).then_some(until),
                     secret,
                 }
             }
@@ -681,7 +700,7 @@ mod tests {
             Request::Run {
                 id: 7,
                 generation: 3,
-                action: 2,
+                slot: 2,
                 peer: peer(),
                 target: "2001:db8::1".parse().unwrap(),
             },
@@ -712,7 +731,7 @@ mod tests {
         let good = Request::Run {
             id: 1,
             generation: 1,
-            action: 2,
+            slot: 2,
             peer: peer(),
             target: peer().addr,
         }
@@ -725,7 +744,7 @@ mod tests {
             Request::decode(&[0u8; 49], 2, 3),
             Err(RequestError::WrongSize(49))
         );
-        assert_eq!(Request::decode(&good, 2, 2), Err(RequestError::Action(2)));
+        assert_eq!(Request::decode(&good, 2, 2), Err(RequestError::Slot(2)));
         assert_eq!(Request::decode(&good, 1, 3), Err(RequestError::Listener(1)));
         let mut b = good;
         b[0] = 9;
@@ -801,7 +820,7 @@ mod tests {
                 limits: limits.clone(),
                 listeners: 2,
                 exempt: 1,
-                actions: 3,
+                slots: 3,
             },
             Down::Listener {
                 index: 1,
@@ -815,11 +834,26 @@ mod tests {
                 addr: "2001:db8::".parse().unwrap(),
                 prefix: 32,
             }),
-            Down::Action {
+            Down::Slot {
                 index: 2,
                 password: true,
                 bind_source: false,
+                until: None,
                 secret: Password::new(b"Sample".to_vec()),
+            },
+            Down::Slot {
+                index: 3,
+                password: false,
+                bind_source: true,
+                until: Some(1_797_292_800),
+                secret: Password::new(vec![7; 32]),
+            },
+            Down::Slot {
+                index: 4,
+                password: false,
+                bind_source: false,
+                until: Some(0),
+                secret: Password::new(vec![8; 32]),
             },
             Down::End,
         ];
@@ -832,6 +866,35 @@ mod tests {
             longer.push(0);
             assert!(Down::decode(&longer).is_none());
         }
+    }
+
+    // Goal: a key slot record with an unknown flag bit is refused, and
+    // its validity end survives the round trip only when flagged.
+    #[test]
+    fn slot_flags_are_strict() {
+        let slot = Down::Slot {
+            index: 0,
+            password: false,
+            bind_source: false,
+            until: Some(5),
+            secret: Password::new(vec![1; 32]),
+        };
+        let enc = slot.encode();
+        assert!(matches!(
+            Down::decode(&enc),
+            Some(Down::Slot { until: Some(5), .. })
+        ));
+        for bit in 3..8 {
+            let mut bad = enc.to_vec();
+            bad[2] |= 1 << bit;
+            assert!(Down::decode(&bad).is_none(), "flag bit {bit}");
+        }
+        let mut cleared = enc.to_vec();
+        cleared[2] &= !4;
+        assert!(matches!(
+            Down::decode(&cleared),
+            Some(Down::Slot { until: None, .. })
+        ));
     }
 
     // Goal: exempt networks with an all-zero address, or an IPv6 one that

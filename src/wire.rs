@@ -466,7 +466,11 @@ pub fn ostiary_reply(password: &MacKey, salt: &[u8; OSTIARY_SALT_LEN]) -> [u8; O
 /// A fixed set of keys, each prepared once, checked together.
 ///
 /// Every check computes one MAC per key and compares all of them, so the
-/// work done is the same whichever key matches, and when none does.
+/// work done is the same whichever key matches, and when none does. The
+/// daemon builds it over the config's key slots (`config::Config::slots`:
+/// every key, password and successor of every action) in slot order, one
+/// verifier per protocol, so the index it returns names the slot: the
+/// action, the operator and which of old and next matched.
 #[derive(Debug, Default)]
 pub struct Verifier {
     keys: Vec<MacKey>,

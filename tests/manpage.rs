@@ -99,6 +99,23 @@ fn config_with(table: &str, extra: &str) -> String {
         s.push_str(extra);
         s.push('\n');
     }
+    if table == "action.key" {
+        // An action with one named key; a successor brings its window.
+        s.push_str("[[action]]\nname = \"a\"\nrun = [\"/bin/true\"]\n[[action.key]]\n");
+        let key = extra.split(' ').next().unwrap_or("");
+        if key != "name" {
+            s.push_str("name = \"op\"\n");
+        }
+        if !["key", "key_file"].contains(&key) {
+            s.push_str(&format!("key = \"{KEY}\"\n"));
+        }
+        if ["next_key", "next_key_file"].contains(&key) {
+            s.push_str("overlap_until = \"2026-12-15T00:00:00Z\"\n");
+        }
+        s.push_str(extra);
+        s.push('\n');
+        return s;
+    }
     s.push_str(&format!("[[action]]\nname = \"a\"\nkey = \"{KEY}\"\n"));
     if table == "action" {
         s.push_str(extra);
@@ -139,6 +156,7 @@ fn problems(text: &str) -> Vec<String> {
 fn key_path(table: &str, key: &str) -> String {
     match table {
         "listen" | "action" => format!("{table}[1].{key}"),
+        "action.key" => format!("action[1].key[1].{key}"),
         _ => format!("{table}.{key}"),
     }
 }
@@ -253,7 +271,14 @@ fn code_defaults() -> BTreeMap<(String, String), Want> {
     ])
 }
 
-const TABLES: [&str; 5] = ["daemon", "limits", "on_lockout", "listen", "action"];
+const TABLES: [&str; 6] = [
+    "daemon",
+    "limits",
+    "on_lockout",
+    "listen",
+    "action",
+    "action.key",
+];
 
 #[test]
 fn the_page_lists_exactly_the_keys_check_accepts() {
@@ -382,6 +407,19 @@ fn the_ranges_are_the_ones_check_enforces() {
     assert!(checked >= 7, "only {checked} ranges on the page");
 }
 
+/// `8192` as the page writes it: `8,192`.
+fn fmt_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[test]
 fn the_table_counts_are_the_code_bounds() {
     // Goal: "[[listen]] (1 to N tables)" and "[[action]] (1 to N tables)" match the hard bounds.
@@ -392,4 +430,16 @@ fn the_table_counts_are_the_code_bounds() {
         let head = format!("## [[{table}]] (1 to {max} tables)");
         assert!(PAGE.lines().any(|l| l == head), "the page lacks {head:?}");
     }
+    let head = format!(
+        "## [[action.key]] (0 to {} tables per action)",
+        defaults::MAX_KEYS_PER_ACTION
+    );
+    assert!(PAGE.lines().any(|l| l == head), "the page lacks {head:?}");
+    assert!(
+        PAGE.contains(&format!(
+            "At most {} key slots",
+            fmt_thousands(defaults::MAX_KEY_SLOTS)
+        )),
+        "the page does not state the key slot bound"
+    );
 }

@@ -160,7 +160,7 @@ fn forged_request_kills_daemon() {
     let out_of_range = Request::Run {
         id: 1,
         generation: 1,
-        action: 7,
+        slot: 7,
         peer,
         target: peer.addr,
     }

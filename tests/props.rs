@@ -805,7 +805,7 @@ fn ipc_decoding_is_total_and_exact() {
     let base = Request::Run {
         id: 3,
         generation: 2,
-        action: 1,
+        slot: 1,
         peer,
         target: "2001:db8::1".parse().unwrap(),
     }
@@ -1060,6 +1060,8 @@ mod inproc {
         pub keys: &'a [([u8; 32], bool)],
         /// ostiary-4 passwords, as the actions after the keys.
         pub passwords: &'a [&'a [u8]],
+        /// Per key (by index; missing: none): refused from this Unix time.
+        pub until: &'a [Option<u64>],
     }
 
     pub fn limits() -> NetLimits {
@@ -1084,7 +1086,7 @@ mod inproc {
             limits: s.limits.clone(),
             listeners: 2,
             exempt: s.exempt.len() as u16,
-            actions: n_actions,
+            slots: n_actions,
         };
         mon.send(&begin.encode(), &[]).await.unwrap();
         for (i, (l, p)) in listeners
@@ -1102,19 +1104,21 @@ mod inproc {
             mon.send(&Down::Exempt(*n).encode(), &[]).await.unwrap();
         }
         for (i, (k, bind)) in s.keys.iter().enumerate() {
-            let m = Down::Action {
+            let m = Down::Slot {
                 index: i as u16,
                 password: false,
                 bind_source: *bind,
+                until: s.until.get(i).copied().flatten(),
                 secret: Password::new(k.to_vec()),
             };
             mon.send(&m.encode(), &[]).await.unwrap();
         }
         for (j, p) in s.passwords.iter().enumerate() {
-            let m = Down::Action {
+            let m = Down::Slot {
                 index: (s.keys.len() + j) as u16,
                 password: true,
                 bind_source: false,
+                until: None,
                 secret: Password::new(p.to_vec()),
             };
             mon.send(&m.encode(), &[]).await.unwrap();
@@ -1301,6 +1305,7 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &keys,
             passwords: &[pw],
+            until: &[],
         };
         let net = Net::start(&setup, Status::Started).await;
         let src: IpAddr = "127.0.0.1".parse().unwrap();
@@ -1322,8 +1327,8 @@ fn network_process_in_process_random_peers() {
                 assert!(rest(&mut c).await.is_empty(), "{ctx}");
                 net.wait_ends(conns).await;
                 match (right, net.last_end()) {
-                    (true, Request::Run { action, target, .. }) => {
-                        assert_eq!((action, target), (3, src), "{ctx}")
+                    (true, Request::Run { slot, target, .. }) => {
+                        assert_eq!((slot, target), (3, src), "{ctx}")
                     }
                     (false, r) => assert_eq!(fail_reason(&r), Some(Reason::BadMac), "{ctx}"),
                     (_, r) => panic!("{ctx}: {r:?}"),
@@ -1402,12 +1407,12 @@ fn network_process_in_process_random_peers() {
             } else {
                 match end {
                     Request::Run {
-                        action,
+                        slot,
                         target,
                         generation,
                         ..
                     } => {
-                        assert_eq!(usize::from(action), i, "{ctx}");
+                        assert_eq!(usize::from(slot), i, "{ctx}");
                         assert_eq!(target, asserted.unwrap_or(src), "{ctx}");
                         assert_eq!(generation, 1, "{ctx}");
                     }
@@ -1433,6 +1438,7 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &new_keys,
             passwords: &[],
+            until: &[],
         };
         net.reload(&setup2).await;
         // The old key no longer opens anything; the new one does.
@@ -1532,6 +1538,7 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &keys,
             passwords: &[],
+            until: &[],
         };
         let net = Net::start(&setup3, Status::Started).await;
         net.paused.set(true);
@@ -1599,5 +1606,63 @@ fn network_process_in_process_random_peers() {
             matches!(ended, Ok(Ok(Ok(())))),
             "a graceful stop is Ok: {ended:?}"
         );
+    });
+}
+
+// Goal: the network process refuses a key slot whose validity has ended
+// (an old key past its overlap window) exactly like a wrong key, a
+// bad-mac failure with no run and no ack, while a slot that is still
+// inside its window, and one with no end, run with their own index.
+#[test]
+fn network_process_refuses_slots_past_their_end() {
+    use inproc::*;
+    use postern::ipc::Reason;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let keys: Vec<([u8; 32], bool)> = (1..=3u8).map(|i| ([i; 32], false)).collect();
+        let until = [None, Some(now), Some(now + 3600)];
+        let exempt = [IpNet {
+            addr: "127.0.0.0".parse().unwrap(),
+            prefix: 8,
+        }];
+        let setup = Setup {
+            generation: 1,
+            limits: limits(),
+            exempt: &exempt,
+            keys: &keys,
+            passwords: &[],
+            until: &until,
+        };
+        let net = Net::start(&setup, Status::Started).await;
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        for (i, (k, _)) in keys.iter().enumerate() {
+            let mut c = connect_from(net.postern, src).await;
+            let g: [u8; wire::GREETING_LEN] = read_some(&mut c, wire::GREETING_LEN)
+                .await
+                .try_into()
+                .unwrap();
+            write_all(&mut c, &wire::reply(&MacKey::new(k), &g, None)).await;
+            let back = rest(&mut c).await;
+            net.wait_ends(i + 1).await;
+            match (i, net.last_end()) {
+                (1, r) => {
+                    assert_eq!(fail_reason(&r), Some(Reason::BadMac), "slot {i}");
+                    assert!(back.is_empty(), "no ack for an ended slot");
+                }
+                (_, Request::Run { slot, .. }) => {
+                    assert_eq!(usize::from(slot), i);
+                    assert_eq!(back.len(), wire::ACK_LEN, "slot {i} gets its ack");
+                }
+                (_, r) => panic!("slot {i}: {r:?}"),
+            }
+        }
     });
 }

@@ -2,7 +2,7 @@
 //! groups of hosts.
 //!
 //! ```toml
-//! [defaults]                      # optional: port, protocol, timeout, proxy, master_file
+//! [defaults]                      # optional: port, protocol, timeout, proxy, master_file, next_master_file
 //! port = 7001
 //!
 //! [hosts.web-17]
@@ -12,10 +12,12 @@
 //! timeout = 10                    # optional, seconds
 //! proxy = "socks5://127.0.0.1:1080"   # optional; "none" overrides [defaults]
 //! master_file = "~/.config/postern/fleet.key"  # optional
+//! next_master_file = "~/.config/postern/fleet.next.key"  # optional: a rotation's new master
 //!
 //! [hosts.web-17.actions.console]
 //! key_file = "~/.config/postern/keys/web-17-console.key"
 //! # or: key_env = "VAR" | passphrase = true | master = true | password_file = "..."
+//! next_key_file = "~/.config/postern/keys/web-17-console.next.key"  # optional, with key_file
 //! assert_addr = "203.0.113.5"     # optional, postern-2 only
 //!
 //! [groups]
@@ -26,6 +28,12 @@
 //! unknown keys, then into typed values (a [`Target`], a [`KeySource`] with
 //! an absolute path, a [`Duration`]). Every default is a named constant or
 //! comes from `[defaults]`; every error names the file, the key and the fix.
+//!
+//! Rotation: a key file or master may have a successor (`next_key_file`,
+//! `next_master_file`). The client uses the newest key it has: the
+//! successor when its file exists, else the current one (an operator who
+//! has not received the new key yet keeps working while the hosts still
+//! accept the old one). See docs/rotation.md.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,6 +101,7 @@ struct RawDefaults {
     timeout: Option<u64>,
     proxy: Option<String>,
     master_file: Option<String>,
+    next_master_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +113,7 @@ struct RawHost {
     timeout: Option<u64>,
     proxy: Option<String>,
     master_file: Option<String>,
+    next_master_file: Option<String>,
     #[serde(default)]
     actions: BTreeMap<String, RawAction>,
 }
@@ -112,6 +122,7 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawAction {
     key_file: Option<String>,
+    next_key_file: Option<String>,
     key_env: Option<String>,
     #[serde(default)]
     passphrase: bool,
@@ -151,8 +162,30 @@ pub struct Host {
 pub struct Action {
     /// Where its key (or password) comes from; paths are absolute.
     pub source: KeySource,
+    /// Its successor during a rotation: a key file or master of the same
+    /// kind (`next_key_file`, `next_master_file`). See [`Action::newest`].
+    pub next: Option<KeySource>,
     /// The address to assert (postern-2).
     pub assert_addr: Option<IpAddr>,
+}
+
+impl Action {
+    /// The newest key source the operator has: the successor if its file
+    /// exists (or cannot be looked at, so that loading it reports why),
+    /// else the current one.
+    pub fn newest(&self) -> &KeySource {
+        let next_file = match &self.next {
+            Some(KeySource::File(p) | KeySource::Master(p)) => Some(p),
+            _ => None,
+        };
+        match (next_file, &self.next) {
+            (Some(p), Some(next)) => match std::fs::symlink_metadata(p) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => &self.source,
+                _ => next,
+            },
+            _ => &self.source,
+        }
+    }
 }
 
 /// Why the inventory could not be used.
@@ -319,6 +352,7 @@ struct Defaults {
     timeout: Option<Duration>,
     proxy: Option<Proxy>,
     master_file: Option<PathBuf>,
+    next_master_file: Option<PathBuf>,
 }
 
 /// What validation needs to know about the file.
@@ -424,6 +458,10 @@ impl Cx<'_> {
                 .master_file
                 .map(|m| self.path("defaults.master_file", &m))
                 .transpose()?,
+            next_master_file: raw
+                .next_master_file
+                .map(|m| self.path("defaults.next_master_file", &m))
+                .transpose()?,
         })
     }
 
@@ -451,6 +489,10 @@ impl Cx<'_> {
             Some(m) => Some(self.path(&format!("{key}.master_file"), &m)?),
             None => d.master_file.clone(),
         };
+        let next_master_file = match raw.next_master_file {
+            Some(m) => Some(self.path(&format!("{key}.next_master_file"), &m)?),
+            None => d.next_master_file.clone(),
+        };
         if raw.actions.is_empty() {
             return Err(self.invalid(&key, format!("no actions; add [hosts.{name}.actions.NAME]")));
         }
@@ -460,7 +502,8 @@ impl Cx<'_> {
             if !is_valid_name(&action_name) {
                 return Err(self.invalid(&akey, bad_name("action")));
             }
-            let action = self.action(&akey, a, protocol, master_file.as_deref())?;
+            let masters = (master_file.as_deref(), next_master_file.as_deref());
+            let action = self.action(&akey, a, protocol, masters)?;
             actions.insert(action_name, action);
         }
         Ok(Host {
@@ -478,7 +521,7 @@ impl Cx<'_> {
         key: &str,
         raw: RawAction,
         protocol: Protocol,
-        master_file: Option<&Path>,
+        (master_file, next_master_file): (Option<&Path>, Option<&Path>),
     ) -> Result<Action, InventoryError> {
         let mut sources = Vec::new();
         if let Some(f) = &raw.key_file {
@@ -563,8 +606,23 @@ impl Cx<'_> {
                 Some(ip)
             }
         };
+        let next = match (&source, &raw.next_key_file) {
+            (KeySource::File(_), Some(f)) => Some(KeySource::File(
+                self.path(&format!("{key}.next_key_file"), f)?,
+            )),
+            (_, Some(_)) => return Err(self.invalid(
+                &format!("{key}.next_key_file"),
+                "a successor of a key file; it needs key_file (for a master, set next_master_file)"
+                    .to_owned(),
+            )),
+            (KeySource::Master(_), None) => {
+                next_master_file.map(|m| KeySource::Master(m.to_owned()))
+            }
+            (_, None) => None,
+        };
         Ok(Action {
             source,
+            next,
             assert_addr,
         })
     }
@@ -649,6 +707,7 @@ rack-4 = ["web-18", "web-17"]
             w17.actions["console"],
             Action {
                 source: KeySource::File("/etc/postern/keys/web-17.key".into()),
+                next: None,
                 assert_addr: Some("203.0.113.5".parse().unwrap()),
             }
         );
@@ -667,6 +726,45 @@ rack-4 = ["web-18", "web-17"]
         assert_eq!(inv.group("rack-4").unwrap(), ["web-18", "web-17"]);
         assert!(inv.group("rack-5").is_none());
         assert!(inv.host("web-19").is_none());
+    }
+
+    // Goal: during a rotation the client uses the newest key it has: the
+    // successor (a key file, or a master from next_master_file, per host
+    // or in [defaults]) when its file exists, else the current one.
+    #[test]
+    fn rotation_uses_the_newest_key_present() {
+        let dir = std::env::temp_dir().join(format!("postern-inv-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let text = format!(
+            "[defaults]\nmaster_file = \"{d}/old.master\"\nnext_master_file = \"{d}/new.master\"\n\
+             [hosts.a]\naddress = \"192.0.2.1\"\n[hosts.a.actions.fleet]\nmaster = true\n\
+             [hosts.a.actions.own]\nkey_file = \"{d}/a.key\"\nnext_key_file = \"{d}/a.next.key\"\n\
+             [hosts.b]\naddress = \"192.0.2.2\"\nnext_master_file = \"{d}/b.master\"\n[hosts.b.actions.fleet]\nmaster = true\n\
+             [hosts.c]\naddress = \"192.0.2.3\"\n[hosts.c.actions.plain]\nkey_file = \"{d}/c.key\"\n"
+        );
+        let inv = parse(&text).unwrap();
+        let a = &inv.host("a").unwrap().actions;
+        let b = &inv.host("b").unwrap().actions;
+        let c = &inv.host("c").unwrap().actions;
+        let master = |n: &str| KeySource::Master(dir.join(n));
+        let file = |n: &str| KeySource::File(dir.join(n));
+        assert_eq!(a["fleet"].next, Some(master("new.master")));
+        assert_eq!(b["fleet"].next, Some(master("b.master")));
+        assert_eq!(c["plain"].next, None);
+        // No successor on disk yet: the current keys.
+        assert_eq!(*a["fleet"].newest(), master("old.master"));
+        assert_eq!(*a["own"].newest(), file("a.key"));
+        assert_eq!(*c["plain"].newest(), file("c.key"));
+        // The operator received them: the successors.
+        for n in ["new.master", "a.next.key"] {
+            std::fs::write(dir.join(n), "x").unwrap();
+        }
+        assert_eq!(*a["fleet"].newest(), master("new.master"));
+        assert_eq!(*a["own"].newest(), file("a.next.key"));
+        assert_eq!(*b["fleet"].newest(), master("old.master"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     // Goal: an empty file is a valid, empty inventory.
@@ -693,6 +791,10 @@ rack-4 = ["web-18", "web-17"]
             ),
             (host.to_owned(), "hosts.h: no actions; add [hosts.h.actions.NAME]"),
             (format!("{host}[hosts.h.actions.a]\nmaster = true\n"), "hosts.h.actions.a.master: no master_file"),
+            (
+                format!("{host}[hosts.h.actions.a]\npassphrase = true\nnext_key_file = \"k2\"\n"),
+                "hosts.h.actions.a.next_key_file: a successor of a key file; it needs key_file",
+            ),
             (
                 format!("{host}protocol = \"ostiary-4\"\n[hosts.h.actions.a]\nkey_file = \"k\"\n"),
                 "ostiary-4 hosts take password_file or key_env",

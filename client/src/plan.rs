@@ -289,7 +289,9 @@ fn inventory_job(
             problem: format!("no action {action:?} (has: {})", known.join(", ")),
         })
     })?;
-    let secret = secrets.resolve(&a.source, host.protocol, prompt_label, &host.name, action)?;
+    // During a rotation, the successor if the operator has it.
+    let source = a.newest();
+    let secret = secrets.resolve(source, host.protocol, prompt_label, &host.name, action)?;
     Ok(Job {
         label: host.name.clone(),
         action: Some(action.to_owned()),

@@ -126,7 +126,7 @@ async fn send_config(mon: &Channel, inp: &Input<'_>) {
                 limits,
                 listeners: 2,
                 exempt: 0,
-                actions: 4,
+                slots: 4,
             },
             None,
         ),
@@ -147,20 +147,22 @@ async fn send_config(mon: &Channel, inp: &Input<'_>) {
     ];
     for (i, k) in KEYS.iter().take(3).enumerate() {
         msgs.push((
-            Down::Action {
+            Down::Slot {
                 index: i as u16,
                 password: false,
                 bind_source: i == 0 && inp.bind_source,
+                until: None,
                 secret: Password::new(k.to_vec()),
             },
             None,
         ));
     }
     msgs.push((
-        Down::Action {
+        Down::Slot {
             index: 3,
             password: true,
             bind_source: false,
+            until: None,
             secret: Password::new(PASSWORD.to_vec()),
         },
         None,
@@ -523,21 +525,21 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     let in_time = |t: u64| t + MARGIN_MS < timeout;
     let too_late = |t: u64| t > timeout + MARGIN_MS;
     if let Some(Request::Run {
-        action,
+        slot,
         peer,
         target,
         ..
     }) = runs.first().copied()
     {
-        let (want_action, asserted) =
+        let (want_slot, asserted) =
             valid.unwrap_or_else(|| panic!("a run without a valid reply: {requests:?}"));
-        assert_eq!(*action, want_action);
+        assert_eq!(*slot, want_slot);
         assert_eq!(peer.addr, source);
         if inp.ostiary {
             assert_eq!(*target, source);
         } else {
             assert_eq!(*target, asserted.unwrap_or(source));
-            if *action == 0 && inp.bind_source {
+            if *slot == 0 && inp.bind_source {
                 assert_eq!(asserted, Some(source), "bind_source held");
             }
         }

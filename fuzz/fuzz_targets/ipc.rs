@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let listeners = usize::from(sel & 0x0f);
-    let actions = usize::from(sel >> 4);
+    let slots = usize::from(sel >> 4);
 
     // Requests: fixed length, so the untrusted side has to get every
     // byte right. Try the body as it is and padded/cut to 48 bytes.
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let n = body.len().min(REQUEST_LEN);
     fixed[..n].copy_from_slice(&body[..n]);
     for bytes in [body, &fixed[..]] {
-        if let Ok(req) = Request::decode(bytes, listeners, actions) {
+        if let Ok(req) = Request::decode(bytes, listeners, slots) {
             assert_eq!(bytes.len(), REQUEST_LEN);
             // Every request carries the config generation it was made
             // under (a run holds it in its fields; the others beside them).
@@ -35,12 +35,12 @@ fuzz_target!(|data: &[u8]| {
             );
             let peer = match req {
                 Request::Run {
-                    action,
+                    slot,
                     peer,
                     target,
                     ..
                 } => {
-                    assert!(usize::from(action) < actions);
+                    assert!(usize::from(slot) < slots);
                     assert!(!target.is_unspecified() || target.is_ipv4());
                     peer
                 }

@@ -174,12 +174,14 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     })
 }
 
-/// Locks the key material of `config` in memory (the actions, which hold
-/// the keys, and every password). False if the system refused.
+/// Locks the key material of `config` in memory (each action's keys,
+/// which hold the postern-2 keys inline, and every password). False if
+/// the system refused.
 pub fn lock_keys(config: &config::Config) -> bool {
-    let mut locked = crate::sys::lock_slice(&config.actions);
+    let mut locked = true;
     for a in &config.actions {
-        if let config::ActionSecret::Password(p) = &a.secret {
+        locked &= crate::sys::lock_slice(&a.keys);
+        for p in passwords(a) {
             locked &= crate::sys::lock_slice(p.expose());
         }
     }
@@ -188,12 +190,20 @@ pub fn lock_keys(config: &config::Config) -> bool {
 
 /// Undoes [`lock_keys`] for a config about to be dropped.
 pub fn unlock_keys(config: &config::Config) {
-    crate::sys::unlock_slice(&config.actions);
     for a in &config.actions {
-        if let config::ActionSecret::Password(p) = &a.secret {
+        crate::sys::unlock_slice(&a.keys);
+        for p in passwords(a) {
             crate::sys::unlock_slice(p.expose());
         }
     }
+}
+
+/// An action's ostiary-4 passwords (held on the heap, apart from the keys).
+fn passwords(a: &config::Action) -> impl Iterator<Item = &crate::secret::Password> {
+    a.keys.iter().filter_map(|k| match &k.secret {
+        config::ActionSecret::Password(p) => Some(p),
+        config::ActionSecret::Key(_) => None,
+    })
 }
 
 /// Creates `state_dir` if needed (mode 0700) and checks that nobody but

@@ -33,7 +33,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::channel::Channel;
-use crate::config::{self, ActionKind, ActionSecret, Config, Protocol};
+use crate::config::{self, ActionKind, Config, Protocol};
 use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
 use crate::monitor::action::Spec;
 use crate::monitor::gate::{Gates, Instance};
@@ -52,7 +52,7 @@ pub const MAX_RUN_REQUESTS: usize = 64;
 /// longest action deadline.
 const ACK_SLACK: Duration = Duration::from_secs(5);
 
-/// Config generations whose listeners and action count the monitor keeps,
+/// Config generations whose listeners and key slot count the monitor keeps,
 /// to judge a request against the generation it was made under. A request
 /// from an older one is stale: handled (logged, a run refused), never
 /// fatal.
@@ -194,14 +194,14 @@ struct Book {
     on_lockout_running: usize,
     on_lockout_noted: bool,
     runs_in_flight: usize,
-    /// (generation, listener names, action count), oldest first; the
+    /// (generation, listener names, key slot count), oldest first; the
     /// last is the current generation.
     generations: VecDeque<(u32, Vec<String>, usize)>,
 }
 
 /// What a request's generation says about how to judge it.
 enum Judge {
-    /// A kept generation: its listener and action counts.
+    /// A kept generation: its listener and key slot counts.
     Known(usize, usize),
     /// Older than every kept generation: nothing to range-check against;
     /// harmless, since every use of an index is a checked look-up.
@@ -212,7 +212,7 @@ impl Book {
     fn remember_generation(&mut self) {
         let names = self.bound.iter().map(|x| x.local.to_string()).collect();
         self.generations
-            .push_back((self.generation, names, self.config.actions.len()));
+            .push_back((self.generation, names, self.config.slots.len()));
         while self.generations.len() > KEPT_GENERATIONS {
             self.generations.pop_front();
         }
@@ -226,8 +226,8 @@ impl Book {
         } else {
             generation
         };
-        if let Some((_, names, actions)) = self.generations.iter().find(|(n, _, _)| *n == g) {
-            return Some(Judge::Known(names.len(), *actions));
+        if let Some((_, names, slots)) = self.generations.iter().find(|(n, _, _)| *n == g) {
+            return Some(Judge::Known(names.len(), *slots));
         }
         // Generations count up (wrapping, skipping 0): one "behind" the
         // current by less than half the range is older.
@@ -341,7 +341,8 @@ impl Monitor {
             limits,
             listeners: config.listeners.len() as u16,
             exempt: l.exempt.len() as u16,
-            actions: config.actions.len() as u16,
+            // The config bounds slots far below u16::MAX.
+            slots: config.slots.len() as u16,
         };
         self.chan.send(&begin.encode(), &[]).await?;
         for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
@@ -354,16 +355,25 @@ impl Monitor {
         for net in &l.exempt {
             self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
         }
-        for (i, a) in config.actions.iter().enumerate() {
-            let (password, bytes) = match &a.secret {
-                ActionSecret::Key(k) => (false, k.expose().to_vec()),
-                ActionSecret::Password(p) => (true, p.expose().to_vec()),
+        for (i, slot) in config.slots.iter().enumerate() {
+            // A config's own slots always name its actions and keys
+            // (`config::build_slots`); should one not, the slot counts
+            // would disagree and the network process refuse the config.
+            let (Some(action), Some(secret)) =
+                (config.actions.get(slot.action), config.slot_secret(slot))
+            else {
+                continue;
             };
-            let msg = Down::Action {
+            let until = slot.until.map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            });
+            let msg = Down::Slot {
                 index: i as u16,
-                password,
-                bind_source: a.bind_source,
-                secret: Password::new(bytes),
+                password: secret.is_password(),
+                bind_source: action.bind_source,
+                until,
+                secret: Password::new(secret.expose().to_vec()),
             };
             self.chan.send(&msg.encode(), &[]).await?;
         }
@@ -402,15 +412,15 @@ impl Monitor {
                     let bytes = &buf[..len.min(buf.len())];
                     // Judged against the generation it was made under: a
                     // handshake that began before a reload may name a
-                    // listener or action the new config no longer has.
+                    // listener or key slot the new config no longer has.
                     let generation = Request::generation_of(bytes).unwrap_or(0);
                     let judge = self.book.borrow().judge(generation);
-                    let (listeners, actions) = match judge {
+                    let (listeners, slots) = match judge {
                         Some(Judge::Known(l, a)) => (l, a),
                         Some(Judge::Stale) => (usize::from(u8::MAX) + 1, usize::from(u16::MAX) + 1),
                         None => break Err(MonitorError::Forged(format!("unknown config generation {generation}"))),
                     };
-                    match Request::decode(bytes, listeners, actions) {
+                    match Request::decode(bytes, listeners, slots) {
                         Ok(req) => self.handle(req, generation),
                         Err(e) => break Err(MonitorError::Forged(e.to_string())),
                     }
@@ -480,7 +490,7 @@ impl Monitor {
             Request::Run {
                 id,
                 generation,
-                action,
+                slot,
                 peer,
                 target,
             } => {
@@ -495,8 +505,9 @@ impl Monitor {
                         }
                         ok
                     };
+                    let by = me.key_of(generation, slot);
                     let (answer, name) = if admitted {
-                        let r = me.run_action(generation, action, target).await;
+                        let r = me.run_action(generation, slot, target).await;
                         let mut b = me.book.borrow_mut();
                         b.runs_in_flight = b.runs_in_flight.saturating_sub(1);
                         r
@@ -518,7 +529,7 @@ impl Monitor {
                     me.log(
                         Level::Notice,
                         &format!(
-                            "ok src={} port={} listener={listener} action={name} addr={target} status={}{why}",
+                            "ok src={} port={} listener={listener} action={name} addr={target} status={}{why} {by}",
                             peer.addr,
                             peer.port,
                             status.name()
@@ -624,33 +635,96 @@ impl Monitor {
         }
     }
 
-    /// Maps action `index` of config `generation` onto the current config.
-    /// A request from a handshake that began before the last reload runs
-    /// if its action is still configured with the same secret and the same
-    /// settings; otherwise it is refused with [`Reason::ConfigChanged`].
-    fn resolve(&self, generation: u32, index: u16) -> Result<(Rc<Config>, usize), String> {
+    /// `by=NAME`, and `key=old` or `key=next` for a key being rotated, for
+    /// key slot `slot` of config `generation` (`by=?` if that generation
+    /// is no longer kept).
+    fn key_of(&self, generation: u32, slot: u16) -> String {
         let b = self.book.borrow();
+        let config = if generation == b.generation {
+            Some(&b.config)
+        } else {
+            b.previous
+                .as_ref()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, c)| c)
+        };
+        let Some((config, slot)) =
+            config.and_then(|c| c.slots.get(usize::from(slot)).map(|s| (c, s)))
+        else {
+            return "by=?".into();
+        };
+        match slot.role.log_name() {
+            Some(role) => format!("by={} key={role}", config.slot_name(slot)),
+            None => format!("by={}", config.slot_name(slot)),
+        }
+    }
+
+    /// Maps key slot `index` of config `generation` onto the current
+    /// config: the current config and the index of the action to run. A
+    /// request from a handshake that began before the last reload runs if
+    /// its action is still configured with the same settings and the key
+    /// that matched is still one of its keys, with the same name and
+    /// secret; otherwise it is refused with [`Reason::ConfigChanged`] (a
+    /// removed key is never accepted again). A slot whose validity has
+    /// ended (an old key past its overlap window) is refused too. The
+    /// error is the action's name and what happened, for the log.
+    fn resolve(
+        &self,
+        generation: u32,
+        index: u16,
+    ) -> Result<(Rc<Config>, usize), (String, String)> {
+        let b = self.book.borrow();
+        let now = std::time::SystemTime::now();
         let index = usize::from(index);
+        let expired = |config: &Config, slot: &config::KeySlot| {
+            let action = config
+                .actions
+                .get(slot.action)
+                .map_or("?", |a| a.name.as_str());
+            (
+                action.to_owned(),
+                format!("key {} is past its overlap window", config.slot_name(slot)),
+            )
+        };
+        let unknown = || ("?".to_owned(), "no longer known".to_owned());
         if generation == b.generation {
-            return match b.config.actions.get(index) {
-                Some(_) => Ok((Rc::clone(&b.config), index)),
-                None => Err("?".into()),
+            return match b.config.slots.get(index) {
+                Some(s) if s.valid_at(now) => Ok((Rc::clone(&b.config), s.action)),
+                Some(s) => Err(expired(&b.config, s)),
+                None => Err(unknown()),
             };
         }
         let Some((old_gen, old)) = b.previous.as_ref() else {
-            return Err("?".into());
+            return Err(unknown());
         };
-        let Some(was) = old.actions.get(index).filter(|_| *old_gen == generation) else {
-            return Err("?".into());
+        let Some(was) = old.slots.get(index).filter(|_| *old_gen == generation) else {
+            return Err(unknown());
         };
-        match b
+        let Some(old_action) = old.actions.get(was.action) else {
+            return Err(unknown());
+        };
+        let gone = || {
+            (
+                old_action.name.clone(),
+                format!(
+                    "changed, or key {} removed or changed, by a reload",
+                    old.slot_name(was)
+                ),
+            )
+        };
+        let Some(now_action) = b
             .config
             .actions
             .iter()
-            .position(|a| config::same_action(a, was))
+            .position(|a| config::same_action(a, old_action))
+        else {
+            return Err(gone());
+        };
+        match config::same_slot(old, was, &b.config, now_action).and_then(|i| b.config.slots.get(i))
         {
-            Some(now) => Ok((Rc::clone(&b.config), now)),
-            None => Err(was.name.clone()),
+            Some(s) if s.valid_at(now) => Ok((Rc::clone(&b.config), now_action)),
+            Some(s) => Err(expired(&b.config, s)),
+            None => Err(gone()),
         }
     }
 
@@ -663,20 +737,21 @@ impl Monitor {
             .any(|a| a.name == name && matches!(a.kind, ActionKind::Shutdown))
     }
 
-    /// Runs action `index` of config `generation` for `target` and says
-    /// what happened: the ack's body, and the action's name for the log.
+    /// Runs the action of key slot `slot` of config `generation` for
+    /// `target` and says what happened: the ack's body, and the action's
+    /// name for the log.
     async fn run_action(
         self: &Rc<Self>,
         generation: u32,
-        index: u16,
+        slot: u16,
         target: IpAddr,
     ) -> (Answer, String) {
-        let (config, index) = match self.resolve(generation, index) {
+        let (config, index) = match self.resolve(generation, slot) {
             Ok(found) => found,
-            Err(name) => {
+            Err((name, why)) => {
                 self.log(
                     Level::Notice,
-                    &format!("action {name}: changed or removed by a reload; request refused"),
+                    &format!("action {name}: {why}; request refused"),
                 );
                 return (
                     Answer::because(Status::Refused, Reason::ConfigChanged),

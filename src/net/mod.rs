@@ -17,9 +17,12 @@
 //!    not counted against its source);
 //! 4. the greeting is written and exactly the reply length is read into a
 //!    fixed array, all under one deadline;
-//! 5. the reply is checked against every key in constant time;
-//! 6. on success the monitor is asked to run the action and the signed ack
-//!    carries its answer; on failure the connection just closes.
+//! 5. the reply is checked against every key slot in constant time; a
+//!    slot whose validity has ended (an old key past its overlap window)
+//!    counts as no match;
+//! 6. on success the monitor is asked to run the action of the matched
+//!    slot and the signed ack carries its answer; on failure the
+//!    connection just closes.
 
 pub mod limits;
 pub mod privsep;
@@ -83,11 +86,25 @@ impl core::fmt::Display for NetError {
     }
 }
 
-/// A postern-2 or ostiary-4 action as the network process knows it.
+/// A key slot as the network process knows it (`ipc::Down::Slot`).
 #[derive(Debug, Clone, Copy)]
-struct ActionRef {
+struct SlotRef {
+    /// Index in the generation's slot list, sent back in run requests.
     index: u16,
     bind_source: bool,
+    /// Refused from this time on (seconds since the Unix epoch).
+    until: Option<u64>,
+}
+
+impl SlotRef {
+    /// Whether the slot may be accepted now: checked at verification, so
+    /// an old key is refused from the first second after its window.
+    fn valid_now(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.until.is_none_or(|until| now < until)
+    }
 }
 
 /// The network part of one config generation.
@@ -96,9 +113,9 @@ struct NetConfig {
     limits: NetLimits,
     exempt: Vec<IpNet>,
     postern: Verifier,
-    postern_actions: Vec<ActionRef>,
+    postern_slots: Vec<SlotRef>,
     ostiary: Verifier,
-    ostiary_actions: Vec<ActionRef>,
+    ostiary_slots: Vec<SlotRef>,
 }
 
 /// State shared by every task of the network process.
@@ -281,8 +298,8 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                             let _ = tx.send(answer);
                         }
                     }
-                    Some(Down::Begin { generation, limits, listeners, exempt, actions }) => {
-                        let first = Some((generation, limits, listeners, exempt, actions));
+                    Some(Down::Begin { generation, limits, listeners, exempt, slots }) => {
+                        let first = Some((generation, limits, listeners, exempt, slots));
                         let (config, listeners) = receive_config(&state.chan, &mut buf, first).await?;
                         lock_secrets(&config);
                         let now = std::time::Instant::now();
@@ -387,17 +404,17 @@ async fn receive_config(
                     limits,
                     listeners,
                     exempt,
-                    actions,
-                }) => (generation, limits, listeners, exempt, actions),
+                    slots,
+                }) => (generation, limits, listeners, exempt, slots),
                 _ => return Err(NetError::Protocol("expected config")),
             }
         }
     };
-    let (generation, limits, n_listeners, n_exempt, n_actions) = begin;
+    let (generation, limits, n_listeners, n_exempt, n_slots) = begin;
     let mut listeners = Vec::new();
     let mut exempt: Vec<IpNet> = Vec::new();
-    let mut keys: Vec<(ActionRef, Key)> = Vec::new();
-    let mut passwords: Vec<(ActionRef, Password)> = Vec::new();
+    let mut keys: Vec<(SlotRef, Key)> = Vec::new();
+    let mut passwords: Vec<(SlotRef, Password)> = Vec::new();
     loop {
         let mut r = chan.recv(buf).await.map_err(NetError::Channel)?;
         if r.len == 0 && r.fds.is_empty() {
@@ -417,13 +434,21 @@ async fn receive_config(
                 listeners.push((l, protocol, index));
             }
             Some(Down::Exempt(net)) => exempt.push(net),
-            Some(Down::Action {
+            Some(Down::Slot {
                 index,
                 password,
                 bind_source,
+                until,
                 secret,
             }) => {
-                let aref = ActionRef { index, bind_source };
+                if usize::from(index) != keys.len() + passwords.len() {
+                    return Err(NetError::Protocol("key slots out of order"));
+                }
+                let aref = SlotRef {
+                    index,
+                    bind_source,
+                    until,
+                };
                 if password {
                     passwords.push((aref, secret));
                 } else {
@@ -445,7 +470,7 @@ async fn receive_config(
     }
     if listeners.len() != usize::from(n_listeners)
         || exempt.len() != usize::from(n_exempt)
-        || keys.len() + passwords.len() != usize::from(n_actions)
+        || keys.len() + passwords.len() != usize::from(n_slots)
     {
         return Err(NetError::Protocol("config record counts disagree"));
     }
@@ -453,9 +478,9 @@ async fn receive_config(
         generation,
         exempt,
         postern: Verifier::from_keys(keys.iter().map(|(_, k)| k)),
-        postern_actions: keys.iter().map(|(a, _)| *a).collect(),
+        postern_slots: keys.iter().map(|(a, _)| *a).collect(),
         ostiary: Verifier::from_passwords(passwords.iter().map(|(_, p)| p)),
-        ostiary_actions: passwords.iter().map(|(a, _)| *a).collect(),
+        ostiary_slots: passwords.iter().map(|(a, _)| *a).collect(),
         limits,
     };
     Ok((config, listeners))
@@ -774,14 +799,18 @@ async fn postern2(
     if sent_extra(&stream) {
         return state.fail(peer, Reason::LongReply, cfg.generation);
     }
-    let (Some(action), Some(key)) = (cfg.postern_actions.get(i), cfg.postern.key(i)) else {
+    let (Some(slot), Some(key)) = (cfg.postern_slots.get(i), cfg.postern.key(i)) else {
         return state.fail(peer, Reason::BadMac, cfg.generation);
     };
+    // An old key past its overlap window: as if it matched nothing.
+    if !slot.valid_now() {
+        return state.fail(peer, Reason::BadMac, cfg.generation);
+    }
     // Authenticated: free the pre-auth slot so this handshake can no longer
     // be evicted.
     drop(guard);
     let refuse = |why| Answer::because(Status::Refused, why);
-    let answer = if action.bind_source && asserted != Some(peer.addr) {
+    let answer = if slot.bind_source && asserted != Some(peer.addr) {
         // An authenticated reply from the wrong address (a relayed or
         // replayed exchange): a failure like any other, counted before
         // anything is forgiven, so repeated mismatches lock out.
@@ -797,7 +826,7 @@ async fn postern2(
             Some(refuse(AckReason::AddressNotAllowed))
         } else {
             let target = asserted.unwrap_or(peer.addr);
-            match ask_monitor(state, cfg, action.index, peer, target).await {
+            match ask_monitor(state, cfg, slot.index, peer, target).await {
                 Asked::Answer(a) => Some(a),
                 Asked::Busy => Some(refuse(AckReason::Busy)),
                 Asked::NoAnswer => None,
@@ -851,7 +880,10 @@ async fn ostiary4(
         Err((reason, got)) => return closed_or_failed(state, peer, reason, got, cfg.generation),
     };
     let verdict = cfg.ostiary.check_ostiary(&salt, &reply);
-    let Some(action) = verdict.and_then(|i| cfg.ostiary_actions.get(i)) else {
+    let Some(slot) = verdict
+        .and_then(|i| cfg.ostiary_slots.get(i))
+        .filter(|s| s.valid_now())
+    else {
         return state.fail(peer, Reason::BadMac, cfg.generation);
     };
     if sent_extra(&stream) {
@@ -864,7 +896,7 @@ async fn ostiary4(
         .table
         .borrow_mut()
         .succeed(peer.addr, std::time::Instant::now());
-    let _ = ask_monitor(state, cfg, action.index, peer, peer.addr).await;
+    let _ = ask_monitor(state, cfg, slot.index, peer, peer.addr).await;
 }
 
 /// What came of asking the monitor.
@@ -877,11 +909,12 @@ enum Asked {
     NoAnswer,
 }
 
-/// Asks the monitor to run an action and waits for its answer.
+/// Asks the monitor to run the action of key slot `slot` and waits for
+/// its answer.
 async fn ask_monitor(
     state: &Rc<State>,
     cfg: &NetConfig,
-    action: u16,
+    slot: u16,
     peer: Peer,
     target: IpAddr,
 ) -> Asked {
@@ -905,7 +938,7 @@ async fn ask_monitor(
     let req = Request::Run {
         id,
         generation: cfg.generation,
-        action,
+        slot,
         peer,
         target,
     };

@@ -21,7 +21,7 @@ fi
 [ -x "$POSTERND" ] && [ -x "$POSTERN" ] || cargo build -q --workspace --bins || exit 1
 
 # Key and password files the examples reference.
-for f in $(grep -hoE '^(key_file|password_file) = "[^"]+"' conf/examples/*.toml conf/*.toml 2>/dev/null | sed -E 's/^[a-z_]+ = "([^"]+)"/\1/' | sort -u); do
+for f in $(grep -hoE '^(key_file|next_key_file|password_file) = "[^"]+"' conf/examples/*.toml conf/*.toml 2>/dev/null | sed -E 's/^[a-z_]+ = "([^"]+)"/\1/' | sort -u); do
     case "$f" in /etc/postern/*) ;; *) continue ;; esac
     [ -e "$f" ] && continue
     install -d -m 700 "$(dirname "$f")"

@@ -76,6 +76,8 @@ expect 2001:db8::7 "$T $LOCK6"
 expect 198.51.100.9 "$T fail src=198.51.100.9 port=0 listener=0.0.0.0:7001 reason=evicted failures=2"
 # Lines that must not match.
 expect "" "Jan  5 10:00:04 host $T ok src=192.0.2.8 port=50200 listener=0.0.0.0:7001 action=sshd addr=192.0.2.8 status=started"
+expect "" "Jan  5 10:00:04 host $T ok src=192.0.2.8 port=50200 listener=0.0.0.0:7001 action=sshd addr=192.0.2.8 status=started by=alice key=old"
+expect "" "Jan  5 10:00:04 host $T action sshd: key alice is past its overlap window; request refused"
 expect "" "Jan  5 10:00:04 host $T started version=0.1.0 listeners=[0.0.0.0:7001(postern-2)] actions=1"
 expect "" "Jan  5 10:00:04 host $T ratelimit src=192.0.2.9 listener=0.0.0.0:7001; closing its connections until it slows down"
 expect "" "Jan  5 10:00:04 host $T limit max_handshakes=256 reached on listener=0.0.0.0:7001; evicting the oldest pending handshakes"
