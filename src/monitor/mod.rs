@@ -2,8 +2,8 @@
 //! listeners, starts the network process, and then only answers the
 //! fixed-size requests that process sends (`ipc.rs`), after validating
 //! each one. Anything malformed means the network process is compromised
-//! or broken: the monitor kills it and exits non-zero (fail closed; the
-//! supervisor restarts posternd).
+//! or broken: the monitor kills it and starts a fresh one (`supervise.rs`);
+//! gates, lockouts and rate limits survive.
 //!
 //! It owns everything privileged: running actions (identity switch,
 //! deadlines, cooldowns, single instance), the gates and their state file,
@@ -18,6 +18,7 @@ pub mod init;
 pub mod listen;
 pub mod log;
 pub mod state;
+pub mod supervise;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -34,11 +35,13 @@ use tokio::sync::Notify;
 
 use crate::channel::Channel;
 use crate::config::{self, ActionKind, ActionSecret, Config, Protocol};
-use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
+use crate::ipc::{Down, NetLimits, Notice, Request, MAX_CARRY_BATCH, REQUEST_LEN};
 use crate::monitor::action::Spec;
 use crate::monitor::gate::Gates;
 use crate::monitor::listen::{bind_listener, local_addr, ListenError};
 use crate::monitor::log::{Level, Logger};
+use crate::monitor::supervise::SessionEnd;
+use crate::net::limits::SourceTable;
 use crate::secret::Password;
 use crate::wire::{Answer, Reason, Status};
 
@@ -61,10 +64,9 @@ pub const KEPT_GENERATIONS: usize = 8;
 /// Why the monitor stopped with an error.
 #[derive(Debug)]
 pub enum MonitorError {
-    /// The network process sent a malformed request.
-    Forged(String),
-    /// The network process exited or the channel broke.
-    NetworkGone(String),
+    /// Restarts of the network process kept failing within the restart
+    /// window (`supervise::Policy`); the message says how many and why.
+    GaveUp(String),
     /// Setting something up failed.
     Setup(String),
 }
@@ -72,12 +74,7 @@ pub enum MonitorError {
 impl core::fmt::Display for MonitorError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            MonitorError::Forged(m) => write!(
-                f,
-                "network process sent a malformed request ({m}); it was killed"
-            ),
-            MonitorError::NetworkGone(m) => write!(f, "network process gone: {m}"),
-            MonitorError::Setup(m) => f.write_str(m),
+            MonitorError::GaveUp(m) | MonitorError::Setup(m) => f.write_str(m),
         }
     }
 }
@@ -261,16 +258,22 @@ impl Signals {
 pub struct Monitor {
     book: RefCell<Book>,
     logger: Arc<Logger>,
-    chan: Channel,
+    /// The channel to the current network process (replaced with it).
+    chan: RefCell<Rc<Channel>>,
     shutdown: Notify,
     gates: Gates,
+    /// The lockout and rate state of the network process, as its events
+    /// tell it (bounded by `lockout_table`), for a replacement to start
+    /// from (`supervise.rs`).
+    mirror: RefCell<SourceTable>,
 }
 
-/// How the network process is started: its argv and the socketpair end
-/// it inherits.
+/// A started network process and the monitor's end of its channel.
 pub struct NetChild {
     /// The running process.
     pub child: Child,
+    /// The monitor's end of the socketpair it inherited.
+    pub chan: Channel,
 }
 
 impl Monitor {
@@ -282,6 +285,7 @@ impl Monitor {
         chan: Channel,
     ) -> Rc<Monitor> {
         let gates = Gates::new(&config, Arc::clone(&logger));
+        let mirror = SourceTable::new(&config.limits);
         let mut book = Book {
             config: Rc::new(config),
             generation: 1,
@@ -297,9 +301,10 @@ impl Monitor {
         Rc::new(Monitor {
             book: RefCell::new(book),
             logger,
-            chan,
+            chan: RefCell::new(Rc::new(chan)),
             shutdown: Notify::new(),
             gates,
+            mirror: RefCell::new(mirror),
         })
     }
 
@@ -328,9 +333,22 @@ impl Monitor {
         self.book.borrow().config.actions.clone()
     }
 
+    /// The channel to the current network process.
+    fn chan(&self) -> Rc<Channel> {
+        Rc::clone(&self.chan.borrow())
+    }
+
     /// Sends the current config (limits, sockets, secrets) to the network
     /// process.
     pub async fn send_config(&self) -> std::io::Result<()> {
+        self.send_config_with(false).await
+    }
+
+    /// Sends the current config; with `carry`, the mirrored lockout and
+    /// rate state too, inside it (before End), so that a replacement
+    /// network process holds them before its first accept.
+    async fn send_config_with(&self, carry: bool) -> std::io::Result<()> {
+        let chan = self.chan();
         let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
             let b = self.book.borrow();
             (
@@ -363,16 +381,16 @@ impl Monitor {
             exempt: l.exempt.len() as u16,
             actions: config.actions.len() as u16,
         };
-        self.chan.send(&begin.encode(), &[]).await?;
+        chan.send(&begin.encode(), &[]).await?;
         for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
             let msg = Down::Listener {
                 index: i as u8,
                 protocol: listener.protocol,
             };
-            self.chan.send(&msg.encode(), &[*fd]).await?;
+            chan.send(&msg.encode(), &[*fd]).await?;
         }
         for net in &l.exempt {
-            self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
+            chan.send(&Down::Exempt(*net).encode(), &[]).await?;
         }
         for (i, a) in config.actions.iter().enumerate() {
             let (password, bytes) = match &a.secret {
@@ -385,38 +403,38 @@ impl Monitor {
                 bind_source: a.bind_source,
                 secret: Password::new(bytes),
             };
-            self.chan.send(&msg.encode(), &[]).await?;
+            chan.send(&msg.encode(), &[]).await?;
         }
-        self.chan.send(&Down::End.encode(), &[]).await
+        if carry {
+            let records = self.mirror.borrow().export(std::time::Instant::now());
+            for batch in records.chunks(MAX_CARRY_BATCH) {
+                chan.send(&Down::Carry(batch.to_vec()).encode(), &[])
+                    .await?;
+            }
+        }
+        chan.send(&Down::End.encode(), &[]).await
     }
 
-    /// Runs until shutdown. Returns Ok on a clean stop. `signals` must have
-    /// been installed before posternd said it had started, so that a
-    /// SIGHUP or SIGTERM sent at once is handled, not fatal.
-    pub async fn run(
-        self: &Rc<Self>,
-        mut net: NetChild,
-        signals: Signals,
-    ) -> Result<(), MonitorError> {
-        let Signals {
-            mut hup,
-            mut term,
-            mut int,
-        } = signals;
-        self.gates.recover(self).await;
+    /// Serves one network process, `child`, over the current channel,
+    /// until it ends or a stop is asked; says which. Never exits the
+    /// daemon and never touches the gates: the supervisor
+    /// (`supervise.rs`) decides what follows. `signals` must have been
+    /// installed before posternd said it had started, so that a SIGHUP or
+    /// SIGTERM sent at once is handled, not fatal.
+    pub async fn session(self: &Rc<Self>, child: &mut Child, signals: &mut Signals) -> SessionEnd {
+        let chan = self.chan();
         let mut buf = [0u8; REQUEST_LEN + 1];
-        let result = loop {
+        loop {
             tokio::select! {
-                r = self.chan.recv(&mut buf) => {
-                    let r = match r {
-                        Ok(r) => r,
-                        Err(e) => break Err(MonitorError::NetworkGone(e.to_string())),
+                r = chan.recv(&mut buf) => {
+                    let Ok(r) = r else {
+                        return SessionEnd::ChannelClosed;
                     };
                     if !r.fds.is_empty() {
-                        break Err(MonitorError::Forged("descriptor sent to the monitor".into()));
+                        return SessionEnd::Malformed("descriptor sent to the monitor");
                     }
                     if r.len == 0 {
-                        break Err(MonitorError::NetworkGone("channel closed".into()));
+                        return SessionEnd::ChannelClosed;
                     }
                     let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
                     let bytes = &buf[..len.min(buf.len())];
@@ -428,55 +446,20 @@ impl Monitor {
                     let (listeners, actions) = match judge {
                         Some(Judge::Known(l, a)) => (l, a),
                         Some(Judge::Stale) => (usize::from(u8::MAX) + 1, usize::from(u16::MAX) + 1),
-                        None => break Err(MonitorError::Forged(format!("unknown config generation {generation}"))),
+                        None => return SessionEnd::Malformed("unknown config generation"),
                     };
                     match Request::decode(bytes, listeners, actions) {
                         Ok(req) => self.handle(req, generation),
-                        Err(e) => break Err(MonitorError::Forged(e.to_string())),
+                        Err(e) => return SessionEnd::Malformed(e.what()),
                     }
                 }
-                st = net.child.wait() => {
-                    let how = match st {
-                        Ok(s) => action::Outcome::Exited(s).describe(),
-                        Err(e) => e.to_string(),
-                    };
-                    break Err(MonitorError::NetworkGone(format!("exited ({how})")));
-                }
-                _ = hup.recv() => self.reload().await,
-                _ = term.recv() => break Ok(()),
-                _ = int.recv() => break Ok(()),
-                _ = self.shutdown.notified() => break Ok(()),
-            }
-        };
-        match &result {
-            Ok(()) => {
-                self.log(Level::Notice, "stop requested; finishing handshakes");
-                if let Some(pid) = net.child.id() {
-                    action::kill_group_or_pid(pid, nix::sys::signal::Signal::SIGTERM);
-                }
-                let grace =
-                    self.book.borrow().config.daemon.shutdown_grace + Duration::from_secs(1);
-                if tokio::time::timeout(grace, net.child.wait()).await.is_err() {
-                    let _ = net.child.start_kill();
-                    let _ = net.child.wait().await;
-                }
-                let config = Rc::clone(&self.book.borrow().config);
-                if config.daemon.stop_on_exit {
-                    self.gates.close_all("shutdown", &config).await;
-                }
-                self.log(Level::Notice, "stopped");
-            }
-            Err(e) => {
-                let _ = net.child.start_kill();
-                let _ = net.child.wait().await;
-                self.log(Level::Err, &format!("{e}; stopping"));
-                let config = Rc::clone(&self.book.borrow().config);
-                self.gates
-                    .close_all("network process failure", &config)
-                    .await;
+                st = child.wait() => return SessionEnd::Exited(st.ok()),
+                _ = signals.hup.recv() => self.reload().await,
+                _ = signals.term.recv() => return SessionEnd::Stop,
+                _ = signals.int.recv() => return SessionEnd::Stop,
+                _ = self.shutdown.notified() => return SessionEnd::Stop,
             }
         }
-        result
     }
 
     /// The name of listener `index` of config `generation` (0: current);
@@ -496,6 +479,7 @@ impl Monitor {
     }
 
     fn handle(self: &Rc<Self>, req: Request, generation: u32) {
+        self.mirror_event(&req);
         match req {
             Request::Run {
                 id,
@@ -505,6 +489,10 @@ impl Monitor {
                 target,
             } => {
                 let me = Rc::clone(self);
+                // The answer goes to the process that asked: if it died
+                // meanwhile, the send fails and its replacement, whose
+                // request ids start over, never sees it.
+                let chan = self.chan();
                 tokio::task::spawn_local(async move {
                     let listener = me.listener_name(generation, peer.listener);
                     let admitted = {
@@ -544,10 +532,7 @@ impl Monitor {
                             status.name()
                         ),
                     );
-                    let _ = me
-                        .chan
-                        .send(&Down::Status { id, answer }.encode(), &[])
-                        .await;
+                    let _ = chan.send(&Down::Status { id, answer }.encode(), &[]).await;
                     if status == Status::Started && me.is_shutdown_action(&name) {
                         me.shutdown.notify_one();
                     }
@@ -921,6 +906,9 @@ impl Monitor {
         drop(old);
         self.logger.retarget(new.daemon.log);
         self.gates.reconfigure(&new);
+        self.mirror
+            .borrow_mut()
+            .reconfigure(&new.limits, std::time::Instant::now());
         let retired = {
             let mut b = self.book.borrow_mut();
             // The replaced config stays as `previous`, so that requests from
