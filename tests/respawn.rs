@@ -68,7 +68,8 @@ fn sigkill_of_network_process_keeps_gate_and_lockout() {
         ttl.as_secs(),
         pid = pidfile.display()
     );
-    let d = Daemon::start(s, &cfg);
+    let mut d = Daemon::start(s, &cfg);
+    d.restarts_expected = true;
     let net = pid_in(&d.wait_log("network process pid=", 5 * SEC));
     assert_eq!(net, d.network_pid(), "the log names another process");
 
@@ -172,6 +173,7 @@ fn restarts_failing_within_the_window_exit_non_zero() {
         "sh".to_string(),
     ];
     let mut d = Daemon::start_wrapped(s, &cfg, &wrapper);
+    d.restarts_expected = true;
     let net = d.network_pid();
     std::fs::remove_file(&copy).unwrap();
     let t0 = Instant::now();

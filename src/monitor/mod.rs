@@ -259,7 +259,7 @@ pub struct Monitor {
     book: RefCell<Book>,
     logger: Arc<Logger>,
     /// The channel to the current network process (replaced with it).
-    chan: RefCell<Rc<Channel>>,
+    chan: supervise::Current,
     shutdown: Notify,
     gates: Gates,
     /// The lockout and rate state of the network process, as its events
@@ -301,7 +301,7 @@ impl Monitor {
         Rc::new(Monitor {
             book: RefCell::new(book),
             logger,
-            chan: RefCell::new(Rc::new(chan)),
+            chan: supervise::Current::new(chan),
             shutdown: Notify::new(),
             gates,
             mirror: RefCell::new(mirror),
@@ -333,11 +333,6 @@ impl Monitor {
         self.book.borrow().config.actions.clone()
     }
 
-    /// The channel to the current network process.
-    fn chan(&self) -> Rc<Channel> {
-        Rc::clone(&self.chan.borrow())
-    }
-
     /// Sends the current config (limits, sockets, secrets) to the network
     /// process.
     pub async fn send_config(&self) -> std::io::Result<()> {
@@ -348,7 +343,6 @@ impl Monitor {
     /// rate state too, inside it (before End), so that a replacement
     /// network process holds them before its first accept.
     async fn send_config_with(&self, carry: bool) -> std::io::Result<()> {
-        let chan = self.chan();
         let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
             let b = self.book.borrow();
             (
@@ -381,16 +375,16 @@ impl Monitor {
             exempt: l.exempt.len() as u16,
             actions: config.actions.len() as u16,
         };
-        chan.send(&begin.encode(), &[]).await?;
+        self.chan.send(&begin.encode(), &[]).await?;
         for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
             let msg = Down::Listener {
                 index: i as u8,
                 protocol: listener.protocol,
             };
-            chan.send(&msg.encode(), &[*fd]).await?;
+            self.chan.send(&msg.encode(), &[*fd]).await?;
         }
         for net in &l.exempt {
-            chan.send(&Down::Exempt(*net).encode(), &[]).await?;
+            self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
         }
         for (i, a) in config.actions.iter().enumerate() {
             let (password, bytes) = match &a.secret {
@@ -403,16 +397,17 @@ impl Monitor {
                 bind_source: a.bind_source,
                 secret: Password::new(bytes),
             };
-            chan.send(&msg.encode(), &[]).await?;
+            self.chan.send(&msg.encode(), &[]).await?;
         }
         if carry {
             let records = self.mirror.borrow().export(std::time::Instant::now());
             for batch in records.chunks(MAX_CARRY_BATCH) {
-                chan.send(&Down::Carry(batch.to_vec()).encode(), &[])
+                self.chan
+                    .send(&Down::Carry(batch.to_vec()).encode(), &[])
                     .await?;
             }
         }
-        chan.send(&Down::End.encode(), &[]).await
+        self.chan.send(&Down::End.encode(), &[]).await
     }
 
     /// Serves one network process, `child`, over the current channel,
@@ -422,7 +417,7 @@ impl Monitor {
     /// installed before posternd said it had started, so that a SIGHUP or
     /// SIGTERM sent at once is handled, not fatal.
     pub async fn session(self: &Rc<Self>, child: &mut Child, signals: &mut Signals) -> SessionEnd {
-        let chan = self.chan();
+        let chan = self.chan.get();
         let mut buf = [0u8; REQUEST_LEN + 1];
         loop {
             tokio::select! {
@@ -492,7 +487,7 @@ impl Monitor {
                 // The answer goes to the process that asked: if it died
                 // meanwhile, the send fails and its replacement, whose
                 // request ids start over, never sees it.
-                let chan = self.chan();
+                let chan = self.chan.get();
                 tokio::task::spawn_local(async move {
                     let listener = me.listener_name(generation, peer.listener);
                     let admitted = {

@@ -30,6 +30,7 @@
 //! connections up to the listen backlog and refuses beyond it; the new
 //! process serves the queue first.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::process::ExitStatus;
@@ -259,10 +260,31 @@ async fn stop(monitor: &Rc<Monitor>, child: Option<Child>) {
     monitor.log(Level::Notice, "stopped");
 }
 
+/// The channel to the current network process: replaced with the
+/// process, and shared with the tasks that answer its requests.
+pub(super) struct Current(RefCell<Rc<Channel>>);
+
+impl Current {
+    pub(super) fn new(chan: Channel) -> Current {
+        Current(RefCell::new(Rc::new(chan)))
+    }
+
+    /// The current channel (an answer goes to the process that asked:
+    /// a task keeps the one it was given).
+    pub(super) fn get(&self) -> Rc<Channel> {
+        Rc::clone(&self.0.borrow())
+    }
+
+    /// Sends one message to the current network process.
+    pub(super) async fn send(&self, bytes: &[u8], fds: &[i32]) -> io::Result<()> {
+        self.get().send(bytes, fds).await
+    }
+}
+
 impl Monitor {
     /// Makes `chan` the channel to the current network process.
     fn attach(&self, chan: Channel) {
-        *self.chan.borrow_mut() = Rc::new(chan);
+        *self.chan.0.borrow_mut() = Rc::new(chan);
     }
 
     /// Keeps the mirror of the network process's lockout and rate state

@@ -1538,4 +1538,31 @@ mod tests {
             Some("2001:db8:7::/48".to_string())
         );
     }
+
+    // Goal: the mirror's setters (fed by the network process's events)
+    // lock a source or a network for lockout_duration, keep an existing
+    // lock's end, empty a bucket, and leave exempt sources alone.
+    #[test]
+    fn mirror_setters_lock_and_drain() {
+        let t0 = Instant::now();
+        let mut t = SourceTable::new(&limits(64, 5, 2, 60));
+        let a = ip("192.0.2.1");
+        t.lock_source(a, t0);
+        t.lock_source(a, t0 + Duration::from_secs(30));
+        assert!(t.is_locked(a, t0 + Duration::from_secs(59)));
+        assert!(
+            !t.is_locked(a, t0 + Duration::from_secs(61)),
+            "relocking moved the end"
+        );
+        let net = Network::of(ip("198.51.100.9"), Family::V4, 24).unwrap();
+        t.lock_network(net, t0);
+        assert_eq!(t.admit(ip("198.51.100.1"), t0), Admit::Locked);
+        let b = ip("203.0.113.5");
+        t.drain_bucket(b, t0);
+        assert_eq!(t.admit(b, t0), Admit::RateLimited { first: true });
+        assert_eq!(t.admit(b, t0 + Duration::from_secs(1)), Admit::Yes);
+        t.lock_source(ip("10.1.1.1"), t0);
+        t.drain_bucket(ip("10.1.1.1"), t0);
+        assert_eq!(t.admit(ip("10.1.1.1"), t0), Admit::Yes);
+    }
 }
