@@ -4,8 +4,8 @@
 //! Network -> monitor messages are *untrusted*: a compromised network
 //! process can send anything. They are exactly [`REQUEST_LEN`] bytes,
 //! versioned, with every field range-checked by [`Request::decode`]; any
-//! deviation is fatal to the daemon (the monitor kills the network process
-//! and exits non-zero, and the supervisor restarts it).
+//! deviation ends that network process's session: the monitor kills it
+//! and starts a new one (`monitor/supervise.rs`).
 //!
 //! ```text
 //! off len field

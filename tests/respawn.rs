@@ -420,3 +420,66 @@ fn restarts_that_keep_failing_give_up() {
         });
     }
 }
+
+// Goal: what a network process sent before it died is not lost, even
+// when its death is noticed first: lockouts of 20 sources, waiting in the
+// channel when the monitor learns that the process is gone, all reach its
+// replacement.
+#[test]
+fn events_sent_before_death_are_carried() {
+    let s = Scratch::new("lastwords");
+    run_local(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut spawn = move || spawn_fake("/bin/sleep", &tx);
+        let first = spawn().unwrap();
+        let m = monitor(&s, first.chan);
+        let signals = Signals::install().unwrap();
+        let test = async {
+            let fake = rx.recv().await.unwrap();
+            // Dead first (a zombie: the monitor can reap it at once), then
+            // its last words queued, all before the monitor runs again.
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(fake.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            let end = Instant::now() + 5 * SEC;
+            loop {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", fake.pid)).unwrap();
+                let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+                if state == Some('Z') {
+                    break;
+                }
+                assert!(Instant::now() < end, "the stand-in did not die: {stat}");
+                std::thread::yield_now();
+            }
+            for n in 1..=20u8 {
+                let peer = Peer {
+                    listener: 0,
+                    addr: IpAddr::from([198, 51, 100, n]),
+                    port: 1,
+                };
+                let lockout = Request::Lockout { peer, failures: 3 }.encode();
+                fake.chan.send(&lockout, &[]).await.unwrap();
+            }
+            let next = tokio::time::timeout(5 * SEC, rx.recv())
+                .await
+                .expect("not replaced")
+                .unwrap();
+            let carried = read_config(&next.chan).await;
+            let locked = carried
+                .iter()
+                .filter(
+                    |c| matches!(c, Carried::Source { locked_for, .. } if !locked_for.is_zero()),
+                )
+                .count();
+            assert_eq!(locked, 20, "{carried:?}");
+        };
+        tokio::select! {
+            r = supervise::run(&m, first.child, signals, &mut spawn, &FAST) => {
+                panic!("the supervisor stopped: {r:?}")
+            }
+            () = test => {}
+        }
+    });
+}

@@ -419,17 +419,24 @@ impl Monitor {
     pub async fn session(self: &Rc<Self>, child: &mut Child, signals: &mut Signals) -> SessionEnd {
         let chan = self.chan.get();
         let mut buf = [0u8; REQUEST_LEN + 1];
+        // Once it has exited, what it sent before it died (a lockout, say)
+        // is still read, up to the channel's end, for at most this long.
+        let mut exited: Option<(Option<std::process::ExitStatus>, tokio::time::Instant)> = None;
+        let closed = |exited: Option<(Option<std::process::ExitStatus>, _)>| {
+            exited.map_or(SessionEnd::ChannelClosed, |(st, _)| SessionEnd::Exited(st))
+        };
         loop {
+            let drained_by = exited.map(|(_, t)| t);
             tokio::select! {
                 r = chan.recv(&mut buf) => {
                     let Ok(r) = r else {
-                        return SessionEnd::ChannelClosed;
+                        return closed(exited);
                     };
                     if !r.fds.is_empty() {
                         return SessionEnd::Malformed("descriptor sent to the monitor");
                     }
                     if r.len == 0 {
-                        return SessionEnd::ChannelClosed;
+                        return closed(exited);
                     }
                     let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
                     let bytes = &buf[..len.min(buf.len())];
@@ -448,7 +455,12 @@ impl Monitor {
                         Err(e) => return SessionEnd::Malformed(e.what()),
                     }
                 }
-                st = child.wait() => return SessionEnd::Exited(st.ok()),
+                st = child.wait(), if exited.is_none() => {
+                    exited = Some((st.ok(), tokio::time::Instant::now() + supervise::EXIT_GRACE));
+                }
+                _ = tokio::time::sleep_until(drained_by.unwrap_or_else(tokio::time::Instant::now)), if drained_by.is_some() => {
+                    return closed(exited);
+                }
                 _ = signals.hup.recv() => self.reload().await,
                 _ = signals.term.recv() => return SessionEnd::Stop,
                 _ = signals.int.recv() => return SessionEnd::Stop,

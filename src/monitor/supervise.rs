@@ -19,7 +19,9 @@
 //! - not the tokens a source spent without ever being refused (they are
 //!   not reported: it gets its bucket back, at most `rate_burst`
 //!   handshakes more per restart), not events the network process dropped
-//!   under a flood (counted in the log), not the verification budget (a
+//!   under a flood (counted in the log) or had not sent yet when it died
+//!   (what it had sent is read to the channel's end), not the
+//!   verification budget (a
 //!   new process starts with a full one), and not the handshakes in
 //!   progress: their connections close with the process; a run that the
 //!   monitor was carrying out completes, but its ack cannot reach the
@@ -123,8 +125,9 @@ impl Policy {
 }
 
 /// How long a network process whose channel closed may take to exit
-/// before it is killed.
-const EXIT_GRACE: Duration = Duration::from_millis(100);
+/// before it is killed, and how long what a process sent before it
+/// exited is still read.
+pub(super) const EXIT_GRACE: Duration = Duration::from_millis(100);
 
 /// Starts a network process (the real one: `daemon::spawn_network`; a
 /// stand-in in tests).
