@@ -4,8 +4,8 @@
 //! Network -> monitor messages are *untrusted*: a compromised network
 //! process can send anything. They are exactly [`REQUEST_LEN`] bytes,
 //! versioned, with every field range-checked by [`Request::decode`]; any
-//! deviation is fatal to the daemon (the monitor kills the network process
-//! and exits non-zero, and the supervisor restarts it).
+//! deviation ends that network process's session: the monitor kills it
+//! and starts a new one (`monitor/supervise.rs`).
 //!
 //! ```text
 //! off len field
@@ -27,6 +27,28 @@
 //! SCM_RIGHTS, and the key slots: every secret of every action, in the
 //! order of `Config::slots`, each with its action's `bind_source` and the
 //! end of its validity).
+//! A network process started to
+//! replace one that died also gets, inside its first config (between
+//! Begin and End), the lockout and rate state the monitor mirrored
+//! ([`Down::Carry`]):
+//!
+//! ```text
+//! off len field
+//!  0   1  version (1)
+//!  1   1  0x96
+//!  2   1  record count n, 1..=48 (MAX_CARRY_BATCH)
+//!  3 32n  records:
+//!         +0  1  what: 1 source v4, 2 source v6, 3 network v4, 4 network v6
+//!         +1  1  prefix length (source: 32 or 64; network: its length)
+//!         +2  1  flags: bit 0 in good standing (sources only); others zero
+//!         +3  1  reserved, zero
+//!         +4  8  address bits (BE): IPv4 in the low 32, IPv6 the upper 64;
+//!                host bits zero
+//!        +12  4  failures counted toward lockout (BE)
+//!        +16  8  lockout left, ms (BE; 0: not locked)
+//!        +24  8  source: micro-tokens in its bucket; network: ms since
+//!                its last counted failure (BE)
+//! ```
 
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -44,6 +66,11 @@ pub const VERSION: u8 = 1;
 pub const REQUEST_LEN: usize = 48;
 /// Largest monitor -> network message.
 pub const MAX_DOWN_LEN: usize = 2048;
+/// Most records in one [`Down::Carry`] message (3 + 48 x 32 bytes fits
+/// [`MAX_DOWN_LEN`]).
+pub const MAX_CARRY_BATCH: usize = 48;
+/// Length of one carried record.
+pub const CARRY_RECORD_LEN: usize = 32;
 
 /// Why a handshake failed. Stable names appear in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +256,24 @@ impl core::fmt::Display for RequestError {
             RequestError::Code(c) => write!(f, "unknown reason or notice code {c}"),
             RequestError::Listener(l) => write!(f, "listener index {l} out of range"),
             RequestError::Slot(a) => write!(f, "key slot index {a} out of range"),
+        }
+    }
+}
+
+impl RequestError {
+    /// What was wrong, as fixed text (the log never carries values chosen
+    /// by the network process beyond range-checked numbers).
+    pub fn what(&self) -> &'static str {
+        match self {
+            RequestError::WrongSize(_) => "wrong size",
+            RequestError::Version(_) => "unknown version",
+            RequestError::Kind(_) => "unknown kind",
+            RequestError::Reserved => "reserved field not zero",
+            RequestError::NoSource => "missing source address",
+            RequestError::Target => "target address misplaced",
+            RequestError::Code(_) => "unknown reason or notice code",
+            RequestError::Listener(_) => "listener index out of range",
+            RequestError::Slot(_) => "key slot index out of range",
         }
     }
 }
@@ -468,6 +513,139 @@ pub enum Down {
     },
     /// End of a config: apply it.
     End,
+    /// Lockout and rate state carried over to a network process that
+    /// replaces one that died: 1 to [`MAX_CARRY_BATCH`] records, sent
+    /// between Begin and End of its first config.
+    Carry(Vec<Carried>),
+}
+
+/// The lockout and rate state of one source or network, as the monitor
+/// mirrored it, handed to a fresh network process (`net::limits`
+/// imports it). Durations are counted from when the message was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    /// A source: an IPv4 /32 or an IPv6 /64.
+    Source {
+        /// IPv6 (the upper 64 bits of the address) rather than IPv4 (the
+        /// low 32 bits).
+        v6: bool,
+        /// The address bits.
+        bits: u64,
+        /// Consecutive failures since its last success or lockout.
+        failures: u32,
+        /// How long it stays locked out (zero: not locked).
+        locked_for: Duration,
+        /// Its last handshake succeeded.
+        good: bool,
+        /// Micro-tokens left in its bucket.
+        tokens: u64,
+    },
+    /// A network enclosing sources (IPv4 /24, IPv6 /56 or /48).
+    Network {
+        /// IPv6 rather than IPv4.
+        v6: bool,
+        /// The address bits, host bits zero.
+        bits: u64,
+        /// Prefix length.
+        len: u8,
+        /// Recent failures from its sources.
+        failures: u32,
+        /// How long it stays locked out (zero: not locked).
+        locked_for: Duration,
+        /// Time since its last counted failure.
+        since_failure: Duration,
+    },
+}
+
+impl Carried {
+    fn encode(&self, b: &mut Vec<u8>) {
+        let (what, len, flags, bits, failures, locked, value) = match *self {
+            Carried::Source {
+                v6,
+                bits,
+                failures,
+                locked_for,
+                good,
+                tokens,
+            } => (
+                if v6 { 2 } else { 1 },
+                if v6 { 64 } else { 32 },
+                u8::from(good),
+                bits,
+                failures,
+                locked_for,
+                tokens,
+            ),
+            Carried::Network {
+                v6,
+                bits,
+                len,
+                failures,
+                locked_for,
+                since_failure,
+            } => (
+                if v6 { 4 } else { 3 },
+                len,
+                0,
+                bits,
+                failures,
+                locked_for,
+                ms(since_failure),
+            ),
+        };
+        b.extend_from_slice(&[what, len, flags, 0]);
+        b.extend_from_slice(&bits.to_be_bytes());
+        b.extend_from_slice(&failures.to_be_bytes());
+        b.extend_from_slice(&ms(locked).to_be_bytes());
+        b.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Option<Carried> {
+        let (what, len, flags, reserved) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
+        let bits = r.u64()?;
+        let failures = r.u32()?;
+        let locked_for = Duration::from_millis(r.u64()?);
+        let value = r.u64()?;
+        let v6 = match what {
+            1 | 3 => false,
+            2 | 4 => true,
+            _ => return None,
+        };
+        let width: u8 = if v6 { 64 } else { 32 };
+        let source = what <= 2;
+        if reserved != 0 || len > width || (source && len != width) {
+            return None;
+        }
+        if flags & !u8::from(source) != 0 {
+            return None;
+        }
+        // IPv4 lives in the low 32 bits; the host bits of a network are zero.
+        let host = u32::from(width - len);
+        let outside = if v6 { 0 } else { bits >> 32 };
+        let host_bits = bits & 1u64.checked_shl(host).map_or(u64::MAX, |m| m - 1);
+        if outside != 0 || host_bits != 0 {
+            return None;
+        }
+        Some(if source {
+            Carried::Source {
+                v6,
+                bits,
+                failures,
+                locked_for,
+                good: flags & 1 != 0,
+                tokens: value,
+            }
+        } else {
+            Carried::Network {
+                v6,
+                bits,
+                len,
+                failures,
+                locked_for,
+                since_failure: Duration::from_millis(value),
+            }
+        })
+    }
 }
 
 const DOWN_STATUS: u8 = 0x81;
@@ -476,6 +654,7 @@ const DOWN_LISTENER: u8 = 0x91;
 const DOWN_EXEMPT: u8 = 0x92;
 const DOWN_SLOT: u8 = 0x95;
 const DOWN_END: u8 = 0x94;
+const DOWN_CARRY: u8 = 0x96;
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
@@ -548,6 +727,16 @@ impl Down {
                 b.extend_from_slice(bytes);
             }
             Down::End => b.push(DOWN_END),
+            Down::Carry(records) => {
+                // The encoder keeps the bound the decoder checks: a longer
+                // batch is cut (the caller splits; see MAX_CARRY_BATCH).
+                let n = records.len().min(MAX_CARRY_BATCH);
+                b.push(DOWN_CARRY);
+                b.push(n as u8);
+                for c in &records[..n] {
+                    c.encode(&mut b);
+                }
+            }
         }
         b
     }
@@ -641,6 +830,17 @@ impl Down {
                 }
             }
             DOWN_END => Down::End,
+            DOWN_CARRY => {
+                let n = usize::from(r.u8()?);
+                if n == 0 || n > MAX_CARRY_BATCH {
+                    return None;
+                }
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    records.push(Carried::decode(&mut r)?);
+                }
+                Down::Carry(records)
+            }
             _ => return None,
         };
         if r.at != b.len() {
@@ -929,5 +1129,122 @@ mod tests {
         assert_eq!(Request::decode(&b, 2, 3), Ok(fail));
         assert_eq!(Request::generation_of(&fail.encode()), Some(0));
         assert_eq!(Request::generation_of(&b[..5]), None);
+    }
+
+    fn carried() -> Vec<Carried> {
+        vec![
+            Carried::Source {
+                v6: false,
+                bits: 0xc000_0205,
+                failures: 3,
+                locked_for: Duration::from_millis(899_500),
+                good: false,
+                tokens: 0,
+            },
+            Carried::Source {
+                v6: true,
+                bits: 0x2001_0db8_0001_0002,
+                failures: 0,
+                locked_for: Duration::ZERO,
+                good: true,
+                tokens: 9_500_000,
+            },
+            Carried::Network {
+                v6: false,
+                bits: 0xc633_6400,
+                len: 24,
+                failures: 12,
+                locked_for: Duration::ZERO,
+                since_failure: Duration::from_millis(1500),
+            },
+            Carried::Network {
+                v6: true,
+                bits: 0x2001_0db8_0007_0000,
+                len: 48,
+                failures: 0,
+                locked_for: Duration::from_secs(60),
+                since_failure: Duration::ZERO,
+            },
+        ]
+    }
+
+    // Goal: carried lockout and rate state round-trips, one record or a
+    // full batch, and truncation or extension is refused.
+    #[test]
+    fn carry_roundtrip() {
+        let one = Down::Carry(carried());
+        let full = Down::Carry(
+            carried()
+                .into_iter()
+                .cycle()
+                .take(MAX_CARRY_BATCH)
+                .collect(),
+        );
+        for m in [one, full] {
+            let enc = m.encode();
+            assert!(enc.len() <= MAX_DOWN_LEN);
+            let dec = Down::decode(&enc).unwrap();
+            assert_eq!(format!("{dec:?}"), format!("{m:?}"));
+            assert!(Down::decode(&enc[..enc.len() - 1]).is_none());
+            let mut longer = enc.to_vec();
+            longer.push(0);
+            assert!(Down::decode(&longer).is_none());
+        }
+    }
+
+    // Goal: a carried record out of range is refused, never panics: an
+    // empty or oversized batch, an unknown kind, a source prefix that is
+    // not the source width, a prefix longer than the family, host bits
+    // set, IPv4 bits above 32, stray flags, a non-zero reserved byte.
+    #[test]
+    fn carry_out_of_range_refused() {
+        let good = Down::Carry(vec![carried()[2]]).encode().to_vec();
+        assert!(Down::decode(&good).is_some());
+        let record = 3;
+        let mutate = |at: usize, v: u8| {
+            let mut b = good.clone();
+            b[record + at] = v;
+            b
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("count 0", {
+                let mut b = good.clone();
+                b[2] = 0;
+                b.truncate(3);
+                b
+            }),
+            ("count 49", {
+                let mut b = good.clone();
+                b[2] = 49;
+                b
+            }),
+            ("kind 0", mutate(0, 0)),
+            ("kind 5", mutate(0, 5)),
+            ("v4 prefix 33", mutate(1, 33)),
+            ("reserved", mutate(3, 1)),
+            ("flags on a network", mutate(2, 1)),
+            ("host bits", mutate(11, 1)),
+            ("v4 above 32 bits", mutate(4, 1)),
+            ("source prefix 24", {
+                let mut b = mutate(0, 1);
+                b[record + 1] = 24;
+                b
+            }),
+        ];
+        for (what, b) in cases {
+            assert!(Down::decode(&b).is_none(), "{what}: accepted");
+        }
+        // Random bytes behind the carry header never panic.
+        let mut seed = 7u64;
+        for _ in 0..20_000 {
+            let mut b = vec![VERSION, DOWN_CARRY, 1];
+            for _ in 0..CARRY_RECORD_LEN {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                b.push((seed >> 56) as u8);
+            }
+            let _ = Down::decode(&b);
+        }
     }
 }

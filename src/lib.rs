@@ -25,6 +25,8 @@
 //! `monitor/`: the privileged monitor, as root; never reads the network:
 //! - `monitor/mod.rs`     requests from the network process, reload, shutdown.
 //! - `monitor/daemon.rs`  start-up order and the network process's entry point.
+//! - `monitor/supervise.rs` replacing a dead network process: backoff, give-up
+//!   window, the lockout and rate state handed to the new one.
 //! - `monitor/listen.rs`  binding listeners and systemd socket activation.
 //! - `monitor/action.rs`  running commands: clean env, process group, deadline, output.
 //! - `monitor/cgroup.rs`  a cgroup v2 per serve program and gate run, killed whole.

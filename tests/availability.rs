@@ -484,6 +484,9 @@ fn check_passes_only_exempt_networks_that_load() {
         d.wait_exit(Duration::from_millis(100)).is_none(),
         "daemon exited"
     );
+    // A network process that died on the reload would be replaced, and
+    // the trigger above served by its replacement: it must not have died.
+    assert_eq!(d.count("starting a new one"), 0, "{:?}", d.lines());
 }
 
 // Goal: finding 8 — authenticated replies from the wrong address for a

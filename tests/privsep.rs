@@ -1,20 +1,14 @@
-//! Privilege separation: the network process is jailed, the monitor fails
-//! closed on forged requests or a dead network process, actions switch
-//! identity, and systemd socket activation works.
+//! Privilege separation: the network process is jailed, it dies with the
+//! monitor, actions switch identity, and systemd socket activation works.
+//! (A forged request or a dead network process: tests/respawn.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use postern::channel::{self, Channel};
-use postern::config::LogTarget;
-use postern::ipc::{Peer, Reason, Request, REQUEST_LEN};
-use postern::monitor::log::Logger;
-use postern::monitor::{Monitor, MonitorError, NetChild};
 use postern::wire::Status;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -90,155 +84,11 @@ fn network_process_is_jailed() {
     assert_eq!(status_field(d.pid(), "Uid").split('\t').next(), Some("0"));
 }
 
-async fn forged(bytes: Vec<u8>) -> (Result<(), MonitorError>, u32) {
-    let s = Scratch::new("forged");
-    std::fs::create_dir_all(s.path("state")).unwrap();
-    let user = if is_root() {
-        "nobody".to_string()
-    } else {
-        whoami()
-    };
-    let (cfg, _) = simple_config(&s, &user);
-    let path = s.path("c.toml");
-    write_private(&path, &cfg);
-    let config = postern::config::load(&path).unwrap();
-    let (mine, theirs) = channel::pair().unwrap();
-    let logger = Arc::new(Logger::new(LogTarget::Stderr));
-    let (bound, _) = postern::monitor::bind_all(&config, &mut Vec::new(), None).unwrap();
-    let m = Monitor::new(config, bound, logger, Channel::new(mine).unwrap());
-    // A stand-in for the network process that the monitor must kill.
-    let child = tokio::process::Command::new("/bin/sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let fake_net = Channel::new(theirs).unwrap();
-    let sender = tokio::task::spawn_local(async move {
-        fake_net.send(&bytes, &[]).await.unwrap();
-        // Keep our end open until the monitor reacts.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        drop(fake_net);
-    });
-    let r = tokio::time::timeout(
-        Duration::from_secs(4),
-        m.run(
-            NetChild { child },
-            postern::monitor::Signals::install().unwrap(),
-        ),
-    )
-    .await
-    .expect("monitor must react");
-    sender.abort();
-    (r, pid)
-}
-
 fn whoami() -> String {
     nix::unistd::User::from_uid(nix::unistd::getuid())
         .unwrap()
         .unwrap()
         .name
-}
-
-fn run_local<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
-
-// Goal: the monitor treats a forged request (out-of-range index, wrong
-// size, garbage) as fatal: it kills the network process and stops with an
-// error (posternd then exits non-zero).
-#[test]
-fn forged_request_kills_daemon() {
-    let peer = Peer {
-        listener: 0,
-        addr: "127.0.0.1".parse().unwrap(),
-        port: 1,
-    };
-    let out_of_range = Request::Run {
-        id: 1,
-        generation: 1,
-        slot: 7,
-        peer,
-        target: peer.addr,
-    }
-    .encode()
-    .to_vec();
-    let mut short = Request::Fail {
-        peer,
-        reason: Reason::BadMac,
-        failures: 1,
-    }
-    .encode()
-    .to_vec();
-    short.pop();
-    let mut long = Request::Fail {
-        peer,
-        reason: Reason::BadMac,
-        failures: 1,
-    }
-    .encode()
-    .to_vec();
-    long.push(0);
-    let garbage: Vec<u8> = (0..REQUEST_LEN as u8)
-        .map(|i| i.wrapping_mul(151).wrapping_add(7))
-        .collect();
-    for (what, bytes) in [
-        ("out-of-range index", out_of_range),
-        ("short", short),
-        ("long", long),
-        ("garbage", garbage),
-    ] {
-        let (r, pid) = run_local(forged(bytes));
-        assert!(matches!(r, Err(MonitorError::Forged(_))), "{what}: {r:?}");
-        assert!(
-            !pid_alive(pid),
-            "{what}: the network process must be killed"
-        );
-    }
-    // Control: a well-formed request is not fatal (the monitor keeps
-    // running until the test's timeout).
-    let ok = Request::Fail {
-        peer,
-        reason: Reason::BadMac,
-        failures: 1,
-    }
-    .encode()
-    .to_vec();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let r = tokio::task::LocalSet::new().block_on(&rt, async {
-        tokio::time::timeout(Duration::from_millis(500), forged(ok)).await
-    });
-    assert!(r.is_err(), "a valid request must not stop the monitor");
-}
-
-// Goal: killing the network process makes posternd exit non-zero at once,
-// leaving no half-alive daemon behind.
-#[test]
-fn killing_network_process_stops_daemon() {
-    let s = Scratch::new("killnet");
-    let user = if is_root() {
-        "nobody".to_string()
-    } else {
-        whoami()
-    };
-    let (cfg, _) = simple_config(&s, &user);
-    let mut d = Daemon::start(s, &cfg);
-    let net = d.network_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(net as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let st = d.wait_exit(5 * SEC).expect("posternd must exit");
-    assert!(!st.success(), "{st:?}");
-    d.wait_log("network process gone", 5 * SEC);
-    assert!(!pid_alive(net));
 }
 
 // Goal: killing the monitor takes the network process down with it

@@ -73,8 +73,36 @@ fuzz_target!(|data: &[u8]| {
             Down::Begin { limits, .. } => {
                 assert!(limits.max_handshakes.get() > 0);
             }
+            Down::Carry(records) => {
+                // A replacement network process imports every record into
+                // its table, which keeps its bound and its limits.
+                let mut table = postern::net::limits::SourceTable::new(&small_limits());
+                let now = std::time::Instant::now();
+                for r in records {
+                    table.import(r, now);
+                    assert!(table.len() <= table.capacity());
+                }
+                let _ = table.export(now);
+            }
             _ => {}
         }
         let _ = format!("{msg:?}");
     }
 });
+
+fn small_limits() -> postern::config::Limits {
+    use std::num::{NonZeroU32, NonZeroUsize};
+    use std::time::Duration;
+    let one = NonZeroU32::MIN;
+    postern::config::Limits {
+        handshake_timeout: Duration::from_secs(5),
+        max_handshakes: NonZeroUsize::MIN,
+        rate_burst: one,
+        rate_per_minute: one,
+        lockout_after: one,
+        lockout_duration: Duration::from_secs(60),
+        lockout_table: NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
+        verify_per_second: one,
+        exempt: Vec::new(),
+    }
+}

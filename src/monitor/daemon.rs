@@ -3,7 +3,8 @@
 //! (or take systemd's sockets)
 //! -> open the log -> prepare the state and chroot directories -> start the
 //! network process (which jails itself before reading a byte) -> hand it
-//! the config -> tell systemd we are ready -> serve.
+//! the config -> tell systemd we are ready -> serve, replacing the network
+//! process whenever it dies (`supervise.rs`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -14,6 +15,7 @@ use crate::channel::{self, Channel};
 use crate::config;
 use crate::monitor::listen;
 use crate::monitor::log::{Level, Logger};
+use crate::monitor::supervise;
 use crate::monitor::{self, Monitor, NetChild};
 use crate::net;
 use crate::net::privsep::{self, Jail};
@@ -128,7 +130,6 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let (mine, theirs) = channel::pair().map_err(|e| StartError(format!("socketpair: {e}")))?;
         let jail = Jail {
             chroot: config.daemon.chroot_dir.clone(),
             uid: config.daemon.user.uid,
@@ -137,10 +138,23 @@ pub fn run(path: &Path) -> Result<(), StartError> {
                 + net::MAX_PENDING_ACKS as u64
                 + NOFILE_SLACK,
         };
-        let child = spawn_network(&theirs, &jail, as_root)
-            .map_err(|e| StartError(format!("cannot start the network process: {e}")))?;
-        drop(theirs);
-        let chan = Channel::new(mine).map_err(|e| StartError(e.to_string()))?;
+        // The same way for the first network process and every
+        // replacement: a fresh socketpair, a fresh exec, a fresh jail.
+        let mut spawn = move || -> std::io::Result<NetChild> {
+            let (mine, theirs) = channel::pair()?;
+            let child = spawn_network(&theirs, &jail, as_root)?;
+            drop(theirs);
+            Ok(NetChild {
+                child,
+                chan: Channel::new(mine)?,
+            })
+        };
+        let NetChild { child, chan } =
+            spawn().map_err(|e| StartError(format!("cannot start the network process: {e}")))?;
+        logger.log(
+            Level::Notice,
+            &format!("network process pid={} started", child.id().unwrap_or(0)),
+        );
         let listeners = monitor::describe_listeners(&config, &bound);
         let actions = config.actions.len();
         let m = Monitor::new(config, bound, Arc::clone(&logger), chan);
@@ -167,8 +181,8 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         );
         notify_ready();
 
-        // 9. Serve.
-        m.run(NetChild { child }, signals)
+        // 9. Serve; a network process that dies is replaced.
+        supervise::run(&m, child, signals, &mut spawn, &supervise::POLICY)
             .await
             .map_err(|e| StartError(e.to_string()))
     })
@@ -230,7 +244,8 @@ fn spawn_network(
 ) -> std::io::Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
     // The end must survive exec: clear close-on-exec on it alone. Nothing
-    // else is spawned concurrently at start-up.
+    // else is spawned meanwhile: the monitor is single-threaded and this
+    // does not yield until the end is closed again.
     nix::fcntl::fcntl(
         theirs.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),

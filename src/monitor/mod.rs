@@ -2,8 +2,8 @@
 //! listeners, starts the network process, and then only answers the
 //! fixed-size requests that process sends (`ipc.rs`), after validating
 //! each one. Anything malformed means the network process is compromised
-//! or broken: the monitor kills it and exits non-zero (fail closed; the
-//! supervisor restarts posternd).
+//! or broken: the monitor kills it and starts a fresh one (`supervise.rs`);
+//! gates, lockouts and rate limits survive.
 //!
 //! It owns everything privileged: running actions (identity switch,
 //! deadlines, cooldowns, single instance), the gates and their state file,
@@ -18,6 +18,7 @@ pub mod init;
 pub mod listen;
 pub mod log;
 pub mod state;
+pub mod supervise;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -34,11 +35,13 @@ use tokio::sync::Notify;
 
 use crate::channel::Channel;
 use crate::config::{self, ActionKind, Config, Protocol};
-use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
+use crate::ipc::{Down, NetLimits, Notice, Request, MAX_CARRY_BATCH, REQUEST_LEN};
 use crate::monitor::action::Spec;
 use crate::monitor::gate::{Gates, Instance};
 use crate::monitor::listen::{bind_listener, local_addr, ListenError};
 use crate::monitor::log::{Level, Logger};
+use crate::monitor::supervise::SessionEnd;
+use crate::net::limits::SourceTable;
 use crate::secret::Password;
 use crate::wire::{Answer, Reason, Status};
 
@@ -61,10 +64,9 @@ pub const KEPT_GENERATIONS: usize = 8;
 /// Why the monitor stopped with an error.
 #[derive(Debug)]
 pub enum MonitorError {
-    /// The network process sent a malformed request.
-    Forged(String),
-    /// The network process exited or the channel broke.
-    NetworkGone(String),
+    /// Restarts of the network process kept failing within the restart
+    /// window (`supervise::Policy`); the message says how many and why.
+    GaveUp(String),
     /// Setting something up failed.
     Setup(String),
 }
@@ -72,12 +74,7 @@ pub enum MonitorError {
 impl core::fmt::Display for MonitorError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            MonitorError::Forged(m) => write!(
-                f,
-                "network process sent a malformed request ({m}); it was killed"
-            ),
-            MonitorError::NetworkGone(m) => write!(f, "network process gone: {m}"),
-            MonitorError::Setup(m) => f.write_str(m),
+            MonitorError::GaveUp(m) | MonitorError::Setup(m) => f.write_str(m),
         }
     }
 }
@@ -261,16 +258,22 @@ impl Signals {
 pub struct Monitor {
     book: RefCell<Book>,
     logger: Arc<Logger>,
-    chan: Channel,
+    /// The channel to the current network process (replaced with it).
+    chan: supervise::Current,
     shutdown: Notify,
     gates: Rc<Gates>,
+    /// The lockout and rate state of the network process, as its events
+    /// tell it (bounded by `lockout_table`), for a replacement to start
+    /// from (`supervise.rs`).
+    mirror: RefCell<SourceTable>,
 }
 
-/// How the network process is started: its argv and the socketpair end
-/// it inherits.
+/// A started network process and the monitor's end of its channel.
 pub struct NetChild {
     /// The running process.
     pub child: Child,
+    /// The monitor's end of the socketpair it inherited.
+    pub chan: Channel,
 }
 
 impl Monitor {
@@ -283,6 +286,7 @@ impl Monitor {
     ) -> Rc<Monitor> {
         let config = Rc::new(config);
         let gates = Gates::new(Rc::clone(&config), Arc::clone(&logger));
+        let mirror = SourceTable::new(&config.limits);
         let mut book = Book {
             config,
             generation: 1,
@@ -298,9 +302,10 @@ impl Monitor {
         Rc::new(Monitor {
             book: RefCell::new(book),
             logger,
-            chan,
+            chan: supervise::Current::new(chan),
             shutdown: Notify::new(),
             gates,
+            mirror: RefCell::new(mirror),
         })
     }
 
@@ -311,6 +316,13 @@ impl Monitor {
     /// Sends the current config (limits, sockets, secrets) to the network
     /// process.
     pub async fn send_config(&self) -> std::io::Result<()> {
+        self.send_config_with(false).await
+    }
+
+    /// Sends the current config; with `carry`, the mirrored lockout and
+    /// rate state too, inside it (before End), so that a replacement
+    /// network process holds them before its first accept.
+    async fn send_config_with(&self, carry: bool) -> std::io::Result<()> {
         let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
             let b = self.book.borrow();
             (
@@ -377,36 +389,44 @@ impl Monitor {
             };
             self.chan.send(&msg.encode(), &[]).await?;
         }
+        if carry {
+            let records = self.mirror.borrow().export(std::time::Instant::now());
+            for batch in records.chunks(MAX_CARRY_BATCH) {
+                self.chan
+                    .send(&Down::Carry(batch.to_vec()).encode(), &[])
+                    .await?;
+            }
+        }
         self.chan.send(&Down::End.encode(), &[]).await
     }
 
-    /// Runs until shutdown. Returns Ok on a clean stop. `signals` must have
-    /// been installed before posternd said it had started, so that a
-    /// SIGHUP or SIGTERM sent at once is handled, not fatal.
-    pub async fn run(
-        self: &Rc<Self>,
-        mut net: NetChild,
-        signals: Signals,
-    ) -> Result<(), MonitorError> {
-        let Signals {
-            mut hup,
-            mut term,
-            mut int,
-        } = signals;
-        self.gates.recover().await;
+    /// Serves one network process, `child`, over the current channel,
+    /// until it ends or a stop is asked; says which. Never exits the
+    /// daemon and never touches the gates: the supervisor
+    /// (`supervise.rs`) decides what follows. `signals` must have been
+    /// installed before posternd said it had started, so that a SIGHUP or
+    /// SIGTERM sent at once is handled, not fatal.
+    pub async fn session(self: &Rc<Self>, child: &mut Child, signals: &mut Signals) -> SessionEnd {
+        let chan = self.chan.get();
         let mut buf = [0u8; REQUEST_LEN + 1];
-        let result = loop {
+        // Once it has exited, what it sent before it died (a lockout, say)
+        // is still read, up to the channel's end, for at most this long.
+        let mut exited: Option<(Option<std::process::ExitStatus>, tokio::time::Instant)> = None;
+        let closed = |exited: Option<(Option<std::process::ExitStatus>, _)>| {
+            exited.map_or(SessionEnd::ChannelClosed, |(st, _)| SessionEnd::Exited(st))
+        };
+        loop {
+            let drained_by = exited.map(|(_, t)| t);
             tokio::select! {
-                r = self.chan.recv(&mut buf) => {
-                    let r = match r {
-                        Ok(r) => r,
-                        Err(e) => break Err(MonitorError::NetworkGone(e.to_string())),
+                r = chan.recv(&mut buf) => {
+                    let Ok(r) = r else {
+                        return closed(exited);
                     };
                     if !r.fds.is_empty() {
-                        break Err(MonitorError::Forged("descriptor sent to the monitor".into()));
+                        return SessionEnd::Malformed("descriptor sent to the monitor");
                     }
                     if r.len == 0 {
-                        break Err(MonitorError::NetworkGone("channel closed".into()));
+                        return closed(exited);
                     }
                     let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
                     let bytes = &buf[..len.min(buf.len())];
@@ -418,55 +438,25 @@ impl Monitor {
                     let (listeners, slots) = match judge {
                         Some(Judge::Known(l, a)) => (l, a),
                         Some(Judge::Stale) => (usize::from(u8::MAX) + 1, usize::from(u16::MAX) + 1),
-                        None => break Err(MonitorError::Forged(format!("unknown config generation {generation}"))),
+                        None => return SessionEnd::Malformed("unknown config generation"),
                     };
                     match Request::decode(bytes, listeners, slots) {
                         Ok(req) => self.handle(req, generation),
-                        Err(e) => break Err(MonitorError::Forged(e.to_string())),
+                        Err(e) => return SessionEnd::Malformed(e.what()),
                     }
                 }
-                st = net.child.wait() => {
-                    let how = match st {
-                        Ok(s) => action::Outcome::Exited(s).describe(),
-                        Err(e) => e.to_string(),
-                    };
-                    break Err(MonitorError::NetworkGone(format!("exited ({how})")));
+                st = child.wait(), if exited.is_none() => {
+                    exited = Some((st.ok(), tokio::time::Instant::now() + supervise::EXIT_GRACE));
                 }
-                _ = hup.recv() => self.reload().await,
-                _ = term.recv() => break Ok(()),
-                _ = int.recv() => break Ok(()),
-                _ = self.shutdown.notified() => break Ok(()),
-            }
-        };
-        match &result {
-            Ok(()) => {
-                self.log(Level::Notice, "stop requested; finishing handshakes");
-                if let Some(pid) = net.child.id() {
-                    action::kill_group_or_pid(pid, nix::sys::signal::Signal::SIGTERM);
+                _ = tokio::time::sleep_until(drained_by.unwrap_or_else(tokio::time::Instant::now)), if drained_by.is_some() => {
+                    return closed(exited);
                 }
-                let grace =
-                    self.book.borrow().config.daemon.shutdown_grace + Duration::from_secs(1);
-                if tokio::time::timeout(grace, net.child.wait()).await.is_err() {
-                    let _ = net.child.start_kill();
-                    let _ = net.child.wait().await;
-                }
-                let config = Rc::clone(&self.book.borrow().config);
-                if config.daemon.stop_on_exit {
-                    self.gates.close_all("shutdown", &config).await;
-                }
-                self.log(Level::Notice, "stopped");
-            }
-            Err(e) => {
-                let _ = net.child.start_kill();
-                let _ = net.child.wait().await;
-                self.log(Level::Err, &format!("{e}; stopping"));
-                let config = Rc::clone(&self.book.borrow().config);
-                self.gates
-                    .close_all("network process failure", &config)
-                    .await;
+                _ = signals.hup.recv() => self.reload().await,
+                _ = signals.term.recv() => return SessionEnd::Stop,
+                _ = signals.int.recv() => return SessionEnd::Stop,
+                _ = self.shutdown.notified() => return SessionEnd::Stop,
             }
         }
-        result
     }
 
     /// The name of listener `index` of config `generation` (0: current);
@@ -486,6 +476,7 @@ impl Monitor {
     }
 
     fn handle(self: &Rc<Self>, req: Request, generation: u32) {
+        self.mirror_event(&req);
         match req {
             Request::Run {
                 id,
@@ -495,6 +486,10 @@ impl Monitor {
                 target,
             } => {
                 let me = Rc::clone(self);
+                // The answer goes to the process that asked: if it died
+                // meanwhile, the send fails and its replacement, whose
+                // request ids start over, never sees it.
+                let chan = self.chan.get();
                 tokio::task::spawn_local(async move {
                     let listener = me.listener_name(generation, peer.listener);
                     let admitted = {
@@ -535,10 +530,7 @@ impl Monitor {
                             status.name()
                         ),
                     );
-                    let _ = me
-                        .chan
-                        .send(&Down::Status { id, answer }.encode(), &[])
-                        .await;
+                    let _ = chan.send(&Down::Status { id, answer }.encode(), &[]).await;
                     if status == Status::Started && me.is_shutdown_action(&name) {
                         me.shutdown.notify_one();
                     }
@@ -994,6 +986,9 @@ impl Monitor {
         self.logger.retarget(new.daemon.log);
         let new = Rc::new(new);
         self.gates.reconfigure(Rc::clone(&new));
+        self.mirror
+            .borrow_mut()
+            .reconfigure(&new.limits, std::time::Instant::now());
         let retired = {
             let mut b = self.book.borrow_mut();
             // The replaced config stays as `previous`, so that requests from

@@ -22,6 +22,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use crate::config::{IpNet, Limits};
+use crate::ipc::Carried;
 
 /// How the enclosing networks of a source lock out: prefix length of the
 /// network, and how many times `lockout_after` failures (from any of its
@@ -131,6 +132,29 @@ impl Network {
     /// Prefix length.
     pub fn prefix_len(&self) -> u8 {
         self.len
+    }
+
+    /// The network of `family` and prefix `len` whose address bits are
+    /// `bits` (as in [`Network::of`]); `None` unless it is one that
+    /// [`NETWORK_LOCKOUT`] tracks and its host bits are zero.
+    pub fn from_parts(family: Family, bits: u64, len: u8) -> Option<Network> {
+        if !NETWORK_LOCKOUT
+            .iter()
+            .any(|&(f, l, _)| f == family && l == len)
+        {
+            return None;
+        }
+        let width = match family {
+            Family::V4 => 32,
+            Family::V6 => 64,
+        };
+        let shift = u32::from(width - len);
+        let masked = (bits >> shift) << shift;
+        (masked == bits && (family == Family::V6 || bits >> 32 == 0)).then_some(Network {
+            family,
+            bits,
+            len,
+        })
     }
 }
 
@@ -692,6 +716,181 @@ impl SourceTable {
     pub fn is_network_locked(&self, ip: IpAddr, now: Instant) -> bool {
         self.network_locked(ip, now)
     }
+
+    /// Locks `ip`'s source out for `lockout_duration` from `now`, unless
+    /// it is exempt or already locked (an existing lock keeps its end).
+    pub fn lock_source(&mut self, ip: IpAddr, now: Instant) {
+        if self.is_exempt(ip) {
+            return;
+        }
+        let i = self.slot(TableKey::Source(SourceKey::of(ip)), now);
+        let e = &mut self.lru.nodes[i as usize].entry;
+        if e.locked_until.is_some_and(|t| t > now) {
+            return;
+        }
+        e.failures = 0;
+        e.good = false;
+        e.locked_until = Some(now + self.lockout_duration);
+        self.lru.touch(i, List::Locked);
+    }
+
+    /// Locks network `net` out for `lockout_duration` from `now`, unless
+    /// it is already locked.
+    pub fn lock_network(&mut self, net: Network, now: Instant) {
+        let i = self.slot(TableKey::Network(net), now);
+        let e = &mut self.lru.nodes[i as usize].entry;
+        if e.locked_until.is_some_and(|t| t > now) {
+            return;
+        }
+        e.failures = 0;
+        e.last_failure = now;
+        e.locked_until = Some(now + self.lockout_duration);
+        self.lru.touch(i, List::Locked);
+    }
+
+    /// Empties `ip`'s bucket at `now`: the source was just refused for
+    /// its rate, so it had less than one token left.
+    pub fn drain_bucket(&mut self, ip: IpAddr, now: Instant) {
+        if self.is_exempt(ip) {
+            return;
+        }
+        let i = self.slot(TableKey::Source(SourceKey::of(ip)), now);
+        let e = &mut self.lru.nodes[i as usize].entry;
+        e.tokens = 0;
+        e.refilled = now;
+        self.touch(i, now);
+    }
+
+    /// Every entry that holds state worth keeping (strikes, a lock, good
+    /// standing, a bucket not full; a network's recent failures or lock),
+    /// as of `now`, least recently seen first within each list, so that
+    /// [`import`](Self::import) in this order rebuilds the same eviction
+    /// order. At most [`capacity`](Self::capacity) records.
+    pub fn export(&self, now: Instant) -> Vec<Carried> {
+        let burst = u64::from(self.burst.get()) * MICRO;
+        let per_minute = u64::from(self.per_minute.get());
+        let mut out = Vec::new();
+        for list in [List::Plain, List::Good, List::Locked] {
+            let mut at = self.lru.ends[list as usize].1;
+            while at != NIL {
+                let node = &self.lru.nodes[at as usize];
+                at = node.prev;
+                let e = &node.entry;
+                let locked_for = e
+                    .locked_until
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                let record = match node.key {
+                    TableKey::Source(key) => {
+                        let elapsed = now.saturating_duration_since(e.refilled);
+                        let gained = (elapsed.as_micros().min(u128::from(u64::MAX)) as u64)
+                            .saturating_mul(per_minute)
+                            / 60;
+                        let tokens = e.tokens.saturating_add(gained).min(burst);
+                        if e.failures == 0 && locked_for.is_zero() && !e.good && tokens >= burst {
+                            continue;
+                        }
+                        let (v6, bits) = match key {
+                            SourceKey::V4(a) => (false, u64::from(a)),
+                            SourceKey::V6(p) => (true, p),
+                        };
+                        Carried::Source {
+                            v6,
+                            bits,
+                            failures: e.failures,
+                            locked_for,
+                            good: e.good,
+                            tokens,
+                        }
+                    }
+                    TableKey::Network(net) => {
+                        let since_failure = now.saturating_duration_since(e.last_failure);
+                        let recent = e.failures > 0 && since_failure < self.lockout_duration;
+                        if !recent && locked_for.is_zero() {
+                            continue;
+                        }
+                        Carried::Network {
+                            v6: net.family == Family::V6,
+                            bits: net.bits,
+                            len: net.len,
+                            failures: e.failures,
+                            locked_for,
+                            since_failure,
+                        }
+                    }
+                };
+                out.push(record);
+            }
+        }
+        out
+    }
+
+    /// Takes one record from [`export`](Self::export) (of another table,
+    /// in another process) at `now`. Every value is cut to this table's
+    /// limits: a lock to `lockout_duration`, a bucket to `rate_burst`,
+    /// strikes below `lockout_after`. A network this table does not track
+    /// is ignored. The table's bound holds: a full table forgets in its
+    /// usual order.
+    pub fn import(&mut self, record: &Carried, now: Instant) {
+        let (key, failures, locked_for) = match *record {
+            Carried::Source {
+                v6,
+                bits,
+                failures,
+                locked_for,
+                ..
+            } => {
+                let key = if v6 {
+                    SourceKey::V6(bits)
+                } else {
+                    match u32::try_from(bits) {
+                        Ok(a) => SourceKey::V4(a),
+                        Err(_) => return,
+                    }
+                };
+                (TableKey::Source(key), failures, locked_for)
+            }
+            Carried::Network {
+                v6,
+                bits,
+                len,
+                failures,
+                locked_for,
+                ..
+            } => {
+                let family = if v6 { Family::V6 } else { Family::V4 };
+                let Some(net) = Network::from_parts(family, bits, len) else {
+                    return;
+                };
+                (TableKey::Network(net), failures, locked_for)
+            }
+        };
+        let burst = u64::from(self.burst.get()) * MICRO;
+        let duration = self.lockout_duration;
+        let after = self.lockout_after.get();
+        let i = self.slot(key, now);
+        let e = &mut self.lru.nodes[i as usize].entry;
+        let locked_for = locked_for.min(duration);
+        e.locked_until = (!locked_for.is_zero()).then(|| now + locked_for);
+        match *record {
+            Carried::Source { good, tokens, .. } => {
+                // A source's strikes stay below the lockout threshold
+                // (reaching it locks and resets them).
+                e.failures = failures.min(after.saturating_sub(1));
+                e.good = good;
+                e.tokens = tokens.min(burst);
+                e.refilled = now;
+            }
+            Carried::Network { since_failure, .. } => {
+                e.failures = failures;
+                e.last_failure = now.checked_sub(since_failure.min(duration)).unwrap_or(now);
+            }
+        }
+        if e.locked_until.is_some() {
+            self.lru.touch(i, List::Locked);
+        } else {
+            self.touch(i, now);
+        }
+    }
 }
 
 /// The bounded set of unauthenticated handshakes in progress.
@@ -1214,5 +1413,156 @@ mod tests {
         let (i, _) = s.reserve();
         s.insert(i, ip("198.51.100.1"), 1);
         assert_eq!(s.reserve().1.map(|(_, h)| h), Some(0));
+    }
+
+    // Goal: what a table exports and a fresh table imports keeps every
+    // lockout (source and network) with its remaining time, a
+    // rate-limited source limited, strikes and good standing; untouched
+    // sources are not exported; locks end when they would have.
+    #[test]
+    fn export_import_keeps_locks_rates_and_standing() {
+        let t0 = Instant::now();
+        let l = limits(4096, 3, 2, 60);
+        let mut old = SourceTable::new(&l);
+        let (locked, limited, struck, good, idle) = (
+            ip("192.0.2.1"),
+            ip("198.51.100.7"),
+            ip("2001:db8:5:6::1"),
+            ip("203.0.113.9"),
+            ip("203.0.113.10"),
+        );
+        for _ in 0..3 {
+            old.fail(locked, t0);
+        }
+        assert!(old.is_locked(locked, t0));
+        assert_eq!(old.admit(limited, t0), Admit::Yes);
+        assert_eq!(old.admit(limited, t0), Admit::Yes);
+        assert_eq!(old.admit(limited, t0), Admit::RateLimited { first: true });
+        old.fail(struck, t0);
+        old.succeed(good, t0);
+        // 24 failures from one /24 (8 x 3) lock it.
+        for n in 0..24u8 {
+            old.fail(IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, n)), t0);
+        }
+        let net = old.take_locked_network().unwrap();
+        assert_eq!(net.to_string(), "198.18.0.0/24");
+        // The idle source exists in the old table but holds nothing.
+        let t1 = t0 + Duration::from_secs(10);
+        old.admit(idle, t0);
+        let records = old.export(t1);
+        assert!(records.len() <= old.capacity());
+        let mut new = SourceTable::new(&l);
+        for r in &records {
+            new.import(r, t1);
+        }
+        assert!(new.is_locked(locked, t1));
+        assert!(new.is_locked(locked, t0 + Duration::from_secs(59)));
+        assert!(!new.is_locked(locked, t0 + Duration::from_secs(61)));
+        assert!(new.is_network_locked(ip("198.18.0.200"), t1));
+        assert_eq!(new.admit(ip("198.18.0.201"), t1), Admit::Locked);
+        // 60 per minute, burst 2: 10 s later the bucket is full again in
+        // both tables; just after the refusal it is empty in both.
+        let mut just_after = SourceTable::new(&l);
+        for r in &old.export(t0) {
+            just_after.import(r, t0);
+        }
+        assert_eq!(
+            just_after.admit(limited, t0),
+            Admit::RateLimited { first: true }
+        );
+        assert!(just_after.is_locked(locked, t0));
+        assert!(new.has_strikes(struck));
+        assert!(new.is_good(good));
+        assert!(!new.has_strikes(idle) && !new.is_good(idle));
+        let idle_key = SourceKey::of(idle);
+        assert!(
+            !records
+                .iter()
+                .any(|r| matches!(r, Carried::Source { v6: false, bits, .. }
+                if SourceKey::V4(*bits as u32) == idle_key)),
+            "an idle source was exported"
+        );
+        // Strikes continue: two more failures of `struck` (after = 3) lock it.
+        new.fail(struck, t1);
+        assert_eq!(new.fail(struck, t1), Strike::LockedOut { failures: 3 });
+    }
+
+    // Goal: importing more records than the table holds keeps its bound
+    // and keeps the locks over plain entries; values beyond this table's
+    // limits are cut to them.
+    #[test]
+    fn import_is_bounded_and_cut_to_limits() {
+        let t0 = Instant::now();
+        let mut t = SourceTable::new(&limits(8, 3, 2, 60));
+        for i in 0..1000u32 {
+            t.import(
+                &Carried::Source {
+                    v6: false,
+                    bits: u64::from(0xc000_0000 + i),
+                    failures: u32::MAX,
+                    locked_for: if i < 4 {
+                        Duration::from_secs(86_400)
+                    } else {
+                        Duration::ZERO
+                    },
+                    good: false,
+                    tokens: u64::MAX,
+                },
+                t0,
+            );
+            assert!(t.len() <= 8);
+        }
+        for i in 0..4u32 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0000 + i));
+            assert!(t.is_locked(a, t0), "{a}");
+            // Cut to lockout_duration (60 s).
+            assert!(!t.is_locked(a, t0 + Duration::from_secs(61)), "{a}");
+        }
+        // An untracked network length or set host bits: ignored.
+        t.import(
+            &Carried::Network {
+                v6: false,
+                bits: 0xc633_6400,
+                len: 16,
+                failures: 1,
+                locked_for: Duration::from_secs(5),
+                since_failure: Duration::ZERO,
+            },
+            t0,
+        );
+        assert!(!t.is_network_locked(ip("198.51.100.1"), t0));
+        assert!(Network::from_parts(Family::V4, 0xc633_6401, 24).is_none());
+        assert!(Network::from_parts(Family::V4, 1 << 40, 24).is_none());
+        assert_eq!(
+            Network::from_parts(Family::V6, 0x2001_0db8_0007_0000, 48).map(|n| n.to_string()),
+            Some("2001:db8:7::/48".to_string())
+        );
+    }
+
+    // Goal: the mirror's setters (fed by the network process's events)
+    // lock a source or a network for lockout_duration, keep an existing
+    // lock's end, empty a bucket, and leave exempt sources alone.
+    #[test]
+    fn mirror_setters_lock_and_drain() {
+        let t0 = Instant::now();
+        let mut t = SourceTable::new(&limits(64, 5, 2, 60));
+        let a = ip("192.0.2.1");
+        t.lock_source(a, t0);
+        t.lock_source(a, t0 + Duration::from_secs(30));
+        assert!(t.is_locked(a, t0 + Duration::from_secs(59)));
+        assert!(
+            !t.is_locked(a, t0 + Duration::from_secs(61)),
+            "relocking moved the end"
+        );
+        let net = Network::of(ip("198.51.100.9"), Family::V4, 24).unwrap();
+        t.lock_network(net, t0);
+        assert_eq!(t.admit(ip("198.51.100.1"), t0), Admit::Locked);
+        let b = ip("203.0.113.5");
+        t.drain_bucket(b, t0);
+        assert_eq!(t.admit(b, t0), Admit::RateLimited { first: true });
+        assert_eq!(t.admit(b, t0 + Duration::from_secs(1)), Admit::Yes);
+        t.lock_source(ip("10.1.1.1"), t0);
+        t.drain_bucket(ip("10.1.1.1"), t0);
+        assert_eq!(t.admit(ip("10.1.1.1"), t0), Admit::Yes);
     }
 }

@@ -43,7 +43,9 @@ use tokio::time::{timeout, Instant};
 
 use crate::channel::Channel;
 use crate::config::{IpNet, Limits, Protocol};
-use crate::ipc::{Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
+use crate::ipc::{
+    Carried, Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN,
+};
 use crate::net::limits::{Admit, Slots, SourceTable, Strike};
 use crate::secret::{Key, Password, KEY_LEN};
 use crate::wire::{
@@ -116,6 +118,9 @@ struct NetConfig {
     postern_slots: Vec<SlotRef>,
     ostiary: Verifier,
     ostiary_slots: Vec<SlotRef>,
+    /// Lockout and rate state carried over from a network process that
+    /// died (at most `lockout_table` records), imported once.
+    carried: Vec<Carried>,
 }
 
 /// State shared by every task of the network process.
@@ -254,8 +259,14 @@ impl State {
 pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
     let chan = Channel::new(chan_fd).map_err(NetError::Channel)?;
     let mut buf = vec![0u8; MAX_DOWN_LEN];
-    let (config, listeners) = receive_config(&chan, &mut buf, None).await?;
-    let table = SourceTable::new(&to_limits(&config));
+    let (mut config, listeners) = receive_config(&chan, &mut buf, None).await?;
+    let mut table = SourceTable::new(&to_limits(&config));
+    // A replacement for a process that died: its predecessor's lockouts
+    // and rate limits hold before the first accept.
+    let now = std::time::Instant::now();
+    for c in config.carried.drain(..) {
+        table.import(&c, now);
+    }
     let slots = Slots::new(config.limits.max_handshakes);
     lock_secrets(&config);
     let state = Rc::new(State {
@@ -300,10 +311,13 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                     }
                     Some(Down::Begin { generation, limits, listeners, exempt, slots }) => {
                         let first = Some((generation, limits, listeners, exempt, slots));
-                        let (config, listeners) = receive_config(&state.chan, &mut buf, first).await?;
+                        let (mut config, listeners) = receive_config(&state.chan, &mut buf, first).await?;
                         lock_secrets(&config);
                         let now = std::time::Instant::now();
                         state.table.borrow_mut().reconfigure(&to_limits(&config), now);
+                        for c in config.carried.drain(..) {
+                            state.table.borrow_mut().import(&c, now);
+                        }
                         let excess = state.slots.borrow_mut().resize(config.limits.max_handshakes);
                         for (_, (_, _, h)) in excess {
                             h.abort();
@@ -415,6 +429,7 @@ async fn receive_config(
     let mut exempt: Vec<IpNet> = Vec::new();
     let mut keys: Vec<(SlotRef, Key)> = Vec::new();
     let mut passwords: Vec<(SlotRef, Password)> = Vec::new();
+    let mut carried: Vec<Carried> = Vec::new();
     loop {
         let mut r = chan.recv(buf).await.map_err(NetError::Channel)?;
         if r.len == 0 && r.fds.is_empty() {
@@ -434,6 +449,10 @@ async fn receive_config(
                 listeners.push((l, protocol, index));
             }
             Some(Down::Exempt(net)) => exempt.push(net),
+            Some(Down::Carry(records)) => {
+                let room = limits.lockout_table.get().saturating_sub(carried.len());
+                carried.extend(records.into_iter().take(room));
+            }
             Some(Down::Slot {
                 index,
                 password,
@@ -482,6 +501,7 @@ async fn receive_config(
         ostiary: Verifier::from_passwords(passwords.iter().map(|(_, p)| p)),
         ostiary_slots: passwords.iter().map(|(a, _)| *a).collect(),
         limits,
+        carried,
     };
     Ok((config, listeners))
 }

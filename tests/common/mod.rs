@@ -73,6 +73,10 @@ pub struct Daemon {
     pub config: PathBuf,
     pub listeners: Vec<SocketAddr>,
     pub scratch: Scratch,
+    /// The test kills or breaks the network process on purpose. Otherwise
+    /// a replaced network process fails the test when the daemon is
+    /// dropped: the supervisor would hide a crash from every other test.
+    pub restarts_expected: bool,
 }
 
 /// The `[daemon]` table every test config starts with.
@@ -106,6 +110,7 @@ impl Daemon {
             config: path,
             listeners: Vec::new(),
             scratch,
+            restarts_expected: false,
         };
         let line = d.wait_log("started version=", Duration::from_secs(10));
         d.listeners = parse_listeners(&line);
@@ -220,6 +225,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if !self.restarts_expected && !std::thread::panicking() {
+            let replaced = self.count("starting a new one");
+            assert_eq!(
+                replaced,
+                0,
+                "the network process died and was replaced; log:\n{}",
+                self.lines().join("\n")
+            );
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.child.id() as i32),
