@@ -115,7 +115,8 @@ if [ "$("$VENV/bin/ansible-playbook" --version 2>/dev/null | sed -n 's/.*\[core 
     fi
 fi
 PLAYBOOK=$VENV/bin/ansible-playbook
-note "$("$PLAYBOOK" --version | head -n 1)"
+version=$("$PLAYBOOK" --version 2>&1)
+note "${version%%$'\n'*}"
 # Ansible's own files in the lab: nothing in root's home, nothing kept.
 export ANSIBLE_CONFIG=$E2E_ROOT/deploy/ansible/ansible.cfg
 export ANSIBLE_HOME=$LAB/ansible-home
@@ -227,6 +228,7 @@ posternd:
   hosts:
     $HOST:
       ansible_connection: local
+      ansible_host: 127.0.0.1
       ansible_python_interpreter: /usr/bin/python3
 EOF
 # base.yml: the variables of every run; later files add to them.
@@ -377,6 +379,29 @@ rc=$?
 check "the client triggers hello with the key the master derives (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
 check "posternd logs ok action=hello" wait_log "$PD_LOG" "action=hello addr=127.0.0.1 status=started" 5
 check "the action ran" wait_log /var/lib/postern/deployed.log "deployed hello for 127.0.0.1" 5
+# The client's inventory from the Ansible inventory, then a trigger by the
+# host's name and one of its group, keys derived from master_file.
+(cd "$E2E_ROOT/deploy/ansible" &&
+    "$VENV/bin/ansible-playbook" -i "$LAB/hosts.yml" client-inventory.yml -e "@$LAB/base.yml" \
+        -e "postern_client_inventory=$LAB/client/hosts.toml" -e "postern_client_master_file=$LAB/fleet.master") \
+    >"$LAB/client-inventory.log" 2>&1
+rc=$?
+check "client-inventory.yml writes the client's hosts.toml (exit $rc)" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || show "$LAB/client-inventory.log"
+show "$LAB/client/hosts.toml"
+expect_stat root:root 600 "$LAB/client/hosts.toml"
+# hello's cooldown (1 s) runs from its last start: the log's file time.
+after_cooldown() { wait_until 5 bash -c '[ $(($(date +%s) - $(stat -c %Y /var/lib/postern/deployed.log))) -ge 2 ]'; }
+after_cooldown
+"$POSTERN" trigger "$HOST" hello --inventory "$LAB/client/hosts.toml" --timeout 5 --ack-timeout 10 >"$LAB/trigger.out" 2>&1
+rc=$?
+check "postern trigger $HOST hello, from that inventory (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
+after_cooldown
+"$POSTERN" trigger @posternd hello --inventory "$LAB/client/hosts.toml" --timeout 5 --ack-timeout 10 >"$LAB/trigger.out" 2>&1
+rc=$?
+check "postern trigger @posternd hello, the Ansible group (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
+check "posternd logs three starts of hello" wait_until 5 bash -c \
+    '[ "$(grep -c "action=hello addr=127.0.0.1 status=started" "$1")" = 3 ]' _ "$PD_LOG"
 RELOAD_ARGS=(-e "{\"posternd_reload_command\": [\"/bin/kill\", \"-HUP\", \"$PD_PID\"]}")
 
 # --- 4. idempotence ----------------------------------------------------------
@@ -450,8 +475,7 @@ check "it fails in validate, with posternd's message naming the key" bash -c \
     'grep -q "failed to validate" "$1" && grep -q "action\\[1\\]\\.cooldown" "$1"' _ "$LAB/run6.log"
 check "the refused config is not installed" [ "$(etc_sum)" = "$before" ]
 check "nothing was reloaded" [ "$(grep -c "reloaded " "$PD_LOG")" = "$reloads" ]
-sleep_until_cooldown() { wait_until 5 bash -c '[ $(($(date +%s) - $(stat -c %Y /var/lib/postern/deployed.log))) -ge 2 ]'; }
-sleep_until_cooldown
+after_cooldown
 trigger hello
 rc=$?
 check "posternd still answers hello (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
