@@ -72,7 +72,7 @@ for d in /etc/postern /var/lib/postern; do
 done
 INSTALLED=no
 restore() {
-    if [ "$INSTALLED" = yes ] && ! dpkg --purge postern-server >/dev/null 2>&1; then
+    if [ "$INSTALLED" = yes ] && ! dpkg_wait --purge postern-server >/dev/null; then
         echo "not ok - cleanup: dpkg --purge postern-server failed; $LAB kept with what was moved aside"
         KEEP_LAB=1 # read by e2e_cleanup (lib.sh) after this hook
         export KEEP_LAB
@@ -279,8 +279,8 @@ EOF
 
 RUN=0
 # play LOG ARGS...: ansible-playbook on site.yml with the lab inventory and
-# base.yml (then ARGS); output in LOG; sets RECAP to the host's recap line
-# and OK, CHANGED, FAILED from it.
+# base.yml (then ARGS); output in LOG; sets PLAY_RC, RECAP (the host's
+# recap line), and CHANGED and FAILED from it.
 play() {
     local log=$1
     shift
@@ -289,7 +289,6 @@ play() {
         "$PLAYBOOK" -i "$LAB/hosts.yml" site.yml -e "@$LAB/base.yml" "$@") >"$log" 2>&1
     PLAY_RC=$?
     RECAP=$(grep -E "^$HOST +: ok=" "$log" | tail -n 1 | tr -s ' ')
-    OK=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$RECAP")
     CHANGED=$(sed -n 's/.* changed=\([0-9]*\).*/\1/p' <<<"$RECAP")
     FAILED=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$RECAP")
     note "run $RUN ($*): exit $PLAY_RC, $RECAP"
@@ -484,7 +483,8 @@ check "posternd still answers hello (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out
 kill -TERM "$PD_PID"
 check "posternd stops on SIGTERM" wait_gone "$PD_PID" 10
 wait "$PD_PID" 2>/dev/null
-check "dpkg --purge postern-server" dpkg --purge postern-server
+purge() { dpkg_wait --purge postern-server >"$LAB/purge.log"; }
+check "dpkg --purge postern-server" purge
 INSTALLED=no
 check "purge removes /etc/postern and /var/lib/postern" bash -c '[ ! -e /etc/postern ] && [ ! -e /var/lib/postern ]'
 if [ "$USER_BEFORE" = no ]; then
