@@ -12,7 +12,8 @@
 #      PID 1 here: tests/e2e/packages.sh does the same), is triggered by the
 #      client deriving its key from the master;
 #   4. a second run changes nothing (changed=0) and reloads nothing;
-#   5. --check --diff: unchanged variables show changed=0; a new action
+#   5. --check --diff: on a host never deployed it installs nothing;
+#      unchanged variables show changed=0; a new action
 #      shows its diff and changes nothing on disk; the rotation and
 #      operator-key shapes render as posternd.toml(5) will read them, with
 #      no secret in the output;
@@ -282,16 +283,17 @@ RUN=0
 # base.yml (then ARGS); output in LOG; sets PLAY_RC, RECAP (the host's
 # recap line), and CHANGED and FAILED from it.
 play() {
-    local log=$1
+    local log=$1 start
     shift
     RUN=$((RUN + 1))
+    start=$(now_ms)
     (cd "$E2E_ROOT/deploy/ansible" &&
         "$PLAYBOOK" -i "$LAB/hosts.yml" site.yml -e "@$LAB/base.yml" "$@") >"$log" 2>&1
     PLAY_RC=$?
     RECAP=$(grep -E "^$HOST +: ok=" "$log" | tail -n 1 | tr -s ' ')
     CHANGED=$(sed -n 's/.* changed=\([0-9]*\).*/\1/p' <<<"$RECAP")
     FAILED=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$RECAP")
-    note "run $RUN ($*): exit $PLAY_RC, $RECAP"
+    note "run $RUN ($*): exit $PLAY_RC in $(($(now_ms) - start)) ms, $RECAP"
 }
 show() { sed 's/^/#   /' "$1"; }
 # no_secret FILE: FILE names none of the masters nor the host's keys.
@@ -322,6 +324,13 @@ check "a run with a malformed master fails before any change, naming it and not 
     '[ "$1" != 0 ] && [ "$2" = 0 ] && grep -q "postern_fleet_master (the fleet master) is not a base64 key" "$3" &&
      ! grep -q s3cr3t "$3"' _ "$PLAY_RC" "${CHANGED:-1}" "$LAB/run0b.log"
 check "postern-server is not installed yet" bash -c '! dpkg-query -W -f "\${Status}" postern-server 2>/dev/null | grep -q " installed"'
+play "$LAB/check0.log" --check --diff
+check "--check --diff on a host never deployed shows the package and the key directory ($RECAP)" bash -c \
+    '[ "$1" = 0 ] && [ "$2" = 0 ] && [ "$3" = 2 ] && grep -q "postern-server" "$4" && grep -qF "/etc/postern/keys" "$4"' \
+    _ "$PLAY_RC" "${FAILED:-1}" "${CHANGED:-0}" "$LAB/check0.log"
+[ "$PLAY_RC" = 0 ] || show "$LAB/check0.log"
+check "and installs nothing" bash -c \
+    '! dpkg-query -W -f "\${Status}" postern-server 2>/dev/null | grep -q " installed" && [ ! -e /etc/postern ]'
 play "$LAB/run1.log"
 if [ "$PLAY_RC" = 0 ] && [ "${FAILED:-1}" = 0 ]; then
     pass "first run: $RECAP"
@@ -356,6 +365,7 @@ EXEC=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/posternd.service)
 read -ra argv <<<"$EXEC"
 note "ExecStart: ${argv[*]}"
 PD_LOG=$LAB/posternd.log
+: >"$PD_LOG"
 "${argv[@]}" </dev/null >/dev/null 2>"$PD_LOG" &
 PD_PID=$!
 track "$PD_PID"
