@@ -22,7 +22,11 @@
 #      removing it again removes its key file;
 #   7. a config posternd --check refuses is never installed, and the
 #      running daemon keeps working;
-#   8. cleanup: posternd stopped by PID, the package purged, nothing left
+#   8. the fleet master rotated through the role: the successor's key
+#      written; with a posternd that reads next_key_file, both masters
+#      open the door during the window, else the role refuses to install
+#      that config; after the promotion only the new master opens it;
+#   9. cleanup: posternd stopped by PID, the package purged, nothing left
 #      under /etc, /usr or /var/lib.
 # As root only (it installs packages). Outside CI it skips when not root
 # or when a program is missing, and refuses to run where postern-server is
@@ -375,13 +379,12 @@ else
     show "$PD_LOG"
     abort "posternd started by its ExecStart line"
 fi
-# trigger ACTION [postern options]: the client, its key derived from the
-# fleet master for this host; output in $LAB/trigger.out.
+# trigger ACTION [MASTER]: the client, its key derived from the fleet
+# master (default $LAB/fleet.master) for this host; output in
+# $LAB/trigger.out.
 trigger() {
-    local action=$1
-    shift
-    "$POSTERN" trigger "127.0.0.1:$PORT" "$action" --master "$LAB/fleet.master" \
-        --host-name "$HOST" --timeout 5 --ack-timeout 10 "$@" >"$LAB/trigger.out" 2>&1
+    "$POSTERN" trigger "127.0.0.1:$PORT" "$1" --master "${2:-$LAB/fleet.master}" \
+        --host-name "$HOST" --timeout 5 --ack-timeout 10 >"$LAB/trigger.out" 2>&1
 }
 trigger hello
 rc=$?
@@ -489,7 +492,85 @@ trigger hello
 rc=$?
 check "posternd still answers hello (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
 
-# --- 8. stop, purge ----------------------------------------------------------
+# --- 8. rotating the fleet master through the role --------------------------
+# Step 3 of deploy/ansible/README.md's rotation needs a posternd that reads
+# next_key_file and overlap_until: with one, both masters must open hello
+# during the window; with one that does not, the role must refuse to
+# install the config. Step 6 (promotion) works with every posternd: after
+# it only the new master opens hello.
+cat >"$LAB/probe.key" <<EOF
+$("$POSTERN" keygen)
+EOF
+chmod 600 "$LAB/probe.key"
+cat >"$LAB/probe.toml" <<EOF
+[[listen]]
+address = "127.0.0.1:0"
+
+[[action]]
+name = "probe"
+key_file = "$LAB/probe.key"
+next_key_file = "$LAB/probe.key"
+overlap_until = "2026-12-15T00:00:00Z"
+run = ["/bin/true"]
+EOF
+ROTATES=no
+/usr/sbin/posternd --config "$LAB/probe.toml" --check >/dev/null 2>&1 && ROTATES=yes
+note "the installed posternd reads next_key_file and overlap_until: $ROTATES"
+WINDOW_END=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
+config_before=$(sha256sum </etc/postern/posternd.toml)
+reloads=$(grep -c "reloaded " "$PD_LOG")
+play "$LAB/rotate.log" -e "{\"postern_fleet_next_master\": \"{{ lookup('ansible.builtin.file', '$LAB/fleet.next.master') }}\", \"postern_overlap_until\": \"$WINDOW_END\"}" "${RELOAD_ARGS[@]}"
+check "the rotation's run wrote hello.next.key, the next master's key for $HOST" bash -c \
+    '[ "$(cat /etc/postern/keys/hello.next.key 2>/dev/null)" = "$1" ]' _ "$(derived "$LAB/fleet.next.master" hello)"
+expect_stat root:root 600 /etc/postern/keys/hello.next.key
+check "the rotation's output holds no master and no key" no_secret "$LAB/rotate.log"
+if [ "$ROTATES" = yes ]; then
+    check "the rotation's run succeeds ($RECAP)" bash -c '[ "$1" = 0 ] && [ "$2" = 0 ]' _ "$PLAY_RC" "${FAILED:-1}"
+    check "posternd.toml names the successor and the window" bash -c \
+        'grep -qx "next_key_file = \"/etc/postern/keys/hello.next.key\"" "$1" && grep -qx "overlap_until = \"$2\"" "$1"' \
+        _ /etc/postern/posternd.toml "$WINDOW_END"
+    check "posternd reloaded" wait_until 10 bash -c '[ "$(grep -c "reloaded " "$1")" -gt "$2" ]' _ "$PD_LOG" "$reloads"
+    after_cooldown
+    trigger hello
+    rc=$?
+    check "during the window the old master opens hello (exit $rc)" [ "$rc" = 0 ]
+    after_cooldown
+    trigger hello "$LAB/fleet.next.master"
+    rc=$?
+    check "during the window the new master opens hello (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
+else
+    check "today's posternd refuses the rotation in validate, naming next_key_file ($RECAP)" bash -c \
+        '[ "$1" != 0 ] && grep -q "failed to validate" "$2" && grep -q "next_key_file" "$2"' _ "$PLAY_RC" "$LAB/rotate.log"
+    check "the config is not replaced" bash -c \
+        '[ "$(sha256sum </etc/postern/posternd.toml)" = "$1" ]' _ "$config_before"
+    check "nothing was reloaded" [ "$(grep -c "reloaded " "$PD_LOG")" = "$reloads" ]
+    check "the config still names no successor" bash -c '! grep -q next_key_file /etc/postern/posternd.toml'
+fi
+# Promotion: the next master becomes the master; no successor, no window.
+reloads=$(grep -c "reloaded " "$PD_LOG")
+play "$LAB/promote.log" -e "{\"postern_fleet_master\": \"{{ lookup('ansible.builtin.file', '$LAB/fleet.next.master') }}\"}" "${RELOAD_ARGS[@]}"
+check "the promotion's run: $RECAP" bash -c '[ "$1" = 0 ] && [ "$2" = 0 ] && [ "$3" -ge 2 ]' \
+    _ "$PLAY_RC" "${FAILED:-1}" "${CHANGED:-0}"
+check "hello.key now holds the new master's key" \
+    [ "$(cat /etc/postern/keys/hello.key)" = "$(derived "$LAB/fleet.next.master" hello)" ]
+check "hello.next.key is gone (keys: $(ls -A /etc/postern/keys | tr '\n' ' '))" [ ! -e /etc/postern/keys/hello.next.key ]
+check "the config names no successor" bash -c '! grep -q "next_key_file\|overlap_until" /etc/postern/posternd.toml'
+check "posternd reloaded" wait_until 10 bash -c '[ "$(grep -c "reloaded " "$1")" -gt "$2" ]' _ "$PD_LOG" "$reloads"
+after_cooldown
+trigger hello "$LAB/fleet.next.master"
+rc=$?
+check "the new master opens hello (exit $rc): $(tr '\n' ' ' <"$LAB/trigger.out")" [ "$rc" = 0 ]
+fails=$(grep -c "reason=bad-mac" "$PD_LOG")
+after_cooldown
+trigger hello
+rc=$?
+check "the old master opens nothing any more (exit $rc)" [ "$rc" != 0 ]
+check "posternd logs the old master's try as bad-mac" \
+    wait_until 5 bash -c '[ "$(grep -c "reason=bad-mac" "$1")" -gt "$2" ]' _ "$PD_LOG" "$fails"
+play "$LAB/promote2.log" -e "{\"postern_fleet_master\": \"{{ lookup('ansible.builtin.file', '$LAB/fleet.next.master') }}\"}" "${RELOAD_ARGS[@]}"
+check "after the promotion a run changes nothing: $RECAP" bash -c '[ "$1" = 0 ] && [ "$2" = 0 ]' _ "$PLAY_RC" "${CHANGED:-1}"
+
+# --- 9. stop, purge ----------------------------------------------------------
 kill -TERM "$PD_PID"
 check "posternd stops on SIGTERM" wait_gone "$PD_PID" 10
 wait "$PD_PID" 2>/dev/null
