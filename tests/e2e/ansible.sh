@@ -227,6 +227,8 @@ HOST=web-17.example
 "$POSTERN" keygen | write_private "$LAB/alice.master"
 MASTER=$(tr -d '\n' <"$LAB/fleet.master")
 NEXT_MASTER=$(tr -d '\n' <"$LAB/fleet.next.master")
+BOB_KEY=$("$POSTERN" keygen)
+BOB_NEXT_KEY=$("$POSTERN" keygen)
 PORT=$(free_port)
 cat >"$LAB/hosts.yml" <<EOF
 posternd:
@@ -271,8 +273,8 @@ posternd_actions:
       - name: alice
         master: "{{ lookup('ansible.builtin.file', '$LAB/alice.master') }}"
       - name: bob
-        key: "$("$POSTERN" keygen)"
-        next_key: "$("$POSTERN" keygen)"
+        key: "$BOB_KEY"
+        next_key: "$BOB_NEXT_KEY"
         overlap_until: "2026-12-01T00:00:00Z"
 EOF
 cat >"$LAB/invalid.yml" <<EOF
@@ -450,8 +452,9 @@ check "operator keys render as [[action.key]] tables, with a successor for bob" 
     tr "\n" "|" <"$1" | grep -qF "+[[action.key]]|+name = \"alice\"|+key_file = \"/etc/postern/keys/console.alice.key\"|+|+[[action.key]]|+name = \"bob\"|+key_file = \"/etc/postern/keys/console.bob.key\"|+next_key_file = \"/etc/postern/keys/console.bob.next.key\"|+overlap_until = \"2026-12-01T00:00:00Z\"|"' \
     _ "$LAB/rotation.diff"
 check "the rotation's output holds no master and no key" bash -c '
-    ! grep -qF -- "$2" "$1" && ! grep -qF -- "$3" "$1" && ! grep -qF -- "$4" "$1"' _ "$LAB/check3.log" \
-    "$NEXT_MASTER" "$(derived "$LAB/fleet.next.master" hello)" "$(tr -d '\n' <"$LAB/alice.master")"
+    for s in "${@:2}"; do grep -qF -- "$s" "$1" && exit 1; done; exit 0' _ "$LAB/check3.log" \
+    "$NEXT_MASTER" "$(derived "$LAB/fleet.next.master" hello)" "$(tr -d '\n' <"$LAB/alice.master")" \
+    "$(derived "$LAB/alice.master" console)" "$BOB_KEY" "$BOB_NEXT_KEY"
 check "--check wrote no successor key" [ ! -e /etc/postern/keys/hello.next.key ]
 
 # --- 6. a change reloads; a removal removes its key -------------------------
