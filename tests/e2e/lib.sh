@@ -12,7 +12,8 @@
 #     stops every process the script started (track PID), by PID only;
 #   - free_port, port_open, wait_until, wait_log, wait_gone, now_ms;
 #   - start_posternd: a real posternd on 127.0.0.1:0, its port read from
-#     its "started" line.
+#     its "started" line;
+#   - dpkg_wait: dpkg, waiting while another dpkg or apt holds its lock.
 #
 # Every wait is bounded. Nothing listens anywhere but 127.0.0.1.
 
@@ -239,6 +240,25 @@ kill_posternd() {
         wait "$PD_PID"
     } 2>/dev/null
     return 0
+}
+
+# --- packages ---------------------------------------------------------------
+
+# dpkg_wait ARGS...: dpkg ARGS, waiting (at most 120 s) while another dpkg
+# or apt holds dpkg's lock; prints dpkg's output.
+dpkg_wait() {
+    local end=$(($(now_ms) + 120000)) out rc
+    while :; do
+        out=$(dpkg "$@" 2>&1)
+        rc=$?
+        if [ "$rc" -ne 0 ] && grep -qiE 'lock(ed)? (by|was locked)|lock-frontend|database is locked' <<<"$out" &&
+            [ "$(now_ms)" -lt "$end" ]; then
+            sleep 0.2
+            continue
+        fi
+        printf '%s\n' "$out"
+        return "$rc"
+    done
 }
 
 # write_private FILE: standard input into FILE, mode 600.

@@ -43,23 +43,6 @@ for p in postern-server postern; do
     fi
 done
 
-# dpkg_wait ARGS...: dpkg ARGS, waiting (at most 120 s) while another dpkg
-# or apt holds dpkg's lock; prints dpkg's output.
-dpkg_wait() {
-    local end=$(($(now_ms) + 120000)) out rc
-    while :; do
-        out=$(dpkg "$@" 2>&1)
-        rc=$?
-        if [ "$rc" -ne 0 ] && grep -qiE 'lock(ed)? (by|was locked)|lock-frontend|database is locked' <<<"$out" &&
-            [ "$(now_ms)" -lt "$end" ]; then
-            sleep 0.2
-            continue
-        fi
-        printf '%s\n' "$out"
-        return "$rc"
-    done
-}
-
 lab_init
 USER_BEFORE=no
 getent passwd _postern >/dev/null && USER_BEFORE=yes
