@@ -995,6 +995,11 @@ impl Monitor {
         // closes the monitor's copy (the network process drops its own).
         drop(old);
         self.logger.retarget(new.daemon.log);
+        // As at start-up: an overlap window that has passed, a readable
+        // file with inline secrets.
+        for w in &new.warnings {
+            self.log(Level::Warning, &format!("config: {w}"));
+        }
         self.gates.reconfigure(&new);
         let retired = {
             let mut b = self.book.borrow_mut();
