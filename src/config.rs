@@ -108,7 +108,7 @@ use std::time::{Duration, SystemTime};
 use nix::unistd::{Group, User};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::{Key, Password};
 
@@ -1787,8 +1787,11 @@ impl Cx<'_> {
             return None;
         }
         // Two slots with one secret: the daemon could not tell which action
-        // or which operator was meant. Pairwise and constant-time, as
-        // secrets are compared everywhere.
+        // or which operator was meant. A pairwise check would be quadratic
+        // in up to MAX_KEY_SLOTS slots, so each secret is digested under a
+        // fresh random key, the digests are sorted, and neighbours with
+        // equal digests are confirmed in constant time, as secrets are
+        // compared everywhere. The digests are wiped after use.
         let secret_of = |s: &KeySlot| {
             let key = &out[s.action].keys[s.key];
             match (&key.next, s.role) {
@@ -1796,24 +1799,46 @@ impl Cx<'_> {
                 _ => &key.secret,
             }
         };
-        for j in 0..slots.len() {
-            for i in 0..j {
-                if secret_of(&slots[i]).ct_eq(secret_of(&slots[j])) {
-                    let (first, _) = &secrets[i];
-                    let (key, span) = secrets[j].clone();
-                    let what = if secret_of(&slots[j]).is_password() {
-                        "password"
-                    } else {
-                        "key"
-                    };
-                    let message = format!(
-                        "same {what} as {first}; give every action, operator and successor its own {what}"
-                    );
-                    self.err(key, Some(span), message);
-                    ok = false;
-                    break;
-                }
+        let mut salt = Zeroizing::new([0u8; 32]);
+        // Should the OS generator fail, the salt stays zero: the check is
+        // as exact, only the digests are no longer secret while they live.
+        let _ = getrandom::getrandom(&mut salt[..]);
+        let prf = crate::mac::MacKey::new(&salt[..]);
+        let mut digests: Vec<([u8; 32], usize)> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let secret = secret_of(s);
+                let kind = [u8::from(secret.is_password())];
+                (prf.mac(&[&kind, secret.expose()]), i)
+            })
+            .collect();
+        digests.sort_unstable();
+        let mut first = 0;
+        for j in 1..digests.len() {
+            if digests[j].0 != digests[first].0 {
+                first = j;
+                continue;
             }
+            let (a, b) = (digests[first].1, digests[j].1);
+            if !secret_of(&slots[a]).ct_eq(secret_of(&slots[b])) {
+                continue;
+            }
+            let (earlier, _) = &secrets[a];
+            let (key, span) = secrets[b].clone();
+            let what = if secret_of(&slots[b]).is_password() {
+                "password"
+            } else {
+                "key"
+            };
+            let message = format!(
+                "same {what} as {earlier}; give every action, operator and successor its own {what}"
+            );
+            self.err(key, Some(span), message);
+            ok = false;
+        }
+        for (d, _) in digests.iter_mut() {
+            d.zeroize();
         }
         let closes = ok && self.check_closes(raw, &out);
         closes.then_some(out)

@@ -222,8 +222,9 @@ fn a_successor_overlaps_until_the_window_ends() {
     assert_eq!(d.count("key=old"), 1);
 }
 
-// Goal: a daemon (re)started after a window has ended warns that the
-// old key is no longer accepted and refuses it; the successor works.
+// Goal: a daemon (re)started or reloaded after a window has ended warns
+// that the old key is no longer accepted and refuses it; the successor
+// works.
 #[test]
 fn a_past_window_warns_and_refuses_the_old_key() {
     let s = Scratch::new("keys-past");
@@ -232,13 +233,17 @@ fn a_past_window_warns_and_refuses_the_old_key() {
     let keys = named("alice", &old, Some((&new, until)));
     let config = door_config(&s, "127.0.0.1:0", &keys, &solo);
     let d = Daemon::start(s, &config);
-    d.wait_log(
-        "overlap_until 2023-11-14T22:13:20Z has passed, so only the successor is accepted",
-        5 * SEC,
-    );
+    let warning =
+        "overlap_until 2023-11-14T22:13:20Z has passed, so only the successor is accepted";
+    d.wait_log(warning, 5 * SEC);
     assert_eq!(trigger(d.addr(), &old), Outcome::NoAck);
     assert_eq!(trigger(d.addr(), &new), Outcome::Ack(Status::Started));
     ok_line(&d, 1, "door", "by=alice key=next");
+    // A reload says so again, until the config is tidied.
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log_n("reloaded", 1, 5 * SEC);
+    d.wait_log_n(warning, 2, 5 * SEC);
+    assert_eq!(trigger(d.addr(), &old), Outcome::NoAck);
 }
 
 /// The fleet test's hosts: each a real posternd on its own loopback port.

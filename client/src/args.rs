@@ -50,6 +50,8 @@ Key sources for trigger (choose one; default: prompt for the base64 key):
   --passphrase           prompt for a passphrase; needs --action (and --host-name)
   --master FILE          derive from the fleet master key in FILE; needs --action
   --password-file FILE   ostiary-4 password in FILE
+  --next-key-file FILE   with --key-file: its successor, used instead once FILE exists
+  --next-master FILE     with --master: the new master, used instead once FILE exists
   --action NAME          action name for derivation (also the 2nd positional)
   --host-name NAME       host name for derivation (default: HOST as given)
 
@@ -130,6 +132,9 @@ pub struct TriggerArgs {
     pub action: Option<String>,
     /// `--key-file`, `--key-env`, `--passphrase`, `--master` or `--password-file`.
     pub source: Option<KeySource>,
+    /// `--next-key-file` or `--next-master`: the source's successor during
+    /// a rotation ([`crate::keys::newest`] picks between them).
+    pub next: Option<KeySource>,
     /// `--host-name`.
     pub host_name: Option<String>,
     /// `--assert-addr`.
@@ -442,6 +447,19 @@ fn parse_options(mut t: Tokens) -> Result<Option<(TriggerArgs, Vec<String>)>, Us
                 let p = path_value(&o, t.value(&o, v)?)?;
                 set_source(&mut a, KeySource::PasswordFile(p))?;
             }
+            "--next-key-file" | "--next-master" => {
+                let p = path_value(&o, t.value(&o, v)?)?;
+                if a.next.is_some() {
+                    return Err(usage(
+                        "--next-key-file and --next-master: give at most one successor",
+                    ));
+                }
+                a.next = Some(if o == "--next-master" {
+                    KeySource::Master(p)
+                } else {
+                    KeySource::File(p)
+                });
+            }
             "--action" => {
                 let v = name_value(&o, t.value(&o, v)?)?;
                 set_once(&mut a.action, &o, v)?;
@@ -516,6 +534,21 @@ fn parse_options(mut t: Tokens) -> Result<Option<(TriggerArgs, Vec<String>)>, Us
             _ => return Err(usage(format!("unknown option {o}; see postern --help"))),
         }
     }
+    match (&a.next, &a.source) {
+        (Some(KeySource::File(_)), Some(KeySource::File(_)))
+        | (Some(KeySource::Master(_)), Some(KeySource::Master(_)))
+        | (None, _) => {}
+        (Some(KeySource::Master(_)), _) => {
+            return Err(usage(
+                "--next-master is the successor of --master; give --master too",
+            ))
+        }
+        (Some(_), _) => {
+            return Err(usage(
+                "--next-key-file is the successor of --key-file; give --key-file too",
+            ))
+        }
+    }
     Ok(Some((a, positionals)))
 }
 
@@ -545,6 +578,24 @@ mod tests {
             Command::Trigger(t) => t,
             other => panic!("not a trigger: {other:?}"),
         }
+    }
+
+    // Goal: a successor goes with its own kind of source.
+    #[test]
+    fn parses_successors() {
+        let t = trig(&["trigger", "h", "--key-file", "/k", "--next-key-file=/k2"]);
+        assert_eq!(t.next, Some(KeySource::File("/k2".into())));
+        let t = trig(&[
+            "trigger",
+            "h",
+            "a",
+            "--master",
+            "/m",
+            "--next-master",
+            "/m2",
+        ]);
+        assert_eq!(t.next, Some(KeySource::Master("/m2".into())));
+        assert_eq!(trig(&["trigger", "h", "--key-file", "/k"]).next, None);
     }
 
     // Goal: every option of trigger parses, in both spellings, into the
@@ -723,6 +774,31 @@ mod tests {
             (
                 &["trigger", "h", "--key-env", "V", "--master", "m"],
                 "choose one key source",
+            ),
+            (
+                &["trigger", "h", "--next-key-file", "k2"],
+                "--next-key-file is the successor of --key-file",
+            ),
+            (
+                &["trigger", "h", "--master", "m", "--next-key-file", "k2"],
+                "--next-key-file is the successor of --key-file",
+            ),
+            (
+                &["trigger", "h", "--key-file", "k", "--next-master", "m2"],
+                "--next-master is the successor of --master",
+            ),
+            (
+                &[
+                    "trigger",
+                    "h",
+                    "--master",
+                    "m",
+                    "--next-master",
+                    "m2",
+                    "--next-master",
+                    "m3",
+                ],
+                "at most one successor",
             ),
             (&["trigger", "h", "--json=yes"], "takes no value"),
             (&["trigger", "h", "--action", "a b"], "--action"),

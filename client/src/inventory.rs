@@ -174,17 +174,7 @@ impl Action {
     /// exists (or cannot be looked at, so that loading it reports why),
     /// else the current one.
     pub fn newest(&self) -> &KeySource {
-        let next_file = match &self.next {
-            Some(KeySource::File(p) | KeySource::Master(p)) => Some(p),
-            _ => None,
-        };
-        match (next_file, &self.next) {
-            (Some(p), Some(next)) => match std::fs::symlink_metadata(p) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => &self.source,
-                _ => next,
-            },
-            _ => &self.source,
-        }
+        crate::keys::newest(&self.source, self.next.as_ref())
     }
 }
 

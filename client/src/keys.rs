@@ -57,6 +57,23 @@ impl KeySource {
     }
 }
 
+/// The newest key source the operator has during a rotation: `next` (a
+/// key file or master successor) if its file exists, or cannot be looked
+/// at (so that loading it reports why), else `current`.
+pub fn newest<'a>(current: &'a KeySource, next: Option<&'a KeySource>) -> &'a KeySource {
+    let Some(next) = next else {
+        return current;
+    };
+    let path = match next {
+        KeySource::File(p) | KeySource::Master(p) | KeySource::PasswordFile(p) => p,
+        KeySource::Env(_) | KeySource::Prompt | KeySource::Passphrase => return next,
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => current,
+        _ => next,
+    }
+}
+
 /// Why a secret could not be loaded. Messages never include the secret.
 #[derive(Debug)]
 pub enum SecretError {

@@ -204,7 +204,9 @@ fn plan_direct(args: &TriggerArgs) -> Result<Job, PlanError> {
     let target = Target::parse(&args.target, DEFAULT_PORT)
         .map_err(|e| usage(format!("{e} (and no inventory host of that name)")))?;
     let protocol = args.protocol.unwrap_or(Protocol::Postern2);
-    let source = args.source.clone().unwrap_or(KeySource::Prompt);
+    let current = args.source.clone().unwrap_or(KeySource::Prompt);
+    // During a rotation, the successor if the operator has it.
+    let source = keys::newest(&current, args.next.as_ref()).clone();
     let derives = matches!(source, KeySource::Passphrase | KeySource::Master(_));
     match (protocol, &source) {
         (Protocol::Postern2, KeySource::PasswordFile(_)) => {

@@ -505,3 +505,45 @@ fn close_uses_the_closing_action_and_reports_its_outcome() {
     let out = run(Script::Ack(Status::Closed), &["--action", "shut-door"]);
     assert_eq!(code(&out), 2, "{}", stdout(&out));
 }
+
+// Goal: during a rotation the client uses the newest key it has: the
+// --next-key-file once that file exists (the old key would be refused
+// here), and the --key-file while it does not.
+#[test]
+fn the_newest_key_present_is_used() {
+    let case = postern_case(1);
+    let key = arr32(&case["key_hex"]);
+    let run = |current: &[u8; 32], next: Option<&[u8; 32]>| {
+        let dir = TempDir::new();
+        let cur = dir.key_file("cur.key", current);
+        let next_path = match next {
+            Some(k) => dir.key_file("next.key", k),
+            None => dir.path().join("next.key"),
+        };
+        let server = FakeServer::postern(key, greeting_of(&case), Script::Ack(Status::Started));
+        let out = postern(
+            &[
+                "trigger",
+                &server.addr(),
+                "--key-file",
+                cur.to_str().unwrap(),
+                "--next-key-file",
+                next_path.to_str().unwrap(),
+                "--timeout",
+                "5",
+            ],
+            dir.path(),
+            &[],
+            None,
+        );
+        server.finish();
+        code(&out)
+    };
+    assert_eq!(
+        run(&[0x11; 32], Some(&key)),
+        0,
+        "the successor, present, is used"
+    );
+    assert_eq!(run(&key, None), 0, "no successor on disk: the current key");
+    assert_eq!(run(&key, Some(&[0x11; 32])), 2, "a present successor wins");
+}

@@ -984,6 +984,11 @@ impl Monitor {
         // closes the monitor's copy (the network process drops its own).
         drop(old);
         self.logger.retarget(new.daemon.log);
+        // As at start-up: an overlap window that has passed, a readable
+        // file with inline secrets.
+        for w in &new.warnings {
+            self.log(Level::Warning, &format!("config: {w}"));
+        }
         let new = Rc::new(new);
         self.gates.reconfigure(Rc::clone(&new));
         self.mirror
