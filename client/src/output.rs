@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use postern::wire::{Answer, Reason, Status};
 
+use crate::fleet::Tally;
 use crate::outcome::{NoAck, Outcome, Report};
 use crate::plan::Job;
 
@@ -95,12 +96,38 @@ fn detail(outcome: &Outcome) -> String {
     }
 }
 
-/// The group summary: a table (host, address, outcome, latency, detail)
-/// and a closing count line.
+/// Longest progress line, in characters, so that it never wraps on an
+/// 80-column terminal (a wrapped line cannot be redrawn in place).
+pub const PROGRESS_WIDTH: usize = 79;
+
+/// The live progress line of a group run: `@rack-4: 900 ok, 3 failed,
+/// 121 waiting; slowest web-17 (4.2 s)`, at most [`PROGRESS_WIDTH`]
+/// characters.
+pub fn progress_line(group: &str, t: &Tally<'_>) -> String {
+    let mut line = format!(
+        "{group}: {} ok, {} failed, {} waiting",
+        t.ok, t.failed, t.waiting
+    );
+    if let Some((host, waited)) = t.slowest {
+        line.push_str(&format!("; slowest {host} ({:.1} s)", waited.as_secs_f64()));
+    }
+    if line.chars().count() > PROGRESS_WIDTH {
+        line = line.chars().take(PROGRESS_WIDTH - 1).collect();
+        line.push('\u{2026}');
+    }
+    line
+}
+
+/// The group summary: a table (host, address, outcome, latency, detail),
+/// sorted by outcome (successes first, then by exit code, so the failures
+/// end next to the count line; hosts in inventory order within an
+/// outcome), and a closing count line.
 pub fn table(rows: &[(&Job, Report)]) -> String {
     let header = ["HOST", "ADDRESS", "OUTCOME", "LATENCY", "DETAIL"];
-    let cells: Vec<[String; 5]> = rows
-        .iter()
+    let mut sorted: Vec<&(&Job, Report)> = rows.iter().collect();
+    sorted.sort_by_key(|(_, r)| (r.outcome.exit_code(), r.outcome.name()));
+    let cells: Vec<[String; 5]> = sorted
+        .into_iter()
         .map(|(job, r)| {
             [
                 job.label.clone(),
