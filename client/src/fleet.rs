@@ -53,6 +53,14 @@ pub const MAX_PROXIED: usize = 256;
 /// Descriptors kept free of connections: standard streams, the wake pair,
 /// the resolvers' sockets, the proxies' own lookups.
 pub const RESERVED_DESCRIPTORS: u64 = 32 + 2 * MAX_RESOLVERS as u64;
+/// New connections started per second at most, and in one burst: a
+/// burst of thousands of SYNs overflows queues on the way (on loopback,
+/// the kernel's backlog of 1,000 packets per CPU), and each dropped SYN
+/// costs its host a retransmission a second or more later. At this rate
+/// 4,096 hosts are all started within a quarter of a second.
+pub const CONNECTS_PER_SECOND: u32 = 20_000;
+/// See [`CONNECTS_PER_SECOND`].
+pub const CONNECT_BURST: u32 = 256;
 /// How often the progress observer is called.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Stack of a proxied job's thread: the exchange uses a few KiB.
@@ -227,6 +235,10 @@ struct Run<'j, 'r> {
     /// Proxied jobs running, and when each started.
     proxied: Vec<(usize, Instant)>,
     resolvers: usize,
+    /// Connects that may start now ([`CONNECTS_PER_SECOND`]), and when
+    /// the bucket was last filled.
+    tokens: f64,
+    filled: Instant,
     /// Set once poll(2) itself has failed: every job left fails with it.
     broken: Option<String>,
 }
@@ -244,6 +256,8 @@ impl<'j, 'r> Run<'j, 'r> {
             active: Vec::with_capacity(slots.min(jobs.len())),
             proxied: Vec::new(),
             resolvers: 0,
+            tokens: f64::from(CONNECT_BURST),
+            filled: Instant::now(),
             broken: None,
         }
     }
@@ -301,6 +315,10 @@ impl<'j, 'r> Run<'j, 'r> {
             }
             if progress.is_some() {
                 wait = wait.min(next_tick.saturating_duration_since(now));
+            }
+            if self.tokens < 1.0 && !(self.queue.is_empty() && self.ready.is_empty()) {
+                let refill = (1.0 - self.tokens) / f64::from(CONNECTS_PER_SECOND);
+                wait = wait.min(Duration::from_secs_f64(refill.max(0.0)));
             }
             if wake_rx.is_none() {
                 wait = wait.min(NO_WAKE_POLL);
@@ -388,9 +406,14 @@ impl<'j, 'r> Run<'j, 'r> {
         }
     }
 
-    /// Starts jobs while slots are free.
+    /// Starts jobs while slots are free and the connect rate allows.
     fn fill<'s>(&mut self, scope: &'s Scope<'s, 'j>, tx: &mpsc::Sender<Msg>, waker: &Waker) {
-        while self.active.len() + self.proxied.len() < self.slots {
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(self.filled).as_secs_f64()
+            * f64::from(CONNECTS_PER_SECOND);
+        self.tokens = (self.tokens + earned).min(f64::from(CONNECT_BURST));
+        self.filled = now;
+        while self.active.len() + self.proxied.len() < self.slots && self.tokens >= 1.0 {
             let (i, credential) = match self.ready.pop_front() {
                 Some(next) => next,
                 None => match self.queue.pop_front() {
@@ -417,6 +440,7 @@ impl<'j, 'r> Run<'j, 'r> {
                 self.ready.push_front((i, credential));
                 return;
             }
+            self.tokens -= 1.0;
             if job.proxy.is_some() {
                 self.start_proxied(scope, i, job, credential, tx, waker);
                 continue;

@@ -338,6 +338,59 @@ mod tests {
         assert_eq!(duration(7199), "2 h");
     }
 
+    // Goal: the progress line counts, names the slowest pending host, and
+    // never grows past the width that a terminal redraws in place.
+    #[test]
+    fn progress_lines() {
+        let t = Tally {
+            ok: 3012,
+            failed: 410,
+            waiting: 674,
+            slowest: Some(("g1217", Duration::from_millis(4321))),
+        };
+        assert_eq!(
+            progress_line("@rack-4", &t),
+            "@rack-4: 3012 ok, 410 failed, 674 waiting; slowest g1217 (4.3 s)"
+        );
+        let t = Tally { slowest: None, ..t };
+        assert_eq!(
+            progress_line("@rack-4", &t),
+            "@rack-4: 3012 ok, 410 failed, 674 waiting"
+        );
+        let long = "x".repeat(64);
+        let t = Tally {
+            slowest: Some((&long, Duration::from_secs(1))),
+            ..t
+        };
+        let line = progress_line(&format!("@{long}"), &t);
+        assert_eq!(line.chars().count(), PROGRESS_WIDTH);
+        assert!(line.ends_with('\u{2026}'), "{line}");
+    }
+
+    // Goal: the table lists successes first and failures last, by exit
+    // code, keeping the given order within an outcome.
+    #[test]
+    fn table_sorted_by_outcome() {
+        let (a, b, c, d) = (job("a"), job("b"), job("c"), job("d"));
+        let rows = vec![
+            (&a, report(Outcome::Unreachable(NetError::BadGreeting))),
+            (&b, report(Outcome::NoAck(NoAck::Closed))),
+            (
+                &c,
+                report(Outcome::Acknowledged(Answer::bare(Status::Started))),
+            ),
+            (&d, report(Outcome::Unreachable(NetError::BadGreeting))),
+        ];
+        let t = table(&rows);
+        let order: Vec<&str> = t
+            .lines()
+            .skip(1)
+            .take(4)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(order, ["c", "b", "a", "d"], "{t}");
+    }
+
     // Goal: the table aligns its columns, shows why failures failed, and
     // counts successes; JSON lines carry the same facts.
     #[test]
