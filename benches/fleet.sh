@@ -13,6 +13,9 @@
 #   healthy-4096   all 4,096
 #   degraded-1024  the same 1,024 slots with 10 % dead, 10 % hanging
 #   degraded-4096  the same 4,096 slots with 10 % dead, 10 % hanging
+#   outage-819     the 410 dead and 409 hanging hosts alone (a rack down):
+#                  the client's own cost of dead hosts, without the
+#                  servers' CPU time that the healthy hosts need
 #
 # and triggers each group RUNS times with `--timeout 5 --json`, with two
 # clients in the same run: the client of commit $FLEET_BASE_REV (default
@@ -20,7 +23,10 @@
 # its own directory, and the client of this tree (default --parallel).
 # It reports, per client and group, the median wall time and the median
 # peak RSS of the client process (GNU time's %M), and how many hosts
-# succeeded (checked against what the group should give). The machine's
+# succeeded (checked against what the group should give); also the CPU
+# time of the client and of all the servers during each run (the servers
+# share the machine's cores with the client, so their CPU time is a floor
+# under the wall time of a healthy run). The machine's
 # CPU model is read from /proc/cpuinfo at run time.
 #
 # Only loopback is used. Every process this script starts is listed in
@@ -72,7 +78,7 @@ for b in "$posternd" "$postern" "$baseline"; do [ -x "$b" ] || die "missing $b";
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/postern-fleet.XXXXXX") || die "mktemp failed"
 chmod 755 "$dir"
-pids=()
+pids=() daemons=()
 cleanup() {
     local p
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
@@ -132,6 +138,12 @@ done
         done
         printf ']\n'
     done
+    # The dead and hanging hosts alone: a rack that is down.
+    printf 'outage-%s = [' "$(((procs * per + 6) / 10 + (procs * per + 2) / 10))"
+    for i in $(seq 0 $((procs * per - 1))); do
+        case $((i % 10)) in 3) printf '"d%s",' "$i" ;; 7) printf '"g%s",' "$i" ;; esac
+    done
+    printf ']\n'
 } >"$dir/hosts.toml"
 
 hang_addrs=()
@@ -145,6 +157,7 @@ echo "fleet: starting $procs posternd"
 for p in $(seq 0 $((procs - 1))); do
     "$posternd" --config "$dir/d$p.toml" 2>"$dir/d$p.log" &
     pids+=($!)
+    daemons+=($!)
 done
 for p in $(seq 0 $((procs - 1))); do
     up=""
@@ -157,28 +170,50 @@ done
 for _ in $(seq 500); do grep -q '^ready' "$dir/hang.out" && break; sleep 0.02; done
 grep -q '^ready' "$dir/hang.out" || { cat "$dir/hang.out"; die "the hanging hosts did not start"; }
 
-# One run: prints "WALL_S PEAK_KIB SUCCEEDED CPU_S" (CPU: the client's
-# user + system time).
+# CPU seconds used so far by every posternd process (monitor and network
+# process) and the actions the monitors have reaped.
+server_cpu() {
+    local files=() kids=() p c
+    for p in "${daemons[@]}"; do
+        files+=("/proc/$p/stat")
+        kids=()
+        # One line without a newline: read fills kids and returns 1.
+        read -r -a kids 2>/dev/null <"/proc/$p/task/$p/children"
+        for c in "${kids[@]}"; do files+=("/proc/$c/stat"); done
+    done
+    awk -v hz="$(getconf CLK_TCK)" '{ s += $14 + $15 + $16 + $17 } END { printf "%.2f\n", s / hz }' "${files[@]}" 2>/dev/null
+}
+
+# One run: prints "WALL_S PEAK_KIB SUCCEEDED CPU_S SERVER_CPU_S" (CPU: the
+# client's user + system time; the servers' during the run).
 run_once() {
-    local client=$1 group=$2
+    local client=$1 group=$2 before after
     shift 2
+    before=$(server_cpu)
     /usr/bin/time -f '%e %M %U %S' -o "$dir/time" "$client" trigger "@$group" open \
         --inventory "$dir/hosts.toml" --timeout "$timeout" --json "$@" >"$dir/out" 2>"$dir/err"
     local ok
     ok=$(grep -o '"succeeded":[0-9]*' "$dir/out" | grep -o '[0-9]*$')
-    tail -1 "$dir/time" | awk -v ok="${ok:-0}" '{ printf "%s %s %s %.2f\n", $1, $2, ok, $3 + $4 }'
+    after=$(server_cpu)
+    tail -1 "$dir/time" | awk -v ok="${ok:-0}" -v srv="$(echo "$before $after" | awk '{print $2 - $1}')" \
+        '{ printf "%s %s %s %.2f %.2f\n", $1, $2, ok, $3 + $4, srv }'
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 echo "fleet: warm-up run"
 run_once "$postern" "healthy-$((procs * per))" >/dev/null
 
-printf '\n| client | group | hosts | wall (median) | runs (s) | peak RSS (median) | client CPU (median) | succeeded |\n'
-printf '| --- | --- | --- | --- | --- | --- | --- | --- |\n'
+printf '\n| client | group | hosts | wall (median) | runs (s) | peak RSS (median) | client CPU (median) | servers CPU (median) | succeeded |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 clients=${FLEET_CLIENTS:-baseline new}
-for group in ${FLEET_GROUPS:-healthy-1024 degraded-1024 healthy-$((procs * per)) degraded-$((procs * per))}; do
+all=$((procs * per))
+for group in ${FLEET_GROUPS:-healthy-1024 degraded-1024 healthy-$all degraded-$all outage-$(((all + 6) / 10 + (all + 2) / 10))}; do
     n=${group#*-}
-    case $group in healthy-*) want=$n ;; *) want=$((n - (n + 6) / 10 - (n + 2) / 10)) ;; esac
+    case $group in
+        healthy-*) want=$n ;;
+        outage-*) want=0 ;;
+        *) want=$((n - (n + 6) / 10 - (n + 2) / 10)) ;;
+    esac
     # The clients take turns, run by run, so that both see the same load.
     for which in $clients; do : >"$dir/results-$which"; done
     for k in $(seq "$runs"); do
@@ -196,12 +231,13 @@ for group in ${FLEET_GROUPS:-healthy-1024 degraded-1024 healthy-$((procs * per))
         wall=$(awk '{print $1}' "$r" | median)
         rss=$(awk '{print $2}' "$r" | median)
         cpu_s=$(awk '{print $4}' "$r" | median)
+        srv_s=$(awk '{print $5}' "$r" | median)
         all=$(awk '{printf "%s%s", sep, $1; sep=" / "}' "$r")
         oks=$(awk '{print $3}' "$r" | sort -u | tr '\n' ' ' | sed 's/ $//')
         verdict=""
         [ "$oks" = "$want" ] || verdict=" (expected $want)"
-        printf '| %s | %s | %s | %s s | %s | %.1f MiB | %s s | %s%s |\n' "$label" "${group%-*}" "$n" \
-            "$wall" "$all" "$(echo "$rss" | awk '{print $1 / 1024}')" "$cpu_s" "$oks" "$verdict"
+        printf '| %s | %s | %s | %s s | %s | %.1f MiB | %s s | %s s | %s%s |\n' "$label" "${group%-*}" "$n" \
+            "$wall" "$all" "$(echo "$rss" | awk '{print $1 / 1024}')" "$cpu_s" "$srv_s" "$oks" "$verdict"
     done
 done
 echo
