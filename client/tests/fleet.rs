@@ -268,3 +268,51 @@ fn low_descriptor_limit_is_respected() {
     assert_eq!(recs.len(), 48, "{}", stdout(&out));
     assert!(recs.iter().all(|r| r.contains("connection refused")));
 }
+
+// Goal: a group keyed by one passphrase asks for it once, stretches each
+// host's key (on the derivation threads, ahead of the connects) and
+// triggers every host with the key made for its name.
+#[test]
+fn passphrase_group_derives_per_host() {
+    let dir = TempDir::new();
+    let pass = "correct horse battery staple";
+    let mut servers = Vec::new();
+    let mut text = String::from("[hosts]\n");
+    for i in 0..4 {
+        let name = format!("p{i}");
+        let key = kdf::key_from_passphrase(pass.as_bytes(), &name, "open");
+        let s = FakeServer::postern(
+            *key.expose(),
+            wire::greeting(&[9; 32]),
+            Script::Ack(Status::Started),
+        );
+        text.push_str(&format!(
+            "{name} = {{ address = \"127.0.0.1\", port = {}, actions = {{ open = {{ passphrase = true }} }} }}\n",
+            s.port
+        ));
+        servers.push(s);
+    }
+    text.push_str("[groups]\nall = [\"p0\", \"p1\", \"p2\", \"p3\"]\n");
+    let inv = dir.file("hosts.toml", text.as_bytes(), 0o644);
+    let out = postern(
+        &[
+            "trigger",
+            "@all",
+            "open",
+            "--inventory",
+            inv.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+        &[],
+        Some(&format!("{pass}\n")),
+    );
+    for s in servers {
+        s.finish();
+    }
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(records(&out).len(), 4);
+    assert!(records(&out)
+        .iter()
+        .all(|r| r.contains("\"outcome\":\"started\"")));
+}
