@@ -1,10 +1,11 @@
 //! Running jobs: one, or a whole group at once.
 //!
-//! A group runs on one thread that drives every connection over
-//! non-blocking sockets with poll(2) (`exchange.rs`). A host that never
-//! answers holds a descriptor and a few hundred bytes, not a thread, so a
-//! group with any share of dead or hanging hosts ends one timeout after
-//! its last host started, not one per batch. The bound is the number of
+//! A group runs on a few event-loop threads (one per core, at least 2, at
+//! most [`MAX_LOOPS`]; the jobs are dealt round-robin), each driving its
+//! connections over non-blocking sockets with poll(2) (`exchange.rs`). A
+//! host that never answers holds a descriptor and a few hundred bytes, not
+//! a thread, so a group with any share of dead or hanging hosts ends one
+//! timeout after its last host started, not one per batch. The bound is the number of
 //! slots fixed when the [`Fleet`] is made (`--parallel`, capped by the
 //! open-file limit: [`descriptor_budget`]); a job holds its slot from its
 //! connect to its outcome, so at most that many connections are open.
@@ -21,7 +22,9 @@
 //!   proxy handshakes stay in one place (`proxy.rs`), and a proxied group
 //!   of up to that many hosts still costs one timeout.
 //!
-//! The helper threads wake the loop through a socket pair.
+//! Every bound below is split between the loops. The helper threads wake
+//! their loop through a socket pair; each loop publishes its counts for
+//! the progress line, which the calling thread draws.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -30,7 +33,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,8 @@ use crate::plan::{Job, JobSecret};
 use crate::transport::MAX_ADDRESSES;
 use crate::trigger::{trigger, Credential, NetError, Waits};
 
+/// Most event-loop threads a group runs on (one per core, at least 2).
+pub const MAX_LOOPS: usize = 8;
 /// Most threads stretching passphrases at once.
 pub const MAX_DERIVERS: usize = 16;
 /// Most name lookups running at once.
@@ -198,20 +203,75 @@ impl Fleet {
 
     /// Runs every job and returns each with its report, in job order.
     /// `progress`, if given, sees the tally every [`PROGRESS_EVERY`].
+    ///
+    /// The jobs are dealt round-robin to one event loop per core (at
+    /// least 2, at most [`MAX_LOOPS`]), each with its share of the slots,
+    /// the connect rate, the lookups, the proxied threads and the
+    /// derivation threads: on a busy machine a loop waits its turn for a
+    /// core, and several loops wait less.
     pub fn run<'j>(
         &self,
         jobs: &'j [Job],
         progress: Option<&mut dyn FnMut(&Tally<'_>)>,
     ) -> Vec<(&'j Job, Report)> {
-        let slow: Vec<usize> = (0..jobs.len())
-            .filter(|&i| jobs.get(i).is_some_and(is_slow))
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let loops = cores
+            .clamp(2, MAX_LOOPS)
+            .min(self.slots.get())
+            .min(jobs.len())
+            .max(1);
+        let shares: Vec<Share> = (0..loops)
+            .map(|k| Share::of(k, loops, self.slots.get(), cores, jobs))
             .collect();
-        let next_slow = AtomicUsize::new(0);
+        let boards: Vec<Mutex<Board>> = (0..loops).map(|_| Mutex::new(Board::default())).collect();
         let mut reports: Vec<Option<Report>> =
             std::iter::repeat_with(|| None).take(jobs.len()).collect();
         std::thread::scope(|scope| {
-            let mut run = Run::new(jobs, self.slots.get(), &mut reports);
-            run.drive(scope, &slow, &next_slow, progress);
+            let (done_tx, done_rx) = mpsc::channel::<()>();
+            let mut handles = Vec::with_capacity(loops);
+            let mut inline = Vec::new();
+            for (share, board) in shares.iter().zip(&boards) {
+                let done_tx = done_tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("fleet".to_owned())
+                    .spawn_scoped(scope, move || {
+                        let out = Run::new(jobs, share, board).drive(scope);
+                        let _ = done_tx.send(());
+                        out
+                    });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(_) => inline.push((share, board)),
+                }
+            }
+            drop(done_tx);
+            if let Some(observe) = progress {
+                let mut running = handles.len();
+                while running > 0 {
+                    match done_rx.recv_timeout(PROGRESS_EVERY) {
+                        Ok(()) => running -= 1,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            observe(&tally(jobs, &boards, Instant::now()));
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            }
+            // A loop whose thread could not start runs here.
+            for (share, board) in inline {
+                for (i, r) in Run::new(jobs, share, board).drive(scope) {
+                    if let Some(slot) = reports.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+            for h in handles {
+                for (i, r) in h.join().unwrap_or_default() {
+                    if let Some(slot) = reports.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            }
         });
         jobs.iter()
             .zip(reports)
@@ -220,11 +280,93 @@ impl Fleet {
     }
 }
 
-/// The state of one group run on the loop's thread.
-struct Run<'j, 'r> {
-    jobs: &'j [Job],
+/// One loop's part of a group run: its jobs and its share of every bound.
+#[derive(Debug)]
+struct Share {
+    /// Its jobs, in job order.
+    jobs: Vec<usize>,
+    /// Its passphrase jobs, taken by its derivation threads in order.
+    slow: Vec<usize>,
+    next_slow: AtomicUsize,
     slots: usize,
-    reports: &'r mut [Option<Report>],
+    derivers: usize,
+    resolvers: usize,
+    proxied: usize,
+    rate: f64,
+    burst: f64,
+}
+
+impl Share {
+    /// Loop `k` of `loops`: every `loops`-th job from `k`, and a fair
+    /// part of each bound (the slots add up to `slots` exactly).
+    fn of(k: usize, loops: usize, slots: usize, cores: usize, all: &[Job]) -> Share {
+        let jobs: Vec<usize> = (k..all.len()).step_by(loops).collect();
+        let slow = jobs
+            .iter()
+            .copied()
+            .filter(|&i| all.get(i).is_some_and(is_slow))
+            .collect();
+        let part = |total: usize| (total / loops).max(1);
+        Share {
+            jobs,
+            slow,
+            next_slow: AtomicUsize::new(0),
+            slots: (slots / loops + usize::from(k < slots % loops)).max(1),
+            derivers: part(cores.min(MAX_DERIVERS)),
+            resolvers: part(MAX_RESOLVERS),
+            proxied: part(MAX_PROXIED),
+            rate: f64::from(CONNECTS_PER_SECOND) / loops as f64,
+            burst: (f64::from(CONNECT_BURST) / loops as f64).max(1.0),
+        }
+    }
+}
+
+/// What a loop last published for the progress line.
+#[derive(Debug, Default)]
+struct Board {
+    ok: usize,
+    failed: usize,
+    /// The job pending longest, and when it started.
+    oldest: Option<(usize, Instant)>,
+}
+
+/// The tally over every loop's board.
+fn tally<'j>(jobs: &'j [Job], boards: &[Mutex<Board>], now: Instant) -> Tally<'j> {
+    let (mut ok, mut failed) = (0, 0);
+    let mut oldest: Option<(usize, Instant)> = None;
+    for b in boards {
+        // A poisoned board only means a loop died; its numbers still stand.
+        let b = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ok += b.ok;
+        failed += b.failed;
+        if let Some(o) = b.oldest {
+            if oldest.is_none_or(|(_, t)| o.1 < t) {
+                oldest = Some(o);
+            }
+        }
+    }
+    // Jobs of loops that have not published yet count as waiting.
+    let waiting = jobs.len().saturating_sub(ok + failed);
+    Tally {
+        ok,
+        failed,
+        waiting,
+        slowest: oldest.and_then(|(i, t)| {
+            jobs.get(i)
+                .map(|j| (j.label.as_str(), now.saturating_duration_since(t)))
+        }),
+    }
+}
+
+/// The state of one group run on the loop's thread.
+struct Run<'j> {
+    jobs: &'j [Job],
+    share: &'j Share,
+    board: &'j Mutex<Board>,
+    /// Reports so far, in the order they came.
+    out: Vec<(usize, Report)>,
+    /// Which jobs have a report.
+    done: Vec<bool>,
     finished: usize,
     ok: usize,
     /// Cheap jobs not started, in job order.
@@ -243,32 +385,35 @@ struct Run<'j, 'r> {
     broken: Option<String>,
 }
 
-impl<'j, 'r> Run<'j, 'r> {
-    fn new(jobs: &'j [Job], slots: usize, reports: &'r mut [Option<Report>]) -> Self {
+impl<'j> Run<'j> {
+    fn new(jobs: &'j [Job], share: &'j Share, board: &'j Mutex<Board>) -> Self {
         Run {
             jobs,
-            slots: slots.max(1),
-            reports,
+            share,
+            board,
+            out: Vec::with_capacity(share.jobs.len()),
+            done: vec![false; jobs.len()],
             finished: 0,
             ok: 0,
             queue: VecDeque::new(),
             ready: VecDeque::new(),
-            active: Vec::with_capacity(slots.min(jobs.len())),
+            active: Vec::with_capacity(share.slots.min(share.jobs.len())),
             proxied: Vec::new(),
             resolvers: 0,
-            tokens: f64::from(CONNECT_BURST),
+            tokens: share.burst,
             filled: Instant::now(),
             broken: None,
         }
     }
 
     fn record(&mut self, i: usize, report: Report) {
-        if let Some(slot @ None) = self.reports.get_mut(i) {
+        if let Some(seen @ false) = self.done.get_mut(i) {
+            *seen = true;
             self.finished += 1;
             if report.outcome.is_success() {
                 self.ok += 1;
             }
-            *slot = Some(report);
+            self.out.push((i, report));
         }
     }
 
@@ -288,24 +433,25 @@ impl<'j, 'r> Run<'j, 'r> {
         );
     }
 
-    fn drive<'s>(
-        &mut self,
-        scope: &'s Scope<'s, 'j>,
-        slow: &'j [usize],
-        next_slow: &'j AtomicUsize,
-        mut progress: Option<&mut dyn FnMut(&Tally<'_>)>,
-    ) {
+    /// Runs the share's jobs to the end; returns their reports.
+    fn drive<'s>(mut self, scope: &'s Scope<'s, 'j>) -> Vec<(usize, Report)> {
         let (tx, rx) = mpsc::channel::<Msg>();
         let (wake_rx, waker) = wake_pair();
-        let derivers = self.start_derivers(scope, slow, next_slow, &tx, &waker);
-        self.queue = (0..self.jobs.len())
-            .filter(|i| derivers == 0 || !slow.contains(i))
+        let derivers = self.start_derivers(scope, &tx, &waker);
+        let jobs = self.jobs;
+        self.queue = self
+            .share
+            .jobs
+            .iter()
+            .copied()
+            .filter(|&i| derivers == 0 || !jobs.get(i).is_some_and(is_slow))
             .collect();
+        let total = self.share.jobs.len();
         let mut next_tick = Instant::now() + PROGRESS_EVERY;
-        while self.finished < self.jobs.len() {
+        while self.finished < total {
             self.take_messages(&rx);
             self.fill(scope, &tx, &waker);
-            if self.finished >= self.jobs.len() {
+            if self.finished >= total {
                 break;
             }
             let now = Instant::now();
@@ -313,11 +459,9 @@ impl<'j, 'r> Run<'j, 'r> {
             for ex in &self.active {
                 wait = wait.min(ex.deadline().saturating_duration_since(now));
             }
-            if progress.is_some() {
-                wait = wait.min(next_tick.saturating_duration_since(now));
-            }
+            wait = wait.min(next_tick.saturating_duration_since(now));
             if self.tokens < 1.0 && !(self.queue.is_empty() && self.ready.is_empty()) {
-                let refill = (1.0 - self.tokens) / f64::from(CONNECTS_PER_SECOND);
+                let refill = (1.0 - self.tokens) / self.share.rate;
                 wait = wait.min(Duration::from_secs_f64(refill.max(0.0)));
             }
             if wake_rx.is_none() {
@@ -331,27 +475,25 @@ impl<'j, 'r> Run<'j, 'r> {
                 continue;
             }
             self.poll_once(wake_rx.as_ref(), wait);
-            if let Some(observe) = progress.as_mut() {
-                let now = Instant::now();
-                if now >= next_tick {
-                    observe(&self.tally(now));
-                    next_tick = now + PROGRESS_EVERY;
-                }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.publish();
+                next_tick = now + PROGRESS_EVERY;
             }
         }
+        self.publish();
+        self.out
     }
 
     /// Starts the passphrase pool; returns how many threads it has.
     fn start_derivers<'s>(
         &self,
         scope: &'s Scope<'s, 'j>,
-        slow: &'j [usize],
-        next_slow: &'j AtomicUsize,
         tx: &mpsc::Sender<Msg>,
         waker: &Waker,
     ) -> usize {
-        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        let wanted = cores.min(MAX_DERIVERS).min(slow.len());
+        let (slow, next_slow) = (&self.share.slow, &self.share.next_slow);
+        let wanted = self.share.derivers.min(slow.len());
         let jobs = self.jobs;
         let mut started = 0;
         for _ in 0..wanted {
@@ -409,11 +551,10 @@ impl<'j, 'r> Run<'j, 'r> {
     /// Starts jobs while slots are free and the connect rate allows.
     fn fill<'s>(&mut self, scope: &'s Scope<'s, 'j>, tx: &mpsc::Sender<Msg>, waker: &Waker) {
         let now = Instant::now();
-        let earned = now.saturating_duration_since(self.filled).as_secs_f64()
-            * f64::from(CONNECTS_PER_SECOND);
-        self.tokens = (self.tokens + earned).min(f64::from(CONNECT_BURST));
+        let earned = now.saturating_duration_since(self.filled).as_secs_f64() * self.share.rate;
+        self.tokens = (self.tokens + earned).min(self.share.burst);
         self.filled = now;
-        while self.active.len() + self.proxied.len() < self.slots && self.tokens >= 1.0 {
+        while self.active.len() + self.proxied.len() < self.share.slots && self.tokens >= 1.0 {
             let (i, credential) = match self.ready.pop_front() {
                 Some(next) => next,
                 None => match self.queue.pop_front() {
@@ -433,8 +574,8 @@ impl<'j, 'r> Run<'j, 'r> {
                 continue;
             }
             let named = job.proxy.is_none() && job.target.ip().is_none();
-            if (job.proxy.is_some() && self.proxied.len() >= MAX_PROXIED)
-                || (named && self.resolvers >= MAX_RESOLVERS)
+            if (job.proxy.is_some() && self.proxied.len() >= self.share.proxied)
+                || (named && self.resolvers >= self.share.resolvers)
             {
                 // Wait for one of its kind to end; it keeps its place.
                 self.ready.push_front((i, credential));
@@ -579,23 +720,23 @@ impl<'j, 'r> Run<'j, 'r> {
         }
     }
 
-    fn tally(&self, now: Instant) -> Tally<'j> {
-        let jobs = self.jobs;
+    /// Puts where this loop stands on its board, for the progress line.
+    fn publish(&self) {
         let oldest = self
             .active
             .iter()
             .map(|e| (e.index(), e.started()))
             .chain(self.proxied.iter().copied())
             .min_by_key(|(_, t)| *t);
-        Tally {
+        let mut b = self
+            .board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *b = Board {
             ok: self.ok,
             failed: self.finished - self.ok,
-            waiting: jobs.len() - self.finished,
-            slowest: oldest.and_then(|(i, t)| {
-                jobs.get(i)
-                    .map(|j| (j.label.as_str(), now.saturating_duration_since(t)))
-            }),
-        }
+            oldest,
+        };
     }
 }
 
