@@ -17,7 +17,7 @@
 //! - `trigger.rs`    one postern-2 or ostiary-4 exchange, start to finish.
 //! - `outcome.rs`    what one trigger came to, and its exit code.
 //! - `exchange.rs`   one trigger as a state machine over a non-blocking socket.
-//! - `fleet.rs`      a group on one thread with poll(2); slots, descriptors, progress.
+//! - `fleet.rs`      a group on a few poll(2) event loops; slots, descriptors, progress.
 //! - `output.rs`     human lines, the summary table, JSON lines.
 //! - `complete.rs`   `postern complete`: words for the bash, zsh and fish completions.
 #![forbid(unsafe_code)]
