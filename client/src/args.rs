@@ -17,14 +17,15 @@ use crate::keys::KeySource;
 use crate::proxy::Proxy;
 use crate::trigger::Protocol;
 
-/// Hosts triggered at once in a group unless `--parallel` says otherwise.
-pub const DEFAULT_PARALLEL: usize = 32;
-/// Largest `--parallel` accepted.
-pub const MAX_PARALLEL: usize = 1024;
+/// Connections open at once in a group unless `--parallel` says otherwise:
+/// enough that a group of 4,096 hosts costs at most one timeout.
+pub const DEFAULT_PARALLEL: usize = 4096;
 /// `postern close HOST GATE` uses the closing action `GATE` + this
 /// (`sshd.close`) unless `--action` names it: its key is looked up, or
 /// derived, under that name.
 pub const CLOSE_SUFFIX: &str = ".close";
+/// Largest `--parallel` accepted.
+pub const MAX_PARALLEL: usize = 65_536;
 
 /// The full `--help` text.
 pub const HELP: &str = "\
@@ -70,7 +71,8 @@ Trigger options:
   --proxy URL            http://HOST:PORT (CONNECT) or socks5://HOST:PORT
   --inventory FILE       inventory (default $XDG_CONFIG_HOME/postern/hosts.toml,
                          else ~/.config/postern/hosts.toml)
-  --parallel N           hosts triggered at once in a group (default 32)
+  --parallel N           connections open at once in a group (default 4096, at
+                         most the open-file limit allows)
   --json                 one JSON object per host (and a summary for groups)
 
 Prompts read the terminal with echo off, or one line of standard input when
@@ -766,7 +768,7 @@ mod tests {
                 "--proxy: proxy must be",
             ),
             (&["trigger", "h", "--parallel", "0"], "--parallel"),
-            (&["trigger", "h", "--parallel", "5000"], "--parallel"),
+            (&["trigger", "h", "--parallel", "70000"], "--parallel"),
             (
                 &["trigger", "h", "--key-file", "k", "--passphrase"],
                 "choose one key source",

@@ -37,7 +37,8 @@ impl fmt::Display for IoFailure {
     }
 }
 
-fn classify(e: io::Error) -> IoFailure {
+/// The failure an I/O error stands for.
+pub(crate) fn classify(e: io::Error) -> IoFailure {
     match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => IoFailure::TimedOut,
         ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {

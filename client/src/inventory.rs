@@ -35,7 +35,7 @@
 //! has not received the new key yet keeps working while the hosts still
 //! accept the old one). See docs/rotation.md.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::IpAddr;
@@ -289,14 +289,17 @@ impl Inventory {
             if members.is_empty() {
                 return Err(cx.invalid(&key, "empty group; list at least one host".to_owned()));
             }
-            for (i, m) in members.iter().enumerate() {
+            // A set, not a scan of the members before: groups of
+            // thousands of hosts are checked in n log n.
+            let mut seen = BTreeSet::new();
+            for m in &members {
                 if !hosts.contains_key(m) {
                     return Err(cx.invalid(
                         &key,
                         format!("unknown host {m:?}; add [hosts.{m}] or remove it"),
                     ));
                 }
-                if members[..i].contains(m) {
+                if !seen.insert(m.as_str()) {
                     return Err(cx.invalid(&key, format!("host {m:?} is listed twice")));
                 }
             }

@@ -16,7 +16,8 @@
 //! - `transport.rs`  name resolution and TCP connect under a timeout, via a proxy or not.
 //! - `trigger.rs`    one postern-2 or ostiary-4 exchange, start to finish.
 //! - `outcome.rs`    what one trigger came to, and its exit code.
-//! - `fleet.rs`      running many jobs on a bounded pool of threads.
+//! - `exchange.rs`   one trigger as a state machine over a non-blocking socket.
+//! - `fleet.rs`      a group on a few poll(2) event loops; slots, descriptors, progress.
 //! - `output.rs`     human lines, the summary table, JSON lines.
 //! - `complete.rs`   `postern complete`: words for the bash, zsh and fish completions.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@
 pub mod args;
 pub mod complete;
 pub mod deadline;
+pub mod exchange;
 pub mod fleet;
 pub mod inventory;
 pub mod keys;

@@ -2,12 +2,13 @@
 //! together. See `lib.rs` for the layout.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use postern::kdf;
 use postern_client::args::{self, Command, TriggerArgs};
-use postern_client::fleet::{self, Fleet};
+use postern_client::fleet::{self, Fleet, Tally};
 use postern_client::keys::{self, SecretError, SHORT_PASSPHRASE};
 use postern_client::outcome::exit;
 use postern_client::output;
@@ -89,6 +90,46 @@ fn from_passphrase(host: &str, action: &str) -> Result<postern::secret::Key, Sec
     Ok(kdf::key_from_passphrase(pass.as_bytes(), host, action))
 }
 
+/// Runs a group with as many slots as `--parallel` asks and the open-file
+/// limit allows, with a live progress line when standard error is a
+/// terminal.
+fn run_group<'j>(
+    name: &str,
+    jobs: &'j [postern_client::plan::Job],
+    parallel: NonZeroUsize,
+) -> Vec<(
+    &'j postern_client::plan::Job,
+    postern_client::outcome::Report,
+)> {
+    let wanted = parallel.get().min(jobs.len()).max(1);
+    let limit = fleet::descriptor_budget(wanted);
+    if limit.slots < wanted {
+        eprintln!(
+            "postern: warning: the open-file limit (soft {}, hard {}) leaves room for {} connections at once, not {wanted}; the other hosts wait for a free slot, so hanging hosts can cost more than one timeout; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, limits.conf) to at least {}",
+            limit.soft,
+            limit.hard,
+            limit.slots,
+            wanted as u64 + fleet::RESERVED_DESCRIPTORS
+        );
+    }
+    let slots = NonZeroUsize::new(wanted.min(limit.slots)).unwrap_or(NonZeroUsize::MIN);
+    let fleet = Fleet::new(slots);
+    if !std::io::stderr().is_terminal() {
+        return fleet.run(jobs, None);
+    }
+    let mut shown = false;
+    let mut observe = |t: &Tally<'_>| {
+        eprint!("\r\x1b[K{}", output::progress_line(name, t));
+        shown = true;
+    };
+    let rows = fleet.run(jobs, Some(&mut observe));
+    if shown {
+        // Leave the terminal as it was before the progress line.
+        eprint!("\r\x1b[K");
+    }
+    rows
+}
+
 /// Runs a trigger, or with `closing` (the gate's name) `postern close`,
 /// which differs only in its words and in that an opened gate is a
 /// failure ([`postern_client::outcome::Outcome::close_exit_code`]).
@@ -128,7 +169,7 @@ fn trigger(args: &TriggerArgs, closing: Option<&str>) -> u8 {
             jobs,
             parallel,
         } => {
-            let rows = Fleet::new(parallel).run(&jobs, |_, _| {});
+            let rows = run_group(&name, &jobs, parallel);
             let code = rows
                 .iter()
                 .map(|(_, r)| r.outcome.code_for(close))

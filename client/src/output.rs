@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use postern::wire::{Answer, Reason, Status};
 
+use crate::fleet::Tally;
 use crate::outcome::{exit, NoAck, Outcome, Report};
 use crate::plan::Job;
 
@@ -101,13 +102,39 @@ fn detail(outcome: &Outcome) -> String {
     }
 }
 
-/// The group summary: a table (host, address, outcome, latency, detail)
-/// and a closing count line. `closing`: the rows are of `postern close`,
-/// which counts an opened gate as a failure.
+/// Longest progress line, in characters, so that it never wraps on an
+/// 80-column terminal (a wrapped line cannot be redrawn in place).
+pub const PROGRESS_WIDTH: usize = 79;
+
+/// The live progress line of a group run: `@rack-4: 900 ok, 3 failed,
+/// 121 waiting; slowest web-17 (4.2 s)`, at most [`PROGRESS_WIDTH`]
+/// characters.
+pub fn progress_line(group: &str, t: &Tally<'_>) -> String {
+    let mut line = format!(
+        "{group}: {} ok, {} failed, {} waiting",
+        t.ok, t.failed, t.waiting
+    );
+    if let Some((host, waited)) = t.slowest {
+        line.push_str(&format!("; slowest {host} ({:.1} s)", waited.as_secs_f64()));
+    }
+    if line.chars().count() > PROGRESS_WIDTH {
+        line = line.chars().take(PROGRESS_WIDTH - 1).collect();
+        line.push('\u{2026}');
+    }
+    line
+}
+
+/// The group summary: a table (host, address, outcome, latency, detail),
+/// sorted by outcome (successes first, then by exit code, so the failures
+/// end next to the count line; hosts in inventory order within an
+/// outcome), and a closing count line. `closing`: the rows are of
+/// `postern close`, which counts an opened gate as a failure.
 pub fn table(rows: &[(&Job, Report)], closing: bool) -> String {
     let header = ["HOST", "ADDRESS", "OUTCOME", "LATENCY", "DETAIL"];
-    let cells: Vec<[String; 5]> = rows
-        .iter()
+    let mut sorted: Vec<&(&Job, Report)> = rows.iter().collect();
+    sorted.sort_by_key(|(_, r)| (r.outcome.code_for(closing), r.outcome.name()));
+    let cells: Vec<[String; 5]> = sorted
+        .into_iter()
         .map(|(job, r)| {
             [
                 job.label.clone(),
@@ -334,6 +361,59 @@ mod tests {
         assert_eq!(duration(3599), "1 h");
         assert_eq!(duration(3601), "1 h 1 min");
         assert_eq!(duration(7199), "2 h");
+    }
+
+    // Goal: the progress line counts, names the slowest pending host, and
+    // never grows past the width that a terminal redraws in place.
+    #[test]
+    fn progress_lines() {
+        let t = Tally {
+            ok: 3012,
+            failed: 410,
+            waiting: 674,
+            slowest: Some(("g1217", Duration::from_millis(4321))),
+        };
+        assert_eq!(
+            progress_line("@rack-4", &t),
+            "@rack-4: 3012 ok, 410 failed, 674 waiting; slowest g1217 (4.3 s)"
+        );
+        let t = Tally { slowest: None, ..t };
+        assert_eq!(
+            progress_line("@rack-4", &t),
+            "@rack-4: 3012 ok, 410 failed, 674 waiting"
+        );
+        let long = "x".repeat(64);
+        let t = Tally {
+            slowest: Some((&long, Duration::from_secs(1))),
+            ..t
+        };
+        let line = progress_line(&format!("@{long}"), &t);
+        assert_eq!(line.chars().count(), PROGRESS_WIDTH);
+        assert!(line.ends_with('\u{2026}'), "{line}");
+    }
+
+    // Goal: the table lists successes first and failures last, by exit
+    // code, keeping the given order within an outcome.
+    #[test]
+    fn table_sorted_by_outcome() {
+        let (a, b, c, d) = (job("a"), job("b"), job("c"), job("d"));
+        let rows = vec![
+            (&a, report(Outcome::Unreachable(NetError::BadGreeting))),
+            (&b, report(Outcome::NoAck(NoAck::Closed))),
+            (
+                &c,
+                report(Outcome::Acknowledged(Answer::bare(Status::Started))),
+            ),
+            (&d, report(Outcome::Unreachable(NetError::BadGreeting))),
+        ];
+        let t = table(&rows, false);
+        let order: Vec<&str> = t
+            .lines()
+            .skip(1)
+            .take(4)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(order, ["c", "b", "a", "d"], "{t}");
     }
 
     // Goal: the table aligns its columns, shows why failures failed, and

@@ -200,7 +200,8 @@ pub fn trigger(
     }
 }
 
-fn challenge_error(e: IoFailure, timeout: Duration) -> Outcome {
+/// Before the reply, any failure means the server is not reachable.
+pub(crate) fn challenge_error(e: IoFailure, timeout: Duration) -> Outcome {
     Outcome::Unreachable(match e {
         IoFailure::TimedOut => NetError::ChallengeTimeout(timeout),
         IoFailure::Closed { .. } | IoFailure::Reset => NetError::ChallengeClosed,

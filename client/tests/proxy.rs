@@ -242,3 +242,60 @@ fn inventory_proxy() {
     assert_eq!(stdout(&out), "web-9: accepted; console started\n");
     assert_eq!(req[3], 1, "IPv4 target expected");
 }
+
+// Goal: in a group, proxied hosts (SOCKS5 and HTTP CONNECT, set per host)
+// run beside a direct host, each through its own proxy, and all succeed.
+#[test]
+fn group_with_proxied_hosts() {
+    let (dir, socks_server, socks, kf) = setup(ProxyScript::SocksOk);
+    let (_dir2, http_server, http, _) = setup(ProxyScript::HttpOk);
+    let case = postern_case(1);
+    let direct = FakeServer::postern(
+        arr32(&case["key_hex"]),
+        greeting_of(&case),
+        Script::Ack(Status::Started),
+    );
+    let entry = |name: &str, port: u16, proxy: &str| {
+        format!(
+            "[hosts.{name}]\naddress = \"127.0.0.1\"\nport = {port}\nproxy = \"{proxy}\"\n[hosts.{name}.actions.console]\nkey_file = \"{kf}\"\n"
+        )
+    };
+    let inv = dir.file(
+        "hosts.toml",
+        format!(
+            "{}{}{}[groups]\nmix = [\"via-socks\", \"via-http\", \"direct\"]\n",
+            entry("via-socks", socks_server.port, &socks.url("socks5")),
+            entry("via-http", http_server.port, &http.url("http")),
+            entry("direct", direct.port, "none"),
+        )
+        .as_bytes(),
+        0o644,
+    );
+    let out = postern(
+        &[
+            "trigger",
+            "@mix",
+            "console",
+            "--inventory",
+            inv.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+        &[],
+        None,
+    );
+    let http_port = http_server.port;
+    let socks_req = socks.finish();
+    let http_req = String::from_utf8(http.finish()).unwrap();
+    socks_server.finish();
+    http_server.finish();
+    direct.finish();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let s = stdout(&out);
+    assert_eq!(s.matches("\"outcome\":\"started\"").count(), 3, "{s}");
+    assert_eq!(socks_req[3], 1, "IPv4 target expected");
+    assert!(
+        http_req.starts_with(&format!("CONNECT 127.0.0.1:{http_port} ")),
+        "{http_req}"
+    );
+}
