@@ -157,12 +157,14 @@ fn forged_request_kills_daemon() {
         addr: "127.0.0.1".parse().unwrap(),
         port: 1,
     };
-    let out_of_range = Request::Run {
-        id: 1,
-        generation: 1,
-        action: 7,
-        peer,
-        target: peer.addr,
+    let out_of_range = Request::Fail {
+        peer: Peer {
+            listener: 7,
+            ..peer
+        },
+        reason: Reason::BadMac,
+        failures: 1,
+        handle: 0,
     }
     .encode()
     .to_vec();
@@ -170,6 +172,7 @@ fn forged_request_kills_daemon() {
         peer,
         reason: Reason::BadMac,
         failures: 1,
+        handle: 0,
     }
     .encode()
     .to_vec();
@@ -178,6 +181,7 @@ fn forged_request_kills_daemon() {
         peer,
         reason: Reason::BadMac,
         failures: 1,
+        handle: 0,
     }
     .encode()
     .to_vec();
@@ -204,6 +208,7 @@ fn forged_request_kills_daemon() {
         peer,
         reason: Reason::BadMac,
         failures: 1,
+        handle: 0,
     }
     .encode()
     .to_vec();

@@ -137,8 +137,11 @@ pub fn run(path: &Path) -> Result<(), StartError> {
                 + net::MAX_PENDING_ACKS as u64
                 + NOFILE_SLACK,
         };
-        let child = spawn_network(&theirs, &jail, as_root)
+        let mut child = spawn_network(&theirs, &jail, as_root)
             .map_err(|e| StartError(format!("cannot start the network process: {e}")))?;
+        if let Some(stderr) = child.stderr.take() {
+            crate::monitor::childlog::drain(stderr, Arc::clone(&logger));
+        }
         drop(theirs);
         let chan = Channel::new(mine).map_err(|e| StartError(e.to_string()))?;
         let listeners = monitor::describe_listeners(&config, &bound);
@@ -239,6 +242,9 @@ fn spawn_network(
         .arg(jail.nofile.to_string())
         .env_clear()
         .stdin(Stdio::null())
+        // Untrusted text: drained by the monitor, never logged (childlog.rs).
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     crate::sys::drop_to_in_child(&mut cmd, None, true, true, None);
     cmd.spawn()

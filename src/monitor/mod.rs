@@ -1,9 +1,11 @@
-//! The privileged monitor. It never touches network data: it binds the
+//! The privileged monitor. It never reads network data: it binds the
 //! listeners, starts the network process, and then only answers the
 //! fixed-size requests that process sends (`ipc.rs`), after validating
-//! each one. Anything malformed means the network process is compromised
-//! or broken: the monitor kills it and exits non-zero (fail closed; the
-//! supervisor restarts posternd).
+//! each one. It alone holds the keys and passwords: it issues every
+//! nonce and checks every reply (`session.rs`, `nonces.rs`, `verify.rs`).
+//! Anything malformed ends the network process's session with a typed
+//! reason (`session::SessionEnd`); the monitor then kills that process
+//! and exits non-zero (fail closed; the supervisor restarts posternd).
 //!
 //! It owns everything privileged: running actions (identity switch,
 //! deadlines, cooldowns, single instance), the gates and their state file,
@@ -12,12 +14,16 @@
 
 pub mod action;
 pub mod cgroup;
+pub mod childlog;
 pub mod daemon;
 pub mod gate;
 pub mod init;
 pub mod listen;
 pub mod log;
+pub mod nonces;
+pub mod session;
 pub mod state;
+pub mod verify;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -33,20 +39,23 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::channel::Channel;
-use crate::config::{self, ActionKind, ActionSecret, Config, Protocol};
-use crate::ipc::{Down, NetLimits, Notice, Request, REQUEST_LEN};
+use crate::config::{self, ActionKind, Config, Protocol};
+use crate::ipc::{Down, NetLimits, Notice, Request};
 use crate::monitor::action::Spec;
 use crate::monitor::gate::Gates;
 use crate::monitor::listen::{bind_listener, local_addr, ListenError};
 use crate::monitor::log::{Level, Logger};
-use crate::secret::Password;
+use crate::monitor::nonces::NonceTable;
+use crate::monitor::session::{Session, SessionEnd};
+use crate::monitor::verify::Keyring;
 use crate::wire::{Answer, Reason, Status};
 
 /// Most `on_lockout` commands running at once; more are skipped (logged).
 pub const MAX_ON_LOCKOUT: usize = 8;
-/// Most run requests being handled at once. The network process never has
-/// more in flight (`net::MAX_PENDING_ACKS`); a compromised one that sends
-/// more is answered "refused" instead of piling up work here.
+/// Most authenticated replies being handled at once (action running or
+/// gate opening); beyond, the ack says "refused, busy" instead of work
+/// piling up here. The network process waits for at most as many acks
+/// (`net::MAX_PENDING_ACKS`).
 pub const MAX_RUN_REQUESTS: usize = 64;
 /// Extra time the network process waits for a run answer, beyond the
 /// longest action deadline.
@@ -194,15 +203,22 @@ struct Book {
     on_lockout_running: usize,
     on_lockout_noted: bool,
     runs_in_flight: usize,
-    /// (generation, listener names, action count), oldest first; the
-    /// last is the current generation.
-    generations: VecDeque<(u32, Vec<String>, usize)>,
+    /// (generation, listener names and protocols, action count), oldest
+    /// first; the last is the current generation.
+    generations: VecDeque<KeptGeneration>,
+    /// The current config's keys and passwords, prepared.
+    keyring: Rc<Keyring>,
+    /// The keyring of `previous`, with its generation.
+    previous_keyring: Option<(u32, Rc<Keyring>)>,
 }
+
+/// (generation, listener names and protocols, action count).
+type KeptGeneration = (u32, Vec<(String, Protocol)>, usize);
 
 /// What a request's generation says about how to judge it.
 enum Judge {
-    /// A kept generation: its listener and action counts.
-    Known(usize, usize),
+    /// A kept generation: its listener count.
+    Known(usize),
     /// Older than every kept generation: nothing to range-check against;
     /// harmless, since every use of an index is a checked look-up.
     Stale,
@@ -210,7 +226,12 @@ enum Judge {
 
 impl Book {
     fn remember_generation(&mut self) {
-        let names = self.bound.iter().map(|x| x.local.to_string()).collect();
+        let names = self
+            .bound
+            .iter()
+            .zip(self.config.listeners.iter())
+            .map(|(x, l)| (x.local.to_string(), l.protocol))
+            .collect();
         self.generations
             .push_back((self.generation, names, self.config.actions.len()));
         while self.generations.len() > KEPT_GENERATIONS {
@@ -226,13 +247,28 @@ impl Book {
         } else {
             generation
         };
-        if let Some((_, names, actions)) = self.generations.iter().find(|(n, _, _)| *n == g) {
-            return Some(Judge::Known(names.len(), *actions));
+        if let Some((_, names, _)) = self.generations.iter().find(|(n, _, _)| *n == g) {
+            return Some(Judge::Known(names.len()));
         }
         // Generations count up (wrapping, skipping 0): one "behind" the
         // current by less than half the range is older.
         let behind = self.generation.wrapping_sub(g);
         (behind != 0 && behind < u32::MAX / 2).then_some(Judge::Stale)
+    }
+
+    /// The protocol of listener `index` in `generation` (0: current),
+    /// if that generation is kept and has it.
+    fn protocol_of(&self, generation: u32, index: u8) -> Option<Protocol> {
+        let g = if generation == 0 {
+            self.generation
+        } else {
+            generation
+        };
+        self.generations
+            .iter()
+            .find(|(n, _, _)| *n == g)
+            .and_then(|(_, l, _)| l.get(usize::from(index)))
+            .map(|(_, p)| *p)
     }
 }
 
@@ -261,7 +297,9 @@ impl Signals {
 pub struct Monitor {
     book: RefCell<Book>,
     logger: Arc<Logger>,
-    chan: Channel,
+    /// The current network process's session (a fresh process gets a
+    /// fresh one: [`attach`](Monitor::attach)).
+    session: RefCell<Rc<Session>>,
     shutdown: Notify,
     gates: Gates,
 }
@@ -282,6 +320,14 @@ impl Monitor {
         chan: Channel,
     ) -> Rc<Monitor> {
         let gates = Gates::new(&config, Arc::clone(&logger));
+        let keyring = Rc::new(Keyring::from_config(&config));
+        if !keyring.lock() {
+            logger.log(
+                Level::Warning,
+                "prepared keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+            );
+        }
+        let session = Session::new(chan, nonce_table(&config));
         let mut book = Book {
             config: Rc::new(config),
             generation: 1,
@@ -292,12 +338,14 @@ impl Monitor {
             on_lockout_noted: false,
             runs_in_flight: 0,
             generations: VecDeque::new(),
+            keyring,
+            previous_keyring: None,
         };
         book.remember_generation();
         Rc::new(Monitor {
             book: RefCell::new(book),
             logger,
-            chan,
+            session: RefCell::new(session),
             shutdown: Notify::new(),
             gates,
         })
@@ -305,6 +353,20 @@ impl Monitor {
 
     fn log(&self, level: Level, msg: &str) {
         self.logger.log(level, msg);
+    }
+
+    /// The current network process's session.
+    pub fn session(&self) -> Rc<Session> {
+        Rc::clone(&self.session.borrow())
+    }
+
+    /// Starts a fresh session on `chan` (a new network process): an
+    /// empty nonce table, nothing queued. The old session's nonces are
+    /// forgotten, so nothing issued to a previous process is accepted.
+    /// Call [`send_config`](Monitor::send_config) next.
+    pub fn attach(&self, chan: Channel) {
+        let config = Rc::clone(&self.book.borrow().config);
+        *self.session.borrow_mut() = Session::new(chan, nonce_table(&config));
     }
 
     /// The gates.
@@ -328,9 +390,11 @@ impl Monitor {
         self.book.borrow().config.actions.clone()
     }
 
-    /// Sends the current config (limits, sockets, secrets) to the network
-    /// process.
+    /// Sends the current config (limits, sockets, exempt networks; no
+    /// secret) to the network process.
     pub async fn send_config(&self) -> std::io::Result<()> {
+        let session = self.session();
+        let chan = session.channel();
         let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
             let b = self.book.borrow();
             (
@@ -361,33 +425,19 @@ impl Monitor {
             limits,
             listeners: config.listeners.len() as u16,
             exempt: l.exempt.len() as u16,
-            actions: config.actions.len() as u16,
         };
-        self.chan.send(&begin.encode(), &[]).await?;
+        chan.send(&begin.encode(), &[]).await?;
         for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
             let msg = Down::Listener {
                 index: i as u8,
                 protocol: listener.protocol,
             };
-            self.chan.send(&msg.encode(), &[*fd]).await?;
+            chan.send(&msg.encode(), &[*fd]).await?;
         }
         for net in &l.exempt {
-            self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
+            chan.send(&Down::Exempt(*net).encode(), &[]).await?;
         }
-        for (i, a) in config.actions.iter().enumerate() {
-            let (password, bytes) = match &a.secret {
-                ActionSecret::Key(k) => (false, k.expose().to_vec()),
-                ActionSecret::Password(p) => (true, p.expose().to_vec()),
-            };
-            let msg = Down::Action {
-                index: i as u16,
-                password,
-                bind_source: a.bind_source,
-                secret: Password::new(bytes),
-            };
-            self.chan.send(&msg.encode(), &[]).await?;
-        }
-        self.chan.send(&Down::End.encode(), &[]).await
+        chan.send(&Down::End.encode(), &[]).await
     }
 
     /// Runs until shutdown. Returns Ok on a clean stop. `signals` must have
@@ -404,35 +454,11 @@ impl Monitor {
             mut int,
         } = signals;
         self.gates.recover(self).await;
-        let mut buf = [0u8; REQUEST_LEN + 1];
         let result = loop {
             tokio::select! {
-                r = self.chan.recv(&mut buf) => {
-                    let r = match r {
-                        Ok(r) => r,
-                        Err(e) => break Err(MonitorError::NetworkGone(e.to_string())),
-                    };
-                    if !r.fds.is_empty() {
-                        break Err(MonitorError::Forged("descriptor sent to the monitor".into()));
-                    }
-                    if r.len == 0 {
-                        break Err(MonitorError::NetworkGone("channel closed".into()));
-                    }
-                    let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
-                    let bytes = &buf[..len.min(buf.len())];
-                    // Judged against the generation it was made under: a
-                    // handshake that began before a reload may name a
-                    // listener or action the new config no longer has.
-                    let generation = Request::generation_of(bytes).unwrap_or(0);
-                    let judge = self.book.borrow().judge(generation);
-                    let (listeners, actions) = match judge {
-                        Some(Judge::Known(l, a)) => (l, a),
-                        Some(Judge::Stale) => (usize::from(u8::MAX) + 1, usize::from(u16::MAX) + 1),
-                        None => break Err(MonitorError::Forged(format!("unknown config generation {generation}"))),
-                    };
-                    match Request::decode(bytes, listeners, actions) {
-                        Ok(req) => self.handle(req, generation),
-                        Err(e) => break Err(MonitorError::Forged(e.to_string())),
+                r = self.step() => {
+                    if let Err(end) = r {
+                        break Err(end.into());
                     }
                 }
                 st = net.child.wait() => {
@@ -491,84 +517,20 @@ impl Monitor {
         b.generations
             .iter()
             .find(|(n, _, _)| *n == g)
-            .and_then(|(_, names, _)| names.get(usize::from(index)).cloned())
+            .and_then(|(_, names, _)| names.get(usize::from(index)).map(|(n, _)| n.clone()))
             .unwrap_or_else(|| "?".into())
     }
 
     fn handle(self: &Rc<Self>, req: Request, generation: u32) {
         match req {
-            Request::Run {
-                id,
-                generation,
-                action,
-                peer,
-                target,
-            } => {
-                let me = Rc::clone(self);
-                tokio::task::spawn_local(async move {
-                    let listener = me.listener_name(generation, peer.listener);
-                    let admitted = {
-                        let mut b = me.book.borrow_mut();
-                        let ok = b.runs_in_flight < MAX_RUN_REQUESTS;
-                        if ok {
-                            b.runs_in_flight += 1;
-                        }
-                        ok
-                    };
-                    let (answer, name) = if admitted {
-                        let r = me.run_action(generation, action, target).await;
-                        let mut b = me.book.borrow_mut();
-                        b.runs_in_flight = b.runs_in_flight.saturating_sub(1);
-                        r
-                    } else {
-                        me.log(
-                            Level::Warning,
-                            &format!("limit run requests: {MAX_RUN_REQUESTS} in flight; refusing"),
-                        );
-                        (
-                            Answer::because(Status::Refused, Reason::Busy),
-                            "?".to_string(),
-                        )
-                    };
-                    let status = answer.status;
-                    let why = match answer.reason {
-                        Reason::None => String::new(),
-                        r => format!(" reason={}", r.name()),
-                    };
-                    me.log(
-                        Level::Notice,
-                        &format!(
-                            "ok src={} port={} listener={listener} action={name} addr={target} status={}{why}",
-                            peer.addr,
-                            peer.port,
-                            status.name()
-                        ),
-                    );
-                    let _ = me
-                        .chan
-                        .send(&Down::Status { id, answer }.encode(), &[])
-                        .await;
-                    if status == Status::Started && me.is_shutdown_action(&name) {
-                        me.shutdown.notify_one();
-                    }
-                });
-            }
+            // Handled by the session (`session.rs`).
+            Request::Verify { .. } | Request::Nonces { .. } => {}
             Request::Fail {
                 peer,
                 reason,
                 failures,
-            } => {
-                self.log(
-                    Level::Warning,
-                    &format!(
-                        "fail src={} port={} listener={} reason={} failures={failures}",
-                        peer.addr,
-                        peer.port,
-                        self.listener_name(generation, peer.listener),
-                        reason.name()
-                    ),
-                );
-            }
+                ..
+            } => self.log_fail(peer, reason, failures, generation),
             Request::Lockout { peer, failures } => {
                 let duration = self.book.borrow().config.limits.lockout_duration;
                 self.log(
@@ -586,6 +548,7 @@ impl Monitor {
                 notice,
                 peer,
                 value,
+                ..
             } => {
                 let listener = self.listener_name(generation, peer.listener);
                 let line = match notice {
@@ -606,6 +569,9 @@ impl Monitor {
                     Notice::RandomFailed => {
                         "error the OS random generator failed; connection dropped".to_string()
                     }
+                    Notice::NoNonce => format!(
+                        "limit nonces: none at hand for a connection on listener={listener}; closed before the greeting"
+                    ),
                     Notice::EventsDropped => format!(
                         "limit log events: {value} dropped while the log fell behind a flood"
                     ),
@@ -929,11 +895,30 @@ impl Monitor {
             let old_config = std::mem::replace(&mut b.config, Rc::new(new));
             let generation = b.generation;
             let retired = b.previous.replace((generation, old_config));
+            let keyring = Rc::new(Keyring::from_config(&b.config));
+            let old_keyring = std::mem::replace(&mut b.keyring, keyring);
+            let retired_keyring = b.previous_keyring.replace((generation, old_keyring));
+            if let Some((_, k)) = retired_keyring {
+                // Unlocked before it is freed (unless a running action
+                // still holds it, which frees it later, unlocked or not).
+                if let Ok(k) = Rc::try_unwrap(k) {
+                    k.unlock();
+                }
+            }
+            if !b.keyring.lock() {
+                drop(b);
+                self.log(
+                    Level::Warning,
+                    "prepared keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+                );
+                b = self.book.borrow_mut();
+            }
             b.generation = b.generation.wrapping_add(1).max(1);
             b.bound = bound;
             b.remember_generation();
             retired
         };
+        self.session().reconfigure(&self.book.borrow().config);
         // Retired keys are unlocked before they are freed (unless a running
         // action still holds them), then the new ones locked.
         if let Some(Ok(old)) = retired.map(|(_, c)| Rc::try_unwrap(c)) {
@@ -952,6 +937,24 @@ impl Monitor {
                 Level::Err,
                 &format!("reload: sending config to the network process failed: {e}"),
             ),
+        }
+    }
+}
+
+/// A fresh nonce table sized for `config`.
+fn nonce_table(config: &Config) -> NonceTable {
+    NonceTable::new(
+        NonceTable::capacity_for(config.limits.max_handshakes),
+        config.limits.handshake_timeout,
+    )
+}
+
+impl From<SessionEnd> for MonitorError {
+    fn from(end: SessionEnd) -> MonitorError {
+        match end {
+            SessionEnd::Malformed(what) => MonitorError::Forged(what.to_string()),
+            SessionEnd::Exited(how) => MonitorError::NetworkGone(format!("exited ({how})")),
+            SessionEnd::ChannelClosed => MonitorError::NetworkGone("channel closed".into()),
         }
     }
 }
