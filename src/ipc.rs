@@ -71,7 +71,7 @@ pub const MAX_DOWN_LEN: usize = 2048;
 pub const NONCE_BATCH: usize = 32;
 /// How long the network process may keep an issued nonce before using it
 /// (from when it received it). Older ones are thrown away unused.
-pub const NONCE_KEEP: Duration = Duration::from_secs(10);
+pub const NONCE_KEEP: Duration = Duration::from_secs(5);
 /// Time the monitor allows on top of [`NONCE_KEEP`] and the handshake
 /// deadline for the IPC itself (a nonce is received a little after it
 /// is issued, a verify request read a little after it is sent).

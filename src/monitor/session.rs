@@ -25,7 +25,7 @@ use crate::channel::Channel;
 use crate::ipc::{Down, Peer, Reason, ReplyBytes, Request, Verdict, REQUEST_LEN};
 use crate::monitor::log::Level;
 use crate::monitor::nonces::{NonceTable, TakeError};
-use crate::monitor::verify::{connection_peer, Keyring};
+use crate::monitor::verify::{connection_peer, Keyring, PeerError};
 use crate::monitor::{Judge, Monitor, MAX_RUN_REQUESTS};
 use crate::wire::{self, Answer, Reason as AckReason, Status};
 
@@ -320,7 +320,17 @@ impl Monitor {
         // the network process's: the connection itself came with the
         // request.
         let listeners: Vec<SocketAddr> = self.book.borrow().bound.iter().map(|b| b.local).collect();
-        let real = connection_peer(&fd, &listeners).map_err(|e| SessionEnd::Malformed(e.name()))?;
+        let real = match connection_peer(&fd, &listeners) {
+            Ok(real) => real,
+            Err(PeerError::Gone) => {
+                // Reset right after its reply: who sent it cannot be
+                // confirmed, so nothing runs.
+                self.log_fail(peer, Reason::Reset, failures, generation);
+                session.post(verdict(Verdict::Bad));
+                return Ok(());
+            }
+            Err(e) => return Err(SessionEnd::Malformed(e.name())),
+        };
         drop(fd);
         if real.ip() != peer.addr || real.port() != peer.port {
             return Err(SessionEnd::Malformed(

@@ -146,10 +146,13 @@ impl Keyring {
 pub enum PeerError {
     /// Not a stream socket, or a listening one.
     NotConnection,
-    /// Not an IP socket, or not connected.
+    /// Not an IP socket.
     NoAddress,
     /// Its local address is none of the listeners'.
     NotOurs,
+    /// One of ours, but the peer is gone (reset or closed): who it was
+    /// cannot be confirmed. Not a sign of a compromised network process.
+    Gone,
 }
 
 impl PeerError {
@@ -159,6 +162,7 @@ impl PeerError {
             PeerError::NotConnection => "descriptor is not a connected stream socket",
             PeerError::NoAddress => "descriptor has no IP peer",
             PeerError::NotOurs => "descriptor was not accepted on a listener",
+            PeerError::Gone => "connection whose peer is gone",
         }
     }
 }
@@ -191,11 +195,6 @@ pub fn connection_peer(fd: &OwnedFd, listeners: &[SocketAddr]) -> Result<SocketA
         .as_ref()
         .and_then(to_std)
         .ok_or(PeerError::NoAddress)?;
-    let peer = getpeername::<SockaddrStorage>(fd.as_raw_fd())
-        .ok()
-        .as_ref()
-        .and_then(to_std)
-        .ok_or(PeerError::NoAddress)?;
     let local_ip = wire::canonical_ip(local.ip());
     let ours = listeners.iter().any(|l| {
         l.port() == local.port()
@@ -204,6 +203,11 @@ pub fn connection_peer(fd: &OwnedFd, listeners: &[SocketAddr]) -> Result<SocketA
     if !ours {
         return Err(PeerError::NotOurs);
     }
+    let peer = getpeername::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .as_ref()
+        .and_then(to_std)
+        .ok_or(PeerError::Gone)?;
     Ok(SocketAddr::new(wire::canonical_ip(peer.ip()), peer.port()))
 }
 
