@@ -95,7 +95,8 @@ pub enum Reason {
     /// A valid MAC whose asserted address is not the source (bind_source).
     BindMismatch = 7,
     /// The reply's nonce had expired or was already spent when the
-    /// monitor checked it (only the monitor logs this one).
+    /// monitor checked it, or its listener was closed by a reload since
+    /// (only the monitor logs this one).
     StaleNonce = 8,
 }
 
