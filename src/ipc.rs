@@ -96,11 +96,12 @@ pub const CARRY_RECORD_LEN: usize = 32;
 /// Most nonces the monitor issues in one [`Down::Nonces`], and the most
 /// the network process keeps at hand. It asks for more when half are
 /// used, so a greeting waits for a round trip only when more than half a
-/// batch of connections arrive during one refill (about 50 us on
-/// loopback IPC; 16 connections in 50 us is 320,000 per second, far
-/// above what one network process accepts). Small, so that what a
-/// compromised network process holds unused is small too, and so that a
-/// batch (8 + 40 bytes each) fits one message.
+/// batch (16) of connections arrive during one refill, a single round
+/// trip on the local socketpair; at the highest rates BENCHMARKS.md
+/// records (about 12,000 handshakes per second) 16 connections take over
+/// a millisecond to arrive. Small, so that what
+/// a compromised network process holds unused is small too, and so that
+/// a batch (3 + 40 bytes each, 1,283 bytes) fits one message.
 pub const NONCE_BATCH: usize = 32;
 /// How long the network process may keep an issued nonce before using it
 /// (from when it received it). Older ones are thrown away unused.
@@ -128,7 +129,8 @@ pub enum Reason {
     /// A valid MAC whose asserted address is not the source (bind_source).
     BindMismatch = 7,
     /// The reply's nonce had expired or was already spent when the
-    /// monitor checked it (only the monitor logs this one).
+    /// monitor checked it, or its listener was closed by a reload since
+    /// (only the monitor logs this one).
     StaleNonce = 8,
 }
 

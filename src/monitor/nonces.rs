@@ -114,14 +114,19 @@ impl NonceTable {
 
     /// Issues one fresh nonce at `now`.
     pub fn issue(&mut self, now: Instant) -> Result<IssuedNonce, IssueError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::getrandom(&mut nonce).map_err(|_| IssueError::Random)?;
+        self.insert(nonce, now)
+    }
+
+    /// Enters `nonce` (fresh from the OS generator) into a free slot.
+    fn insert(&mut self, nonce: [u8; NONCE_LEN], now: Instant) -> Result<IssuedNonce, IssueError> {
         if self.live >= self.capacity {
             self.sweep(now);
             if self.live >= self.capacity {
                 return Err(IssueError::Full);
             }
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce).map_err(|_| IssueError::Random)?;
         let slot = match self.free.pop() {
             Some(s) => s,
             None if self.slots.len() < self.capacity => {
@@ -147,15 +152,22 @@ impl NonceTable {
         Ok((handle, nonce))
     }
 
-    /// Issues up to `count` nonces (fewer when full or when the random
-    /// generator fails, which the second value reports).
+    /// Issues up to `count` nonces, at most a batch (fewer when full; none
+    /// when the random generator fails, which the second value reports).
+    /// The batch's random bytes come from one call to the OS generator.
     pub fn issue_many(&mut self, count: usize, now: Instant) -> (Vec<IssuedNonce>, bool) {
+        let count = count.min(crate::ipc::NONCE_BATCH);
+        let mut random = [0u8; NONCE_LEN * crate::ipc::NONCE_BATCH];
+        if getrandom::getrandom(&mut random[..count * NONCE_LEN]).is_err() {
+            return (Vec::new(), true);
+        }
         let mut out = Vec::with_capacity(count);
-        for _ in 0..count {
-            match self.issue(now) {
+        for chunk in random.chunks_exact(NONCE_LEN).take(count) {
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(chunk);
+            match self.insert(nonce, now) {
                 Ok(n) => out.push(n),
-                Err(IssueError::Full) => return (out, false),
-                Err(IssueError::Random) => return (out, true),
+                Err(_) => break,
             }
         }
         (out, false)
@@ -255,6 +267,7 @@ mod tests {
         let mut t = table(8);
         let (got, random_failed) = t.issue_many(100, now);
         assert_eq!((got.len(), random_failed), (8, false));
+        assert!(t.issue_many(5, now).0.is_empty());
         assert_eq!(t.issue(now), Err(IssueError::Full));
         for _ in 0..10_000 {
             let _ = t.issue(now);
@@ -266,6 +279,7 @@ mod tests {
         let later = now + Duration::from_secs(3600);
         let (again, _) = t.issue_many(100, later);
         assert_eq!(again.len(), 8, "expired ones were swept");
+        assert_eq!(t.issue_many(100, later).0.len(), 0);
         assert_eq!(t.allocated(), 8);
         // All nonces differ (from the OS generator).
         let mut all: Vec<_> = got.iter().chain(again.iter()).map(|(_, n)| *n).collect();

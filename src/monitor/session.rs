@@ -326,6 +326,7 @@ impl Monitor {
                 return Ok(());
             }
         };
+        let asked_generation = generation;
         let (generation, keyring) = self.keyring_for(generation);
         let Some(valid) = keyring.check(&nonce, &reply) else {
             self.log_fail(peer, Reason::BadMac, failures, generation);
@@ -343,6 +344,14 @@ impl Monitor {
                 // Reset right after its reply: who sent it cannot be
                 // confirmed, so nothing runs.
                 self.log_fail(peer, Reason::Reset, failures, generation);
+                self.mirror_verdict(peer, Verdict::Bad, failures);
+                session.post(verdict(Verdict::Bad));
+                return Ok(());
+            }
+            Err(PeerError::NotOurs) if asked_generation != self.book.borrow().generation => {
+                // Accepted on a listener a reload has since closed: stale,
+                // not forged; nothing runs.
+                self.log_fail(peer, Reason::StaleNonce, failures, generation);
                 self.mirror_verdict(peer, Verdict::Bad, failures);
                 session.post(verdict(Verdict::Bad));
                 return Ok(());
