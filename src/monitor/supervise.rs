@@ -1,10 +1,9 @@
 //! The network process's supervisor: a dead or misbehaving network
 //! process is replaced, and nothing the operator relies on goes with it.
 //!
-//! One *session* (`session.rs`: [`Monitor::serve`] over a
-//! `session::Session`) serves one network process and ends with a typed
-//! [`SessionEnd`]. Unless a stop was asked, the
-//! supervisor then logs why, kills what is left of the process (through
+//! One *session* (a `session::Session`, served by [`Monitor::serve`])
+//! serves one network process and ends with a typed [`SessionEnd`].
+//! Unless a stop was asked, the supervisor then logs why, kills what is left of the process (through
 //! its own process handle, never by name), and starts a fresh one after a
 //! backoff ([`Policy`]), with a fresh session ([`Monitor::attach`]: an
 //! empty nonce table, so no nonce issued to the old process is accepted
@@ -26,11 +25,11 @@
 //!   handshakes more per restart), not events the network process dropped
 //!   under a flood (counted in the log) or had not sent yet when it died
 //!   (what it had sent is read to the channel's end), not the
-//!   verification budget (a
-//!   new process starts with a full one), and not the handshakes in
-//!   progress: their connections close with the process; a run that the
-//!   monitor was carrying out completes, but its ack cannot reach the
-//!   client, whose `postern` reports no acknowledgement.
+//!   verification budget (a new process starts with a full one), and not
+//!   the handshakes in progress: their connections close with the
+//!   process; a run that the monitor was carrying out completes, but its
+//!   ack cannot reach the client, whose `postern` reports no
+//!   acknowledgement.
 //!
 //! While no network process runs, nothing accepts: the listening sockets
 //! stay bound (the monitor holds them), so the kernel completes and queues
