@@ -2,8 +2,9 @@
 //!
 //! A `SOCK_SEQPACKET` pair keeps message boundaries, so a message is read
 //! whole or not at all, and a message of the wrong size is visible as such
-//! (`MSG_TRUNC`). Descriptors (listening sockets) travel with SCM_RIGHTS,
-//! only from the monitor down. Any descriptor that arrives where none is
+//! (`MSG_TRUNC`). Descriptors travel with SCM_RIGHTS: listening sockets
+//! from the monitor down, and the connection a verify request is about
+//! from the network process up. Any descriptor that arrives where none is
 //! expected is closed at once and reported as a protocol violation.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -74,6 +75,19 @@ impl Channel {
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
+        }
+    }
+
+    /// Sends one message without descriptors if the socket has room now.
+    /// `Ok(false)`: it would block (nothing was sent; use [`send`](Self::send)).
+    pub fn try_send(&self, bytes: &[u8]) -> std::io::Result<bool> {
+        let iov = [IoSlice::new(bytes)];
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        match sendmsg::<()>(self.fd.get_ref().as_raw_fd(), &iov, &[], flags, None) {
+            Ok(n) if n == bytes.len() => Ok(true),
+            Ok(_) => Err(std::io::Error::other("short send on seqpacket")),
+            Err(nix::errno::Errno::EAGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

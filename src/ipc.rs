@@ -1,40 +1,57 @@
 //! Messages between the privileged monitor and the unprivileged network
 //! process, as bytes. No I/O happens here (see `channel.rs`).
 //!
+//! The network process holds no key, no password and no MAC state: the
+//! monitor chooses every nonce (and every ostiary-4 salt) and checks
+//! every reply. The network process greets with a nonce from a small
+//! batch the monitor issued ([`Down::Nonces`]), reads the fixed-length
+//! reply and forwards it, with the nonce's handle, the peer and the
+//! connection's descriptor, in a [`Request::Verify`]. The monitor answers
+//! at once with a [`Down::Verdict`] and, for an authenticated postern-2
+//! reply, later with the signed ack it computed itself ([`Down::Ack`]).
+//!
 //! Network -> monitor messages are *untrusted*: a compromised network
 //! process can send anything. They are exactly [`REQUEST_LEN`] bytes,
 //! versioned, with every field range-checked by [`Request::decode`]; any
-//! deviation ends that network process's session: the monitor kills it
-//! and starts a new one (`monitor/supervise.rs`).
+//! deviation ends that network process's session with the monitor, which
+//! kills it and starts a fresh one with a fresh session
+//! (`monitor/supervise.rs`).
 //!
 //! ```text
 //! off len field
-//!  0   1  version (1)
-//!  1   1  kind: 1 run, 2 fail, 3 lockout, 4 notice
-//!  2   2  arg16 (BE): key slot index | failure reason | notice code
-//!  4   4  arg32 (BE): request id | failure count | notice value
+//!  0   1  version (2)
+//!  1   1  kind: 1 verify, 2 fail, 3 lockout, 4 notice, 5 nonces
+//!  2   2  arg16 (BE): protocol (verify: 1 postern-2, 2 ostiary-4) |
+//!         failure reason | notice code | nonces wanted (1..=NONCE_BATCH)
+//!  4   4  arg32 (BE): failures the source has if this reply is refused
+//!         (verify) | failure count | notice value
 //!  8   4  config generation (BE): the one the connection began under
 //! 12   1  listener index
 //! 13   1  reserved, zero
 //! 14   2  source port (BE)
 //! 16  16  source address (IPv4-mapped for IPv4; never zero)
-//! 32  16  target address for {addr} (run only; zero otherwise)
+//! 32   8  nonce handle (BE): verify (never zero); fail and the no-reply
+//!         notice (zero: none), which give the nonce back; zero otherwise
+//! 40  48  reply (verify only): postern-2 48 bytes, or ostiary-4 32 bytes
+//!         and 16 zero bytes; zero otherwise
 //! ```
 //!
+//! A nonces request carries only version, kind, count and generation;
+//! every other byte is zero. A verify request carries exactly one
+//! descriptor (the connection, SCM_RIGHTS); every other request none.
+//!
 //! Monitor -> network messages are trusted (the monitor wrote them) but
-//! are still decoded without panics: a status for a run request, and the
+//! are still decoded without panics: nonces, verdicts, acks, and the
 //! network part of the config (limits, listener sockets passed with
-//! SCM_RIGHTS, and the key slots: every secret of every action, in the
-//! order of `Config::slots`, each with its action's `bind_source` and the
-//! end of its validity).
-//! A network process started to
-//! replace one that died also gets, inside its first config (between
-//! Begin and End), the lockout and rate state the monitor mirrored
-//! ([`Down::Carry`]):
+//! SCM_RIGHTS, exempt networks). No secret is among them.
+//!
+//! A network process started to replace one that died also gets, inside
+//! its first config (between Begin and End), the lockout and rate state
+//! the monitor mirrored from the events and verdicts ([`Down::Carry`]):
 //!
 //! ```text
 //! off len field
-//!  0   1  version (1)
+//!  0   1  version (2)
 //!  1   1  0x96
 //!  2   1  record count n, 1..=48 (MAX_CARRY_BATCH)
 //!  3 32n  records:
@@ -49,21 +66,25 @@
 //!        +24  8  source: micro-tokens in its bucket; network: ms since
 //!                its last counted failure (BE)
 //! ```
+//!
+//! Message kinds, monitor -> network: 0x82 nonces, 0x83 verdict, 0x84
+//! ack, 0x90 begin, 0x91 listener, 0x92 exempt, 0x94 end, 0x96 carry.
+//! (0x81, 0x93 and 0x95 belonged to earlier versions and are unused.)
 
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use crate::config::{IpNet, Protocol};
-use crate::secret::Password;
-use crate::wire::{decode_addr, encode_addr, Answer, ACK_BODY_LEN, ADDR_LEN};
+use crate::wire::{
+    decode_addr, encode_addr, Ack, Reply, ACK_LEN, ADDR_LEN, NONCE_LEN, OSTIARY_REPLY_LEN,
+    REPLY_LEN,
+};
 
 /// IPC format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of every network -> monitor message.
-pub const REQUEST_LEN: usize = 48;
+pub const REQUEST_LEN: usize = 88;
 /// Largest monitor -> network message.
 pub const MAX_DOWN_LEN: usize = 2048;
 /// Most records in one [`Down::Carry`] message (3 + 48 x 32 bytes fits
@@ -71,6 +92,24 @@ pub const MAX_DOWN_LEN: usize = 2048;
 pub const MAX_CARRY_BATCH: usize = 48;
 /// Length of one carried record.
 pub const CARRY_RECORD_LEN: usize = 32;
+
+/// Most nonces the monitor issues in one [`Down::Nonces`], and the most
+/// the network process keeps at hand. It asks for more when half are
+/// used, so a greeting waits for a round trip only when more than half a
+/// batch (16) of connections arrive during one refill, a single round
+/// trip on the local socketpair; at the highest rates BENCHMARKS.md
+/// records (about 12,000 handshakes per second) 16 connections take over
+/// a millisecond to arrive. Small, so that what
+/// a compromised network process holds unused is small too, and so that
+/// a batch (3 + 40 bytes each, 1,283 bytes) fits one message.
+pub const NONCE_BATCH: usize = 32;
+/// How long the network process may keep an issued nonce before using it
+/// (from when it received it). Older ones are thrown away unused.
+pub const NONCE_KEEP: Duration = Duration::from_secs(5);
+/// Time the monitor allows on top of [`NONCE_KEEP`] and the handshake
+/// deadline for the IPC itself (a nonce is received a little after it
+/// is issued, a verify request read a little after it is sent).
+pub const NONCE_SLACK: Duration = Duration::from_secs(1);
 
 /// Why a handshake failed. Stable names appear in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,10 +128,14 @@ pub enum Reason {
     Evicted = 6,
     /// A valid MAC whose asserted address is not the source (bind_source).
     BindMismatch = 7,
+    /// The reply's nonce had expired or was already spent when the
+    /// monitor checked it, or its listener was closed by a reload since
+    /// (only the monitor logs this one).
+    StaleNonce = 8,
 }
 
 impl Reason {
-    const ALL: [Reason; 7] = [
+    const ALL: [Reason; 8] = [
         Reason::BadMac,
         Reason::ShortReply,
         Reason::LongReply,
@@ -100,6 +143,7 @@ impl Reason {
         Reason::Reset,
         Reason::Evicted,
         Reason::BindMismatch,
+        Reason::StaleNonce,
     ];
 
     /// Stable log name.
@@ -112,6 +156,7 @@ impl Reason {
             Reason::Reset => "reset",
             Reason::Evicted => "evicted",
             Reason::BindMismatch => "bind-mismatch",
+            Reason::StaleNonce => "stale-nonce",
         }
     }
 
@@ -145,10 +190,13 @@ pub enum Notice {
     /// A peer closed right after the challenge without sending a byte
     /// (not counted as a failure: PROTOCOL.md).
     NoReply = 9,
+    /// No issued nonce was at hand in time for a new connection; it was
+    /// closed before the greeting.
+    NoNonce = 10,
 }
 
 impl Notice {
-    const ALL: [Notice; 9] = [
+    const ALL: [Notice; 10] = [
         Notice::HandshakesFull,
         Notice::SourceTableFull,
         Notice::RateLimited,
@@ -158,6 +206,7 @@ impl Notice {
         Notice::OverBudget,
         Notice::NetworkLocked,
         Notice::NoReply,
+        Notice::NoNonce,
     ];
 
     fn from_u16(v: u16) -> Option<Notice> {
@@ -176,23 +225,42 @@ pub struct Peer {
     pub port: u16,
 }
 
+/// The fixed-length reply a peer sent, by protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyBytes {
+    /// A postern-2 reply: asserted address field and MAC.
+    Postern2(Reply),
+    /// An ostiary-4 reply: the MAC of the salt.
+    Ostiary4([u8; OSTIARY_REPLY_LEN]),
+}
+
+impl ReplyBytes {
+    /// The protocol it belongs to.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            ReplyBytes::Postern2(_) => Protocol::Postern2,
+            ReplyBytes::Ostiary4(_) => Protocol::Ostiary4,
+        }
+    }
+}
+
 /// A decoded network -> monitor message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// Run the action of key slot `slot` for `target`; answer with
-    /// [`Down::Status`].
-    Run {
-        /// Correlates the answer.
-        id: u32,
-        /// The config generation the index refers to.
+    /// Check this reply to the nonce `handle` names; answer with a
+    /// [`Down::Verdict`]. The connection's descriptor comes with it.
+    Verify {
+        /// The config generation the handshake began under.
         generation: u32,
-        /// Index of the key slot that matched (`Config::slots` of that
-        /// generation): names the action and the key.
-        slot: u16,
-        /// Who asked.
+        /// The nonce's handle, as issued ([`Down::Nonces`]); never zero.
+        handle: u64,
+        /// Who replied.
         peer: Peer,
-        /// The address `{addr}` stands for.
-        target: IpAddr,
+        /// The reply, exactly as read.
+        reply: ReplyBytes,
+        /// The source's failure count if this reply is refused (0 for an
+        /// exempt source), for the monitor's log line.
+        failures: u32,
     },
     /// A failed handshake.
     Fail {
@@ -202,6 +270,8 @@ pub enum Request {
         reason: Reason,
         /// Consecutive failures so far (0 for exempt sources).
         failures: u32,
+        /// The nonce it was greeted with, given back (0: none).
+        handle: u64,
     },
     /// A source was just locked out.
     Lockout {
@@ -218,6 +288,14 @@ pub enum Request {
         peer: Peer,
         /// A number that goes with it (errno, count).
         value: u32,
+        /// The nonce of the connection, given back (0: none; only
+        /// [`Notice::NoReply`] has one).
+        handle: u64,
+    },
+    /// Issue up to `count` more nonces.
+    Nonces {
+        /// How many, 1..=[`NONCE_BATCH`].
+        count: u16,
     },
 }
 
@@ -234,14 +312,31 @@ pub enum RequestError {
     Reserved,
     /// The source address is missing.
     NoSource,
-    /// The target address is missing on a run, or present elsewhere.
-    Target,
-    /// Unknown failure reason or notice code.
+    /// A verify without a handle, or a handle where none belongs.
+    Handle,
+    /// Unknown failure reason, notice code or protocol.
     Code(u16),
     /// Listener index out of range.
     Listener(u8),
-    /// Key slot index out of range.
-    Slot(u16),
+    /// A nonce count of zero or above [`NONCE_BATCH`].
+    Count(u16),
+}
+
+impl RequestError {
+    /// A fixed description, for the log line that ends a session.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestError::WrongSize(_) => "request of the wrong size",
+            RequestError::Version(_) => "unknown request version",
+            RequestError::Kind(_) => "unknown request kind",
+            RequestError::Reserved => "reserved field not zero",
+            RequestError::NoSource => "missing source address",
+            RequestError::Handle => "nonce handle misplaced",
+            RequestError::Code(_) => "unknown reason, notice or protocol code",
+            RequestError::Listener(_) => "listener index out of range",
+            RequestError::Count(_) => "nonce count out of range",
+        }
+    }
 }
 
 impl core::fmt::Display for RequestError {
@@ -252,36 +347,25 @@ impl core::fmt::Display for RequestError {
             RequestError::Kind(k) => write!(f, "unknown request kind {k}"),
             RequestError::Reserved => f.write_str("reserved field not zero"),
             RequestError::NoSource => f.write_str("missing source address"),
-            RequestError::Target => f.write_str("target address misplaced"),
-            RequestError::Code(c) => write!(f, "unknown reason or notice code {c}"),
+            RequestError::Handle => f.write_str("nonce handle misplaced"),
+            RequestError::Code(c) => write!(f, "unknown reason, notice or protocol code {c}"),
             RequestError::Listener(l) => write!(f, "listener index {l} out of range"),
-            RequestError::Slot(a) => write!(f, "key slot index {a} out of range"),
+            RequestError::Count(c) => write!(f, "nonce count {c} out of range"),
         }
     }
 }
 
-impl RequestError {
-    /// What was wrong, as fixed text (the log never carries values chosen
-    /// by the network process beyond range-checked numbers).
-    pub fn what(&self) -> &'static str {
-        match self {
-            RequestError::WrongSize(_) => "wrong size",
-            RequestError::Version(_) => "unknown version",
-            RequestError::Kind(_) => "unknown kind",
-            RequestError::Reserved => "reserved field not zero",
-            RequestError::NoSource => "missing source address",
-            RequestError::Target => "target address misplaced",
-            RequestError::Code(_) => "unknown reason or notice code",
-            RequestError::Listener(_) => "listener index out of range",
-            RequestError::Slot(_) => "key slot index out of range",
-        }
-    }
-}
-
-const KIND_RUN: u8 = 1;
+const KIND_VERIFY: u8 = 1;
 const KIND_FAIL: u8 = 2;
 const KIND_LOCKOUT: u8 = 3;
 const KIND_NOTICE: u8 = 4;
+const KIND_NONCES: u8 = 5;
+
+const PROTO_POSTERN2: u16 = 1;
+const PROTO_OSTIARY4: u16 = 2;
+
+const OFF_HANDLE: usize = 32;
+const OFF_REPLY: usize = 40;
 
 fn put_peer(b: &mut [u8; REQUEST_LEN], p: &Peer) {
     b[12] = p.listener;
@@ -296,12 +380,12 @@ fn addr16(b: &[u8]) -> [u8; ADDR_LEN] {
 }
 
 impl Request {
-    /// Encodes a request made under config `generation` (a run carries
+    /// Encodes a request made under config `generation` (a verify carries
     /// its own). The monitor judges the request against that generation,
     /// so a request from before a reload is never out of range.
     pub fn encode_for(&self, generation: u32) -> [u8; REQUEST_LEN] {
         let mut b = self.encode();
-        if !matches!(self, Request::Run { .. }) {
+        if !matches!(self, Request::Verify { .. }) {
             b[8..12].copy_from_slice(&generation.to_be_bytes());
         }
         b
@@ -314,34 +398,41 @@ impl Request {
         Some(u32::from_be_bytes([g[0], g[1], g[2], g[3]]))
     }
 
-    /// Encodes the request (generation 0 unless a run).
+    /// Encodes the request (generation 0 unless a verify).
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[0] = VERSION;
         match self {
-            Request::Run {
-                id,
+            Request::Verify {
                 generation,
-                slot,
+                handle,
                 peer,
-                target,
+                reply,
+                failures,
             } => {
-                b[1] = KIND_RUN;
-                b[2..4].copy_from_slice(&slot.to_be_bytes());
-                b[4..8].copy_from_slice(&id.to_be_bytes());
+                b[1] = KIND_VERIFY;
+                let (proto, bytes): (u16, &[u8]) = match reply {
+                    ReplyBytes::Postern2(r) => (PROTO_POSTERN2, r),
+                    ReplyBytes::Ostiary4(r) => (PROTO_OSTIARY4, r),
+                };
+                b[2..4].copy_from_slice(&proto.to_be_bytes());
+                b[4..8].copy_from_slice(&failures.to_be_bytes());
                 b[8..12].copy_from_slice(&generation.to_be_bytes());
                 put_peer(&mut b, peer);
-                b[32..48].copy_from_slice(&encode_addr(Some(*target)));
+                b[OFF_HANDLE..OFF_REPLY].copy_from_slice(&handle.to_be_bytes());
+                b[OFF_REPLY..OFF_REPLY + bytes.len()].copy_from_slice(bytes);
             }
             Request::Fail {
                 peer,
                 reason,
                 failures,
+                handle,
             } => {
                 b[1] = KIND_FAIL;
                 b[2..4].copy_from_slice(&(*reason as u16).to_be_bytes());
                 b[4..8].copy_from_slice(&failures.to_be_bytes());
                 put_peer(&mut b, peer);
+                b[OFF_HANDLE..OFF_REPLY].copy_from_slice(&handle.to_be_bytes());
             }
             Request::Lockout { peer, failures } => {
                 b[1] = KIND_LOCKOUT;
@@ -352,21 +443,27 @@ impl Request {
                 notice,
                 peer,
                 value,
+                handle,
             } => {
                 b[1] = KIND_NOTICE;
                 b[2..4].copy_from_slice(&(*notice as u16).to_be_bytes());
                 b[4..8].copy_from_slice(&value.to_be_bytes());
                 put_peer(&mut b, peer);
+                b[OFF_HANDLE..OFF_REPLY].copy_from_slice(&handle.to_be_bytes());
+            }
+            Request::Nonces { count } => {
+                b[1] = KIND_NONCES;
+                b[2..4].copy_from_slice(&count.to_be_bytes());
             }
         }
         b
     }
 
-    /// Decodes and range-checks an untrusted request. `listeners` and
-    /// `slots` are the counts of the config generation the request
-    /// belongs to (see [`generation_of`](Self::generation_of)); anything
-    /// out of range is an error.
-    pub fn decode(bytes: &[u8], listeners: usize, slots: usize) -> Result<Request, RequestError> {
+    /// Decodes and range-checks an untrusted request. `listeners` is the
+    /// listener count of the config generation the request belongs to
+    /// (see [`generation_of`](Self::generation_of)); anything out of range
+    /// is an error.
+    pub fn decode(bytes: &[u8], listeners: usize) -> Result<Request, RequestError> {
         if bytes.len() != REQUEST_LEN {
             return Err(RequestError::WrongSize(bytes.len()));
         }
@@ -379,34 +476,65 @@ impl Request {
         let arg16 = u16::from_be_bytes([bytes[2], bytes[3]]);
         let arg32 = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let generation = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&bytes[OFF_HANDLE..OFF_REPLY]);
+        let handle = u64::from_be_bytes(h);
+        let reply = &bytes[OFF_REPLY..];
+        let kind = bytes[1];
+        if kind == KIND_NONCES {
+            // Nothing but the count (and the generation) may be set.
+            if arg32 != 0 || bytes[12..OFF_REPLY].iter().any(|&x| x != 0) {
+                return Err(RequestError::Reserved);
+            }
+            if reply.iter().any(|&x| x != 0) {
+                return Err(RequestError::Reserved);
+            }
+            if arg16 == 0 || usize::from(arg16) > NONCE_BATCH {
+                return Err(RequestError::Count(arg16));
+            }
+            return Ok(Request::Nonces { count: arg16 });
+        }
         let listener = bytes[12];
         if usize::from(listener) >= listeners {
             return Err(RequestError::Listener(listener));
         }
         let port = u16::from_be_bytes([bytes[14], bytes[15]]);
         let addr = decode_addr(&addr16(&bytes[16..32])).ok_or(RequestError::NoSource)?;
-        let target = decode_addr(&addr16(&bytes[32..48]));
         let peer = Peer {
             listener,
             addr,
             port,
         };
-        let kind = bytes[1];
-        if kind != KIND_RUN && target.is_some() {
-            return Err(RequestError::Target);
+        if kind != KIND_VERIFY && reply.iter().any(|&x| x != 0) {
+            return Err(RequestError::Reserved);
         }
         match kind {
-            KIND_RUN => {
-                if usize::from(arg16) >= slots {
-                    return Err(RequestError::Slot(arg16));
+            KIND_VERIFY => {
+                if handle == 0 {
+                    return Err(RequestError::Handle);
                 }
-                let target = target.ok_or(RequestError::Target)?;
-                Ok(Request::Run {
-                    id: arg32,
+                let reply = match arg16 {
+                    PROTO_POSTERN2 => {
+                        let mut r = [0u8; REPLY_LEN];
+                        r.copy_from_slice(&reply[..REPLY_LEN]);
+                        ReplyBytes::Postern2(r)
+                    }
+                    PROTO_OSTIARY4 => {
+                        if reply[OSTIARY_REPLY_LEN..].iter().any(|&x| x != 0) {
+                            return Err(RequestError::Reserved);
+                        }
+                        let mut r = [0u8; OSTIARY_REPLY_LEN];
+                        r.copy_from_slice(&reply[..OSTIARY_REPLY_LEN]);
+                        ReplyBytes::Ostiary4(r)
+                    }
+                    c => return Err(RequestError::Code(c)),
+                };
+                Ok(Request::Verify {
                     generation,
-                    slot: arg16,
+                    handle,
                     peer,
-                    target,
+                    reply,
+                    failures: arg32,
                 })
             }
             KIND_FAIL => {
@@ -415,11 +543,15 @@ impl Request {
                     peer,
                     reason,
                     failures: arg32,
+                    handle,
                 })
             }
             KIND_LOCKOUT => {
                 if arg16 != 0 {
                     return Err(RequestError::Reserved);
+                }
+                if handle != 0 {
+                    return Err(RequestError::Handle);
                 }
                 Ok(Request::Lockout {
                     peer,
@@ -428,10 +560,14 @@ impl Request {
             }
             KIND_NOTICE => {
                 let notice = Notice::from_u16(arg16).ok_or(RequestError::Code(arg16))?;
+                if handle != 0 && notice != Notice::NoReply {
+                    return Err(RequestError::Handle);
+                }
                 Ok(Request::Notice {
                     notice,
                     peer,
                     value: arg32,
+                    handle,
                 })
             }
             k => Err(RequestError::Kind(k)),
@@ -458,25 +594,60 @@ pub struct NetLimits {
     pub lockout_table: NonZeroUsize,
     /// Full verifications per second for sources not in good standing.
     pub verify_per_second: NonZeroU32,
-    /// How long to wait for the monitor's answer to a run request.
+    /// How long to wait for the monitor's ack to an authenticated reply.
     pub ack_timeout: Duration,
     /// How long a graceful stop waits for running handshakes.
     pub shutdown_grace: Duration,
 }
 
+/// The monitor's verdict on a forwarded reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No key matched, or the nonce was stale: a failure of the source.
+    /// Nothing follows.
+    Bad = 1,
+    /// Authenticated: the source is forgiven. For postern-2 a
+    /// [`Down::Ack`] follows once the action has been handled.
+    Authenticated = 2,
+    /// A valid MAC from the wrong address for a `bind_source` action: a
+    /// failure of the source; a refusing [`Down::Ack`] follows.
+    BindMismatch = 3,
+}
+
+impl Verdict {
+    fn from_u8(v: u8) -> Option<Verdict> {
+        [Verdict::Bad, Verdict::Authenticated, Verdict::BindMismatch]
+            .into_iter()
+            .find(|x| *x as u8 == v)
+    }
+}
+
+/// One issued nonce: its handle and its bytes.
+pub type IssuedNonce = (u64, [u8; NONCE_LEN]);
+
 /// A decoded monitor -> network message.
 #[derive(Debug)]
 pub enum Down {
-    /// Answer to [`Request::Run`].
-    Status {
-        /// The request's id.
-        id: u32,
-        /// What happened, why, and for how long: the ack's body.
-        answer: Answer,
+    /// Fresh nonces (at most [`NONCE_BATCH`]), in answer to
+    /// [`Request::Nonces`]; possibly fewer than asked, or none.
+    Nonces(Vec<IssuedNonce>),
+    /// The verdict on [`Request::Verify`] `handle`.
+    Verdict {
+        /// The request's nonce handle.
+        handle: u64,
+        /// What the monitor found.
+        verdict: Verdict,
     },
-    /// Start of a config; `listeners`, `exempt` and `slots` records follow.
+    /// The signed ack for the postern-2 handshake of nonce `handle`.
+    Ack {
+        /// The request's nonce handle.
+        handle: u64,
+        /// The ack, to send to the peer as it is.
+        ack: Ack,
+    },
+    /// Start of a config; `listeners` and `exempt` records follow.
     Begin {
-        /// Generation number, echoed in run requests.
+        /// Generation number, echoed in requests.
         generation: u32,
         /// Limits.
         limits: NetLimits,
@@ -484,8 +655,6 @@ pub enum Down {
         listeners: u16,
         /// Exempt-network records that follow.
         exempt: u16,
-        /// Key slot records that follow.
-        slots: u16,
     },
     /// A listener; its socket arrives with the message.
     Listener {
@@ -496,21 +665,6 @@ pub enum Down {
     },
     /// A network exempt from lockout.
     Exempt(IpNet),
-    /// A key slot: one secret of one action (`Config::slots`).
-    Slot {
-        /// Slot index: records come in order, 0 first.
-        index: u16,
-        /// ostiary-4 password rather than postern-2 key.
-        password: bool,
-        /// Its action's `bind_source`: refuse unless the asserted address
-        /// is the source.
-        bind_source: bool,
-        /// Refused from this time on (seconds since the Unix epoch): an
-        /// old key whose overlap window ends then. `None`: no end.
-        until: Option<u64>,
-        /// The key or password bytes (redacted in Debug, zeroized on drop).
-        secret: Password,
-    },
     /// End of a config: apply it.
     End,
     /// Lockout and rate state carried over to a network process that
@@ -648,11 +802,12 @@ impl Carried {
     }
 }
 
-const DOWN_STATUS: u8 = 0x81;
+const DOWN_NONCES: u8 = 0x82;
+const DOWN_VERDICT: u8 = 0x83;
+const DOWN_ACK: u8 = 0x84;
 const DOWN_BEGIN: u8 = 0x90;
 const DOWN_LISTENER: u8 = 0x91;
 const DOWN_EXEMPT: u8 = 0x92;
-const DOWN_SLOT: u8 = 0x95;
 const DOWN_END: u8 = 0x94;
 const DOWN_CARRY: u8 = 0x96;
 
@@ -661,21 +816,35 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Down {
-    /// Encodes the message.
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut b = Zeroizing::new(vec![VERSION]);
+    /// Encodes the message. A nonces message with more than
+    /// [`NONCE_BATCH`] carries only the first that many.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![VERSION];
         match self {
-            Down::Status { id, answer } => {
-                b.push(DOWN_STATUS);
-                b.extend_from_slice(&answer.to_bytes());
-                b.extend_from_slice(&id.to_be_bytes());
+            Down::Nonces(list) => {
+                b.push(DOWN_NONCES);
+                let n = list.len().min(NONCE_BATCH);
+                b.push(n as u8);
+                for (handle, nonce) in &list[..n] {
+                    b.extend_from_slice(&handle.to_be_bytes());
+                    b.extend_from_slice(nonce);
+                }
+            }
+            Down::Verdict { handle, verdict } => {
+                b.push(DOWN_VERDICT);
+                b.extend_from_slice(&handle.to_be_bytes());
+                b.push(*verdict as u8);
+            }
+            Down::Ack { handle, ack } => {
+                b.push(DOWN_ACK);
+                b.extend_from_slice(&handle.to_be_bytes());
+                b.extend_from_slice(ack);
             }
             Down::Begin {
                 generation,
                 limits: l,
                 listeners,
                 exempt,
-                slots,
             } => {
                 b.push(DOWN_BEGIN);
                 b.extend_from_slice(&generation.to_be_bytes());
@@ -691,7 +860,6 @@ impl Down {
                 b.extend_from_slice(&ms(l.shutdown_grace).to_be_bytes());
                 b.extend_from_slice(&listeners.to_be_bytes());
                 b.extend_from_slice(&exempt.to_be_bytes());
-                b.extend_from_slice(&slots.to_be_bytes());
             }
             Down::Listener { index, protocol } => {
                 b.push(DOWN_LISTENER);
@@ -706,25 +874,6 @@ impl Down {
                 b.push(net.prefix);
                 b.push(u8::from(net.addr.is_ipv4()));
                 b.extend_from_slice(&encode_addr(Some(net.addr)));
-            }
-            Down::Slot {
-                index,
-                password,
-                bind_source,
-                until,
-                secret,
-            } => {
-                b.push(DOWN_SLOT);
-                b.push(
-                    u8::from(*password)
-                        | (u8::from(*bind_source) << 1)
-                        | (u8::from(until.is_some()) << 2),
-                );
-                b.extend_from_slice(&index.to_be_bytes());
-                b.extend_from_slice(&until.unwrap_or(0).to_be_bytes());
-                let bytes = secret.expose();
-                b.extend_from_slice(&(bytes.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-                b.extend_from_slice(bytes);
             }
             Down::End => b.push(DOWN_END),
             Down::Carry(records) => {
@@ -748,16 +897,32 @@ impl Down {
             return None;
         }
         let d = match r.u8()? {
-            DOWN_STATUS => {
-                let mut body = [0u8; ACK_BODY_LEN];
-                for b in body.iter_mut() {
-                    *b = r.u8()?;
+            DOWN_NONCES => {
+                let n = usize::from(r.u8()?);
+                if n > NONCE_BATCH {
+                    return None;
                 }
-                let answer = Answer::from_bytes(&body)?;
-                Down::Status {
-                    id: r.u32()?,
-                    answer,
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let handle = r.u64()?;
+                    let mut nonce = [0u8; NONCE_LEN];
+                    nonce.copy_from_slice(r.take(NONCE_LEN)?);
+                    if handle == 0 {
+                        return None;
+                    }
+                    list.push((handle, nonce));
                 }
+                Down::Nonces(list)
+            }
+            DOWN_VERDICT => Down::Verdict {
+                handle: r.u64()?,
+                verdict: Verdict::from_u8(r.u8()?)?,
+            },
+            DOWN_ACK => {
+                let handle = r.u64()?;
+                let mut ack = [0u8; ACK_LEN];
+                ack.copy_from_slice(r.take(ACK_LEN)?);
+                Down::Ack { handle, ack }
             }
             DOWN_BEGIN => {
                 let generation = r.u32()?;
@@ -778,7 +943,6 @@ impl Down {
                     limits,
                     listeners: r.u16()?,
                     exempt: r.u16()?,
-                    slots: r.u16()?,
                 }
             }
             DOWN_LISTENER => {
@@ -811,23 +975,6 @@ impl Down {
                     return None;
                 }
                 Down::Exempt(IpNet { addr, prefix })
-            }
-            DOWN_SLOT => {
-                let flags = r.u8()?;
-                if flags & !0b111 != 0 {
-                    return None;
-                }
-                let index = r.u16()?;
-                let until = r.u64()?;
-                let len = usize::from(r.u16()?);
-                let secret = Password::new(r.take(len)?.to_vec());
-                Down::Slot {
-                    index,
-                    password: flags & 1 != 0,
-                    bind_source: flags & 2 != 0,
-                    until: (flags & 4 != 0).then_some(until),
-                    secret,
-                }
             }
             DOWN_END => Down::End,
             DOWN_CARRY => {
@@ -893,21 +1040,39 @@ mod tests {
         }
     }
 
+    fn verify() -> Request {
+        Request::Verify {
+            generation: 3,
+            handle: 0x0102_0304_0506_0708,
+            peer: peer(),
+            reply: ReplyBytes::Postern2([0xa5; REPLY_LEN]),
+            failures: 2,
+        }
+    }
+
     // Goal: every request kind round-trips.
     #[test]
     fn request_roundtrip() {
         let reqs = [
-            Request::Run {
-                id: 7,
-                generation: 3,
-                slot: 2,
+            verify(),
+            Request::Verify {
+                generation: 1,
+                handle: 9,
                 peer: peer(),
-                target: "2001:db8::1".parse().unwrap(),
+                reply: ReplyBytes::Ostiary4([0x5a; OSTIARY_REPLY_LEN]),
+                failures: 0,
             },
             Request::Fail {
                 peer: peer(),
                 reason: Reason::Timeout,
                 failures: 2,
+                handle: 77,
+            },
+            Request::Fail {
+                peer: peer(),
+                reason: Reason::StaleNonce,
+                failures: 1,
+                handle: 0,
             },
             Request::Lockout {
                 peer: peer(),
@@ -917,62 +1082,110 @@ mod tests {
                 notice: Notice::HandshakesFull,
                 peer: peer(),
                 value: 256,
+                handle: 0,
+            },
+            Request::Notice {
+                notice: Notice::NoReply,
+                peer: peer(),
+                value: 0,
+                handle: 12,
+            },
+            Request::Nonces { count: 1 },
+            Request::Nonces {
+                count: NONCE_BATCH as u16,
             },
         ];
         for r in reqs {
-            assert_eq!(Request::decode(&r.encode(), 2, 3), Ok(r));
+            assert_eq!(Request::decode(&r.encode(), 2), Ok(r));
         }
     }
 
     // Goal: forged requests are rejected: wrong size, bad version, unknown
-    // kind, out-of-range indexes, reserved bits, missing addresses.
+    // kind, out-of-range fields, reserved bits, missing addresses, a
+    // verify without a handle, handles and reply bytes where none belong.
     #[test]
     fn forged_requests_rejected() {
-        let good = Request::Run {
-            id: 1,
-            generation: 1,
-            slot: 2,
-            peer: peer(),
-            target: peer().addr,
-        }
-        .encode();
+        let good = verify().encode();
         assert_eq!(
-            Request::decode(&good[..47], 2, 3),
-            Err(RequestError::WrongSize(47))
+            Request::decode(&good[..REQUEST_LEN - 1], 2),
+            Err(RequestError::WrongSize(REQUEST_LEN - 1))
         );
         assert_eq!(
-            Request::decode(&[0u8; 49], 2, 3),
-            Err(RequestError::WrongSize(49))
+            Request::decode(&[0u8; REQUEST_LEN + 1], 2),
+            Err(RequestError::WrongSize(REQUEST_LEN + 1))
         );
-        assert_eq!(Request::decode(&good, 2, 2), Err(RequestError::Slot(2)));
-        assert_eq!(Request::decode(&good, 1, 3), Err(RequestError::Listener(1)));
+        assert_eq!(Request::decode(&good, 1), Err(RequestError::Listener(1)));
         let mut b = good;
-        b[0] = 9;
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Version(9)));
+        b[0] = 1;
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Version(1)));
         let mut b = good;
         b[1] = 77;
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Target));
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Reserved));
         let mut b = good;
         b[13] = 1;
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Reserved));
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Reserved));
         let mut b = good;
-        b[32..48].fill(0);
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Target));
+        b[32..40].fill(0);
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Handle));
         let mut b = good;
         b[16..32].fill(0);
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::NoSource));
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::NoSource));
+        let mut b = good;
+        b[2..4].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Code(3)));
+        // An ostiary-4 reply is 32 bytes: the 16 after it must be zero.
+        let mut b = good;
+        b[2..4].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Reserved));
         let fail = Request::Fail {
             peer: peer(),
             reason: Reason::BadMac,
             failures: 1,
+            handle: 0,
         }
         .encode();
         let mut b = fail;
         b[2..4].copy_from_slice(&99u16.to_be_bytes());
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Code(99)));
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Code(99)));
         let mut b = fail;
         b[1] = 77;
-        assert_eq!(Request::decode(&b, 2, 3), Err(RequestError::Kind(77)));
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Kind(77)));
+        let mut b = fail;
+        b[60] = 1;
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Reserved));
+        let lockout = Request::Lockout {
+            peer: peer(),
+            failures: 5,
+        }
+        .encode();
+        let mut b = lockout;
+        b[39] = 1;
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Handle));
+        let notice = Request::Notice {
+            notice: Notice::RateLimited,
+            peer: peer(),
+            value: 0,
+            handle: 0,
+        }
+        .encode();
+        let mut b = notice;
+        b[39] = 1;
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Handle));
+        let nonces = Request::Nonces { count: 4 }.encode();
+        for (at, v) in [(12, 1u8), (16, 1), (33, 1), (50, 1), (5, 1)] {
+            let mut b = nonces;
+            b[at] = v;
+            assert_eq!(Request::decode(&b, 2), Err(RequestError::Reserved), "{at}");
+        }
+        let mut b = nonces;
+        b[2..4].copy_from_slice(&0u16.to_be_bytes());
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Count(0)));
+        let mut b = nonces;
+        b[2..4].copy_from_slice(&(NONCE_BATCH as u16 + 1).to_be_bytes());
+        assert_eq!(
+            Request::decode(&b, 2),
+            Err(RequestError::Count(NONCE_BATCH as u16 + 1))
+        );
         // Random garbage never panics and is almost always rejected.
         let mut seed = 99u64;
         for _ in 0..10_000 {
@@ -983,11 +1196,12 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 *x = (seed >> 56) as u8;
             }
-            let _ = Request::decode(&g, 2, 3);
+            let _ = Request::decode(&g, 2);
         }
     }
 
-    // Goal: every down message round-trips and truncation is refused.
+    // Goal: every down message round-trips and truncation is refused; no
+    // down message carries anything secret (there is no kind for it).
     #[test]
     fn down_roundtrip() {
         let limits = NetLimits {
@@ -1002,25 +1216,25 @@ mod tests {
             ack_timeout: Duration::from_secs(70),
             shutdown_grace: Duration::from_secs(5),
         };
+        let full: Vec<IssuedNonce> = (1..=NONCE_BATCH as u64)
+            .map(|h| (h, [h as u8; NONCE_LEN]))
+            .collect();
         let msgs = [
-            Down::Status {
-                id: 9,
-                answer: Answer::bare(crate::wire::Status::AlreadyActive).with_seconds(600),
+            Down::Nonces(vec![(5, [7u8; NONCE_LEN])]),
+            Down::Nonces(full),
+            Down::Verdict {
+                handle: 9,
+                verdict: Verdict::BindMismatch,
             },
-            Down::Status {
-                id: 10,
-                answer: Answer::because(
-                    crate::wire::Status::Refused,
-                    crate::wire::Reason::Cooldown,
-                )
-                .with_seconds(40),
+            Down::Ack {
+                handle: 10,
+                ack: [3u8; ACK_LEN],
             },
             Down::Begin {
                 generation: 4,
                 limits: limits.clone(),
                 listeners: 2,
                 exempt: 1,
-                slots: 3,
             },
             Down::Listener {
                 index: 1,
@@ -1034,31 +1248,11 @@ mod tests {
                 addr: "2001:db8::".parse().unwrap(),
                 prefix: 32,
             }),
-            Down::Slot {
-                index: 2,
-                password: true,
-                bind_source: false,
-                until: None,
-                secret: Password::new(b"Sample".to_vec()),
-            },
-            Down::Slot {
-                index: 3,
-                password: false,
-                bind_source: true,
-                until: Some(1_797_292_800),
-                secret: Password::new(vec![7; 32]),
-            },
-            Down::Slot {
-                index: 4,
-                password: false,
-                bind_source: false,
-                until: Some(0),
-                secret: Password::new(vec![8; 32]),
-            },
             Down::End,
         ];
         for m in &msgs {
             let enc = m.encode();
+            assert!(enc.len() <= MAX_DOWN_LEN, "{m:?}");
             let dec = Down::decode(&enc).unwrap();
             assert_eq!(format!("{dec:?}"), format!("{m:?}"));
             assert!(Down::decode(&enc[..enc.len() - 1]).is_none());
@@ -1066,35 +1260,17 @@ mod tests {
             longer.push(0);
             assert!(Down::decode(&longer).is_none());
         }
-    }
-
-    // Goal: a key slot record with an unknown flag bit is refused, and
-    // its validity end survives the round trip only when flagged.
-    #[test]
-    fn slot_flags_are_strict() {
-        let slot = Down::Slot {
-            index: 0,
-            password: false,
-            bind_source: false,
-            until: Some(5),
-            secret: Password::new(vec![1; 32]),
-        };
-        let enc = slot.encode();
-        assert!(matches!(
-            Down::decode(&enc),
-            Some(Down::Slot { until: Some(5), .. })
-        ));
-        for bit in 3..8 {
-            let mut bad = enc.to_vec();
-            bad[2] |= 1 << bit;
-            assert!(Down::decode(&bad).is_none(), "flag bit {bit}");
+        // A zero handle and an unknown verdict are refused.
+        let mut z = Down::Nonces(vec![(5, [7u8; NONCE_LEN])]).encode();
+        z[3..11].fill(0);
+        assert!(Down::decode(&z).is_none());
+        let mut v = Down::Verdict {
+            handle: 1,
+            verdict: Verdict::Bad,
         }
-        let mut cleared = enc.to_vec();
-        cleared[2] &= !4;
-        assert!(matches!(
-            Down::decode(&cleared),
-            Some(Down::Slot { until: None, .. })
-        ));
+        .encode();
+        v[10] = 9;
+        assert!(Down::decode(&v).is_none());
     }
 
     // Goal: exempt networks with an all-zero address, or an IPv6 one that
@@ -1123,12 +1299,16 @@ mod tests {
             peer: peer(),
             reason: Reason::Timeout,
             failures: 2,
+            handle: 4,
         };
         let b = fail.encode_for(7);
         assert_eq!(Request::generation_of(&b), Some(7));
-        assert_eq!(Request::decode(&b, 2, 3), Ok(fail));
+        assert_eq!(Request::decode(&b, 2), Ok(fail));
         assert_eq!(Request::generation_of(&fail.encode()), Some(0));
         assert_eq!(Request::generation_of(&b[..5]), None);
+        let n = Request::Nonces { count: 3 }.encode_for(9);
+        assert_eq!(Request::generation_of(&n), Some(9));
+        assert_eq!(Request::decode(&n, 2), Ok(Request::Nonces { count: 3 }));
     }
 
     fn carried() -> Vec<Carried> {

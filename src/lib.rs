@@ -17,13 +17,23 @@
 //! - `sys.rs`     the only unsafe code: fd adoption, pre-exec glue, mlock.
 //!
 //! `net/`: the network process, jailed (chroot, `nobody`, no privileges),
-//! the only code that touches bytes from the network:
-//! - `net/mod.rs`     accept loops, handshakes, deadlines, slots.
+//! the only code that touches bytes from the network; it holds no key, no
+//! password and no MAC state:
+//! - `net/mod.rs`     accept loops, handshakes (nonces from the monitor,
+//!   replies checked by it), deadlines, slots.
 //! - `net/limits.rs`  token buckets, lockouts per source and network, verify budget, slots.
 //! - `net/privsep.rs` the jail it enters before reading a byte, and process hardening.
 //!
 //! `monitor/`: the privileged monitor, as root; never reads the network:
-//! - `monitor/mod.rs`     requests from the network process, reload, shutdown.
+//! - `monitor/mod.rs`     the monitor: actions, reload, shutdown.
+//! - `monitor/session.rs` one network process's session: each request
+//!   decoded and checked, a typed reason when it ends.
+//! - `monitor/nonces.rs`  the bounded table of issued nonces (used once,
+//!   expiring).
+//! - `monitor/verify.rs`  the keys (held only here), reply checks, and the
+//!   kernel's word on an authenticated reply's peer.
+//! - `monitor/childlog.rs` the network process's stderr: drained, counted,
+//!   never shown.
 //! - `monitor/daemon.rs`  start-up order and the network process's entry point.
 //! - `monitor/supervise.rs` replacing a dead network process: backoff, give-up
 //!   window, the lockout and rate state handed to the new one.

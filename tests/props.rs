@@ -802,12 +802,12 @@ fn ipc_decoding_is_total_and_exact() {
         addr: "192.0.2.5".parse().unwrap(),
         port: 4242,
     };
-    let base = Request::Run {
-        id: 3,
+    let base = Request::Verify {
         generation: 2,
-        slot: 1,
+        handle: 3 << 32 | 1,
         peer,
-        target: "2001:db8::1".parse().unwrap(),
+        reply: postern::ipc::ReplyBytes::Postern2([0x5a; wire::REPLY_LEN]),
+        failures: 1,
     }
     .encode();
     let mut accepted = 0;
@@ -817,9 +817,10 @@ fn ipc_decoding_is_total_and_exact() {
             let i = rng.below(REQUEST_LEN as u64) as usize;
             b[i] = rng.next_u64() as u8;
         }
-        if let Ok(req) = Request::decode(&b, 2, 3) {
+        if let Ok(req) = Request::decode(&b, 2) {
             accepted += 1;
-            assert_eq!(req.encode(), b, "seed {seed}");
+            let generation = Request::generation_of(&b).unwrap();
+            assert_eq!(req.encode_for(generation), b, "seed {seed}");
         }
         let len = rng.below(80) as usize;
         let bytes = rng.bytes(len);
@@ -830,10 +831,10 @@ fn ipc_decoding_is_total_and_exact() {
     }
     assert!(accepted > 100, "seed {seed}: mutations too destructive");
     // The regression the fuzzer found: prefixes beyond the family's bits.
-    let mut v4 = vec![1u8, 0x92, 33, 1];
+    let mut v4 = vec![postern::ipc::VERSION, 0x92, 33, 1];
     v4.extend(wire::encode_addr(Some("10.0.0.0".parse().unwrap())));
     assert!(Down::decode(&v4).is_none(), "IPv4 /33 refused");
-    let mut v6 = vec![1u8, 0x92, 129, 0];
+    let mut v6 = vec![postern::ipc::VERSION, 0x92, 129, 0];
     v6.extend(wire::encode_addr(Some("2001:db8::".parse().unwrap())));
     assert!(Down::decode(&v6).is_none(), "IPv6 /129 refused");
     v6[2] = 128;
@@ -1033,7 +1034,7 @@ mod inproc {
     use super::*;
     use postern::channel::{self, Channel};
     use postern::config::Protocol;
-    use postern::ipc::{NetLimits, Notice, Reason, MAX_DOWN_LEN};
+    use postern::ipc::{NetLimits, Notice, Reason, ReplyBytes, Verdict, MAX_DOWN_LEN};
     use postern::secret::Password;
     use std::cell::RefCell;
     use std::os::fd::AsRawFd;
@@ -1042,7 +1043,8 @@ mod inproc {
 
     pub struct Net {
         pub mon: Rc<Channel>,
-        pub seen: Rc<RefCell<Vec<Request>>>,
+        pub seen: Rc<RefCell<Vec<Ev>>>,
+        keys: Rc<RefCell<HashMap<u32, Keys>>>,
         pub postern: std::net::SocketAddr,
         pub ostiary: std::net::SocketAddr,
         listeners: [std::net::TcpListener; 2],
@@ -1060,8 +1062,6 @@ mod inproc {
         pub keys: &'a [([u8; 32], bool)],
         /// ostiary-4 passwords, as the actions after the keys.
         pub passwords: &'a [&'a [u8]],
-        /// Per key (by index; missing: none): refused from this Unix time.
-        pub until: &'a [Option<u64>],
     }
 
     pub fn limits() -> NetLimits {
@@ -1079,14 +1079,48 @@ mod inproc {
         }
     }
 
+    /// What the test monitor records: every request as it came, and for
+    /// each verified reply the run it stands for.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Ev {
+        /// A request from the network process.
+        Req(Request),
+        /// An authenticated reply: the action it runs, for whom, under
+        /// which generation.
+        Run {
+            action: u16,
+            target: IpAddr,
+            generation: u32,
+        },
+    }
+
+    /// The keys of one generation, as the test monitor checks with them.
+    struct Keys {
+        postern: Verifier,
+        bind: Vec<bool>,
+        ostiary: Verifier,
+    }
+
+    fn keys_of(s: &Setup<'_>) -> Keys {
+        let ks: Vec<Key> = s.keys.iter().map(|(k, _)| Key::from_bytes(*k)).collect();
+        let ps: Vec<Password> = s
+            .passwords
+            .iter()
+            .map(|p| Password::new(p.to_vec()))
+            .collect();
+        Keys {
+            postern: Verifier::from_keys(ks.iter()),
+            bind: s.keys.iter().map(|(_, b)| *b).collect(),
+            ostiary: Verifier::from_passwords(ps.iter()),
+        }
+    }
+
     pub async fn send(mon: &Channel, listeners: &[std::net::TcpListener; 2], s: &Setup<'_>) {
-        let n_actions = (s.keys.len() + s.passwords.len()) as u16;
         let begin = Down::Begin {
             generation: s.generation,
             limits: s.limits.clone(),
             listeners: 2,
             exempt: s.exempt.len() as u16,
-            slots: n_actions,
         };
         mon.send(&begin.encode(), &[]).await.unwrap();
         for (i, (l, p)) in listeners
@@ -1103,33 +1137,15 @@ mod inproc {
         for n in s.exempt {
             mon.send(&Down::Exempt(*n).encode(), &[]).await.unwrap();
         }
-        for (i, (k, bind)) in s.keys.iter().enumerate() {
-            let m = Down::Slot {
-                index: i as u16,
-                password: false,
-                bind_source: *bind,
-                until: s.until.get(i).copied().flatten(),
-                secret: Password::new(k.to_vec()),
-            };
-            mon.send(&m.encode(), &[]).await.unwrap();
-        }
-        for (j, p) in s.passwords.iter().enumerate() {
-            let m = Down::Slot {
-                index: (s.keys.len() + j) as u16,
-                password: true,
-                bind_source: false,
-                until: None,
-                secret: Password::new(p.to_vec()),
-            };
-            mon.send(&m.encode(), &[]).await.unwrap();
-        }
         mon.send(&Down::End.encode(), &[]).await.unwrap();
     }
 
     impl Net {
-        /// Starts `postern::net::serve` on a fresh channel; a monitor task
-        /// records every request (each must decode) and answers every run
-        /// with `answer`.
+        /// Starts `postern::net::serve` on a fresh channel; a test monitor
+        /// task issues nonces, checks every reply with the setup's keys,
+        /// records every request (each must decode, a verify must carry
+        /// exactly one descriptor and name an issued nonce) and answers
+        /// every authenticated reply with `status`.
         pub async fn start(s: &Setup<'_>, status: Status) -> Net {
             let answer = Answer::bare(status);
             let listeners = [
@@ -1141,11 +1157,14 @@ mod inproc {
             send(&mon, &listeners, s).await;
             let task = tokio::task::spawn_local(postern::net::serve(net_fd));
             let seen = Rc::new(RefCell::new(Vec::new()));
-            let (m2, s2) = (Rc::clone(&mon), Rc::clone(&seen));
+            let keys = Rc::new(RefCell::new(HashMap::from([(s.generation, keys_of(s))])));
+            let (m2, s2, k2) = (Rc::clone(&mon), Rc::clone(&seen), Rc::clone(&keys));
             let paused = Rc::new(std::cell::Cell::new(false));
             let p2 = Rc::clone(&paused);
             let recorder = tokio::task::spawn_local(async move {
                 let mut buf = vec![0u8; MAX_DOWN_LEN];
+                let mut issued: HashMap<u64, [u8; 32]> = HashMap::new();
+                let mut next = 1u64;
                 loop {
                     while p2.get() {
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1156,12 +1175,112 @@ mod inproc {
                     if r.len == 0 {
                         return;
                     }
-                    assert!(r.fds.is_empty() && !r.truncated);
-                    let req = Request::decode(&buf[..r.len], 2, 16)
+                    assert!(!r.truncated);
+                    let req = Request::decode(&buf[..r.len], 2)
                         .unwrap_or_else(|e| panic!("undecodable request: {e}"));
-                    s2.borrow_mut().push(req);
-                    if let Request::Run { id, .. } = req {
-                        let _ = m2.send(&Down::Status { id, answer }.encode(), &[]).await;
+                    assert_eq!(
+                        r.fds.len(),
+                        usize::from(matches!(req, Request::Verify { .. })),
+                        "{req:?}"
+                    );
+                    s2.borrow_mut().push(Ev::Req(req));
+                    let down = |m: Down| {
+                        let m2 = Rc::clone(&m2);
+                        async move {
+                            let _ = m2.send(&m.encode(), &[]).await;
+                        }
+                    };
+                    match req {
+                        Request::Nonces { count } => {
+                            let mut list = Vec::new();
+                            for _ in 0..count {
+                                let mut n = [0u8; 32];
+                                getrandom::getrandom(&mut n).unwrap();
+                                issued.insert(next, n);
+                                list.push((next, n));
+                                next += 1;
+                            }
+                            down(Down::Nonces(list)).await;
+                        }
+                        Request::Verify {
+                            generation,
+                            handle,
+                            peer,
+                            reply,
+                            failures,
+                        } => {
+                            let nonce = issued
+                                .remove(&handle)
+                                .unwrap_or_else(|| panic!("verify for nonce {handle} not issued"));
+                            let mut outs = Vec::new();
+                            {
+                                let ks = k2.borrow();
+                                let k = &ks[&generation];
+                                let fail = |reason| {
+                                    Ev::Req(Request::Fail {
+                                        peer,
+                                        reason,
+                                        failures,
+                                        handle,
+                                    })
+                                };
+                                let verdict = |v| Down::Verdict { handle, verdict: v };
+                                match reply {
+                                    ReplyBytes::Postern2(r) => {
+                                        let g = wire::greeting(&nonce);
+                                        match k.postern.check_reply(&g, &r) {
+                                            None => {
+                                                s2.borrow_mut().push(fail(Reason::BadMac));
+                                                outs.push(verdict(Verdict::Bad));
+                                            }
+                                            Some((i, asserted)) => {
+                                                let mk = k.postern.key(i).unwrap();
+                                                let (v, a) =
+                                                    if k.bind[i] && asserted != Some(peer.addr) {
+                                                        s2.borrow_mut()
+                                                            .push(fail(Reason::BindMismatch));
+                                                        let a = Answer::because(
+                                                            Status::Refused,
+                                                            AckReason::AddressBinding,
+                                                        );
+                                                        (Verdict::BindMismatch, a)
+                                                    } else {
+                                                        s2.borrow_mut().push(Ev::Run {
+                                                            action: i as u16,
+                                                            target: asserted.unwrap_or(peer.addr),
+                                                            generation,
+                                                        });
+                                                        (Verdict::Authenticated, answer)
+                                                    };
+                                                outs.push(verdict(v));
+                                                let ack = wire::ack(mk, &g, &r, a);
+                                                outs.push(Down::Ack { handle, ack });
+                                            }
+                                        }
+                                    }
+                                    ReplyBytes::Ostiary4(r) => {
+                                        match k.ostiary.check_ostiary(&nonce, &r) {
+                                            None => {
+                                                s2.borrow_mut().push(fail(Reason::BadMac));
+                                                outs.push(verdict(Verdict::Bad));
+                                            }
+                                            Some(j) => {
+                                                s2.borrow_mut().push(Ev::Run {
+                                                    action: (k.bind.len() + j) as u16,
+                                                    target: peer.addr,
+                                                    generation,
+                                                });
+                                                outs.push(verdict(Verdict::Authenticated));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            for m in outs {
+                                down(m).await;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             });
@@ -1171,6 +1290,7 @@ mod inproc {
                 listeners,
                 mon,
                 seen,
+                keys,
                 task,
                 recorder,
                 paused,
@@ -1178,6 +1298,7 @@ mod inproc {
         }
 
         pub async fn reload(&self, s: &Setup<'_>) {
+            self.keys.borrow_mut().insert(s.generation, keys_of(s));
             send(&self.mon, &self.listeners, s).await;
             // Let it apply before the next connection.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1201,22 +1322,22 @@ mod inproc {
             }
         }
 
-        pub fn last_end(&self) -> Request {
+        pub fn last_end(&self) -> Ev {
             *self.seen.borrow().iter().rev().find(|r| is_end(r)).unwrap()
         }
     }
 
     /// How a handshake ends: a run, a failure, or a close with nothing
     /// sent (not a failure).
-    fn is_end(r: &Request) -> bool {
+    fn is_end(r: &Ev) -> bool {
         matches!(
             r,
-            Request::Run { .. }
-                | Request::Fail { .. }
-                | Request::Notice {
+            Ev::Run { .. }
+                | Ev::Req(Request::Fail { .. })
+                | Ev::Req(Request::Notice {
                     notice: postern::ipc::Notice::NoReply,
                     ..
-                }
+                })
         )
     }
 
@@ -1244,15 +1365,15 @@ mod inproc {
         read_some(s, 4096).await
     }
 
-    pub fn notices(seen: &[Request], which: Notice) -> usize {
+    pub fn notices(seen: &[Ev], which: Notice) -> usize {
         seen.iter()
-            .filter(|r| matches!(r, Request::Notice { notice, .. } if *notice == which))
+            .filter(|r| matches!(r, Ev::Req(Request::Notice { notice, .. }) if *notice == which))
             .count()
     }
 
-    pub fn fail_reason(r: &Request) -> Option<Reason> {
+    pub fn fail_reason(r: &Ev) -> Option<Reason> {
         match r {
-            Request::Fail { reason, .. } => Some(*reason),
+            Ev::Req(Request::Fail { reason, .. }) => Some(*reason),
             _ => None,
         }
     }
@@ -1305,7 +1426,6 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &keys,
             passwords: &[pw],
-            until: &[],
         };
         let net = Net::start(&setup, Status::Started).await;
         let src: IpAddr = "127.0.0.1".parse().unwrap();
@@ -1327,8 +1447,8 @@ fn network_process_in_process_random_peers() {
                 assert!(rest(&mut c).await.is_empty(), "{ctx}");
                 net.wait_ends(conns).await;
                 match (right, net.last_end()) {
-                    (true, Request::Run { slot, target, .. }) => {
-                        assert_eq!((slot, target), (3, src), "{ctx}")
+                    (true, Ev::Run { action, target, .. }) => {
+                        assert_eq!((action, target), (3, src), "{ctx}")
                     }
                     (false, r) => assert_eq!(fail_reason(&r), Some(Reason::BadMac), "{ctx}"),
                     (_, r) => panic!("{ctx}: {r:?}"),
@@ -1379,10 +1499,10 @@ fn network_process_in_process_random_peers() {
                 assert!(
                     matches!(
                         end,
-                        Request::Notice {
+                        Ev::Req(Request::Notice {
                             notice: postern::ipc::Notice::NoReply,
                             ..
-                        }
+                        })
                     ),
                     "{ctx}: {end:?}"
                 );
@@ -1406,13 +1526,12 @@ fn network_process_in_process_random_peers() {
                 assert_eq!(st, Some(Status::Refused), "{ctx}");
             } else {
                 match end {
-                    Request::Run {
-                        slot,
+                    Ev::Run {
+                        action,
                         target,
                         generation,
-                        ..
                     } => {
-                        assert_eq!(usize::from(slot), i, "{ctx}");
+                        assert_eq!(usize::from(action), i, "{ctx}");
                         assert_eq!(target, asserted.unwrap_or(src), "{ctx}");
                         assert_eq!(generation, 1, "{ctx}");
                     }
@@ -1438,7 +1557,6 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &new_keys,
             passwords: &[],
-            until: &[],
         };
         net.reload(&setup2).await;
         // The old key no longer opens anything; the new one does.
@@ -1453,7 +1571,7 @@ fn network_process_in_process_random_peers() {
             conns += 1;
             net.wait_ends(conns).await;
             match net.last_end() {
-                Request::Run { generation, .. } => {
+                Ev::Run { generation, .. } => {
                     assert!(want_run && generation == 2 && back.len() == wire::ACK_LEN)
                 }
                 r => assert!(
@@ -1487,13 +1605,20 @@ fn network_process_in_process_random_peers() {
             conns += 1;
             net.wait_ends(conns).await;
         }
-        let locked = net
-            .seen
-            .borrow()
-            .iter()
-            .filter(|r| matches!(r, Request::Lockout { peer, failures: 2 } if peer.addr == bad))
-            .count();
-        assert_eq!(locked, 1);
+        // The network process counts the strike once the verdict is in,
+        // a moment after the test monitor recorded the failure.
+        let locked = || {
+            net.seen
+                .borrow()
+                .iter()
+                .filter(|r| matches!(r, Ev::Req(Request::Lockout { peer, failures: 2 }) if peer.addr == bad))
+                .count()
+        };
+        let end = Instant::now() + 5 * SEC;
+        while locked() == 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(locked(), 1);
         let mut c = connect_from(net.postern, bad).await;
         assert!(
             rest(&mut c).await.is_empty(),
@@ -1538,7 +1663,6 @@ fn network_process_in_process_random_peers() {
             exempt: &exempt,
             keys: &keys,
             passwords: &[],
-            until: &[],
         };
         let net = Net::start(&setup3, Status::Started).await;
         net.paused.set(true);
@@ -1558,11 +1682,11 @@ fn network_process_in_process_random_peers() {
                 .borrow()
                 .iter()
                 .filter_map(|r| match r {
-                    Request::Notice {
+                    Ev::Req(Request::Notice {
                         notice: Notice::EventsDropped,
                         value,
                         ..
-                    } => Some(*value),
+                    }) => Some(*value),
                     _ => None,
                 })
                 .sum();
@@ -1606,63 +1730,5 @@ fn network_process_in_process_random_peers() {
             matches!(ended, Ok(Ok(Ok(())))),
             "a graceful stop is Ok: {ended:?}"
         );
-    });
-}
-
-// Goal: the network process refuses a key slot whose validity has ended
-// (an old key past its overlap window) exactly like a wrong key, a
-// bad-mac failure with no run and no ack, while a slot that is still
-// inside its window, and one with no end, run with their own index.
-#[test]
-fn network_process_refuses_slots_past_their_end() {
-    use inproc::*;
-    use postern::ipc::Reason;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let keys: Vec<([u8; 32], bool)> = (1..=3u8).map(|i| ([i; 32], false)).collect();
-        let until = [None, Some(now), Some(now + 3600)];
-        let exempt = [IpNet {
-            addr: "127.0.0.0".parse().unwrap(),
-            prefix: 8,
-        }];
-        let setup = Setup {
-            generation: 1,
-            limits: limits(),
-            exempt: &exempt,
-            keys: &keys,
-            passwords: &[],
-            until: &until,
-        };
-        let net = Net::start(&setup, Status::Started).await;
-        let src: IpAddr = "127.0.0.1".parse().unwrap();
-        for (i, (k, _)) in keys.iter().enumerate() {
-            let mut c = connect_from(net.postern, src).await;
-            let g: [u8; wire::GREETING_LEN] = read_some(&mut c, wire::GREETING_LEN)
-                .await
-                .try_into()
-                .unwrap();
-            write_all(&mut c, &wire::reply(&MacKey::new(k), &g, None)).await;
-            let back = rest(&mut c).await;
-            net.wait_ends(i + 1).await;
-            match (i, net.last_end()) {
-                (1, r) => {
-                    assert_eq!(fail_reason(&r), Some(Reason::BadMac), "slot {i}");
-                    assert!(back.is_empty(), "no ack for an ended slot");
-                }
-                (_, Request::Run { slot, .. }) => {
-                    assert_eq!(usize::from(slot), i);
-                    assert_eq!(back.len(), wire::ACK_LEN, "slot {i} gets its ack");
-                }
-                (_, r) => panic!("slot {i}: {r:?}"),
-            }
-        }
     });
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use postern::channel::{self, Channel};
 use postern::config::LogTarget;
-use postern::ipc::{Carried, Down, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
+use postern::ipc::{Carried, Down, Peer, Reason, ReplyBytes, Request, MAX_DOWN_LEN, REQUEST_LEN};
 use postern::monitor::log::Logger;
 use postern::monitor::supervise::{self, Policy};
 use postern::monitor::{Monitor, MonitorError, NetChild, Signals};
@@ -281,6 +281,19 @@ async fn read_config(chan: &Channel) -> Vec<Carried> {
     }
 }
 
+/// Reads a fake's channel up to the monitor's answer to a nonces request;
+/// returns the first handle issued.
+async fn first_nonce(chan: &Channel) -> u64 {
+    let mut buf = vec![0u8; MAX_DOWN_LEN];
+    loop {
+        let r = chan.recv(&mut buf).await.unwrap();
+        assert!(r.len > 0, "channel closed before the nonces");
+        if let Some(Down::Nonces(list)) = Down::decode(&buf[..r.len]) {
+            return list.first().expect("nonces issued").0;
+        }
+    }
+}
+
 fn wait_reaped(pid: u32) {
     let end = Instant::now() + 5 * SEC;
     while pid_alive(pid) {
@@ -291,9 +304,11 @@ fn wait_reaped(pid: u32) {
 
 // Goal: a network process that sends anything malformed (an index out of
 // range, a short, long or garbage request, an unknown config generation,
-// a descriptor) is killed and replaced by the real supervisor, and the
-// replacement gets the config with the lockout the first one reported;
-// well-formed requests in between end nothing.
+// a descriptor, a reply to a nonce it was never issued) is killed and
+// replaced by the real supervisor, and the replacement gets the config
+// with the lockout the first one reported; well-formed requests in
+// between end nothing. The replacement's session is fresh: a nonce issued
+// to a process that was replaced is not one the new session issued.
 #[test]
 fn malformed_request_kills_and_replaces() {
     let peer = Peer {
@@ -305,15 +320,18 @@ fn malformed_request_kills_and_replaces() {
         peer,
         reason: Reason::BadMac,
         failures: 1,
+        handle: 0,
     }
     .encode()
     .to_vec();
-    let out_of_range = Request::Run {
-        id: 1,
-        generation: 1,
-        slot: 7,
-        peer,
-        target: peer.addr,
+    let out_of_range = Request::Fail {
+        peer: Peer {
+            listener: 7,
+            ..peer
+        },
+        reason: Reason::BadMac,
+        failures: 1,
+        handle: 0,
     }
     .encode()
     .to_vec();
@@ -333,6 +351,8 @@ fn malformed_request_kills_and_replaces() {
         ("garbage", garbage, false),
         ("unknown generation", unknown_generation, false),
         ("descriptor", fail.clone(), true),
+        // Filled in below with a handle issued to an earlier stand-in.
+        ("a nonce issued to a replaced process", Vec::new(), true),
     ];
     let policy = Policy {
         max_restarts: cases.len(),
@@ -348,6 +368,7 @@ fn malformed_request_kills_and_replaces() {
         let test = async {
             let mut fake = rx.recv().await.unwrap();
             let lockout = Request::Lockout { peer, failures: 3 }.encode().to_vec();
+            let mut issued_earlier = 0u64;
             for (i, (what, bytes, with_fd)) in cases.iter().enumerate() {
                 let chan = &fake.chan;
                 // Well-formed first: counted, and on the first stand-in a
@@ -355,11 +376,29 @@ fn malformed_request_kills_and_replaces() {
                 chan.send(&fail, &[]).await.unwrap();
                 if i == 0 {
                     chan.send(&lockout, &[]).await.unwrap();
+                    // Nonces for this process; the last stand-in replies
+                    // to one of them.
+                    let ask = Request::Nonces { count: 2 }.encode().to_vec();
+                    chan.send(&ask, &[]).await.unwrap();
+                    issued_earlier = first_nonce(chan).await;
                 }
+                let bytes = if bytes.is_empty() {
+                    Request::Verify {
+                        generation: 1,
+                        handle: issued_earlier,
+                        peer,
+                        reply: ReplyBytes::Postern2([0x5a; REPLY_LEN]),
+                        failures: 1,
+                    }
+                    .encode()
+                    .to_vec()
+                } else {
+                    bytes.clone()
+                };
                 // Any open descriptor will do; standard error is always there.
                 let fd = [std::io::stderr().as_raw_fd()];
                 let fds: &[i32] = if *with_fd { &fd } else { &[] };
-                chan.send(bytes, fds).await.unwrap();
+                chan.send(&bytes, fds).await.unwrap();
                 let next = tokio::time::timeout(5 * SEC, rx.recv())
                     .await
                     .unwrap_or_else(|_| panic!("{what}: not replaced"))

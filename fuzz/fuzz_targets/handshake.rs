@@ -3,14 +3,16 @@
 //! extended or cut, written in chunks whose sizes and (virtual) delays
 //! come from the input, then closed in one of four ways. The fuzzer plays
 //! the monitor: it sends the config (the listening sockets with
-//! SCM_RIGHTS) and answers run requests.
+//! SCM_RIGHTS), issues nonces and checks the replies the network process
+//! forwards, answering with verdicts and acks as the monitor does.
 //!
 //! The clock is tokio's paused test clock, so deadlines fire exactly by
 //! the input's delays and a run is deterministic. Checked:
-//! - every request the network process sends decodes (`Request::decode`);
-//! - a run request is sent only for a reply that is some key's valid MAC
-//!   over this greeting, for that key's action and the right address,
-//!   and never twice;
+//! - every request the network process sends decodes (`Request::decode`),
+//!   and a verify names an issued nonce and carries one descriptor;
+//! - the network process forwards each reply once, and a run follows only
+//!   from a reply that is some key's valid MAC over this greeting, for
+//!   that key's action and the right address;
 //! - a complete valid reply, in time and alone, is always run and
 //!   answered with an ack that verifies and carries the monitor's status;
 //! - anything else gets no byte after the greeting, and every connection
@@ -28,9 +30,11 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use postern::channel::{self, Channel};
 use postern::config::Protocol;
-use postern::ipc::{Down, NetLimits, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN};
+use postern::ipc::{
+    Down, NetLimits, Peer, Reason, ReplyBytes, Request, Verdict, MAX_DOWN_LEN, REQUEST_LEN,
+};
 use postern::mac::MacKey;
-use postern::secret::Password;
+use postern::secret::{Key, Password};
 use postern::wire::{self, Answer, Reason as AckReason, Status, ACK_LEN, GREETING_LEN, REPLY_LEN};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -97,7 +101,7 @@ fn parse(data: &[u8]) -> Option<Input<'_>> {
             _ => Some("2001:db8::7".parse().ok()?),
         },
         timeout_ms: 100 * u64::from(head[2] % 30 + 1),
-        answer: Status::from_byte(head[3] % 7).map(|st| {
+        answer: Status::from_byte(head[3] % 5).map(|st| {
             Answer::because(st, AckReason::from_byte(head[3] >> 3)).with_seconds(u32::from(head[2]))
         }),
         chunks,
@@ -126,7 +130,6 @@ async fn send_config(mon: &Channel, inp: &Input<'_>) {
                 limits,
                 listeners: 2,
                 exempt: 0,
-                slots: 4,
             },
             None,
         ),
@@ -145,28 +148,6 @@ async fn send_config(mon: &Channel, inp: &Input<'_>) {
             Some(l.ostiary.as_raw_fd()),
         ),
     ];
-    for (i, k) in KEYS.iter().take(3).enumerate() {
-        msgs.push((
-            Down::Slot {
-                index: i as u16,
-                password: false,
-                bind_source: i == 0 && inp.bind_source,
-                until: None,
-                secret: Password::new(k.to_vec()),
-            },
-            None,
-        ));
-    }
-    msgs.push((
-        Down::Slot {
-            index: 3,
-            password: true,
-            bind_source: false,
-            until: None,
-            secret: Password::new(PASSWORD.to_vec()),
-        },
-        None,
-    ));
     msgs.push((Down::End, None));
     for (m, fd) in msgs {
         let fds: Vec<i32> = fd.into_iter().collect();
@@ -316,7 +297,10 @@ async fn read_to_end_settled(s: &TcpStream, back: &mut Vec<u8>) {
 }
 
 struct Seen {
+    /// Every request, and a failure for each reply the monitor refused.
     requests: Vec<Request>,
+    /// (action, peer, target) of each authenticated reply.
+    runs: Vec<(u16, Peer, IpAddr)>,
 }
 
 /// Runs one input. Safety properties panic at once; a liveness or
@@ -352,10 +336,17 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     // The monitor: record every request, answer runs as the input says.
     let seen = Rc::new(RefCell::new(Seen {
         requests: Vec::new(),
+        runs: Vec::new(),
     }));
     let answer = inp.answer;
     let seen2 = Rc::clone(&seen);
+    let bind_source = inp.bind_source;
     let monitor = tokio::task::spawn_local(async move {
+        let keys: Vec<Key> = KEYS.iter().take(3).map(|k| Key::from_bytes(*k)).collect();
+        let postern = wire::Verifier::from_keys(keys.iter());
+        let ostiary = wire::Verifier::from_passwords([Password::new(PASSWORD.to_vec())].iter());
+        let mut issued: Vec<(u64, [u8; 32])> = Vec::new();
+        let mut next = 1u64;
         let mut buf = vec![0u8; MAX_DOWN_LEN];
         loop {
             let Ok(r) = mon.recv(&mut buf).await else {
@@ -364,15 +355,99 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
             if r.len == 0 && r.fds.is_empty() {
                 return;
             }
-            assert!(r.fds.is_empty(), "the network process sent a descriptor");
             assert!(!r.truncated, "oversized request");
-            let req = Request::decode(&buf[..r.len], 2, 4)
+            let req = Request::decode(&buf[..r.len], 2)
                 .unwrap_or_else(|e| panic!("malformed request from the network process: {e}"));
             assert_eq!(r.len, REQUEST_LEN);
+            assert_eq!(
+                r.fds.len(),
+                usize::from(matches!(req, Request::Verify { .. })),
+                "a descriptor with a verify request, and only then"
+            );
             seen2.borrow_mut().requests.push(req);
-            if let (Request::Run { id, generation, .. }, Some(answer)) = (req, answer) {
-                assert_eq!(generation, 7);
-                let _ = mon.send(&Down::Status { id, answer }.encode(), &[]).await;
+            let mut outs = Vec::new();
+            match req {
+                Request::Nonces { count } => {
+                    let mut list = Vec::new();
+                    for _ in 0..count {
+                        let n = [next as u8; 32];
+                        issued.push((next, n));
+                        list.push((next, n));
+                        next += 1;
+                    }
+                    outs.push(Down::Nonces(list));
+                }
+                Request::Verify {
+                    generation,
+                    handle,
+                    peer,
+                    reply,
+                    failures,
+                } => {
+                    assert_eq!(generation, 7);
+                    let at = issued
+                        .iter()
+                        .position(|(h, _)| *h == handle)
+                        .expect("a verify names an issued nonce, once");
+                    let (_, nonce) = issued.swap_remove(at);
+                    let fail = |reason| Request::Fail {
+                        peer,
+                        reason,
+                        failures,
+                        handle,
+                    };
+                    let verdict = |v| Down::Verdict { handle, verdict: v };
+                    match reply {
+                        ReplyBytes::Postern2(rb) => {
+                            let g = wire::greeting(&nonce);
+                            match postern.check_reply(&g, &rb) {
+                                None => {
+                                    seen2.borrow_mut().requests.push(fail(Reason::BadMac));
+                                    outs.push(verdict(Verdict::Bad));
+                                }
+                                Some((i, asserted)) => {
+                                    let mk = postern.key(i).expect("key");
+                                    if i == 0 && bind_source && asserted != Some(peer.addr) {
+                                        seen2.borrow_mut().requests.push(fail(Reason::BindMismatch));
+                                        outs.push(verdict(Verdict::BindMismatch));
+                                        let a = Answer::because(
+                                            Status::Refused,
+                                            AckReason::AddressBinding,
+                                        );
+                                        outs.push(Down::Ack {
+                                            handle,
+                                            ack: wire::ack(mk, &g, &rb, a),
+                                        });
+                                    } else {
+                                        let target = asserted.unwrap_or(peer.addr);
+                                        seen2.borrow_mut().runs.push((i as u16, peer, target));
+                                        outs.push(verdict(Verdict::Authenticated));
+                                        if let Some(a) = answer {
+                                            outs.push(Down::Ack {
+                                                handle,
+                                                ack: wire::ack(mk, &g, &rb, a),
+                                            });
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        ReplyBytes::Ostiary4(rb) => match ostiary.check_ostiary(&nonce, &rb) {
+                            None => {
+                                seen2.borrow_mut().requests.push(fail(Reason::BadMac));
+                                outs.push(verdict(Verdict::Bad));
+                            }
+                            Some(_) => {
+                                seen2.borrow_mut().runs.push((3, peer, peer.addr));
+                                outs.push(verdict(Verdict::Authenticated));
+                            }
+                        },
+                    }
+                }
+                _ => {}
+            }
+            for m in outs {
+                let _ = mon.send(&m.encode(), &[]).await;
             }
         }
     });
@@ -484,10 +559,7 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
 
     // --- Judge ---------------------------------------------------------
     let requests = seen.borrow().requests.clone();
-    let runs: Vec<&Request> = requests
-        .iter()
-        .filter(|r| matches!(r, Request::Run { .. }))
-        .collect();
+    let runs = seen.borrow().runs.clone();
     let fails: Vec<Reason> = requests
         .iter()
         .filter_map(|r| match r {
@@ -524,22 +596,16 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
     let timeout = inp.timeout_ms;
     let in_time = |t: u64| t + MARGIN_MS < timeout;
     let too_late = |t: u64| t > timeout + MARGIN_MS;
-    if let Some(Request::Run {
-        slot,
-        peer,
-        target,
-        ..
-    }) = runs.first().copied()
-    {
-        let (want_slot, asserted) =
+    if let Some((action, peer, target)) = runs.first() {
+        let (want_action, asserted) =
             valid.unwrap_or_else(|| panic!("a run without a valid reply: {requests:?}"));
-        assert_eq!(*slot, want_slot);
+        assert_eq!(*action, want_action);
         assert_eq!(peer.addr, source);
         if inp.ostiary {
             assert_eq!(*target, source);
         } else {
             assert_eq!(*target, asserted.unwrap_or(source));
-            if *slot == 0 && inp.bind_source {
+            if *action == 0 && inp.bind_source {
                 assert_eq!(asserted, Some(source), "bind_source held");
             }
         }

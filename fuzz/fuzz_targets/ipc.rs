@@ -1,5 +1,5 @@
 //! The monitor <-> network codec. Network -> monitor requests are the
-//! privilege boundary: any 48 bytes either decode into a request whose
+//! privilege boundary: any REQUEST_LEN bytes either decode into a request whose
 //! fields are in range and which re-encodes to the same bytes, or are
 //! refused. Monitor -> network messages decode without panics and decode
 //! the same after a re-encode.
@@ -8,25 +8,24 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use postern::ipc::{Down, Request, REQUEST_LEN};
+use postern::ipc::{Down, Request, NONCE_BATCH, REQUEST_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
     let listeners = usize::from(sel & 0x0f);
-    let slots = usize::from(sel >> 4);
 
     // Requests: fixed length, so the untrusted side has to get every
-    // byte right. Try the body as it is and padded/cut to 48 bytes.
+    // byte right. Try the body as it is and padded/cut to REQUEST_LEN.
     let mut fixed = [0u8; REQUEST_LEN];
     let n = body.len().min(REQUEST_LEN);
     fixed[..n].copy_from_slice(&body[..n]);
     for bytes in [body, &fixed[..]] {
-        if let Ok(req) = Request::decode(bytes, listeners, slots) {
+        if let Ok(req) = Request::decode(bytes, listeners) {
             assert_eq!(bytes.len(), REQUEST_LEN);
             // Every request carries the config generation it was made
-            // under (a run holds it in its fields; the others beside them).
+            // under (a verify holds it in its fields; the others beside them).
             let generation = Request::generation_of(bytes).expect("a whole request");
             assert_eq!(
                 &req.encode_for(generation)[..],
@@ -34,15 +33,13 @@ fuzz_target!(|data: &[u8]| {
                 "decode is injective"
             );
             let peer = match req {
-                Request::Run {
-                    slot,
-                    peer,
-                    target,
-                    ..
-                } => {
-                    assert!(usize::from(slot) < slots);
-                    assert!(!target.is_unspecified() || target.is_ipv4());
+                Request::Verify { handle, peer, .. } => {
+                    assert_ne!(handle, 0, "a verify names a nonce");
                     peer
+                }
+                Request::Nonces { count } => {
+                    assert!(count >= 1 && usize::from(count) <= NONCE_BATCH);
+                    continue;
                 }
                 Request::Fail { peer, .. }
                 | Request::Lockout { peer, .. }
@@ -83,6 +80,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(table.len() <= table.capacity());
                 }
                 let _ = table.export(now);
+            }
+            Down::Nonces(list) => {
+                assert!(list.len() <= NONCE_BATCH);
+                assert!(list.iter().all(|(h, _)| *h != 0));
             }
             _ => {}
         }

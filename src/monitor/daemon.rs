@@ -139,11 +139,16 @@ pub fn run(path: &Path) -> Result<(), StartError> {
                 + NOFILE_SLACK,
         };
         // The same way for the first network process and every
-        // replacement: a fresh socketpair, a fresh exec, a fresh jail.
+        // replacement: a fresh socketpair, a fresh exec, a fresh jail; its
+        // stderr is drained and counted, never logged as text.
+        let drain_to = Arc::clone(&logger);
         let mut spawn = move || -> std::io::Result<NetChild> {
             let (mine, theirs) = channel::pair()?;
-            let child = spawn_network(&theirs, &jail, as_root)?;
+            let mut child = spawn_network(&theirs, &jail, as_root)?;
             drop(theirs);
+            if let Some(stderr) = child.stderr.take() {
+                crate::monitor::childlog::drain(stderr, Arc::clone(&drain_to));
+            }
             Ok(NetChild {
                 child,
                 chan: Channel::new(mine)?,
@@ -264,6 +269,9 @@ fn spawn_network(
         .arg(jail.nofile.to_string())
         .env_clear()
         .stdin(Stdio::null())
+        // Untrusted text: drained by the monitor, never logged (childlog.rs).
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     crate::sys::drop_to_in_child(&mut cmd, None, true, true, None);
     cmd.spawn()

@@ -10,6 +10,7 @@
 //! If the syslog socket is missing or refuses a line, the line goes to
 //! standard error instead, and that fallback is itself reported once.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;
@@ -37,6 +38,8 @@ struct Inner {
     target: LogTarget,
     socket: Option<UnixDatagram>,
     fallback_noted: bool,
+    /// A memory sink instead of the target: (capacity, the last lines).
+    memory: Option<(usize, VecDeque<String>)>,
 }
 
 /// The process-wide log sink.
@@ -61,6 +64,7 @@ impl Logger {
                 target,
                 socket: None,
                 fallback_noted: false,
+                memory: None,
             }),
             ident: format!("posternd[{}]", std::process::id()),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
@@ -71,6 +75,31 @@ impl Logger {
             }
         }
         logger
+    }
+
+    /// A logger that keeps the last `capacity` lines in memory and writes
+    /// nowhere (a retarget does not change that): for running the monitor
+    /// embedded, where the lines are read back with
+    /// [`lines`](Self::lines).
+    pub fn memory(capacity: usize) -> Logger {
+        let logger = Logger::new(LogTarget::Stderr);
+        if let Ok(mut inner) = logger.inner.lock() {
+            inner.memory = Some((capacity, VecDeque::with_capacity(capacity.min(1024))));
+        }
+        logger
+    }
+
+    /// The lines a [`memory`](Self::memory) logger holds, oldest first
+    /// (empty for any other).
+    pub fn lines(&self) -> Vec<String> {
+        match self.inner.lock() {
+            Ok(inner) => inner
+                .memory
+                .as_ref()
+                .map(|(_, l)| l.iter().cloned().collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Switches the target (after a reload).
@@ -100,6 +129,13 @@ impl Logger {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        if let Some((cap, lines)) = inner.memory.as_mut() {
+            if lines.len() >= *cap {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+            return;
+        }
         if let LogTarget::Syslog { facility } = inner.target {
             if inner.socket.is_none() {
                 inner.socket = connect();

@@ -1,9 +1,12 @@
-//! The privileged monitor. It never touches network data: it binds the
+//! The privileged monitor. It never reads network data: it binds the
 //! listeners, starts the network process, and then only answers the
 //! fixed-size requests that process sends (`ipc.rs`), after validating
-//! each one. Anything malformed means the network process is compromised
-//! or broken: the monitor kills it and starts a fresh one (`supervise.rs`);
-//! gates, lockouts and rate limits survive.
+//! each one. It alone holds the keys and passwords: it issues every
+//! nonce and checks every reply (`session.rs`, `nonces.rs`, `verify.rs`).
+//! Anything malformed ends the network process's session with a typed
+//! reason (`session::SessionEnd`): the monitor kills that process and
+//! starts a fresh one with a fresh session (`supervise.rs`); gates,
+//! lockouts and rate limits survive.
 //!
 //! It owns everything privileged: running actions (identity switch,
 //! deadlines, cooldowns, single instance), the gates and their state file,
@@ -12,13 +15,17 @@
 
 pub mod action;
 pub mod cgroup;
+pub mod childlog;
 pub mod daemon;
 pub mod gate;
 pub mod init;
 pub mod listen;
 pub mod log;
+pub mod nonces;
+pub mod session;
 pub mod state;
 pub mod supervise;
+pub mod verify;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -35,21 +42,23 @@ use tokio::sync::Notify;
 
 use crate::channel::Channel;
 use crate::config::{self, ActionKind, Config, Protocol};
-use crate::ipc::{Down, NetLimits, Notice, Request, MAX_CARRY_BATCH, REQUEST_LEN};
+use crate::ipc::{Down, NetLimits, Notice, Request, MAX_CARRY_BATCH};
 use crate::monitor::action::Spec;
 use crate::monitor::gate::{Gates, Instance};
 use crate::monitor::listen::{bind_listener, local_addr, ListenError};
 use crate::monitor::log::{Level, Logger};
-use crate::monitor::supervise::SessionEnd;
+use crate::monitor::nonces::NonceTable;
+use crate::monitor::session::{Session, SessionEnd};
+use crate::monitor::verify::Keyring;
 use crate::net::limits::SourceTable;
-use crate::secret::Password;
 use crate::wire::{Answer, Reason, Status};
 
 /// Most `on_lockout` commands running at once; more are skipped (logged).
 pub const MAX_ON_LOCKOUT: usize = 8;
-/// Most run requests being handled at once. The network process never has
-/// more in flight (`net::MAX_PENDING_ACKS`); a compromised one that sends
-/// more is answered "refused" instead of piling up work here.
+/// Most authenticated replies being handled at once (action running or
+/// gate opening); beyond, the ack says "refused, busy" instead of work
+/// piling up here. The network process waits for at most as many acks
+/// (`net::MAX_PENDING_ACKS`).
 pub const MAX_RUN_REQUESTS: usize = 64;
 /// Extra time the network process waits for a run answer, beyond the
 /// longest action deadline.
@@ -191,15 +200,21 @@ struct Book {
     on_lockout_running: usize,
     on_lockout_noted: bool,
     runs_in_flight: usize,
-    /// (generation, listener names, key slot count), oldest first; the
-    /// last is the current generation.
-    generations: VecDeque<(u32, Vec<String>, usize)>,
+    /// Kept generations, oldest first; the last is the current one.
+    generations: VecDeque<KeptGeneration>,
+    /// The current config's key slots, prepared.
+    keyring: Rc<Keyring>,
+    /// The keyring of `previous`, with its generation.
+    previous_keyring: Option<(u32, Rc<Keyring>)>,
 }
+
+/// (generation, listener names and protocols, key slot count).
+type KeptGeneration = (u32, Vec<(String, Protocol)>, usize);
 
 /// What a request's generation says about how to judge it.
 enum Judge {
-    /// A kept generation: its listener and key slot counts.
-    Known(usize, usize),
+    /// A kept generation: its listener count.
+    Known(usize),
     /// Older than every kept generation: nothing to range-check against;
     /// harmless, since every use of an index is a checked look-up.
     Stale,
@@ -207,7 +222,12 @@ enum Judge {
 
 impl Book {
     fn remember_generation(&mut self) {
-        let names = self.bound.iter().map(|x| x.local.to_string()).collect();
+        let names = self
+            .bound
+            .iter()
+            .zip(self.config.listeners.iter())
+            .map(|(x, l)| (x.local.to_string(), l.protocol))
+            .collect();
         self.generations
             .push_back((self.generation, names, self.config.slots.len()));
         while self.generations.len() > KEPT_GENERATIONS {
@@ -223,13 +243,28 @@ impl Book {
         } else {
             generation
         };
-        if let Some((_, names, slots)) = self.generations.iter().find(|(n, _, _)| *n == g) {
-            return Some(Judge::Known(names.len(), *slots));
+        if let Some((_, names, _)) = self.generations.iter().find(|(n, _, _)| *n == g) {
+            return Some(Judge::Known(names.len()));
         }
         // Generations count up (wrapping, skipping 0): one "behind" the
         // current by less than half the range is older.
         let behind = self.generation.wrapping_sub(g);
         (behind != 0 && behind < u32::MAX / 2).then_some(Judge::Stale)
+    }
+
+    /// The protocol of listener `index` in `generation` (0: current),
+    /// if that generation is kept and has it.
+    fn protocol_of(&self, generation: u32, index: u8) -> Option<Protocol> {
+        let g = if generation == 0 {
+            self.generation
+        } else {
+            generation
+        };
+        self.generations
+            .iter()
+            .find(|(n, _, _)| *n == g)
+            .and_then(|(_, l, _)| l.get(usize::from(index)))
+            .map(|(_, p)| *p)
     }
 }
 
@@ -258,13 +293,14 @@ impl Signals {
 pub struct Monitor {
     book: RefCell<Book>,
     logger: Arc<Logger>,
-    /// The channel to the current network process (replaced with it).
-    chan: supervise::Current,
+    /// The current network process's session (a fresh process gets a
+    /// fresh one: [`attach`](Monitor::attach)).
+    session: RefCell<Rc<Session>>,
     shutdown: Notify,
     gates: Rc<Gates>,
     /// The lockout and rate state of the network process, as its events
-    /// tell it (bounded by `lockout_table`), for a replacement to start
-    /// from (`supervise.rs`).
+    /// and the monitor's own verdicts tell it (bounded by
+    /// `lockout_table`), for a replacement to start from (`supervise.rs`).
     mirror: RefCell<SourceTable>,
 }
 
@@ -287,6 +323,14 @@ impl Monitor {
         let config = Rc::new(config);
         let gates = Gates::new(Rc::clone(&config), Arc::clone(&logger));
         let mirror = SourceTable::new(&config.limits);
+        let keyring = Rc::new(Keyring::from_config(&config));
+        if !keyring.lock() {
+            logger.log(
+                Level::Warning,
+                "prepared keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+            );
+        }
+        let session = Session::new(chan, nonce_table(&config));
         let mut book = Book {
             config,
             generation: 1,
@@ -297,12 +341,14 @@ impl Monitor {
             on_lockout_noted: false,
             runs_in_flight: 0,
             generations: VecDeque::new(),
+            keyring,
+            previous_keyring: None,
         };
         book.remember_generation();
         Rc::new(Monitor {
             book: RefCell::new(book),
             logger,
-            chan: supervise::Current::new(chan),
+            session: RefCell::new(session),
             shutdown: Notify::new(),
             gates,
             mirror: RefCell::new(mirror),
@@ -313,8 +359,22 @@ impl Monitor {
         self.logger.log(level, msg);
     }
 
-    /// Sends the current config (limits, sockets, secrets) to the network
-    /// process.
+    /// The current network process's session.
+    pub fn session(&self) -> Rc<Session> {
+        Rc::clone(&self.session.borrow())
+    }
+
+    /// Starts a fresh session on `chan` (a new network process): an
+    /// empty nonce table, nothing queued. The old session's nonces are
+    /// forgotten, so nothing issued to a previous process is accepted.
+    /// Call [`send_config`](Monitor::send_config) next.
+    pub fn attach(&self, chan: Channel) {
+        let config = Rc::clone(&self.book.borrow().config);
+        *self.session.borrow_mut() = Session::new(chan, nonce_table(&config));
+    }
+
+    /// Sends the current config (limits, sockets, exempt networks; no
+    /// secret) to the network process.
     pub async fn send_config(&self) -> std::io::Result<()> {
         self.send_config_with(false).await
     }
@@ -323,6 +383,8 @@ impl Monitor {
     /// rate state too, inside it (before End), so that a replacement
     /// network process holds them before its first accept.
     async fn send_config_with(&self, carry: bool) -> std::io::Result<()> {
+        let session = self.session();
+        let chan = session.channel();
         let (config, generation, fds): (Rc<Config>, u32, Vec<i32>) = {
             let b = self.book.borrow();
             (
@@ -353,62 +415,35 @@ impl Monitor {
             limits,
             listeners: config.listeners.len() as u16,
             exempt: l.exempt.len() as u16,
-            // The config bounds slots far below u16::MAX.
-            slots: config.slots.len() as u16,
         };
-        self.chan.send(&begin.encode(), &[]).await?;
+        chan.send(&begin.encode(), &[]).await?;
         for (i, (listener, fd)) in config.listeners.iter().zip(fds.iter()).enumerate() {
             let msg = Down::Listener {
                 index: i as u8,
                 protocol: listener.protocol,
             };
-            self.chan.send(&msg.encode(), &[*fd]).await?;
+            chan.send(&msg.encode(), &[*fd]).await?;
         }
         for net in &l.exempt {
-            self.chan.send(&Down::Exempt(*net).encode(), &[]).await?;
-        }
-        for (i, slot) in config.slots.iter().enumerate() {
-            // A config's own slots always name its actions and keys
-            // (`config::build_slots`); should one not, the slot counts
-            // would disagree and the network process refuse the config.
-            let (Some(action), Some(secret)) =
-                (config.actions.get(slot.action), config.slot_secret(slot))
-            else {
-                continue;
-            };
-            let until = slot.until.map(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            });
-            let msg = Down::Slot {
-                index: i as u16,
-                password: secret.is_password(),
-                bind_source: action.bind_source,
-                until,
-                secret: Password::new(secret.expose().to_vec()),
-            };
-            self.chan.send(&msg.encode(), &[]).await?;
+            chan.send(&Down::Exempt(*net).encode(), &[]).await?;
         }
         if carry {
             let records = self.mirror.borrow().export(std::time::Instant::now());
             for batch in records.chunks(MAX_CARRY_BATCH) {
-                self.chan
-                    .send(&Down::Carry(batch.to_vec()).encode(), &[])
+                chan.send(&Down::Carry(batch.to_vec()).encode(), &[])
                     .await?;
             }
         }
-        self.chan.send(&Down::End.encode(), &[]).await
+        chan.send(&Down::End.encode(), &[]).await
     }
 
-    /// Serves one network process, `child`, over the current channel,
+    /// Serves one network process, `child`, over the current session,
     /// until it ends or a stop is asked; says which. Never exits the
     /// daemon and never touches the gates: the supervisor
     /// (`supervise.rs`) decides what follows. `signals` must have been
     /// installed before posternd said it had started, so that a SIGHUP or
     /// SIGTERM sent at once is handled, not fatal.
-    pub async fn session(self: &Rc<Self>, child: &mut Child, signals: &mut Signals) -> SessionEnd {
-        let chan = self.chan.get();
-        let mut buf = [0u8; REQUEST_LEN + 1];
+    pub async fn serve(self: &Rc<Self>, child: &mut Child, signals: &mut Signals) -> SessionEnd {
         // Once it has exited, what it sent before it died (a lockout, say)
         // is still read, up to the channel's end, for at most this long.
         let mut exited: Option<(Option<std::process::ExitStatus>, tokio::time::Instant)> = None;
@@ -418,33 +453,13 @@ impl Monitor {
         loop {
             let drained_by = exited.map(|(_, t)| t);
             tokio::select! {
-                r = chan.recv(&mut buf) => {
-                    let Ok(r) = r else {
-                        return closed(exited);
-                    };
-                    if !r.fds.is_empty() {
-                        return SessionEnd::Malformed("descriptor sent to the monitor");
-                    }
-                    if r.len == 0 {
-                        return closed(exited);
-                    }
-                    let len = if r.truncated { REQUEST_LEN + 1 } else { r.len };
-                    let bytes = &buf[..len.min(buf.len())];
-                    // Judged against the generation it was made under: a
-                    // handshake that began before a reload may name a
-                    // listener or key slot the new config no longer has.
-                    let generation = Request::generation_of(bytes).unwrap_or(0);
-                    let judge = self.book.borrow().judge(generation);
-                    let (listeners, slots) = match judge {
-                        Some(Judge::Known(l, a)) => (l, a),
-                        Some(Judge::Stale) => (usize::from(u8::MAX) + 1, usize::from(u16::MAX) + 1),
-                        None => return SessionEnd::Malformed("unknown config generation"),
-                    };
-                    match Request::decode(bytes, listeners, slots) {
-                        Ok(req) => self.handle(req, generation),
-                        Err(e) => return SessionEnd::Malformed(e.what()),
-                    }
-                }
+                // Cancel-safe: a request is read and handled whole, or
+                // left on the channel.
+                r = self.step() => match r {
+                    Ok(()) => {}
+                    Err(SessionEnd::ChannelClosed) => return closed(exited),
+                    Err(end) => return end,
+                },
                 st = child.wait(), if exited.is_none() => {
                     exited = Some((st.ok(), tokio::time::Instant::now() + supervise::EXIT_GRACE));
                 }
@@ -471,87 +486,21 @@ impl Monitor {
         b.generations
             .iter()
             .find(|(n, _, _)| *n == g)
-            .and_then(|(_, names, _)| names.get(usize::from(index)).cloned())
+            .and_then(|(_, names, _)| names.get(usize::from(index)).map(|(n, _)| n.clone()))
             .unwrap_or_else(|| "?".into())
     }
 
     fn handle(self: &Rc<Self>, req: Request, generation: u32) {
         self.mirror_event(&req);
         match req {
-            Request::Run {
-                id,
-                generation,
-                slot,
-                peer,
-                target,
-            } => {
-                let me = Rc::clone(self);
-                // The answer goes to the process that asked: if it died
-                // meanwhile, the send fails and its replacement, whose
-                // request ids start over, never sees it.
-                let chan = self.chan.get();
-                tokio::task::spawn_local(async move {
-                    let listener = me.listener_name(generation, peer.listener);
-                    let admitted = {
-                        let mut b = me.book.borrow_mut();
-                        let ok = b.runs_in_flight < MAX_RUN_REQUESTS;
-                        if ok {
-                            b.runs_in_flight += 1;
-                        }
-                        ok
-                    };
-                    let by = me.key_of(generation, slot);
-                    let (answer, name) = if admitted {
-                        let r = me.run_action(generation, slot, target).await;
-                        let mut b = me.book.borrow_mut();
-                        b.runs_in_flight = b.runs_in_flight.saturating_sub(1);
-                        r
-                    } else {
-                        me.log(
-                            Level::Warning,
-                            &format!("limit run requests: {MAX_RUN_REQUESTS} in flight; refusing"),
-                        );
-                        (
-                            Answer::because(Status::Refused, Reason::Busy),
-                            "?".to_string(),
-                        )
-                    };
-                    let status = answer.status;
-                    let why = match answer.reason {
-                        Reason::None => String::new(),
-                        r => format!(" reason={}", r.name()),
-                    };
-                    me.log(
-                        Level::Notice,
-                        &format!(
-                            "ok src={} port={} listener={listener} action={name} addr={target} status={}{why} {by}",
-                            peer.addr,
-                            peer.port,
-                            status.name()
-                        ),
-                    );
-                    let _ = chan.send(&Down::Status { id, answer }.encode(), &[]).await;
-                    if status == Status::Started && me.is_shutdown_action(&name) {
-                        me.shutdown.notify_one();
-                    }
-                });
-            }
+            // Handled by the session (`session.rs`).
+            Request::Verify { .. } | Request::Nonces { .. } => {}
             Request::Fail {
                 peer,
                 reason,
                 failures,
-            } => {
-                self.log(
-                    Level::Warning,
-                    &format!(
-                        "fail src={} port={} listener={} reason={} failures={failures}",
-                        peer.addr,
-                        peer.port,
-                        self.listener_name(generation, peer.listener),
-                        reason.name()
-                    ),
-                );
-            }
+                ..
+            } => self.log_fail(peer, reason, failures, generation),
             Request::Lockout { peer, failures } => {
                 let duration = self.book.borrow().config.limits.lockout_duration;
                 self.log(
@@ -569,6 +518,7 @@ impl Monitor {
                 notice,
                 peer,
                 value,
+                ..
             } => {
                 let listener = self.listener_name(generation, peer.listener);
                 let line = match notice {
@@ -589,6 +539,9 @@ impl Monitor {
                     Notice::RandomFailed => {
                         "error the OS random generator failed; connection dropped".to_string()
                     }
+                    Notice::NoNonce => format!(
+                        "limit nonces: none at hand for a connection on listener={listener}; closed before the greeting"
+                    ),
                     Notice::EventsDropped => format!(
                         "limit log events: {value} dropped while the log fell behind a flood"
                     ),
@@ -951,7 +904,8 @@ impl Monitor {
 
     /// SIGHUP: load the config again; keep the old one if the new one is
     /// invalid or its listeners cannot be bound. Lockout state lives in the
-    /// network process and survives.
+    /// network process (and its mirror here) and survives; the keyring is
+    /// rebuilt, the one before kept for handshakes that began under it.
     async fn reload(&self) {
         let path: PathBuf = self.book.borrow().config.path.clone();
         let new = match config::load(&path) {
@@ -1002,11 +956,30 @@ impl Monitor {
             let old_config = std::mem::replace(&mut b.config, new);
             let generation = b.generation;
             let retired = b.previous.replace((generation, old_config));
+            let keyring = Rc::new(Keyring::from_config(&b.config));
+            let old_keyring = std::mem::replace(&mut b.keyring, keyring);
+            let retired_keyring = b.previous_keyring.replace((generation, old_keyring));
+            if let Some((_, k)) = retired_keyring {
+                // Unlocked before it is freed (unless a running action
+                // still holds it, which frees it later, unlocked or not).
+                if let Ok(k) = Rc::try_unwrap(k) {
+                    k.unlock();
+                }
+            }
+            if !b.keyring.lock() {
+                drop(b);
+                self.log(
+                    Level::Warning,
+                    "prepared keys could not be locked in memory (RLIMIT_MEMLOCK); they may be swapped",
+                );
+                b = self.book.borrow_mut();
+            }
             b.generation = b.generation.wrapping_add(1).max(1);
             b.bound = bound;
             b.remember_generation();
             retired
         };
+        self.session().reconfigure(&self.book.borrow().config);
         // Retired keys are unlocked before they are freed (unless a running
         // action still holds them), then the new ones locked.
         if let Some(Ok(old)) = retired.map(|(_, c)| Rc::try_unwrap(c)) {
@@ -1027,6 +1000,14 @@ impl Monitor {
             ),
         }
     }
+}
+
+/// A fresh nonce table sized for `config`.
+fn nonce_table(config: &Config) -> NonceTable {
+    NonceTable::new(
+        NonceTable::capacity_for(config.limits.max_handshakes),
+        config.limits.handshake_timeout,
+    )
 }
 
 /// Puts sockets back in config order after a failed reload.

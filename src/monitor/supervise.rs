@@ -1,13 +1,17 @@
 //! The network process's supervisor: a dead or misbehaving network
 //! process is replaced, and nothing the operator relies on goes with it.
 //!
-//! One *session* ([`Monitor::session`]) serves one network process and
-//! ends with a typed [`SessionEnd`]. Unless a stop was asked, the
-//! supervisor then logs why, kills what is left of the process (through
+//! One *session* (a `session::Session`, served by [`Monitor::serve`])
+//! serves one network process and ends with a typed [`SessionEnd`].
+//! Unless a stop was asked, the supervisor then logs why, kills what is left of the process (through
 //! its own process handle, never by name), and starts a fresh one after a
-//! backoff ([`Policy`]), handing it the current config, the same
-//! listening sockets, and the lockout and rate state the monitor mirrored
-//! from the old one's events ([`Monitor::mirror_event`], `ipc::Down::Carry`).
+//! backoff ([`Policy`]), with a fresh session ([`Monitor::attach`]: an
+//! empty nonce table, so no nonce issued to the old process is accepted
+//! from anyone), handing it the current config, the same listening
+//! sockets, and the lockout and rate state the monitor mirrored from the
+//! old one's events and from its own verdicts on the replies the old one
+//! forwarded ([`Monitor::mirror_event`], [`Monitor::mirror_verdict`],
+//! `ipc::Down::Carry`).
 //!
 //! What survives a restart, and what cannot:
 //! - every open gate, its deadline and its ceiling: they live here, in the
@@ -21,59 +25,30 @@
 //!   handshakes more per restart), not events the network process dropped
 //!   under a flood (counted in the log) or had not sent yet when it died
 //!   (what it had sent is read to the channel's end), not the
-//!   verification budget (a
-//!   new process starts with a full one), and not the handshakes in
-//!   progress: their connections close with the process; a run that the
-//!   monitor was carrying out completes, but its ack cannot reach the
-//!   client, whose `postern` reports no acknowledgement.
+//!   verification budget (a new process starts with a full one), and not
+//!   the handshakes in progress: their connections close with the
+//!   process; a run that the monitor was carrying out completes, but its
+//!   ack cannot reach the client, whose `postern` reports no
+//!   acknowledgement.
 //!
 //! While no network process runs, nothing accepts: the listening sockets
 //! stay bound (the monitor holds them), so the kernel completes and queues
 //! connections up to the listen backlog and refuses beyond it; the new
 //! process serves the queue first.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::process::ExitStatus;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 
-use crate::channel::Channel;
-use crate::ipc::{Notice, Request};
+use crate::ipc::{Notice, Peer, Request, Verdict};
 use crate::monitor::action;
 use crate::monitor::log::Level;
+use crate::monitor::session::SessionEnd;
 use crate::monitor::{Monitor, MonitorError, NetChild, Signals};
 use crate::net::limits::{Network, NETWORK_LOCKOUT};
-
-/// How a session with one network process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
-    /// A stop was asked (SIGTERM, SIGINT, the `shutdown` builtin).
-    Stop,
-    /// The process exited; its status, if it could be read.
-    Exited(Option<ExitStatus>),
-    /// It sent something malformed: what (fixed text, never its bytes).
-    Malformed(&'static str),
-    /// Its channel closed or failed.
-    ChannelClosed,
-}
-
-impl core::fmt::Display for SessionEnd {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            SessionEnd::Stop => f.write_str("stopped"),
-            SessionEnd::Exited(Some(st)) => {
-                write!(f, "exited ({})", action::Outcome::Exited(*st).describe())
-            }
-            SessionEnd::Exited(None) => f.write_str("exited (status unreadable)"),
-            SessionEnd::Malformed(what) => write!(f, "sent a malformed request ({what})"),
-            SessionEnd::ChannelClosed => f.write_str("closed its channel"),
-        }
-    }
-}
 
 /// When to restart the network process, and when to give up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +123,7 @@ pub async fn run(
     let mut restarts: VecDeque<Instant> = VecDeque::with_capacity(policy.max_restarts + 1);
     loop {
         let pid = child.id().unwrap_or(0);
-        let mut end = monitor.session(&mut child, &mut signals).await;
+        let mut end = monitor.serve(&mut child, &mut signals).await;
         if end == SessionEnd::Stop {
             stop(monitor, Some(child)).await;
             return Ok(());
@@ -263,45 +238,21 @@ async fn stop(monitor: &Rc<Monitor>, child: Option<Child>) {
     monitor.log(Level::Notice, "stopped");
 }
 
-/// The channel to the current network process: replaced with the
-/// process, and shared with the tasks that answer its requests.
-pub(super) struct Current(RefCell<Rc<Channel>>);
-
-impl Current {
-    pub(super) fn new(chan: Channel) -> Current {
-        Current(RefCell::new(Rc::new(chan)))
-    }
-
-    /// The current channel (an answer goes to the process that asked:
-    /// a task keeps the one it was given).
-    pub(super) fn get(&self) -> Rc<Channel> {
-        Rc::clone(&self.0.borrow())
-    }
-
-    /// Sends one message to the current network process.
-    pub(super) async fn send(&self, bytes: &[u8], fds: &[i32]) -> io::Result<()> {
-        self.get().send(bytes, fds).await
-    }
-}
-
 impl Monitor {
-    /// Makes `chan` the channel to the current network process.
-    fn attach(&self, chan: Channel) {
-        *self.chan.0.borrow_mut() = Rc::new(chan);
-    }
-
     /// Keeps the mirror of the network process's lockout and rate state
     /// up to date with one of its (decoded, range-checked) events: a
-    /// counted failure, a lockout of a source or a network, a rate-limit
-    /// refusal, a success (a run request follows only an authenticated
-    /// reply). Bounded by `lockout_table` like the table it mirrors; a
+    /// counted failure (one without a reply: a timeout, a short or long
+    /// reply), a lockout of a source or a network, a rate-limit refusal.
+    /// Bounded by `lockout_table` like the table it mirrors; a
     /// compromised process can only make it say what it could enforce
-    /// anyway.
+    /// anyway. Successes, and failures of replies it forwarded, are the
+    /// monitor's own verdicts ([`mirror_verdict`](Self::mirror_verdict)).
     pub(super) fn mirror_event(&self, req: &Request) {
         let now = Instant::now();
         let mut m = self.mirror.borrow_mut();
         match *req {
-            Request::Run { peer, .. } => m.succeed(peer.addr, now),
+            // The session handles these; verdicts are mirrored there.
+            Request::Verify { .. } | Request::Nonces { .. } => {}
             // Zero failures: an exempt source or an eviction, not counted.
             Request::Fail { peer, failures, .. } if failures > 0 => {
                 m.fail(peer.addr, now);
@@ -318,6 +269,7 @@ impl Monitor {
                 notice: Notice::NetworkLocked,
                 peer,
                 value,
+                ..
             } => {
                 let net = NETWORK_LOCKOUT
                     .iter()
@@ -328,6 +280,25 @@ impl Monitor {
                 }
             }
             Request::Notice { .. } => {}
+        }
+    }
+
+    /// Keeps the mirror up to date with the monitor's own verdict on a
+    /// reply: "the monitor verified the reply" is the success signal (the
+    /// source is forgiven and in good standing), and a refused reply is a
+    /// failure the network process counts on hearing the verdict
+    /// (`failures` is what it said the count would be; zero for an
+    /// exempt source, not counted).
+    pub(super) fn mirror_verdict(&self, peer: Peer, verdict: Verdict, failures: u32) {
+        let now = Instant::now();
+        let mut m = self.mirror.borrow_mut();
+        match verdict {
+            Verdict::Authenticated => m.succeed(peer.addr, now),
+            Verdict::Bad | Verdict::BindMismatch if failures > 0 => {
+                m.fail(peer.addr, now);
+                let _ = m.take_locked_network();
+            }
+            Verdict::Bad | Verdict::BindMismatch => {}
         }
     }
 }

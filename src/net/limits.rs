@@ -671,6 +671,19 @@ impl SourceTable {
         }
     }
 
+    /// The failure count a [`fail`](Self::fail) of `ip` now would give
+    /// its source (0 for an exempt source): what the monitor logs if it
+    /// refuses the reply about to be forwarded.
+    pub fn next_failures(&self, ip: IpAddr) -> u32 {
+        if self.is_exempt(ip) {
+            return 0;
+        }
+        self.lru
+            .get(&TableKey::Source(SourceKey::of(ip)))
+            .map_or(0, |e| e.failures)
+            .saturating_add(1)
+    }
+
     /// The network the last [`fail`](Self::fail) locked, once.
     pub fn take_locked_network(&mut self) -> Option<Network> {
         self.locked_network.take()

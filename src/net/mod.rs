@@ -1,9 +1,12 @@
 //! The unprivileged network process: accept loops, limits, handshakes.
 //!
 //! It runs after `privsep::enter_jail` has chrooted it into an empty
-//! directory and dropped every privilege. It learns its listeners, limits
-//! and secrets from the monitor (`ipc.rs`), and the only thing it can ask
-//! the monitor for is "run action i for address a" (plus log events).
+//! directory and dropped every privilege. It learns its listeners and
+//! limits from the monitor (`ipc.rs`). It holds no key, no password and no
+//! MAC state: it greets with nonces the monitor issued (a small batch at
+//! hand, [`crate::ipc::NONCE_BATCH`]), forwards each reply to the monitor
+//! to be checked, and relays the ack the monitor signed. Besides that it
+//! can only send log events, which the monitor turns into lines itself.
 //!
 //! One connection (see PROTOCOL.md):
 //! 1. while every handshake slot is busy, a source with strikes, or one
@@ -15,13 +18,16 @@
 //! 3. a handshake slot is reserved; if all are busy, the oldest handshake
 //!    of the network holding the most slots is evicted (closed at once,
 //!    not counted against its source);
-//! 4. the greeting is written and exactly the reply length is read into a
-//!    fixed array, all under one deadline;
-//! 5. the reply is checked against every key slot in constant time; a
-//!    slot whose validity has ended (an old key past its overlap window)
-//!    counts as no match;
-//! 6. on success the monitor is asked to run the action of the matched
-//!    slot and the signed ack carries its answer; on failure the
+//! 4. a nonce is taken from the batch at hand (waiting for a refill only
+//!    when none is left), the greeting is written and exactly the reply
+//!    length is read into a fixed array, all under one deadline;
+//! 5. the reply, the nonce's handle, the peer and the connection's
+//!    descriptor go to the monitor, which checks the reply against every
+//!    key slot (every key, password and successor of every action) in
+//!    constant time, counts an old key past its overlap window as no
+//!    match, and answers with a verdict at once;
+//! 6. on success the monitor runs the action of the matched slot and the
+//!    network process relays the ack the monitor signed; on failure the
 //!    connection just closes.
 
 pub mod limits;
@@ -31,7 +37,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -44,17 +50,19 @@ use tokio::time::{timeout, Instant};
 use crate::channel::Channel;
 use crate::config::{IpNet, Limits, Protocol};
 use crate::ipc::{
-    Carried, Down, NetLimits, Notice, Peer, Reason, Request, MAX_DOWN_LEN, REQUEST_LEN,
+    Carried, Down, IssuedNonce, NetLimits, Notice, Peer, Reason, ReplyBytes, Request, Verdict,
+    MAX_DOWN_LEN, NONCE_BATCH, NONCE_KEEP, REQUEST_LEN,
 };
 use crate::net::limits::{Admit, Slots, SourceTable, Strike};
-use crate::secret::{Key, Password, KEY_LEN};
-use crate::wire::{
-    self, Answer, Reason as AckReason, Status, Verifier, OSTIARY_REPLY_LEN, OSTIARY_SALT_LEN,
-    REPLY_LEN,
-};
+use crate::wire::{self, Ack, OSTIARY_REPLY_LEN, REPLY_LEN};
 
-/// Authenticated requests waiting for the monitor's answer, at most.
+/// Authenticated handshakes waiting for the monitor's ack, at most.
 pub const MAX_PENDING_ACKS: usize = 64;
+
+/// After the monitor issued no nonce (its table full), the network
+/// process asks again no sooner than this: a full table empties only as
+/// handshakes end, and asking at once would only spin.
+pub const NONCE_RETRY: Duration = Duration::from_millis(100);
 /// Log events waiting for the monitor, at most; beyond, they are counted
 /// and dropped (and the count is logged).
 pub const MAX_QUEUED_EVENTS: usize = 4096;
@@ -88,50 +96,41 @@ impl core::fmt::Display for NetError {
     }
 }
 
-/// A key slot as the network process knows it (`ipc::Down::Slot`).
-#[derive(Debug, Clone, Copy)]
-struct SlotRef {
-    /// Index in the generation's slot list, sent back in run requests.
-    index: u16,
-    bind_source: bool,
-    /// Refused from this time on (seconds since the Unix epoch).
-    until: Option<u64>,
-}
-
-impl SlotRef {
-    /// Whether the slot may be accepted now: checked at verification, so
-    /// an old key is refused from the first second after its window.
-    fn valid_now(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.until.is_none_or(|until| now < until)
-    }
-}
-
-/// The network part of one config generation.
+/// The network part of one config generation (nothing secret).
 struct NetConfig {
     generation: u32,
     limits: NetLimits,
     exempt: Vec<IpNet>,
-    postern: Verifier,
-    postern_slots: Vec<SlotRef>,
-    ostiary: Verifier,
-    ostiary_slots: Vec<SlotRef>,
     /// Lockout and rate state carried over from a network process that
     /// died (at most `lockout_table` records), imported once.
     carried: Vec<Carried>,
 }
+
+/// A handshake in a slot: its peer, the generation it began under, its
+/// nonce's handle once it has one, and its task.
+type SlotEntry = (Peer, u32, Rc<Cell<u64>>, AbortHandle);
 
 /// State shared by every task of the network process.
 struct State {
     chan: Channel,
     config: RefCell<Rc<NetConfig>>,
     table: RefCell<SourceTable>,
-    slots: RefCell<Slots<(Peer, u32, AbortHandle)>>,
-    pending: RefCell<HashMap<u32, oneshot::Sender<Answer>>>,
-    next_id: Cell<u32>,
+    /// (peer, generation, nonce handle, task) of each handshake in a slot.
+    slots: RefCell<Slots<SlotEntry>>,
+    /// Verdicts awaited, by nonce handle (at most one per slot).
+    verdicts: RefCell<HashMap<u64, oneshot::Sender<Verdict>>>,
+    /// Acks awaited, by nonce handle.
+    acks: RefCell<HashMap<u64, oneshot::Sender<Ack>>>,
     acks_in_flight: Cell<usize>,
+    /// Nonces at hand: (when received, handle, nonce), oldest first; at
+    /// most NONCE_BATCH.
+    pool: RefCell<VecDeque<(std::time::Instant, IssuedNonce)>>,
+    /// A refill has been asked for and not answered yet.
+    refill_asked: Cell<bool>,
+    /// No refill is asked for before this (the monitor had none).
+    refill_after: Cell<Option<Instant>>,
+    pool_ready: Notify,
+    no_nonce_noted: Cell<bool>,
     /// When an accept failure was last logged (at most one line per
     /// ACCEPT_NOTE_INTERVAL, however the failures and successes interleave).
     accept_error_noted: Cell<Option<Instant>>,
@@ -164,6 +163,7 @@ async fn event_sender(state: Rc<State>) {
                         notice: Notice::EventsDropped,
                         peer,
                         value: dropped,
+                        handle: 0,
                     };
                     let generation = state.config.borrow().generation;
                     if state
@@ -206,8 +206,26 @@ impl State {
         self.events_ready.notify_one();
     }
 
-    /// Counts a failure of `peer`'s source (and its networks) and logs it.
-    fn fail(self: &Rc<Self>, peer: Peer, reason: Reason, generation: u32) {
+    /// Counts a failure of `peer`'s source (and its networks) and logs
+    /// it; `handle` (0: none) gives the handshake's nonce back.
+    fn fail(self: &Rc<Self>, peer: Peer, reason: Reason, generation: u32, handle: u64) {
+        let failures = self.strike(peer, generation);
+        self.send_in(
+            Request::Fail {
+                peer,
+                reason,
+                failures,
+                handle,
+            },
+            generation,
+        );
+    }
+
+    /// Counts a failure of `peer`'s source (and its networks), with the
+    /// lockout events it causes, and returns its failure count. The
+    /// failure itself is logged by the caller or, for a refused reply,
+    /// by the monitor.
+    fn strike(self: &Rc<Self>, peer: Peer, generation: u32) -> u32 {
         let (strike, network) = {
             let mut t = self.table.borrow_mut();
             let strike = t.fail(peer.addr, std::time::Instant::now());
@@ -217,14 +235,6 @@ impl State {
             Strike::Counted { failures } | Strike::LockedOut { failures } => failures,
             Strike::Exempt => 0,
         };
-        self.send_in(
-            Request::Fail {
-                peer,
-                reason,
-                failures,
-            },
-            generation,
-        );
         if let Strike::LockedOut { failures } = strike {
             self.send_in(Request::Lockout { peer, failures }, generation);
         }
@@ -234,11 +244,108 @@ impl State {
                     notice: Notice::NetworkLocked,
                     peer,
                     value: u32::from(net.prefix_len()),
+                    handle: 0,
                 },
                 generation,
             );
         }
         self.note_table_full(peer);
+        failures
+    }
+
+    /// Hands a Down message that is not part of a config to whoever waits
+    /// for it. Unknown handles (a handshake that gave up) are ignored.
+    fn dispatch(self: &Rc<Self>, msg: Down) {
+        match msg {
+            Down::Nonces(list) => {
+                let now = std::time::Instant::now();
+                self.refill_asked.set(false);
+                if list.is_empty() {
+                    self.refill_after.set(Some(Instant::now() + NONCE_RETRY));
+                }
+                let mut pool = self.pool.borrow_mut();
+                for n in list {
+                    if pool.len() >= NONCE_BATCH {
+                        break;
+                    }
+                    pool.push_back((now, n));
+                }
+                drop(pool);
+                self.pool_ready.notify_waiters();
+            }
+            Down::Verdict { handle, verdict } => {
+                if let Some(tx) = self.verdicts.borrow_mut().remove(&handle) {
+                    let _ = tx.send(verdict);
+                }
+            }
+            Down::Ack { handle, ack } => {
+                if let Some(tx) = self.acks.borrow_mut().remove(&handle) {
+                    let _ = tx.send(ack);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks the monitor for more nonces unless a request is out or the
+    /// monitor just had none.
+    fn ask_refill(self: &Rc<Self>) {
+        if self.refill_asked.get() {
+            return;
+        }
+        if self.refill_after.get().is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let want = NONCE_BATCH.saturating_sub(self.pool.borrow().len());
+        if want == 0 {
+            return;
+        }
+        self.refill_asked.set(true);
+        let generation = self.config.borrow().generation;
+        let req = Request::Nonces { count: want as u16 }.encode_for(generation);
+        let me = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            if me.chan.send(&req, &[]).await.is_err() {
+                // The main loop notices the dead channel and exits.
+                me.refill_asked.set(false);
+            }
+        });
+    }
+
+    /// A fresh nonce for a new connection: from the batch at hand, or,
+    /// when none is left, the next refill (waited for until `deadline`).
+    /// Nonces kept longer than NONCE_KEEP are thrown away (the monitor
+    /// lets them expire too). Asks for a refill once half the batch is
+    /// used.
+    async fn take_nonce(self: &Rc<Self>, deadline: Instant) -> Option<IssuedNonce> {
+        loop {
+            let now = std::time::Instant::now();
+            let got = {
+                let mut pool = self.pool.borrow_mut();
+                while pool
+                    .front()
+                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= NONCE_KEEP)
+                {
+                    pool.pop_front();
+                }
+                pool.pop_front().map(|(_, n)| n)
+            };
+            if self.pool.borrow().len() <= NONCE_BATCH / 2 {
+                self.ask_refill();
+            }
+            if let Some(n) = got {
+                self.no_nonce_noted.set(false);
+                return Some(n);
+            }
+            let ready = self.pool_ready.notified();
+            // Retry after NONCE_RETRY too: a refill refused for lack of
+            // room is asked for again then.
+            let wake = deadline.min(Instant::now() + NONCE_RETRY);
+            let _ = tokio::time::timeout_at(wake, ready).await;
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
     }
 
     fn note_table_full(self: &Rc<Self>, peer: Peer) {
@@ -249,6 +356,7 @@ impl State {
                 notice: Notice::SourceTableFull,
                 peer,
                 value: cap,
+                handle: 0,
             });
         }
     }
@@ -259,7 +367,7 @@ impl State {
 pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
     let chan = Channel::new(chan_fd).map_err(NetError::Channel)?;
     let mut buf = vec![0u8; MAX_DOWN_LEN];
-    let (mut config, listeners) = receive_config(&chan, &mut buf, None).await?;
+    let (mut config, listeners) = receive_config(&chan, &mut buf, None, None).await?;
     let mut table = SourceTable::new(&to_limits(&config));
     // A replacement for a process that died: its predecessor's lockouts
     // and rate limits hold before the first accept.
@@ -268,15 +376,19 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
         table.import(&c, now);
     }
     let slots = Slots::new(config.limits.max_handshakes);
-    lock_secrets(&config);
     let state = Rc::new(State {
         chan,
         config: RefCell::new(Rc::new(config)),
         table: RefCell::new(table),
         slots: RefCell::new(slots),
-        pending: RefCell::new(HashMap::new()),
-        next_id: Cell::new(1),
+        verdicts: RefCell::new(HashMap::new()),
+        acks: RefCell::new(HashMap::new()),
         acks_in_flight: Cell::new(0),
+        pool: RefCell::new(VecDeque::with_capacity(NONCE_BATCH)),
+        refill_asked: Cell::new(false),
+        refill_after: Cell::new(None),
+        pool_ready: Notify::new(),
+        no_nonce_noted: Cell::new(false),
         accept_error_noted: Cell::new(None),
         lock_noted: Cell::new(false),
         events: RefCell::new(VecDeque::with_capacity(64)),
@@ -284,6 +396,8 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
         events_dropped: Cell::new(0),
     });
     tokio::task::spawn_local(event_sender(Rc::clone(&state)));
+    // The first batch, before the first connection.
+    state.ask_refill();
     let mut accept_tasks = start_listeners(&state, listeners)?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -304,34 +418,26 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                     return Err(NetError::Protocol("oversized message"));
                 }
                 match Down::decode(&buf[..r.len]) {
-                    Some(Down::Status { id, answer }) => {
-                        if let Some(tx) = state.pending.borrow_mut().remove(&id) {
-                            let _ = tx.send(answer);
-                        }
+                    Some(m @ (Down::Nonces(_) | Down::Verdict { .. } | Down::Ack { .. })) => {
+                        state.dispatch(m);
                     }
-                    Some(Down::Begin { generation, limits, listeners, exempt, slots }) => {
-                        let first = Some((generation, limits, listeners, exempt, slots));
-                        let (mut config, listeners) = receive_config(&state.chan, &mut buf, first).await?;
-                        lock_secrets(&config);
+                    Some(Down::Begin { generation, limits, listeners, exempt }) => {
+                        let first = Some((generation, limits, listeners, exempt));
+                        let (mut config, listeners) =
+                            receive_config(&state.chan, &mut buf, first, Some(&state)).await?;
                         let now = std::time::Instant::now();
                         state.table.borrow_mut().reconfigure(&to_limits(&config), now);
                         for c in config.carried.drain(..) {
                             state.table.borrow_mut().import(&c, now);
                         }
                         let excess = state.slots.borrow_mut().resize(config.limits.max_handshakes);
-                        for (_, (_, _, h)) in excess {
+                        for (_, (_, _, _, h)) in excess {
                             h.abort();
                         }
                         for t in accept_tasks.drain(..) {
                             t.abort();
                         }
-                        let old = std::mem::replace(&mut *state.config.borrow_mut(), Rc::new(config));
-                        // Unlock the old keys before they are freed, then
-                        // lock the new ones again (pages they share), so the
-                        // locked memory does not grow per reload.
-                        unlock_secrets(&old);
-                        drop(old);
-                        lock_secrets(&state.config.borrow());
+                        *state.config.borrow_mut() = Rc::new(config);
                         accept_tasks = start_listeners(&state, listeners)?;
                     }
                     _ => return Err(NetError::Protocol("unexpected message")),
@@ -355,10 +461,8 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
             r = state.chan.recv(&mut buf) => {
                 if let Ok(r) = r {
                     if r.len == 0 { break; }
-                    if let Some(Down::Status { id, answer }) = Down::decode(&buf[..r.len]) {
-                        if let Some(tx) = state.pending.borrow_mut().remove(&id) {
-                            let _ = tx.send(answer);
-                        }
+                    if let Some(m) = Down::decode(&buf[..r.len]) {
+                        state.dispatch(m);
                     }
                 } else {
                     break;
@@ -366,7 +470,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
             }
         }
     }
-    for (_, (_, _, h)) in state.slots.borrow_mut().drain() {
+    for (_, (_, _, _, h)) in state.slots.borrow_mut().drain() {
         h.abort();
     }
     Ok(())
@@ -387,26 +491,16 @@ fn to_limits(cfg: &NetConfig) -> Limits {
     }
 }
 
-/// Pins the prepared key states in RAM. Returns false if the system
-/// refused (RLIMIT_MEMLOCK); keys then stay usable, only swappable.
-fn lock_secrets(config: &NetConfig) -> bool {
-    crate::sys::lock_slice(config.postern.prepared())
-        & crate::sys::lock_slice(config.ostiary.prepared())
-}
-
-/// Undoes [`lock_secrets`] for a config about to be replaced.
-fn unlock_secrets(config: &NetConfig) {
-    crate::sys::unlock_slice(config.postern.prepared());
-    crate::sys::unlock_slice(config.ostiary.prepared());
-}
-
-type BeginFields = (u32, NetLimits, u16, u16, u16);
+type BeginFields = (u32, NetLimits, u16, u16);
 
 /// Reads one whole config (Begin .. End) from the monitor.
+/// Nonces, verdicts and acks that arrive in between are handed to
+/// `state` (there is none before the first config).
 async fn receive_config(
     chan: &Channel,
     buf: &mut [u8],
     mut first: Option<BeginFields>,
+    state: Option<&Rc<State>>,
 ) -> Result<(NetConfig, Vec<(TcpListener, Protocol, u8)>), NetError> {
     let begin = match first.take() {
         Some(b) => b,
@@ -418,17 +512,14 @@ async fn receive_config(
                     limits,
                     listeners,
                     exempt,
-                    slots,
-                }) => (generation, limits, listeners, exempt, slots),
+                }) => (generation, limits, listeners, exempt),
                 _ => return Err(NetError::Protocol("expected config")),
             }
         }
     };
-    let (generation, limits, n_listeners, n_exempt, n_slots) = begin;
+    let (generation, limits, n_listeners, n_exempt) = begin;
     let mut listeners = Vec::new();
     let mut exempt: Vec<IpNet> = Vec::new();
-    let mut keys: Vec<(SlotRef, Key)> = Vec::new();
-    let mut passwords: Vec<(SlotRef, Password)> = Vec::new();
     let mut carried: Vec<Carried> = Vec::new();
     loop {
         let mut r = chan.recv(buf).await.map_err(NetError::Channel)?;
@@ -453,53 +544,23 @@ async fn receive_config(
                 let room = limits.lockout_table.get().saturating_sub(carried.len());
                 carried.extend(records.into_iter().take(room));
             }
-            Some(Down::Slot {
-                index,
-                password,
-                bind_source,
-                until,
-                secret,
-            }) => {
-                if usize::from(index) != keys.len() + passwords.len() {
-                    return Err(NetError::Protocol("key slots out of order"));
-                }
-                let aref = SlotRef {
-                    index,
-                    bind_source,
-                    until,
-                };
-                if password {
-                    passwords.push((aref, secret));
-                } else {
-                    let bytes: [u8; KEY_LEN] = secret
-                        .expose()
-                        .try_into()
-                        .map_err(|_| NetError::Protocol("key of wrong length"))?;
-                    keys.push((aref, Key::from_bytes(bytes)));
-                }
-            }
             Some(Down::End) => break,
-            Some(Down::Status { .. }) => {
-                // A late answer for a request made under the old config;
-                // its handshake has already timed out or will get none.
+            Some(m @ (Down::Nonces(_) | Down::Verdict { .. } | Down::Ack { .. })) => {
+                // Answers to handshakes in progress, sent while the
+                // config was on its way.
+                if let Some(state) = state {
+                    state.dispatch(m);
+                }
             }
             _ => return Err(NetError::Protocol("bad config record")),
         }
-        buf[..r.len].fill(0);
     }
-    if listeners.len() != usize::from(n_listeners)
-        || exempt.len() != usize::from(n_exempt)
-        || keys.len() + passwords.len() != usize::from(n_slots)
-    {
+    if listeners.len() != usize::from(n_listeners) || exempt.len() != usize::from(n_exempt) {
         return Err(NetError::Protocol("config record counts disagree"));
     }
     let config = NetConfig {
         generation,
         exempt,
-        postern: Verifier::from_keys(keys.iter().map(|(_, k)| k)),
-        postern_slots: keys.iter().map(|(a, _)| *a).collect(),
-        ostiary: Verifier::from_passwords(passwords.iter().map(|(_, p)| p)),
-        ostiary_slots: passwords.iter().map(|(a, _)| *a).collect(),
         limits,
         carried,
     };
@@ -582,6 +643,7 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                         notice: Notice::RateLimited,
                         peer,
                         value: 0,
+                        handle: 0,
                     });
                 }
                 continue;
@@ -593,6 +655,7 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                         notice: Notice::OverBudget,
                         peer,
                         value,
+                        handle: 0,
                     });
                 }
                 continue;
@@ -605,25 +668,38 @@ async fn accept_loop(state: Rc<State>, listener: TcpListener, protocol: Protocol
                 notice: Notice::HandshakesFull,
                 peer,
                 value: cap,
+                handle: 0,
             });
         }
         let generation = state.config.borrow().generation;
         let (id, evicted) = state.slots.borrow_mut().reserve();
-        let task =
-            tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, protocol, id));
+        // The nonce the handshake greets with, once it has one: given back
+        // with the eviction notice if it is evicted.
+        let nonce = Rc::new(Cell::new(0));
+        let task = tokio::task::spawn_local(connection(
+            Rc::clone(&state),
+            stream,
+            peer,
+            protocol,
+            id,
+            Rc::clone(&nonce),
+        ));
         state
             .slots
             .borrow_mut()
-            .insert(id, ip, (peer, generation, task.abort_handle()));
-        if let Some((_, (old, old_generation, handle))) = evicted {
+            .insert(id, ip, (peer, generation, nonce, task.abort_handle()));
+        if let Some((_, (old, old_generation, old_nonce, handle))) = evicted {
             // Not a failure of the evicted source: it only lost a race for
             // a slot (logged with failures=0, so fail2ban ignores it).
             handle.abort();
+            state.verdicts.borrow_mut().remove(&old_nonce.get());
+            state.acks.borrow_mut().remove(&old_nonce.get());
             state.send_in(
                 Request::Fail {
                     peer: old,
                     reason: Reason::Evicted,
                     failures: 0,
+                    handle: old_nonce.get(),
                 },
                 old_generation,
             );
@@ -655,6 +731,7 @@ fn note_accept_error(state: &Rc<State>, listener: &TcpListener, index: u8, e: &s
             notice: Notice::AcceptError,
             peer,
             value: errno,
+            handle: 0,
         });
     }
 }
@@ -733,14 +810,21 @@ async fn read_reply<const N: usize>(
 
 /// Whether the peer sent anything past the fixed reply since it was read.
 /// Looks without waiting, into a one-byte array: a byte already there is a
-/// failure. Only an authenticated reply needs this second look; any other
-/// fails anyway.
+/// failure. Made before the reply goes to the monitor, which may act on it
+/// at once.
 fn sent_extra(stream: &TcpStream) -> bool {
     let mut one = [0u8; 1];
     matches!(stream.try_read(&mut one), Ok(n) if n > 0)
 }
 
-async fn connection(state: Rc<State>, stream: TcpStream, peer: Peer, protocol: Protocol, id: u64) {
+async fn connection(
+    state: Rc<State>,
+    stream: TcpStream,
+    peer: Peer,
+    protocol: Protocol,
+    id: u64,
+    nonce_cell: Rc<Cell<u64>>,
+) {
     let guard = SlotGuard {
         state: Rc::clone(&state),
         id,
@@ -748,228 +832,251 @@ async fn connection(state: Rc<State>, stream: TcpStream, peer: Peer, protocol: P
     let cfg = Rc::clone(&state.config.borrow());
     let deadline = Instant::now() + cfg.limits.handshake_timeout;
     let _ = stream.set_nodelay(true);
+    let Some((handle, nonce)) = state.take_nonce(deadline).await else {
+        if !state.no_nonce_noted.replace(true) {
+            state.send_in(
+                Request::Notice {
+                    notice: Notice::NoNonce,
+                    peer,
+                    value: 0,
+                    handle: 0,
+                },
+                cfg.generation,
+            );
+        }
+        return;
+    };
+    nonce_cell.set(handle);
+    let hs = Handshake {
+        state: &state,
+        cfg: &cfg,
+        peer,
+        handle,
+        deadline,
+    };
     match protocol {
-        Protocol::Postern2 => postern2(&state, &cfg, stream, peer, deadline, guard).await,
-        Protocol::Ostiary4 => ostiary4(&state, &cfg, stream, peer, deadline, guard).await,
+        Protocol::Postern2 => postern2(hs, stream, &nonce, guard).await,
+        Protocol::Ostiary4 => ostiary4(hs, stream, &nonce, guard).await,
     }
 }
 
-/// The OS generator failed: drop the connection (never a weaker nonce).
-fn random_failed(state: &Rc<State>, peer: Peer) {
-    state.send(Request::Notice {
-        notice: Notice::RandomFailed,
-        peer,
-        value: 0,
-    });
+/// What every step of one handshake needs.
+#[derive(Clone, Copy)]
+struct Handshake<'a> {
+    state: &'a Rc<State>,
+    cfg: &'a Rc<NetConfig>,
+    peer: Peer,
+    /// The nonce's handle (it goes back to the monitor with the outcome).
+    handle: u64,
+    deadline: Instant,
 }
 
-/// Writes the greeting (or salt) under the handshake deadline; a failure
-/// is recorded against the peer and reported as false.
-async fn send_challenge(
-    state: &Rc<State>,
-    stream: &mut TcpStream,
-    challenge: &[u8],
-    peer: Peer,
-    deadline: Instant,
-    generation: u32,
-) -> bool {
-    match tokio::time::timeout_at(deadline, stream.write_all(challenge)).await {
-        Ok(Ok(())) => true,
-        Err(_) => {
-            state.fail(peer, Reason::Timeout, generation);
-            false
+impl Handshake<'_> {
+    fn fail(&self, reason: Reason) {
+        self.state
+            .fail(self.peer, reason, self.cfg.generation, self.handle);
+    }
+
+    /// Writes the greeting (or salt) under the handshake deadline; a
+    /// failure is recorded against the peer and reported as false.
+    async fn send_challenge(&self, stream: &mut TcpStream, challenge: &[u8]) -> bool {
+        match tokio::time::timeout_at(self.deadline, stream.write_all(challenge)).await {
+            Ok(Ok(())) => true,
+            Err(_) => {
+                self.fail(Reason::Timeout);
+                false
+            }
+            Ok(Err(_)) => {
+                self.fail(Reason::Reset);
+                false
+            }
         }
-        Ok(Err(_)) => {
-            state.fail(peer, Reason::Reset, generation);
-            false
+    }
+
+    /// A handshake that ended before a whole reply: a peer that closed
+    /// without sending a single byte is not counted (a client on the wrong
+    /// protocol closes right after the challenge; PROTOCOL.md), anything
+    /// else is a failure of its source.
+    fn closed_or_failed(&self, reason: Reason, got: usize) {
+        if reason == Reason::ShortReply && got == 0 {
+            self.state.send_in(
+                Request::Notice {
+                    notice: Notice::NoReply,
+                    peer: self.peer,
+                    value: 0,
+                    handle: self.handle,
+                },
+                self.cfg.generation,
+            );
+        } else {
+            self.fail(reason);
+        }
+    }
+
+    /// Reads the reply, checks that nothing follows it, and has the
+    /// monitor check it. `None`: the handshake is over (its failure
+    /// recorded), else the verdict and where the ack will arrive (if
+    /// `acked`, the protocol has one, and the verdict is not bad).
+    async fn verify<const N: usize>(
+        &self,
+        stream: &TcpStream,
+        wrap: fn([u8; N]) -> ReplyBytes,
+        acked: bool,
+    ) -> Option<(Verdict, oneshot::Receiver<Ack>)> {
+        let reply: [u8; N] = match read_reply(stream, self.deadline).await {
+            Ok(r) => r,
+            Err((reason, got)) => {
+                self.closed_or_failed(reason, got);
+                return None;
+            }
+        };
+        if sent_extra(stream) {
+            self.fail(Reason::LongReply);
+            return None;
+        }
+        let failures = self.state.table.borrow().next_failures(self.peer.addr);
+        let req = Request::Verify {
+            generation: self.cfg.generation,
+            handle: self.handle,
+            peer: self.peer,
+            reply: wrap(reply),
+            failures,
+        };
+        // Both answers are awaited before asking: they may arrive before
+        // this task runs again.
+        let (vtx, vrx) = oneshot::channel();
+        let (atx, arx) = oneshot::channel();
+        self.state.verdicts.borrow_mut().insert(self.handle, vtx);
+        self.state.acks.borrow_mut().insert(self.handle, atx);
+        let _forget = Forget(self.state, self.handle);
+        let fd = stream.as_raw_fd();
+        if self.state.chan.send(&req.encode(), &[fd]).await.is_err() {
+            return None;
+        }
+        // The monitor answers at once; it is given the handshake's own
+        // time again, and a missing verdict is a timeout of the source.
+        let verdict = timeout(self.cfg.limits.handshake_timeout, vrx).await;
+        match verdict {
+            Ok(Ok(v)) => {
+                if v != Verdict::Authenticated {
+                    // The monitor logged it; the network process counts it.
+                    self.state.strike(self.peer, self.cfg.generation);
+                }
+                if acked && v != Verdict::Bad {
+                    // The ack is still to come: only the verdict is done.
+                    std::mem::forget(_forget);
+                    self.state.verdicts.borrow_mut().remove(&self.handle);
+                }
+                Some((v, arx))
+            }
+            _ => {
+                self.state
+                    .fail(self.peer, Reason::Timeout, self.cfg.generation, 0);
+                None
+            }
+        }
+    }
+
+    /// Waits for the ack of an authenticated or bind-mismatched reply and
+    /// sends it to the peer.
+    async fn relay_ack(&self, mut stream: TcpStream, ack: oneshot::Receiver<Ack>) {
+        let _forget = Forget(self.state, self.handle);
+        if self.state.acks_in_flight.get() >= MAX_PENDING_ACKS {
+            if !self.state.lock_noted.replace(true) {
+                self.state.send(Request::Notice {
+                    notice: Notice::HandshakesFull,
+                    peer: self.peer,
+                    value: MAX_PENDING_ACKS as u32,
+                    handle: 0,
+                });
+            }
+            return;
+        }
+        self.state.lock_noted.set(false);
+        self.state
+            .acks_in_flight
+            .set(self.state.acks_in_flight.get() + 1);
+        let _ack_guard = AckGuard(Rc::clone(self.state));
+        let Ok(Ok(ack)) = timeout(self.cfg.limits.ack_timeout, ack).await else {
+            return;
+        };
+        let _ = timeout(self.cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Forgets the verdict and ack awaited for a handle however the task ends.
+struct Forget<'a>(&'a Rc<State>, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.0.verdicts.try_borrow_mut() {
+            v.remove(&self.1);
+        }
+        if let Ok(mut a) = self.0.acks.try_borrow_mut() {
+            a.remove(&self.1);
         }
     }
 }
 
 async fn postern2(
-    state: &Rc<State>,
-    cfg: &Rc<NetConfig>,
+    hs: Handshake<'_>,
     mut stream: TcpStream,
-    peer: Peer,
-    deadline: Instant,
+    nonce: &[u8; wire::NONCE_LEN],
     guard: SlotGuard,
 ) {
-    let Ok(greeting) = wire::fresh_greeting() else {
-        return random_failed(state, peer);
-    };
-    if !send_challenge(
-        state,
-        &mut stream,
-        &greeting,
-        peer,
-        deadline,
-        cfg.generation,
-    )
-    .await
-    {
+    let greeting = wire::greeting(nonce);
+    if !hs.send_challenge(&mut stream, &greeting).await {
         return;
     }
-    let reply: [u8; REPLY_LEN] = match read_reply(&stream, deadline).await {
-        Ok(r) => r,
-        Err((reason, got)) => return closed_or_failed(state, peer, reason, got, cfg.generation),
+    let Some((verdict, ack)) = hs
+        .verify::<REPLY_LEN>(&stream, ReplyBytes::Postern2, true)
+        .await
+    else {
+        return;
     };
-    let Some((i, asserted)) = cfg.postern.check_reply(&greeting, &reply) else {
-        return state.fail(peer, Reason::BadMac, cfg.generation);
-    };
-    if sent_extra(&stream) {
-        return state.fail(peer, Reason::LongReply, cfg.generation);
-    }
-    let (Some(slot), Some(key)) = (cfg.postern_slots.get(i), cfg.postern.key(i)) else {
-        return state.fail(peer, Reason::BadMac, cfg.generation);
-    };
-    // An old key past its overlap window: as if it matched nothing.
-    if !slot.valid_now() {
-        return state.fail(peer, Reason::BadMac, cfg.generation);
-    }
-    // Authenticated: free the pre-auth slot so this handshake can no longer
-    // be evicted.
-    drop(guard);
-    let refuse = |why| Answer::because(Status::Refused, why);
-    let answer = if slot.bind_source && asserted != Some(peer.addr) {
-        // An authenticated reply from the wrong address (a relayed or
-        // replayed exchange): a failure like any other, counted before
-        // anything is forgiven, so repeated mismatches lock out.
-        state.fail(peer, Reason::BindMismatch, cfg.generation);
-        Some(refuse(AckReason::AddressBinding))
-    } else {
-        // Forgive the source's strikes; it is in good standing.
-        state
-            .table
-            .borrow_mut()
-            .succeed(peer.addr, std::time::Instant::now());
-        if asserted.is_some_and(|a| !wire::asserted_allowed(a)) {
-            Some(refuse(AckReason::AddressNotAllowed))
-        } else {
-            let target = asserted.unwrap_or(peer.addr);
-            match ask_monitor(state, cfg, slot.index, peer, target).await {
-                Asked::Answer(a) => Some(a),
-                Asked::Busy => Some(refuse(AckReason::Busy)),
-                Asked::NoAnswer => None,
-            }
+    match verdict {
+        Verdict::Bad => {}
+        Verdict::BindMismatch => {
+            // Counted as a failure (above); the monitor signs a refusal.
+            drop(guard);
+            hs.relay_ack(stream, ack).await;
         }
-    };
-    let Some(answer) = answer else {
-        return;
-    };
-    let ack = wire::ack(key, &greeting, &reply, answer);
-    let _ = timeout(cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
-    let _ = stream.shutdown().await;
-}
-
-/// A handshake that ended before a whole reply: a peer that closed without
-/// sending a single byte is not counted (a client on the wrong protocol
-/// closes right after the challenge; PROTOCOL.md), anything else is a
-/// failure of its source.
-fn closed_or_failed(state: &Rc<State>, peer: Peer, reason: Reason, got: usize, generation: u32) {
-    if reason == Reason::ShortReply && got == 0 {
-        state.send_in(
-            Request::Notice {
-                notice: Notice::NoReply,
-                peer,
-                value: 0,
-            },
-            generation,
-        );
-    } else {
-        state.fail(peer, reason, generation);
+        Verdict::Authenticated => {
+            // Free the pre-auth slot so this handshake can no longer be
+            // evicted, and forgive the source's strikes.
+            drop(guard);
+            hs.state
+                .table
+                .borrow_mut()
+                .succeed(hs.peer.addr, std::time::Instant::now());
+            hs.relay_ack(stream, ack).await;
+        }
     }
 }
 
 async fn ostiary4(
-    state: &Rc<State>,
-    cfg: &Rc<NetConfig>,
+    hs: Handshake<'_>,
     mut stream: TcpStream,
-    peer: Peer,
-    deadline: Instant,
+    salt: &[u8; wire::OSTIARY_SALT_LEN],
     guard: SlotGuard,
 ) {
-    let mut salt = [0u8; OSTIARY_SALT_LEN];
-    if getrandom::getrandom(&mut salt).is_err() {
-        return random_failed(state, peer);
-    }
-    if !send_challenge(state, &mut stream, &salt, peer, deadline, cfg.generation).await {
+    if !hs.send_challenge(&mut stream, salt).await {
         return;
     }
-    let reply: [u8; OSTIARY_REPLY_LEN] = match read_reply(&stream, deadline).await {
-        Ok(r) => r,
-        Err((reason, got)) => return closed_or_failed(state, peer, reason, got, cfg.generation),
-    };
-    let verdict = cfg.ostiary.check_ostiary(&salt, &reply);
-    let Some(slot) = verdict
-        .and_then(|i| cfg.ostiary_slots.get(i))
-        .filter(|s| s.valid_now())
+    let Some((verdict, _)) = hs
+        .verify::<OSTIARY_REPLY_LEN>(&stream, ReplyBytes::Ostiary4, false)
+        .await
     else {
-        return state.fail(peer, Reason::BadMac, cfg.generation);
+        return;
     };
-    if sent_extra(&stream) {
-        return state.fail(peer, Reason::LongReply, cfg.generation);
-    }
     drop(guard);
-    // ostiary-4 sends nothing back: close first, then ask.
+    // ostiary-4 sends nothing back.
     drop(stream);
-    state
-        .table
-        .borrow_mut()
-        .succeed(peer.addr, std::time::Instant::now());
-    let _ = ask_monitor(state, cfg, slot.index, peer, peer.addr).await;
-}
-
-/// What came of asking the monitor.
-enum Asked {
-    /// The monitor's answer.
-    Answer(Answer),
-    /// Too many authenticated requests are waiting already; not asked.
-    Busy,
-    /// The monitor did not answer in time, or the channel failed.
-    NoAnswer,
-}
-
-/// Asks the monitor to run the action of key slot `slot` and waits for
-/// its answer.
-async fn ask_monitor(
-    state: &Rc<State>,
-    cfg: &NetConfig,
-    slot: u16,
-    peer: Peer,
-    target: IpAddr,
-) -> Asked {
-    if state.acks_in_flight.get() >= MAX_PENDING_ACKS {
-        if !state.lock_noted.replace(true) {
-            state.send(Request::Notice {
-                notice: Notice::HandshakesFull,
-                peer,
-                value: MAX_PENDING_ACKS as u32,
-            });
-        }
-        return Asked::Busy;
-    }
-    state.lock_noted.set(false);
-    state.acks_in_flight.set(state.acks_in_flight.get() + 1);
-    let _ack_guard = AckGuard(Rc::clone(state));
-    let id = state.next_id.get();
-    state.next_id.set(id.wrapping_add(1).max(1));
-    let (tx, rx) = oneshot::channel();
-    state.pending.borrow_mut().insert(id, tx);
-    let req = Request::Run {
-        id,
-        generation: cfg.generation,
-        slot,
-        peer,
-        target,
-    };
-    if state.chan.send(&req.encode(), &[]).await.is_err() {
-        state.pending.borrow_mut().remove(&id);
-        return Asked::NoAnswer;
-    }
-    let answer = timeout(cfg.limits.ack_timeout, rx).await;
-    state.pending.borrow_mut().remove(&id);
-    match answer {
-        Ok(Ok(answer)) => Asked::Answer(answer),
-        _ => Asked::NoAnswer,
+    if verdict == Verdict::Authenticated {
+        hs.state
+            .table
+            .borrow_mut()
+            .succeed(hs.peer.addr, std::time::Instant::now());
     }
 }
