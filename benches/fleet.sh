@@ -38,6 +38,14 @@
 # $FLEET_GROUPS and $FLEET_CLIENTS ("baseline new") choose what to run;
 # $FLEET_SAVE, a directory, keeps each run's JSON output there.
 # $FLEET_NEW_ARGS are extra options for the new client (e.g. "--parallel 256").
+# $FLEET_KEEP_LOGS, a directory, keeps the posternds' logs there.
+# $FLEET_ACTIONS: "gate" (default) makes each host's action a gate (run and
+# stop /bin/true, ttl 1h) that the warm-up run opens, so that every measured
+# trigger is answered "already-active" with no process started: the
+# servers then cost what a host's own posternd costs (verify, ack), and the
+# wall time is the client's. "run" starts /bin/true on every trigger: the
+# 64 simulated servers then need about 1.2 ms of CPU per trigger on the
+# client's cores, more than 2 cores give in 2 s for 4,096 hosts.
 # Uses $POSTERND / $POSTERN if set, else target/release/{posternd,postern}
 # (built if missing); $FLEET_BASELINE, if set, is the baseline client
 # (else it is built into ${TMPDIR:-/tmp}/postern-fleet-$FLEET_BASE_REV).
@@ -47,6 +55,8 @@ runs=${1:-3}
 timeout=5
 procs=64 per=64
 base_rev=${FLEET_BASE_REV:-4fd07ca}
+actions=${FLEET_ACTIONS:-gate}
+case $actions in gate | run) ;; *) echo "fleet: FLEET_ACTIONS must be gate or run" >&2; exit 1 ;; esac
 skip() { echo "fleet: skipped: $*"; exit 0; }
 die() { echo "fleet: $*" >&2; exit 1; }
 command -v python3 >/dev/null || skip "python3 not installed"
@@ -83,6 +93,7 @@ cleanup() {
     local p
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+    [ -n "${FLEET_KEEP_LOGS:-}" ] && cp "$dir"/d*.log "$FLEET_KEEP_LOGS"/ 2>/dev/null
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -113,7 +124,11 @@ for p in $(seq 0 $((procs - 1))); do
             i=$((p * per + l))
             key=$("$postern" key derive --master "$dir/master.key" --host "h$i" --action open) ||
                 die "key derive failed"
-            printf '\n[[action]]\nname = "a%s"\nkey = "%s"\nrun = ["/bin/true"]\nsingle_instance = false\n' "$l" "$key"
+            if [ "$actions" = gate ]; then
+                printf '\n[[action]]\nname = "a%s"\nkey = "%s"\nrun = ["/bin/true"]\nstop = ["/bin/true"]\nttl = "1h"\n' "$l" "$key"
+            else
+                printf '\n[[action]]\nname = "a%s"\nkey = "%s"\nrun = ["/bin/true"]\nsingle_instance = false\n' "$l" "$key"
+            fi
         done
     } >"$conf"
     chmod 600 "$conf"
@@ -200,7 +215,7 @@ run_once() {
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-echo "fleet: warm-up run"
+echo "fleet: warm-up run (actions: $actions)"
 run_once "$postern" "healthy-$((procs * per))" >/dev/null
 
 printf '\n| client | group | hosts | wall (median) | runs (s) | peak RSS (median) | client CPU (median) | servers CPU (median) | succeeded |\n'
