@@ -193,10 +193,20 @@ pub enum Notice {
     /// No issued nonce was at hand in time for a new connection; it was
     /// closed before the greeting.
     NoNonce = 10,
+    /// The kernel refused to pass a connection to the monitor
+    /// (ETOOMANYREFS: the descriptors in flight from the network
+    /// process's user exceed its open-file limit); it is being tried
+    /// again until the handshake's deadline. Value: that limit. Once per
+    /// episode.
+    PassRefused = 11,
+    /// A connection could not be passed before its handshake's deadline;
+    /// nothing ran for it (not counted against the source). Carries the
+    /// handle of its verified reply.
+    PassGaveUp = 12,
 }
 
 impl Notice {
-    const ALL: [Notice; 10] = [
+    const ALL: [Notice; 12] = [
         Notice::HandshakesFull,
         Notice::SourceTableFull,
         Notice::RateLimited,
@@ -207,6 +217,8 @@ impl Notice {
         Notice::NetworkLocked,
         Notice::NoReply,
         Notice::NoNonce,
+        Notice::PassRefused,
+        Notice::PassGaveUp,
     ];
 
     fn from_u16(v: u16) -> Option<Notice> {
@@ -248,7 +260,8 @@ impl ReplyBytes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// Check this reply to the nonce `handle` names; answer with a
-    /// [`Down::Verdict`]. The connection's descriptor comes with it.
+    /// [`Down::Verdict`], or, if its MAC is valid, first with a
+    /// [`Down::Connection`] asking for the connection itself.
     Verify {
         /// The config generation the handshake began under.
         generation: u32,
@@ -289,7 +302,14 @@ pub enum Request {
         /// A number that goes with it (errno, count).
         value: u32,
         /// The nonce of the connection, given back (0: none; only
-        /// [`Notice::NoReply`] has one).
+        /// [`Notice::NoReply`] and [`Notice::PassGaveUp`] have one).
+        handle: u64,
+    },
+    /// The connection of verified reply `handle`, in answer to
+    /// [`Down::Connection`]: its descriptor comes with this request, and
+    /// with no other.
+    Connection {
+        /// The verify request's nonce handle.
         handle: u64,
     },
     /// Issue up to `count` more nonces.
@@ -360,6 +380,7 @@ const KIND_FAIL: u8 = 2;
 const KIND_LOCKOUT: u8 = 3;
 const KIND_NOTICE: u8 = 4;
 const KIND_NONCES: u8 = 5;
+const KIND_CONNECTION: u8 = 6;
 
 const PROTO_POSTERN2: u16 = 1;
 const PROTO_OSTIARY4: u16 = 2;
@@ -455,6 +476,10 @@ impl Request {
                 b[1] = KIND_NONCES;
                 b[2..4].copy_from_slice(&count.to_be_bytes());
             }
+            Request::Connection { handle } => {
+                b[1] = KIND_CONNECTION;
+                b[OFF_HANDLE..OFF_REPLY].copy_from_slice(&handle.to_be_bytes());
+            }
         }
         b
     }
@@ -493,6 +518,19 @@ impl Request {
                 return Err(RequestError::Count(arg16));
             }
             return Ok(Request::Nonces { count: arg16 });
+        }
+        if kind == KIND_CONNECTION {
+            // Nothing but the handle (and the generation) may be set.
+            if arg16 != 0 || arg32 != 0 || bytes[12..OFF_HANDLE].iter().any(|&x| x != 0) {
+                return Err(RequestError::Reserved);
+            }
+            if reply.iter().any(|&x| x != 0) {
+                return Err(RequestError::Reserved);
+            }
+            if handle == 0 {
+                return Err(RequestError::Handle);
+            }
+            return Ok(Request::Connection { handle });
         }
         let listener = bytes[12];
         if usize::from(listener) >= listeners {
@@ -560,7 +598,7 @@ impl Request {
             }
             KIND_NOTICE => {
                 let notice = Notice::from_u16(arg16).ok_or(RequestError::Code(arg16))?;
-                if handle != 0 && notice != Notice::NoReply {
+                if handle != 0 && !matches!(notice, Notice::NoReply | Notice::PassGaveUp) {
                     return Err(RequestError::Handle);
                 }
                 Ok(Request::Notice {
@@ -637,6 +675,13 @@ pub enum Down {
         handle: u64,
         /// What the monitor found.
         verdict: Verdict,
+    },
+    /// The MAC of [`Request::Verify`] `handle` is valid: send its
+    /// connection ([`Request::Connection`]) so that the monitor learns
+    /// the peer from the kernel; the verdict follows.
+    Connection {
+        /// The request's nonce handle.
+        handle: u64,
     },
     /// The signed ack for the postern-2 handshake of nonce `handle`.
     Ack {
@@ -805,6 +850,7 @@ impl Carried {
 const DOWN_NONCES: u8 = 0x82;
 const DOWN_VERDICT: u8 = 0x83;
 const DOWN_ACK: u8 = 0x84;
+const DOWN_CONNECTION: u8 = 0x85;
 const DOWN_BEGIN: u8 = 0x90;
 const DOWN_LISTENER: u8 = 0x91;
 const DOWN_EXEMPT: u8 = 0x92;
@@ -839,6 +885,10 @@ impl Down {
                 b.push(DOWN_ACK);
                 b.extend_from_slice(&handle.to_be_bytes());
                 b.extend_from_slice(ack);
+            }
+            Down::Connection { handle } => {
+                b.push(DOWN_CONNECTION);
+                b.extend_from_slice(&handle.to_be_bytes());
             }
             Down::Begin {
                 generation,
@@ -924,6 +974,7 @@ impl Down {
                 ack.copy_from_slice(r.take(ACK_LEN)?);
                 Down::Ack { handle, ack }
             }
+            DOWN_CONNECTION => Down::Connection { handle: r.u64()? },
             DOWN_BEGIN => {
                 let generation = r.u32()?;
                 let limits = NetLimits {
@@ -1094,10 +1145,59 @@ mod tests {
             Request::Nonces {
                 count: NONCE_BATCH as u16,
             },
+            Request::Connection { handle: 41 },
+            Request::Notice {
+                notice: Notice::PassGaveUp,
+                peer: peer(),
+                value: 0,
+                handle: 41,
+            },
+            Request::Notice {
+                notice: Notice::PassRefused,
+                peer: peer(),
+                value: 832,
+                handle: 0,
+            },
         ];
         for r in reqs {
             assert_eq!(Request::decode(&r.encode(), 2), Ok(r));
         }
+    }
+
+    // Goal: a connection request carries its handle and nothing else; any
+    // other byte set, or no handle, is refused.
+    #[test]
+    fn connection_request_carries_only_its_handle() {
+        let good = Request::Connection { handle: 5 }.encode_for(3);
+        assert_eq!(
+            Request::decode(&good, 0),
+            Ok(Request::Connection { handle: 5 })
+        );
+        assert_eq!(Request::generation_of(&good), Some(3));
+        for at in (2..8).chain(12..32).chain(40..REQUEST_LEN) {
+            let mut b = good;
+            b[at] = 1;
+            assert_eq!(Request::decode(&b, 2), Err(RequestError::Reserved), "{at}");
+        }
+        let mut b = good;
+        b[32..40].fill(0);
+        assert_eq!(Request::decode(&b, 2), Err(RequestError::Handle));
+        // Only two notices give a handle back.
+        let mut n = Request::Notice {
+            notice: Notice::PassRefused,
+            peer: peer(),
+            value: 1,
+            handle: 0,
+        }
+        .encode();
+        n[32..40].copy_from_slice(&9u64.to_be_bytes());
+        assert_eq!(Request::decode(&n, 2), Err(RequestError::Handle));
+        let down = Down::Connection { handle: 5 }.encode();
+        assert!(matches!(
+            Down::decode(&down),
+            Some(Down::Connection { handle: 5 })
+        ));
+        assert!(Down::decode(&down[..down.len() - 1]).is_none());
     }
 
     // Goal: forged requests are rejected: wrong size, bad version, unknown

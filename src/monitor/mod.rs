@@ -494,7 +494,7 @@ impl Monitor {
         self.mirror_event(&req);
         match req {
             // Handled by the session (`session.rs`).
-            Request::Verify { .. } | Request::Nonces { .. } => {}
+            Request::Verify { .. } | Request::Nonces { .. } | Request::Connection { .. } => {}
             Request::Fail {
                 peer,
                 reason,
@@ -574,6 +574,20 @@ impl Monitor {
                         "noreply src={} port={} listener={listener}; closed after the challenge without replying (not counted)",
                         peer.addr, peer.port
                     ),
+                    Notice::PassRefused => format!(
+                        "limit inflight: the kernel refused to pass a connection to the monitor (ETOOMANYREFS: descriptors in flight from user {} exceed its open-file limit of {value}); retrying until the handshake's deadline; give the network process a user of its own",
+                        self.book.borrow().config.daemon.user.name
+                    ),
+                    Notice::PassGaveUp => {
+                        self.log(
+                            Level::Err,
+                            &format!(
+                                "error src={} port={} listener={listener}: its connection could not be passed to the monitor before the handshake's deadline; nothing ran (not counted)",
+                                peer.addr, peer.port
+                            ),
+                        );
+                        return;
+                    }
                 };
                 self.log(Level::Warning, &line);
             }

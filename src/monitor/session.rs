@@ -14,13 +14,20 @@
 //! monitor verified the reply, so a success or a counted failure is its
 //! own knowledge, not the network process's word.
 //!
-//! Bounds: the nonce table has a fixed capacity; answers that cannot be
+//! A reply whose MAC is valid is held while the monitor asks for its
+//! connection (`Down::Connection`): only then does a descriptor cross the
+//! socketpair, so a flood of wrong replies costs no descriptor passing,
+//! and the peer an action runs for is the kernel's word (`getpeername`).
+//!
+//! Bounds: the nonce table has a fixed capacity, and so has the table of
+//! verified replies awaiting their connection; answers that cannot be
 //! sent at once wait in at most [`MAX_QUEUED_SENDS`] tasks, and while
 //! that many wait no further request is read (the network process is
 //! slowed down, the monitor's memory does not grow); authenticated
 //! replies run at most `MAX_RUN_REQUESTS` at a time.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
@@ -34,9 +41,9 @@ use crate::ipc::{Down, Peer, Reason, ReplyBytes, Request, Verdict, REQUEST_LEN};
 use crate::monitor::action;
 use crate::monitor::log::Level;
 use crate::monitor::nonces::{NonceTable, TakeError};
-use crate::monitor::verify::{connection_peer, Keyring, PeerError};
+use crate::monitor::verify::{connection_peer, Keyring, PeerError, Valid};
 use crate::monitor::{Judge, Monitor, MAX_RUN_REQUESTS};
-use crate::wire::{self, Answer, Reason as AckReason, Status};
+use crate::wire::{self, Answer, Reason as AckReason, Status, NONCE_LEN};
 
 /// Answers waiting for room on the channel, at most; while this many
 /// wait, the monitor reads no further request.
@@ -74,6 +81,9 @@ impl core::fmt::Display for SessionEnd {
 pub struct Session {
     chan: Channel,
     nonces: RefCell<NonceTable>,
+    /// Verified replies waiting for their connection, by nonce handle; at
+    /// most the nonce table's capacity.
+    awaiting: RefCell<HashMap<u64, Awaiting>>,
     queued: Cell<usize>,
     room: Notify,
     full_noted: Cell<bool>,
@@ -83,6 +93,7 @@ impl core::fmt::Debug for Session {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Session")
             .field("nonces", &self.nonces.borrow().len())
+            .field("awaiting", &self.awaiting.borrow().len())
             .field("queued", &self.queued.get())
             .finish()
     }
@@ -94,6 +105,7 @@ impl Session {
         Rc::new(Session {
             chan,
             nonces: RefCell::new(nonces),
+            awaiting: RefCell::new(HashMap::new()),
             queued: Cell::new(0),
             room: Notify::new(),
             full_noted: Cell::new(false),
@@ -118,6 +130,11 @@ impl Session {
     /// Nonce table slots ever allocated (never above the capacity).
     pub fn nonce_slots(&self) -> usize {
         self.nonces.borrow().allocated()
+    }
+
+    /// Verified replies waiting for their connection.
+    pub fn awaiting_connections(&self) -> usize {
+        self.awaiting.borrow().len()
     }
 
     /// Answers waiting for room on the channel.
@@ -218,11 +235,9 @@ impl Monitor {
                 reply,
                 failures,
             } => {
-                let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
-                    return Err(SessionEnd::Malformed(
-                        "a verify request without exactly one descriptor",
-                    ));
-                };
+                if !fds.is_empty() {
+                    return Err(SessionEnd::Malformed("a descriptor with a request"));
+                }
                 let asked = Asked {
                     generation,
                     handle,
@@ -230,7 +245,15 @@ impl Monitor {
                     reply,
                     failures,
                 };
-                self.verify(&session, asked, fd)
+                self.verify(&session, asked)
+            }
+            Request::Connection { handle } => {
+                let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
+                    return Err(SessionEnd::Malformed(
+                        "a connection request without exactly one descriptor",
+                    ));
+                };
+                self.connection(&session, handle, fd)
             }
             Request::Nonces { count } => {
                 if !fds.is_empty() {
@@ -251,6 +274,14 @@ impl Monitor {
                 } = other
                 {
                     session.nonces.borrow_mut().release(handle);
+                }
+                if let Request::Notice {
+                    handle,
+                    notice: crate::ipc::Notice::PassGaveUp,
+                    ..
+                } = other
+                {
+                    session.awaiting.borrow_mut().remove(&handle);
                 }
                 self.handle(other, generation);
                 Ok(())
@@ -294,12 +325,10 @@ impl Monitor {
         }
     }
 
-    fn verify(
-        self: &Rc<Self>,
-        session: &Rc<Session>,
-        asked: Asked,
-        fd: OwnedFd,
-    ) -> Result<(), SessionEnd> {
+    /// Checks a forwarded reply against the nonce it names. A wrong one
+    /// is answered with a verdict at once; a valid one is held, and its
+    /// connection asked for ([`connection`](Self::connection) goes on).
+    fn verify(self: &Rc<Self>, session: &Rc<Session>, asked: Asked) -> Result<(), SessionEnd> {
         let Asked {
             generation,
             handle,
@@ -314,7 +343,8 @@ impl Monitor {
             ));
         }
         let verdict = |v: Verdict| Down::Verdict { handle, verdict: v }.encode();
-        let nonce = match session.nonces.borrow_mut().take(handle, Instant::now()) {
+        let now = Instant::now();
+        let nonce = match session.nonces.borrow_mut().take(handle, now) {
             Ok(n) => n,
             Err(TakeError::NeverIssued) => {
                 return Err(SessionEnd::Malformed("a reply to a nonce never issued"))
@@ -334,9 +364,71 @@ impl Monitor {
             session.post(verdict(Verdict::Bad));
             return Ok(());
         };
-        // Authenticated. From here on the source is the kernel's word, not
-        // the network process's: the connection itself came with the
-        // request.
+        // Authenticated, if the connection is who the network process
+        // says it is: hold the reply and ask for the connection itself.
+        let timeout = self.book.borrow().config.limits.handshake_timeout;
+        let cap = session.nonce_capacity();
+        let mut awaiting = session.awaiting.borrow_mut();
+        if awaiting.len() >= cap {
+            // Only a network process that never sends the connections it
+            // is asked for fills this: forget those past any deadline.
+            awaiting.retain(|_, a| now.saturating_duration_since(a.at) < timeout);
+        }
+        if awaiting.len() >= cap {
+            drop(awaiting);
+            self.log(
+                Level::Warning,
+                &format!("limit connections awaited: {cap}; refusing a verified reply"),
+            );
+            session.post(verdict(Verdict::Bad));
+            return Ok(());
+        }
+        awaiting.insert(
+            handle,
+            Awaiting {
+                at: now,
+                asked_generation,
+                generation,
+                keyring,
+                nonce,
+                reply,
+                valid,
+                peer,
+                failures,
+            },
+        );
+        drop(awaiting);
+        session.post(Down::Connection { handle }.encode());
+        Ok(())
+    }
+
+    /// The connection of a verified reply has come: the kernel says who
+    /// is at its other end, and that decides what runs. A connection
+    /// nobody asked for (or asked for so long ago that it was forgotten)
+    /// is closed and ignored.
+    fn connection(
+        self: &Rc<Self>,
+        session: &Rc<Session>,
+        handle: u64,
+        fd: OwnedFd,
+    ) -> Result<(), SessionEnd> {
+        let Some(a) = session.awaiting.borrow_mut().remove(&handle) else {
+            return Ok(());
+        };
+        let Awaiting {
+            asked_generation,
+            generation,
+            keyring,
+            nonce,
+            reply,
+            valid,
+            peer,
+            failures,
+            ..
+        } = a;
+        let verdict = |v: Verdict| Down::Verdict { handle, verdict: v }.encode();
+        // From here on the source is the kernel's word, not the network
+        // process's.
         let listeners: Vec<SocketAddr> = self.book.borrow().bound.iter().map(|b| b.local).collect();
         let real = match connection_peer(&fd, &listeners) {
             Ok(real) => real,
@@ -451,6 +543,22 @@ impl Monitor {
             ),
         );
     }
+}
+
+/// A verified reply waiting for its connection.
+struct Awaiting {
+    /// When it was verified.
+    at: Instant,
+    /// The generation its handshake began under.
+    asked_generation: u32,
+    /// The generation of the keyring that verified it.
+    generation: u32,
+    keyring: Rc<Keyring>,
+    nonce: [u8; NONCE_LEN],
+    reply: ReplyBytes,
+    valid: Valid,
+    peer: Peer,
+    failures: u32,
 }
 
 /// A decoded verify request's fields.

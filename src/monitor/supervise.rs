@@ -252,7 +252,7 @@ impl Monitor {
         let mut m = self.mirror.borrow_mut();
         match *req {
             // The session handles these; verdicts are mirrored there.
-            Request::Verify { .. } | Request::Nonces { .. } => {}
+            Request::Verify { .. } | Request::Nonces { .. } | Request::Connection { .. } => {}
             // Zero failures: an exempt source or an eviction, not counted.
             Request::Fail { peer, failures, .. } if failures > 0 => {
                 m.fail(peer.addr, now);

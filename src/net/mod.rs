@@ -21,11 +21,13 @@
 //! 4. a nonce is taken from the batch at hand (waiting for a refill only
 //!    when none is left), the greeting is written and exactly the reply
 //!    length is read into a fixed array, all under one deadline;
-//! 5. the reply, the nonce's handle, the peer and the connection's
-//!    descriptor go to the monitor, which checks the reply against every
-//!    key slot (every key, password and successor of every action) in
-//!    constant time, counts an old key past its overlap window as no
-//!    match, and answers with a verdict at once;
+//! 5. the reply, the nonce's handle and the peer go to the monitor, which
+//!    checks the reply against every key slot (every key, password and
+//!    successor of every action) in constant time, counts an old key past
+//!    its overlap window as no match, and answers a wrong reply with a
+//!    verdict at once; for a valid one it first asks for the connection
+//!    itself, which is passed to it (SCM_RIGHTS) so that it learns the
+//!    peer from the kernel, and then answers;
 //! 6. on success the monitor runs the action of the matched slot and the
 //!    network process relays the ack the monitor signed; on failure the
 //!    connection just closes.
@@ -67,8 +69,19 @@ pub const NONCE_RETRY: Duration = Duration::from_millis(100);
 /// and dropped (and the count is logged).
 pub const MAX_QUEUED_EVENTS: usize = 4096;
 
-/// Accept failures are logged at most once in this long.
+/// Accept failures are logged at most once in this long, and so are
+/// refusals to pass a connection to the monitor.
 pub const ACCEPT_NOTE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A connection the kernel refused to pass to the monitor (ETOOMANYREFS:
+/// too many descriptors in flight from this process's user, counted
+/// across all of its processes) is passed again after this, doubling up
+/// to [`PASS_RETRY_MAX`], until the handshake's deadline. The count falls
+/// as soon as the receivers read, so waiting is the remedy; the first wait
+/// is short because one receiver reading is often enough.
+pub const PASS_RETRY_FIRST: Duration = Duration::from_millis(1);
+/// The longest wait between two attempts to pass a connection.
+pub const PASS_RETRY_MAX: Duration = Duration::from_millis(50);
 
 /// After an accept failure that the spare descriptor cannot absorb (not
 /// EMFILE, or no spare), the accept loop pauses this long: short, so a
@@ -117,8 +130,9 @@ struct State {
     table: RefCell<SourceTable>,
     /// (peer, generation, nonce handle, task) of each handshake in a slot.
     slots: RefCell<Slots<SlotEntry>>,
-    /// Verdicts awaited, by nonce handle (at most one per slot).
-    verdicts: RefCell<HashMap<u64, oneshot::Sender<Verdict>>>,
+    /// Verdicts (or requests for the connection) awaited, by nonce
+    /// handle (at most one per slot).
+    verdicts: RefCell<HashMap<u64, oneshot::Sender<Step>>>,
     /// Acks awaited, by nonce handle.
     acks: RefCell<HashMap<u64, oneshot::Sender<Ack>>>,
     acks_in_flight: Cell<usize>,
@@ -134,6 +148,9 @@ struct State {
     /// When an accept failure was last logged (at most one line per
     /// ACCEPT_NOTE_INTERVAL, however the failures and successes interleave).
     accept_error_noted: Cell<Option<Instant>>,
+    /// When a refused connection pass was last logged (at most one line
+    /// per ACCEPT_NOTE_INTERVAL).
+    pass_refused_noted: Cell<Option<Instant>>,
     lock_noted: Cell<bool>,
     events: RefCell<VecDeque<[u8; REQUEST_LEN]>>,
     events_ready: Notify,
@@ -275,7 +292,12 @@ impl State {
             }
             Down::Verdict { handle, verdict } => {
                 if let Some(tx) = self.verdicts.borrow_mut().remove(&handle) {
-                    let _ = tx.send(verdict);
+                    let _ = tx.send(Step::Verdict(verdict));
+                }
+            }
+            Down::Connection { handle } => {
+                if let Some(tx) = self.verdicts.borrow_mut().remove(&handle) {
+                    let _ = tx.send(Step::Connection);
                 }
             }
             Down::Ack { handle, ack } => {
@@ -390,6 +412,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
         pool_ready: Notify::new(),
         no_nonce_noted: Cell::new(false),
         accept_error_noted: Cell::new(None),
+        pass_refused_noted: Cell::new(None),
         lock_noted: Cell::new(false),
         events: RefCell::new(VecDeque::with_capacity(64)),
         events_ready: Notify::new(),
@@ -418,7 +441,12 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                     return Err(NetError::Protocol("oversized message"));
                 }
                 match Down::decode(&buf[..r.len]) {
-                    Some(m @ (Down::Nonces(_) | Down::Verdict { .. } | Down::Ack { .. })) => {
+                    Some(
+                        m @ (Down::Nonces(_)
+                        | Down::Verdict { .. }
+                        | Down::Connection { .. }
+                        | Down::Ack { .. }),
+                    ) => {
                         state.dispatch(m);
                     }
                     Some(Down::Begin { generation, limits, listeners, exempt }) => {
@@ -545,7 +573,12 @@ async fn receive_config(
                 carried.extend(records.into_iter().take(room));
             }
             Some(Down::End) => break,
-            Some(m @ (Down::Nonces(_) | Down::Verdict { .. } | Down::Ack { .. })) => {
+            Some(
+                        m @ (Down::Nonces(_)
+                        | Down::Verdict { .. }
+                        | Down::Connection { .. }
+                        | Down::Ack { .. }),
+                    ) => {
                 // Answers to handshakes in progress, sent while the
                 // config was on its way.
                 if let Some(state) = state {
@@ -949,15 +982,23 @@ impl Handshake<'_> {
         self.state.verdicts.borrow_mut().insert(self.handle, vtx);
         self.state.acks.borrow_mut().insert(self.handle, atx);
         let _forget = Forget(self.state, self.handle);
-        let fd = stream.as_raw_fd();
-        if self.state.chan.send(&req.encode(), &[fd]).await.is_err() {
+        if self.state.chan.send(&req.encode(), &[]).await.is_err() {
             return None;
         }
         // The monitor answers at once; it is given the handshake's own
         // time again, and a missing verdict is a timeout of the source.
-        let verdict = timeout(self.cfg.limits.handshake_timeout, vrx).await;
-        match verdict {
-            Ok(Ok(v)) => {
+        let mut step = timeout(self.cfg.limits.handshake_timeout, vrx).await;
+        if let Ok(Ok(Step::Connection)) = step {
+            // The MAC is valid: the monitor wants the connection itself.
+            let (vtx, vrx) = oneshot::channel();
+            self.state.verdicts.borrow_mut().insert(self.handle, vtx);
+            if !self.pass_connection(stream).await {
+                return None;
+            }
+            step = timeout(self.cfg.limits.handshake_timeout, vrx).await;
+        }
+        match step {
+            Ok(Ok(Step::Verdict(v))) => {
                 if v != Verdict::Authenticated {
                     // The monitor logged it; the network process counts it.
                     self.state.strike(self.peer, self.cfg.generation);
@@ -974,6 +1015,61 @@ impl Handshake<'_> {
                     .fail(self.peer, Reason::Timeout, self.cfg.generation, 0);
                 None
             }
+        }
+    }
+
+    /// Passes the connection to the monitor, trying again while the kernel
+    /// refuses for too many descriptors in flight (see
+    /// [`PASS_RETRY_FIRST`]), until the handshake's deadline. False if it
+    /// could not be passed: the monitor is told (nothing runs, and the
+    /// source is not blamed), or the channel is gone.
+    async fn pass_connection(&self, stream: &TcpStream) -> bool {
+        let req = Request::Connection {
+            handle: self.handle,
+        }
+        .encode_for(self.cfg.generation);
+        let fd = stream.as_raw_fd();
+        let mut wait = PASS_RETRY_FIRST;
+        loop {
+            match self.state.chan.send(&req, &[fd]).await {
+                Ok(()) => return true,
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ETOOMANYREFS as i32) => {}
+                Err(_) => return false,
+            }
+            let now = Instant::now();
+            let due = self
+                .state
+                .pass_refused_noted
+                .get()
+                .is_none_or(|last| now.saturating_duration_since(last) >= ACCEPT_NOTE_INTERVAL);
+            if due {
+                self.state.pass_refused_noted.set(Some(now));
+                let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .map_or(0, |(soft, _)| u32::try_from(soft).unwrap_or(u32::MAX));
+                self.state.send_in(
+                    Request::Notice {
+                        notice: Notice::PassRefused,
+                        peer: self.peer,
+                        value: limit,
+                        handle: 0,
+                    },
+                    self.cfg.generation,
+                );
+            }
+            if now + wait >= self.deadline {
+                self.state.send_in(
+                    Request::Notice {
+                        notice: Notice::PassGaveUp,
+                        peer: self.peer,
+                        value: 0,
+                        handle: self.handle,
+                    },
+                    self.cfg.generation,
+                );
+                return false;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(PASS_RETRY_MAX);
         }
     }
 
@@ -1003,6 +1099,14 @@ impl Handshake<'_> {
         let _ = timeout(self.cfg.limits.handshake_timeout, stream.write_all(&ack)).await;
         let _ = stream.shutdown().await;
     }
+}
+
+/// What the monitor answers a verify request with: a verdict, or (for a
+/// valid MAC) first a request for the connection.
+#[derive(Debug)]
+enum Step {
+    Verdict(Verdict),
+    Connection,
 }
 
 /// Forgets the verdict and ack awaited for a handle however the task ends.
