@@ -132,7 +132,10 @@ fn refused_descriptor_pass_is_logged_and_retried() {
     assert!(line.contains("ETOOMANYREFS"), "{line}");
     assert!(line.contains(&format!("limit of {limit}")), "{line}");
     assert!(line.contains("user of its own"), "{line}");
-    assert!(!pending.is_finished(), "the trigger ended before the release");
+    assert!(
+        !pending.is_finished(),
+        "the trigger ended before the release"
+    );
 
     // Released: the pending trigger goes through within its deadline.
     release(holder);

@@ -183,6 +183,41 @@ impl Rogue {
         self.chan.send(bytes, &[fd.as_raw_fd()]).await.unwrap();
     }
 
+    /// Sends a verify request for `handle` as an honest network process
+    /// does: if the monitor asks for the connection, passes `conn`; the
+    /// final verdict.
+    async fn verdict_of(&self, verify: &[u8], handle: u64, conn: &impl AsRawFd) -> Verdict {
+        self.send(verify).await;
+        loop {
+            match self.next(5 * SEC).await {
+                Some(Down::Verdict { handle: h, verdict }) if h == handle => return verdict,
+                Some(Down::Connection { handle: h }) if h == handle => {
+                    self.send_fd(&self.connection(handle), conn).await;
+                }
+                Some(_) => continue,
+                None => panic!("no verdict for {handle}"),
+            }
+        }
+    }
+
+    /// Waits until the monitor asks for the connection of `handle`.
+    async fn asked_for(&self, handle: u64) {
+        loop {
+            match self.next(5 * SEC).await {
+                Some(Down::Connection { handle: h }) if h == handle => return,
+                Some(Down::Verdict { handle: h, verdict }) if h == handle => {
+                    panic!("a verdict ({verdict:?}) instead of a request for the connection")
+                }
+                Some(_) => continue,
+                None => panic!("the connection of {handle} was never asked for"),
+            }
+        }
+    }
+
+    fn connection(&self, handle: u64) -> [u8; REQUEST_LEN] {
+        Request::Connection { handle }.encode_for(self.generation)
+    }
+
     /// The next message from the monitor, if one comes within `limit`.
     async fn next(&self, limit: Duration) -> Option<Down> {
         let mut buf = vec![0u8; MAX_DOWN_LEN];
@@ -244,17 +279,6 @@ impl Rogue {
     }
 }
 
-/// The verdict (and ack) for `handle`, skipping anything else.
-async fn verdict_for(r: &Rogue, handle: u64) -> Verdict {
-    loop {
-        match r.next(5 * SEC).await {
-            Some(Down::Verdict { handle: h, verdict }) if h == handle => return verdict,
-            Some(_) => continue,
-            None => panic!("no verdict for {handle}"),
-        }
-    }
-}
-
 async fn ack_for(r: &Rogue, handle: u64, limit: Duration) -> Option<wire::Ack> {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -287,9 +311,9 @@ fn only_a_fresh_valid_reply_runs() {
 
         // A reply for a nonce never issued: the session ends.
         let r = rig.rogue().await;
-        let (_c, conn, from) = r.accept();
+        let (_c, _conn, from) = r.accept();
         let g = wire::greeting(&[7u8; 32]);
-        r.send_fd(&r.verify(99 << 32, from, wire::reply(&mk, &g, None)), &conn)
+        r.send(&r.verify(99 << 32, from, wire::reply(&mk, &g, None)))
             .await;
         assert_eq!(
             r.ended(5 * SEC).await,
@@ -306,8 +330,10 @@ fn only_a_fresh_valid_reply_runs() {
         let g = wire::greeting(&n);
         let reply = wire::reply(&mk, &g, None);
         let recorded = r.verify(h, from, reply);
-        r.send_fd(&recorded, &conn).await;
-        assert_eq!(verdict_for(&r, h).await, Verdict::Authenticated);
+        assert_eq!(
+            r.verdict_of(&recorded, h, &conn).await,
+            Verdict::Authenticated
+        );
         let ack = ack_for(&r, h, 10 * SEC).await.expect("an ack");
         assert_eq!(
             wire::verify_ack(&mk, &g, &reply, &ack).map(|a| a.status),
@@ -317,14 +343,15 @@ fn only_a_fresh_valid_reply_runs() {
         assert_eq!(stamp.trim(), from.ip().to_string());
 
         // The same nonce again (the recorded exchange replayed as is).
-        r.send_fd(&recorded, &conn).await;
-        assert_eq!(verdict_for(&r, h).await, Verdict::Bad);
+        assert_eq!(r.verdict_of(&recorded, h, &conn).await, Verdict::Bad);
         // The recorded reply against a fresh nonce.
         let [(h2, _)] = r.nonces(1).await[..] else {
             panic!("one nonce")
         };
-        r.send_fd(&r.verify(h2, from, reply), &conn).await;
-        assert_eq!(verdict_for(&r, h2).await, Verdict::Bad);
+        assert_eq!(
+            r.verdict_of(&r.verify(h2, from, reply), h2, &conn).await,
+            Verdict::Bad
+        );
         // A nonce given back (its handshake "failed") cannot be used.
         let [(h3, n3)] = r.nonces(1).await[..] else {
             panic!("one nonce")
@@ -341,18 +368,22 @@ fn only_a_fresh_valid_reply_runs() {
         };
         r.send(&fail.encode_for(r.generation)).await;
         let g3 = wire::greeting(&n3);
-        r.send_fd(&r.verify(h3, from, wire::reply(&mk, &g3, None)), &conn)
-            .await;
-        assert_eq!(verdict_for(&r, h3).await, Verdict::Bad);
+        assert_eq!(
+            r.verdict_of(&r.verify(h3, from, wire::reply(&mk, &g3, None)), h3, &conn)
+                .await,
+            Verdict::Bad
+        );
         // An expired nonce: valid reply, too late.
         let [(h4, n4)] = r.nonces(1).await[..] else {
             panic!("one nonce")
         };
         tokio::time::sleep(NONCE_KEEP + HANDSHAKE + NONCE_SLACK + Duration::from_millis(200)).await;
         let g4 = wire::greeting(&n4);
-        r.send_fd(&r.verify(h4, from, wire::reply(&mk, &g4, None)), &conn)
-            .await;
-        assert_eq!(verdict_for(&r, h4).await, Verdict::Bad);
+        assert_eq!(
+            r.verdict_of(&r.verify(h4, from, wire::reply(&mk, &g4, None)), h4, &conn)
+                .await,
+            Verdict::Bad
+        );
         assert!(ack_for(&r, h4, SEC).await.is_none());
         assert!(r.alive());
         assert_eq!(rig.stamps(), 1, "only the fresh valid reply ran");
@@ -369,7 +400,7 @@ fn only_a_fresh_valid_reply_runs() {
 
         // A nonce of one session is nothing to the next.
         let r2 = rig.rogue().await;
-        r2.send_fd(&recorded, &conn).await;
+        r2.send(&recorded).await;
         match r2.next(SEC).await {
             Some(Down::Verdict { verdict, .. }) => assert_eq!(verdict, Verdict::Bad),
             None => {}
@@ -381,9 +412,10 @@ fn only_a_fresh_valid_reply_runs() {
     });
 }
 
-// Goal: a valid reply sent with a forged peer, or with a descriptor that
-// is not a connection accepted on a listener, ends the session and runs
-// nothing: the monitor asks the kernel who the peer is.
+// Goal: a valid reply sent with a forged peer, or whose connection, when
+// the monitor asks for it, is a descriptor that is not a connection
+// accepted on a listener, ends the session and runs nothing: the monitor
+// asks the kernel who the peer is.
 #[test]
 fn a_forged_peer_runs_nothing() {
     local(async {
@@ -411,8 +443,12 @@ fn a_forged_peer_runs_nothing() {
                 "outgoing" => (client.local_addr().unwrap(), &client),
                 _ => (from, &r.listener),
             };
-            let bytes = r.verify(h, peer, reply);
-            r.chan.send(&bytes, &[fd.as_raw_fd()]).await.unwrap();
+            r.send(&r.verify(h, peer, reply)).await;
+            r.asked_for(h).await;
+            r.chan
+                .send(&r.connection(h), &[fd.as_raw_fd()])
+                .await
+                .unwrap();
             assert_eq!(r.ended(5 * SEC).await, SessionEnd::Malformed(why), "{what}");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -501,8 +537,9 @@ fn malformed_requests_end_the_session() {
             }
         }
         assert!(ended >= n - 2, "{ended} of {n} ended the session");
-        // A descriptor with a request that takes none, and a verify
-        // without one.
+        // A descriptor with a request that takes none (a verify among
+        // them: only the connection request carries one), and a
+        // connection request without one.
         let r = rig.rogue().await;
         r.send_fd(&fail, &r.listener).await;
         assert_eq!(
@@ -514,10 +551,16 @@ fn malformed_requests_end_the_session() {
             panic!("one nonce")
         };
         let v = r.verify(h, "127.0.0.1:9".parse().unwrap(), [0u8; wire::REPLY_LEN]);
-        r.send(&v).await;
+        r.send_fd(&v, &r.listener).await;
         assert_eq!(
             r.ended(SEC).await,
-            SessionEnd::Malformed("a verify request without exactly one descriptor")
+            SessionEnd::Malformed("a descriptor with a request")
+        );
+        let r = rig.rogue().await;
+        r.send(&r.connection(5)).await;
+        assert_eq!(
+            r.ended(SEC).await,
+            SessionEnd::Malformed("a connection request without exactly one descriptor")
         );
         // Afterwards a fresh session works.
         let r = rig.rogue().await;
@@ -525,6 +568,82 @@ fn malformed_requests_end_the_session() {
         assert!(r.alive());
         assert_eq!(rig.stamps(), 0);
         rig.check_log();
+    });
+}
+
+// Goal: a connection nobody asked for is closed and ignored; a valid
+// reply whose connection never comes runs nothing; verified replies
+// waiting for their connection are bounded (the nonce table's capacity),
+// a reply beyond the bound is refused with one line, and the waiting ones
+// are forgotten once past the handshake's deadline.
+#[test]
+fn connections_are_asked_for_and_bounded() {
+    local(async {
+        let rig = rig();
+        let mk = MacKey::new(rig.key.expose());
+        let r = rig.rogue().await;
+        let session = rig.monitor.session();
+        let cap = session.nonce_capacity();
+        let (_client, conn, from) = r.accept();
+        // Never asked for: nothing happens, the session goes on.
+        r.send_fd(&r.connection(77), &conn).await;
+        // Valid replies whose connections are never sent.
+        let mut valid = 0;
+        let mut refused = 0;
+        while valid + refused < cap + 3 {
+            for (h, n) in r.nonces(NONCE_BATCH as u16).await {
+                if valid + refused == cap + 3 {
+                    break;
+                }
+                let g = wire::greeting(&n);
+                r.send(&r.verify(h, from, wire::reply(&mk, &g, None))).await;
+                loop {
+                    match r.next(5 * SEC).await {
+                        Some(Down::Connection { handle }) if handle == h => {
+                            valid += 1;
+                            break;
+                        }
+                        Some(Down::Verdict { handle, verdict }) if handle == h => {
+                            assert_eq!(verdict, Verdict::Bad);
+                            refused += 1;
+                            break;
+                        }
+                        Some(_) => continue,
+                        None => panic!("no answer for {h}"),
+                    }
+                }
+                assert!(session.awaiting_connections() <= cap);
+            }
+        }
+        assert_eq!(valid, cap, "as many wait as the nonce table holds");
+        assert_eq!(refused, 3);
+        assert_eq!(session.awaiting_connections(), cap);
+        // Past the deadline, the waiting ones are forgotten for new ones.
+        tokio::time::sleep(HANDSHAKE + Duration::from_millis(100)).await;
+        let [(h, n)] = r.nonces(1).await[..] else {
+            panic!("one nonce")
+        };
+        let g = wire::greeting(&n);
+        let verdict = r
+            .verdict_of(&r.verify(h, from, wire::reply(&mk, &g, None)), h, &conn)
+            .await;
+        assert_eq!(verdict, Verdict::Authenticated);
+        assert!(session.awaiting_connections() <= 1);
+        assert!(r.alive());
+        let end = Instant::now() + 10 * SEC;
+        while rig.stamps() < 1 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rig.stamps(), 1, "only the reply whose connection came ran");
+        let lines = rig.check_log();
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("limit connections awaited"))
+                .count(),
+            3,
+            "{lines:#?}"
+        );
     });
 }
 

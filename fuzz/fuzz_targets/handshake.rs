@@ -296,6 +296,13 @@ async fn read_to_end_settled(s: &TcpStream, back: &mut Vec<u8>) {
     }
 }
 
+/// A verified reply the fake monitor holds until its connection comes.
+enum Valid {
+    /// Key index, asserted address, greeting and reply.
+    Postern2(usize, Option<IpAddr>, [u8; GREETING_LEN], [u8; REPLY_LEN]),
+    Ostiary4,
+}
+
 struct Seen {
     /// Every request, and a failure for each reply the monitor refused.
     requests: Vec<Request>,
@@ -346,6 +353,7 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
         let postern = wire::Verifier::from_keys(keys.iter());
         let ostiary = wire::Verifier::from_passwords([Password::new(PASSWORD.to_vec())].iter());
         let mut issued: Vec<(u64, [u8; 32])> = Vec::new();
+        let mut waiting: Vec<(u64, Valid, Peer, u32)> = Vec::new();
         let mut next = 1u64;
         let mut buf = vec![0u8; MAX_DOWN_LEN];
         loop {
@@ -361,8 +369,8 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
             assert_eq!(r.len, REQUEST_LEN);
             assert_eq!(
                 r.fds.len(),
-                usize::from(matches!(req, Request::Verify { .. })),
-                "a descriptor with a verify request, and only then"
+                usize::from(matches!(req, Request::Connection { .. })),
+                "a descriptor with a connection request, and only then"
             );
             seen2.borrow_mut().requests.push(req);
             let mut outs = Vec::new();
@@ -406,29 +414,10 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
                                     outs.push(verdict(Verdict::Bad));
                                 }
                                 Some((i, asserted)) => {
-                                    let mk = postern.key(i).expect("key");
-                                    if i == 0 && bind_source && asserted != Some(peer.addr) {
-                                        seen2.borrow_mut().requests.push(fail(Reason::BindMismatch));
-                                        outs.push(verdict(Verdict::BindMismatch));
-                                        let a = Answer::because(
-                                            Status::Refused,
-                                            AckReason::AddressBinding,
-                                        );
-                                        outs.push(Down::Ack {
-                                            handle,
-                                            ack: wire::ack(mk, &g, &rb, a),
-                                        });
-                                    } else {
-                                        let target = asserted.unwrap_or(peer.addr);
-                                        seen2.borrow_mut().runs.push((i as u16, peer, target));
-                                        outs.push(verdict(Verdict::Authenticated));
-                                        if let Some(a) = answer {
-                                            outs.push(Down::Ack {
-                                                handle,
-                                                ack: wire::ack(mk, &g, &rb, a),
-                                            });
-                                        }
-                                    }
+                                    // Asked for the connection first;
+                                    // the rest follows when it comes.
+                                    waiting.push((handle, Valid::Postern2(i, asserted, g, rb), peer, failures));
+                                    outs.push(Down::Connection { handle });
                                 }
                             }
                         }
@@ -438,10 +427,51 @@ async fn run(inp: &Input<'_>) -> Result<(), String> {
                                 outs.push(verdict(Verdict::Bad));
                             }
                             Some(_) => {
-                                seen2.borrow_mut().runs.push((3, peer, peer.addr));
-                                outs.push(verdict(Verdict::Authenticated));
+                                waiting.push((handle, Valid::Ostiary4, peer, failures));
+                                outs.push(Down::Connection { handle });
                             }
                         },
+                    }
+                }
+                Request::Connection { handle } => {
+                    let at = waiting
+                        .iter()
+                        .position(|(h, ..)| *h == handle)
+                        .expect("a connection is sent only when asked for, once");
+                    let (_, valid, peer, failures) = waiting.swap_remove(at);
+                    let verdict = |v| Down::Verdict { handle, verdict: v };
+                    match valid {
+                        Valid::Postern2(i, asserted, g, rb) => {
+                            let mk = postern.key(i).expect("key");
+                            if i == 0 && bind_source && asserted != Some(peer.addr) {
+                                seen2.borrow_mut().requests.push(Request::Fail {
+                                    peer,
+                                    reason: Reason::BindMismatch,
+                                    failures,
+                                    handle,
+                                });
+                                outs.push(verdict(Verdict::BindMismatch));
+                                let a = Answer::because(Status::Refused, AckReason::AddressBinding);
+                                outs.push(Down::Ack {
+                                    handle,
+                                    ack: wire::ack(mk, &g, &rb, a),
+                                });
+                            } else {
+                                let target = asserted.unwrap_or(peer.addr);
+                                seen2.borrow_mut().runs.push((i as u16, peer, target));
+                                outs.push(verdict(Verdict::Authenticated));
+                                if let Some(a) = answer {
+                                    outs.push(Down::Ack {
+                                        handle,
+                                        ack: wire::ack(mk, &g, &rb, a),
+                                    });
+                                }
+                            }
+                        }
+                        Valid::Ostiary4 => {
+                            seen2.borrow_mut().runs.push((3, peer, peer.addr));
+                            outs.push(verdict(Verdict::Authenticated));
+                        }
                     }
                 }
                 _ => {}

@@ -41,6 +41,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(count >= 1 && usize::from(count) <= NONCE_BATCH);
                     continue;
                 }
+                Request::Connection { handle } => {
+                    assert_ne!(handle, 0, "a connection names a verified reply");
+                    continue;
+                }
                 Request::Fail { peer, .. }
                 | Request::Lockout { peer, .. }
                 | Request::Notice { peer, .. } => peer,

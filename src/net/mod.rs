@@ -574,11 +574,11 @@ async fn receive_config(
             }
             Some(Down::End) => break,
             Some(
-                        m @ (Down::Nonces(_)
-                        | Down::Verdict { .. }
-                        | Down::Connection { .. }
-                        | Down::Ack { .. }),
-                    ) => {
+                m @ (Down::Nonces(_)
+                | Down::Verdict { .. }
+                | Down::Connection { .. }
+                | Down::Ack { .. }),
+            ) => {
                 // Answers to handshakes in progress, sent while the
                 // config was on its way.
                 if let Some(state) = state {
@@ -1044,8 +1044,9 @@ impl Handshake<'_> {
                 .is_none_or(|last| now.saturating_duration_since(last) >= ACCEPT_NOTE_INTERVAL);
             if due {
                 self.state.pass_refused_noted.set(Some(now));
-                let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                    .map_or(0, |(soft, _)| u32::try_from(soft).unwrap_or(u32::MAX));
+                let limit =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or(0, |(soft, _)| u32::try_from(soft).unwrap_or(u32::MAX));
                 self.state.send_in(
                     Request::Notice {
                         notice: Notice::PassRefused,
