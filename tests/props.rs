@@ -1165,6 +1165,7 @@ mod inproc {
                 let mut buf = vec![0u8; MAX_DOWN_LEN];
                 let mut issued: HashMap<u64, [u8; 32]> = HashMap::new();
                 let mut next = 1u64;
+                let mut waiting: HashMap<u64, (Vec<Ev>, Vec<Down>)> = HashMap::new();
                 loop {
                     while p2.get() {
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1180,7 +1181,7 @@ mod inproc {
                         .unwrap_or_else(|e| panic!("undecodable request: {e}"));
                     assert_eq!(
                         r.fds.len(),
-                        usize::from(matches!(req, Request::Verify { .. })),
+                        usize::from(matches!(req, Request::Connection { .. })),
                         "{req:?}"
                     );
                     s2.borrow_mut().push(Ev::Req(req));
@@ -1213,6 +1214,8 @@ mod inproc {
                                 .remove(&handle)
                                 .unwrap_or_else(|| panic!("verify for nonce {handle} not issued"));
                             let mut outs = Vec::new();
+                            let mut evs = Vec::new();
+                            let mut valid = false;
                             {
                                 let ks = k2.borrow();
                                 let k = &ks[&generation];
@@ -1230,22 +1233,22 @@ mod inproc {
                                         let g = wire::greeting(&nonce);
                                         match k.postern.check_reply(&g, &r) {
                                             None => {
-                                                s2.borrow_mut().push(fail(Reason::BadMac));
+                                                evs.push(fail(Reason::BadMac));
                                                 outs.push(verdict(Verdict::Bad));
                                             }
                                             Some((i, asserted)) => {
+                                                valid = true;
                                                 let mk = k.postern.key(i).unwrap();
                                                 let (v, a) =
                                                     if k.bind[i] && asserted != Some(peer.addr) {
-                                                        s2.borrow_mut()
-                                                            .push(fail(Reason::BindMismatch));
+                                                        evs.push(fail(Reason::BindMismatch));
                                                         let a = Answer::because(
                                                             Status::Refused,
                                                             AckReason::AddressBinding,
                                                         );
                                                         (Verdict::BindMismatch, a)
                                                     } else {
-                                                        s2.borrow_mut().push(Ev::Run {
+                                                        evs.push(Ev::Run {
                                                             action: i as u16,
                                                             target: asserted.unwrap_or(peer.addr),
                                                             generation,
@@ -1261,11 +1264,12 @@ mod inproc {
                                     ReplyBytes::Ostiary4(r) => {
                                         match k.ostiary.check_ostiary(&nonce, &r) {
                                             None => {
-                                                s2.borrow_mut().push(fail(Reason::BadMac));
+                                                evs.push(fail(Reason::BadMac));
                                                 outs.push(verdict(Verdict::Bad));
                                             }
                                             Some(j) => {
-                                                s2.borrow_mut().push(Ev::Run {
+                                                valid = true;
+                                                evs.push(Ev::Run {
                                                     action: (k.bind.len() + j) as u16,
                                                     target: peer.addr,
                                                     generation,
@@ -1276,6 +1280,23 @@ mod inproc {
                                     }
                                 }
                             }
+                            if valid {
+                                // The connection first, as the monitor
+                                // asks for it; the rest when it comes.
+                                waiting.insert(handle, (evs, outs));
+                                down(Down::Connection { handle }).await;
+                            } else {
+                                s2.borrow_mut().extend(evs);
+                                for m in outs {
+                                    down(m).await;
+                                }
+                            }
+                        }
+                        Request::Connection { handle } => {
+                            let (evs, outs) = waiting
+                                .remove(&handle)
+                                .unwrap_or_else(|| panic!("connection {handle} not asked for"));
+                            s2.borrow_mut().extend(evs);
                             for m in outs {
                                 down(m).await;
                             }
