@@ -5,10 +5,13 @@
 //! monitor chooses every nonce (and every ostiary-4 salt) and checks
 //! every reply. The network process greets with a nonce from a small
 //! batch the monitor issued ([`Down::Nonces`]), reads the fixed-length
-//! reply and forwards it, with the nonce's handle, the peer and the
-//! connection's descriptor, in a [`Request::Verify`]. The monitor answers
-//! at once with a [`Down::Verdict`] and, for an authenticated postern-2
-//! reply, later with the signed ack it computed itself ([`Down::Ack`]).
+//! reply and forwards it, with the nonce's handle and the peer, in a
+//! [`Request::Verify`]. The monitor answers a wrong reply at once with a
+//! [`Down::Verdict`]. For a valid one it first asks for the connection
+//! ([`Down::Connection`]); the network process passes its descriptor in a
+//! [`Request::Connection`], the monitor learns the peer from the kernel
+//! and then gives its verdict and, for postern-2, later the signed ack it
+//! computed itself ([`Down::Ack`]). Only valid replies pass descriptors.
 //!
 //! Network -> monitor messages are *untrusted*: a compromised network
 //! process can send anything. They are exactly [`REQUEST_LEN`] bytes,
@@ -19,8 +22,9 @@
 //!
 //! ```text
 //! off len field
-//!  0   1  version (2)
-//!  1   1  kind: 1 verify, 2 fail, 3 lockout, 4 notice, 5 nonces
+//!  0   1  version (3)
+//!  1   1  kind: 1 verify, 2 fail, 3 lockout, 4 notice, 5 nonces,
+//!         6 connection
 //!  2   2  arg16 (BE): protocol (verify: 1 postern-2, 2 ostiary-4) |
 //!         failure reason | notice code | nonces wanted (1..=NONCE_BATCH)
 //!  4   4  arg32 (BE): failures the source has if this reply is refused
@@ -30,14 +34,16 @@
 //! 13   1  reserved, zero
 //! 14   2  source port (BE)
 //! 16  16  source address (IPv4-mapped for IPv4; never zero)
-//! 32   8  nonce handle (BE): verify (never zero); fail and the no-reply
-//!         notice (zero: none), which give the nonce back; zero otherwise
+//! 32   8  nonce handle (BE): verify and connection (never zero); fail
+//!         and the no-reply notice (zero: none), which give the nonce
+//!         back; the pass-gave-up notice; zero otherwise
 //! 40  48  reply (verify only): postern-2 48 bytes, or ostiary-4 32 bytes
 //!         and 16 zero bytes; zero otherwise
 //! ```
 //!
-//! A nonces request carries only version, kind, count and generation;
-//! every other byte is zero. A verify request carries exactly one
+//! A nonces request carries only version, kind, count and generation; a
+//! connection request only version, kind, generation and handle; every
+//! other byte is zero. A connection request carries exactly one
 //! descriptor (the connection, SCM_RIGHTS); every other request none.
 //!
 //! Monitor -> network messages are trusted (the monitor wrote them) but
@@ -51,7 +57,7 @@
 //!
 //! ```text
 //! off len field
-//!  0   1  version (2)
+//!  0   1  version (3)
 //!  1   1  0x96
 //!  2   1  record count n, 1..=48 (MAX_CARRY_BATCH)
 //!  3 32n  records:
@@ -68,7 +74,8 @@
 //! ```
 //!
 //! Message kinds, monitor -> network: 0x82 nonces, 0x83 verdict, 0x84
-//! ack, 0x90 begin, 0x91 listener, 0x92 exempt, 0x94 end, 0x96 carry.
+//! ack, 0x85 connection (send it: `[version, 0x85, handle (8, BE)]`),
+//! 0x90 begin, 0x91 listener, 0x92 exempt, 0x94 end, 0x96 carry.
 //! (0x81, 0x93 and 0x95 belonged to earlier versions and are unused.)
 
 use std::net::IpAddr;
@@ -82,7 +89,7 @@ use crate::wire::{
 };
 
 /// IPC format version.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Length of every network -> monitor message.
 pub const REQUEST_LEN: usize = 88;
 /// Largest monitor -> network message.
