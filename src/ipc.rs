@@ -869,6 +869,15 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Down {
+    /// An answer to a handshake in progress (nonces, a verdict, a request
+    /// for the connection, an ack), as opposed to part of a config.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            Down::Nonces(_) | Down::Verdict { .. } | Down::Connection { .. } | Down::Ack { .. }
+        )
+    }
+
     /// Encodes the message. A nonces message with more than
     /// [`NONCE_BATCH`] carries only the first that many.
     pub fn encode(&self) -> Vec<u8> {

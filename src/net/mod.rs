@@ -441,14 +441,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
                     return Err(NetError::Protocol("oversized message"));
                 }
                 match Down::decode(&buf[..r.len]) {
-                    Some(
-                        m @ (Down::Nonces(_)
-                        | Down::Verdict { .. }
-                        | Down::Connection { .. }
-                        | Down::Ack { .. }),
-                    ) => {
-                        state.dispatch(m);
-                    }
+                    Some(m) if m.is_answer() => state.dispatch(m),
                     Some(Down::Begin { generation, limits, listeners, exempt }) => {
                         let first = Some((generation, limits, listeners, exempt));
                         let (mut config, listeners) =
@@ -573,12 +566,7 @@ async fn receive_config(
                 carried.extend(records.into_iter().take(room));
             }
             Some(Down::End) => break,
-            Some(
-                m @ (Down::Nonces(_)
-                | Down::Verdict { .. }
-                | Down::Connection { .. }
-                | Down::Ack { .. }),
-            ) => {
+            Some(m) if m.is_answer() => {
                 // Answers to handshakes in progress, sent while the
                 // config was on its way.
                 if let Some(state) = state {
