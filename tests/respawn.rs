@@ -148,24 +148,16 @@ fn sigkill_of_network_process_keeps_gate_and_lockout() {
     assert_eq!(d.count("network process failure"), 0);
 }
 
-// Goal: when restarts keep failing (the binary is gone, so no network
-// process can be started), posternd gives up within the window and exits
-// non-zero saying why.
-#[test]
-fn restarts_failing_within_the_window_exit_non_zero() {
-    let s = Scratch::new("giveup");
+/// posternd started from its own copy of the binary (so that the test
+/// can remove or replace it), with one action.
+fn start_from_copy(s: Scratch) -> (Daemon, std::path::PathBuf, postern::secret::Key) {
     let copy = s.path("posternd-copy");
     std::fs::copy(posternd_bin(), &copy).unwrap();
-    let (cfg, _) = {
-        let (k, b) = key();
-        (
-            format!(
-                "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n",
-                daemon_table(&s)
-            ),
-            k,
-        )
-    };
+    let (k, b) = key();
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nsingle_instance = false\nrun = [\"/bin/true\"]\n",
+        daemon_table(&s)
+    );
     let wrapper = [
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -174,19 +166,72 @@ fn restarts_failing_within_the_window_exit_non_zero() {
     ];
     let mut d = Daemon::start_wrapped(s, &cfg, &wrapper);
     d.restarts_expected = true;
+    (d, copy, k)
+}
+
+fn kill_network(d: &Daemon) -> u32 {
     let net = d.network_pid();
-    std::fs::remove_file(&copy).unwrap();
-    let t0 = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(net as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    net
+}
+
+// Goal: a network process that dies after posternd's binary was replaced
+// (a package upgrade renames a new file over it) or removed is replaced
+// all the same, by the binary the monitor runs, and serves: an upgrade
+// must not turn the next crash of the network process into an outage.
+#[test]
+fn binary_replaced_or_removed_network_process_still_replaced() {
+    let s = Scratch::new("selfexe");
+    let (d, copy, k) = start_from_copy(s);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+
+    // Replaced: another file renamed over the path, as an upgrade does.
+    let other = copy.with_file_name("other");
+    std::fs::write(&other, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&other, &copy).unwrap();
+    let net = kill_network(&d);
+    d.wait_log(
+        &format!("network process pid={net} exited (signal=9)"),
+        5 * SEC,
+    );
+    d.wait_log("started (restart 1 within 60s", 5 * SEC);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+
+    // Removed.
+    std::fs::remove_file(&copy).unwrap();
+    let net = kill_network(&d);
+    d.wait_log(
+        &format!("network process pid={net} exited (signal=9)"),
+        5 * SEC,
+    );
+    d.wait_log("started (restart 2 within 60s", 5 * SEC);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    assert_eq!(d.count("restart failed"), 0, "{:?}", d.lines());
+}
+
+// Goal: when restarts keep failing (the network process's chroot is gone,
+// so none can start), posternd gives up within the window and exits
+// non-zero saying why.
+#[test]
+fn restarts_failing_within_the_window_exit_non_zero() {
+    if !require_root("restarts_failing_within_the_window_exit_non_zero") {
+        return;
+    }
+    let s = Scratch::new("giveup");
+    let chroot = s.path("state").join("empty");
+    let (mut d, _copy, _k) = start_from_copy(s);
+    std::fs::remove_dir(&chroot).unwrap();
+    let t0 = Instant::now();
+    kill_network(&d);
     let st = d.wait_exit(40 * SEC).expect("posternd must give up");
     let took = t0.elapsed();
     assert!(!st.success(), "{st:?}");
     assert_eq!(st.code(), Some(1), "{st:?}");
-    d.wait_log("network process restart failed", 5 * SEC);
     let last = d.wait_log("giving up", 5 * SEC);
     assert!(last.contains("10 restarts within 60s"), "{last}");
     assert!(took < Duration::from_secs(60), "gave up after {took:?}");

@@ -240,6 +240,12 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StartError> {
         })
 }
 
+/// The running program, whatever its path names now.
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// argv\[0\] of the network process (what `ps` shows).
+const PROGRAM: &str = "posternd";
+
 /// Starts `posternd --network-child ...` with the channel end as an
 /// inherited descriptor and an empty environment.
 fn spawn_network(
@@ -247,7 +253,11 @@ fn spawn_network(
     jail: &Jail,
     as_root: bool,
 ) -> std::io::Result<tokio::process::Child> {
-    let exe = std::env::current_exe()?;
+    // The binary the monitor itself runs, through the kernel's link to it:
+    // the path may meanwhile name another file (an upgrade renamed a new
+    // one over it) or none, and the network process must speak this
+    // monitor's ipc version in either case.
+    let exe = std::path::Path::new(SELF_EXE);
     // The end must survive exec: clear close-on-exec on it alone. Nothing
     // else is spawned meanwhile: the monitor is single-threaded and this
     // does not yield until the end is closed again.
@@ -261,7 +271,8 @@ fn spawn_network(
         "-".to_string()
     };
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("--network-child")
+    cmd.arg0(PROGRAM)
+        .arg("--network-child")
         .arg(theirs.as_raw_fd().to_string())
         .arg(chroot)
         .arg(jail.uid.to_string())

@@ -72,8 +72,10 @@ pub struct Policy {
 ///   cannot spin a core, and 2 s stays well inside a waiting client's
 ///   timeout, so a client queued by the kernel meanwhile is still served.
 /// - More than 10 restarts within 60 s gives up, exit status 1: a
-///   process that cannot stay up (binary replaced or removed, chroot
-///   gone, out of memory) would otherwise be retried forever, silently.
+///   process that cannot stay up (chroot gone, out of memory) would
+///   otherwise be retried forever, silently. (A binary replaced or
+///   removed on disk is not such a case: the replacement is started from
+///   the binary the monitor runs, `/proc/self/exe`.)
 ///   That takes about 11 s of failures; systemd (Restart=on-failure)
 ///   then starts posternd again and the operator sees it. Ten in a
 ///   minute is far above anything but a loop: a process that lives at
