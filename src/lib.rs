@@ -38,6 +38,7 @@
 //! - `monitor/supervise.rs` replacing a dead network process: backoff, give-up
 //!   window, the lockout and rate state handed to the new one.
 //! - `monitor/listen.rs`  binding listeners and systemd socket activation.
+//! - `monitor/notify.rs`  systemd readiness (READY=1) and timeouts pushed out for slow stops.
 //! - `monitor/action.rs`  running commands: clean env, process group, deadline, output.
 //! - `monitor/cgroup.rs`  a cgroup v2 per serve program and gate run, killed whole.
 //! - `monitor/gate.rs`    gates (per action or per address): opened by a trigger,

@@ -84,6 +84,48 @@ fn network_process_is_jailed() {
     assert_eq!(status_field(d.pid(), "Uid").split('\t').next(), Some("0"));
 }
 
+// Goal: "started" (and READY=1) means the network process is up, not
+// only on its way: the moment the line appears, it is already jailed
+// (its root is the empty chroot, its uid nobody's) and holds no file
+// beyond its standard streams.
+// Over many start-ups, so that a start-up that announces too early is
+// caught in the window between exec and jail.
+#[test]
+fn started_means_the_network_process_is_up() {
+    if !require_root("started_means_the_network_process_is_up") {
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let uid = nobody.uid.as_raw().to_string();
+    for i in 0..20 {
+        let s = Scratch::new(&format!("up{i}"));
+        let chroot = s.path("state").join("empty");
+        let (cfg, _) = simple_config(&s, "nobody");
+        let d = Daemon::start(s, &cfg);
+        let net = d.network_pid();
+        let root = std::fs::read_link(format!("/proc/{net}/root")).unwrap();
+        let real_uid = status_field(net, "Uid");
+        let files: Vec<String> = std::fs::read_dir(format!("/proc/{net}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) > Some(2))
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|t| t.display().to_string())
+            .filter(|t| t.starts_with('/'))
+            .collect();
+        assert_eq!(root, chroot, "start-up {i}: not jailed yet at \"started\"");
+        assert_eq!(
+            real_uid.split('\t').next(),
+            Some(uid.as_str()),
+            "start-up {i}"
+        );
+        assert!(
+            files.is_empty(),
+            "start-up {i}: holds {files:?} at \"started\""
+        );
+    }
+}
+
 fn whoami() -> String {
     nix::unistd::User::from_uid(nix::unistd::getuid())
         .unwrap()
@@ -256,4 +298,49 @@ fn sd_notify_ready() {
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+}
+
+// Goal: a gate closed at start-up (its deadline passed while posternd was
+// down) first pushes systemd's start timeout out by the stop's own
+// timeout plus 5 s (EXTEND_TIMEOUT_USEC), so a slow stop is waited for;
+// READY=1 comes only after it, once the network process is up.
+#[test]
+fn sd_notify_extends_the_start_for_a_stop_at_start_up() {
+    let s = Scratch::new("notifystop");
+    let (k, b) = key();
+    let user = if is_root() {
+        "nobody".to_string()
+    } else {
+        whoami()
+    };
+    let open = s.path("open");
+    let cfg = format!(
+        "{}user = \"{user}\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"door\"\nkey = \"{b}\"\n\
+         run = [\"/bin/sh\", \"-c\", \"touch {o}\"]\nstop = [\"/bin/sh\", \"-c\", \"rm -f {o}\"]\n\
+         ttl = \"1s\"\ntimeout = \"7s\"\n",
+        daemon_table(&s),
+        o = open.display()
+    );
+    let mut d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    // Past the gate's 1 s deadline while posternd is down.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(open.exists());
+    let scratch = std::mem::replace(&mut d.scratch, Scratch::new("notifystop-2"));
+    drop(d);
+    let sock_path = scratch.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(10 * SEC)).unwrap();
+    let d2 = Daemon::start_with(scratch, &cfg, |cmd| cmd.env("NOTIFY_SOCKET", &sock_path));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.last().map(String::as_str) != Some("READY=1") {
+        let n = sock.recv(&mut buf).unwrap();
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert_eq!(got, ["EXTEND_TIMEOUT_USEC=12000000", "READY=1"]);
+    assert!(!open.exists(), "the expired gate was closed before READY=1");
+    assert!(d2.count("expired while posternd was down") == 1);
 }

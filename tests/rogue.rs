@@ -461,6 +461,45 @@ fn a_forged_peer_runs_nothing() {
 // descriptors where none belong and none where one does each end the
 // session, with a fixed reason; nothing runs, no planted text is logged,
 // and a fresh session afterwards works.
+// Goal: start-up says "started" (and READY=1) only once a network
+// process is up: at its first well-formed request, never at a malformed
+// one, and once only.
+#[test]
+fn up_only_at_a_first_well_formed_request() {
+    local(async {
+        let rig = rig();
+        let up = Rc::new(std::cell::Cell::new(0u32));
+        let seen = Rc::clone(&up);
+        rig.monitor.when_up(move || seen.set(seen.get() + 1));
+
+        // Configured, then a malformed request: not up.
+        let r = rig.rogue().await;
+        let fail = Request::Fail {
+            peer: Peer {
+                listener: 0,
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 5,
+            },
+            reason: Reason::BadMac,
+            failures: 1,
+            handle: 0,
+        }
+        .encode_for(r.generation);
+        r.send(&fail[..REQUEST_LEN - 1]).await;
+        assert!(matches!(r.ended(5 * SEC).await, SessionEnd::Malformed(_)));
+        assert_eq!(up.get(), 0, "up at a malformed request");
+
+        // The replacement's first well-formed request: up, once.
+        let r = rig.rogue().await;
+        assert_eq!(up.get(), 0, "up before any request");
+        assert!(!r.nonces(4).await.is_empty());
+        assert_eq!(up.get(), 1);
+        assert!(!r.nonces(4).await.is_empty());
+        assert_eq!(up.get(), 1, "up twice");
+        assert!(r.alive());
+    });
+}
+
 #[test]
 fn malformed_requests_end_the_session() {
     local(async {

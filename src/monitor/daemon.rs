@@ -169,22 +169,28 @@ pub fn run(path: &Path) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError(format!("cannot configure the network process: {e}")))?;
 
-        // 8. Ready: the signal handlers first, so that a SIGHUP or SIGTERM
-        // sent as soon as we say so is handled.
+        // 8. Ready once the network process is: the signal handlers
+        // first, so that a SIGHUP or SIGTERM sent as soon as we say so is
+        // handled; then "started" and READY=1 at its first well-formed
+        // request (exec'd, jailed, configured: it accepts next), after the
+        // gates are recovered. One that dies first is replaced and the
+        // replacement's request counts; one that hangs never makes the
+        // daemon ready (systemd's start timeout then fails the start).
         let signals = monitor::Signals::install().map_err(|e| StartError(e.to_string()))?;
-        logger.log(
-            Level::Notice,
-            &format!(
-                "started version={} listeners=[{listeners}] actions={actions}{}",
-                env!("CARGO_PKG_VERSION"),
-                if socket_activated {
-                    " socket-activated"
-                } else {
-                    ""
-                }
-            ),
+        let started = format!(
+            "started version={} listeners=[{listeners}] actions={actions}{}",
+            env!("CARGO_PKG_VERSION"),
+            if socket_activated {
+                " socket-activated"
+            } else {
+                ""
+            }
         );
-        notify_ready();
+        let ready_log = Arc::clone(&logger);
+        m.when_up(move || {
+            ready_log.log(Level::Notice, &started);
+            crate::monitor::notify::send("READY=1");
+        });
 
         // 9. Serve; a network process that dies is replaced.
         supervise::run(&m, child, signals, &mut spawn, &supervise::POLICY)
@@ -350,26 +356,5 @@ pub fn network_child(args: &[String]) -> i32 {
             eprintln!("posternd network: {e}");
             1
         }
-    }
-}
-
-/// sd_notify(READY=1): one datagram to $NOTIFY_SOCKET, if set.
-fn notify_ready() {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().to_string();
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return;
-    };
-    let addr = if let Some(name) = path.strip_prefix('@') {
-        SocketAddr::from_abstract_name(name.as_bytes())
-    } else {
-        SocketAddr::from_pathname(&path)
-    };
-    if let Ok(addr) = addr {
-        let _ = sock.send_to_addr(b"READY=1", &addr);
     }
 }

@@ -1035,6 +1035,7 @@ impl Gates {
         let s = spec(key, "stop", stop, addr, action, cwd);
         match action::start(&s, &self.logger) {
             Ok(st) => {
+                crate::monitor::notify::extend(action.timeout);
                 let outcome = st.wait(action.timeout).await;
                 let level = if outcome.success() {
                     Level::Notice
@@ -1099,6 +1100,7 @@ impl Gates {
         };
         match action::start(&s, &self.logger) {
             Ok(st) => {
+                crate::monitor::notify::extend(a.timeout);
                 let outcome = st.wait(a.timeout).await;
                 let level = if outcome.success() {
                     Level::Notice

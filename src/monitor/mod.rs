@@ -22,6 +22,7 @@ pub mod init;
 pub mod listen;
 pub mod log;
 pub mod nonces;
+pub mod notify;
 pub mod session;
 pub mod state;
 pub mod supervise;
@@ -302,6 +303,9 @@ pub struct Monitor {
     /// and the monitor's own verdicts tell it (bounded by
     /// `lockout_table`), for a replacement to start from (`supervise.rs`).
     mirror: RefCell<SourceTable>,
+    /// Run once, on the first well-formed request of a network process
+    /// ([`when_up`](Monitor::when_up)).
+    up: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
 /// A started network process and the monitor's end of its channel.
@@ -352,7 +356,24 @@ impl Monitor {
             shutdown: Notify::new(),
             gates,
             mirror: RefCell::new(mirror),
+            up: RefCell::new(None),
         })
+    }
+
+    /// Runs `f` once, when a network process first sends a well-formed
+    /// request: by then it has been exec'd, jailed and configured, and it
+    /// accepts next. Start-up says "started" (and READY=1) only then, not
+    /// as soon as the config is on its way.
+    pub fn when_up(&self, f: impl FnOnce() + 'static) {
+        *self.up.borrow_mut() = Some(Box::new(f));
+    }
+
+    /// A network process is up (see [`when_up`](Monitor::when_up)).
+    pub(super) fn network_up(&self) {
+        let f = self.up.borrow_mut().take();
+        if let Some(f) = f {
+            f();
+        }
     }
 
     fn log(&self, level: Level, msg: &str) {

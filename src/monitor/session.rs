@@ -226,6 +226,7 @@ impl Monitor {
             None => return Err(SessionEnd::Malformed("an unknown config generation")),
         };
         let req = Request::decode(bytes, listeners).map_err(|e| SessionEnd::Malformed(e.name()))?;
+        self.network_up();
         let mut fds = r.fds;
         match req {
             Request::Verify {
