@@ -41,9 +41,10 @@
 //! exempt = ["10.0.0.0/8", "2001:db8::/32"]   # host bits zero; a bare address is /32 or /128
 //!
 //! [on_lockout]                    # optional: runs when a source gets locked out
-//! run = ["/usr/local/bin/report", "{addr}"]
+//! run = ["/usr/local/bin/report", "{addr}", "{source}"]   # {source}: what is locked, as CIDR
 //! user = "nobody"                 # optional (default: posternd's own user); group optional
 //! timeout = "10s"
+//! networks = false                # also run when a /24, /56 or /48 gets locked out
 //!
 //! [[listen]]                      # at least one, at most 64
 //! address = "127.0.0.1:7001"      # IP literal and port; "[::1]:7001" for IPv6; port 0 picks one
@@ -382,8 +383,9 @@ impl Protocol {
 }
 
 /// An argv: absolute program path plus arguments. The placeholders
-/// `{addr}` and `{action}` may appear in any argument and are substituted
-/// at run time; there is never a shell in between.
+/// `{addr}` and `{action}` (and in `[on_lockout]`, `{source}`) may appear
+/// in any argument and are substituted at run time; there is never a
+/// shell in between.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Argv(pub Vec<String>);
 
@@ -393,11 +395,18 @@ impl Argv {
         self.0.first().map(String::as_str).unwrap_or("/")
     }
 
-    /// The argv with `{addr}` and `{action}` substituted.
-    pub fn render(&self, addr: &str, action: &str) -> Vec<String> {
+    /// The argv with `{addr}` and `{action}` substituted, and `{source}`
+    /// when given (the config allows it only where one is).
+    pub fn render(&self, addr: &str, action: &str, source: Option<&str>) -> Vec<String> {
         self.0
             .iter()
-            .map(|a| a.replace("{addr}", addr).replace("{action}", action))
+            .map(|a| {
+                let a = a.replace("{addr}", addr).replace("{action}", action);
+                match source {
+                    Some(s) => a.replace("{source}", s),
+                    None => a,
+                }
+            })
             .collect()
     }
 }
@@ -405,12 +414,16 @@ impl Argv {
 /// A command with its own identity and deadline (`[on_lockout]`).
 #[derive(Debug, Clone)]
 pub struct Command {
-    /// What to run.
+    /// What to run; besides `{addr}` and `{action}` it may use `{source}`
+    /// (what got locked out, as CIDR).
     pub argv: Argv,
     /// Who to run it as (`None`: posternd's own user).
     pub run_as: Option<RunAs>,
     /// Kill its process group after this long.
     pub timeout: Duration,
+    /// Also run when a network (IPv4 /24, IPv6 /56 or /48) gets locked
+    /// out, not only a source (/32, /64).
+    pub networks: bool,
 }
 
 /// An action's secret.
@@ -924,6 +937,7 @@ struct RawCommand {
     user: Opt<String>,
     group: Opt<String>,
     timeout: Opt<RawDuration>,
+    networks: Opt<bool>,
 }
 
 #[derive(serde::Deserialize)]
@@ -1584,7 +1598,7 @@ impl Cx<'_> {
     fn command(&mut self, raw: &Spanned<RawCommand>) -> Option<Command> {
         let c = raw.get_ref();
         let argv = match &c.run {
-            Some(v) => self.argv("on_lockout.run", v),
+            Some(v) => self.argv_with("on_lockout.run", v, ON_LOCKOUT_PLACEHOLDERS),
             None => {
                 self.err(
                     "on_lockout.run",
@@ -1605,6 +1619,7 @@ impl Cx<'_> {
             argv: argv?,
             run_as: run_as?,
             timeout: timeout?,
+            networks: c.networks.as_ref().is_some_and(|v| *v.get_ref()),
         })
     }
 
@@ -2835,6 +2850,11 @@ impl Cx<'_> {
 
     /// An argv whose program exists and is executable.
     fn argv(&mut self, key: &str, v: &RawArgv) -> Option<Argv> {
+        self.argv_with(key, v, PLACEHOLDERS)
+    }
+
+    /// An argv whose placeholders are among `allowed`.
+    fn argv_with(&mut self, key: &str, v: &RawArgv, allowed: &[&str]) -> Option<Argv> {
         let items = v.get_ref();
         let Some(program) = items.first() else {
             self.err(
@@ -2866,12 +2886,12 @@ impl Cx<'_> {
                     "contains a NUL byte, which no program can receive; remove it",
                 );
                 ok = false;
-            } else if let Some(word) = unknown_placeholder(s) {
+            } else if let Some(word) = unknown_placeholder(s, allowed) {
                 let word = word.to_owned();
                 self.err(
                     key,
                     Some(item.span()),
-                    format!("unknown placeholder {{{word}}}; use {{addr}} or {{action}}"),
+                    format!("unknown placeholder {{{word}}}; use {}", either(allowed)),
                 );
                 ok = false;
             }
@@ -3273,8 +3293,28 @@ fn password_problem(pw: &[u8]) -> Option<String> {
     }
 }
 
-/// The first `{word}` in `s` that is not `{addr}` or `{action}`.
-fn unknown_placeholder(s: &str) -> Option<&str> {
+/// `{a}, {b} or {c}`.
+fn either(words: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if i + 1 == words.len() { " or " } else { ", " });
+        }
+        out.push('{');
+        out.push_str(w);
+        out.push('}');
+    }
+    out
+}
+
+/// The placeholders of an action's commands.
+const PLACEHOLDERS: &[&str] = &["addr", "action"];
+
+/// The placeholders of `[on_lockout] run`.
+const ON_LOCKOUT_PLACEHOLDERS: &[&str] = &["addr", "source", "action"];
+
+/// The first `{word}` in `s` that is not one of `allowed`.
+fn unknown_placeholder<'a>(s: &'a str, allowed: &[&str]) -> Option<&'a str> {
     let mut rest = s;
     while let Some(i) = rest.find('{') {
         let after = &rest[i + 1..];
@@ -3284,7 +3324,7 @@ fn unknown_placeholder(s: &str) -> Option<&str> {
             .count();
         if len > 0 && after.as_bytes().get(len) == Some(&b'}') {
             let word = &after[..len];
-            if word != "addr" && word != "action" {
+            if !allowed.contains(&word) {
                 return Some(word);
             }
         }
@@ -3524,7 +3564,7 @@ builtin = "shutdown"
                 gate: Some((stop, gate)),
             } => {
                 assert_eq!(
-                    run.render("192.0.2.1", "web"),
+                    run.render("192.0.2.1", "web", None),
                     vec!["/bin/true", "open", "192.0.2.1"]
                 );
                 assert_eq!(stop.0, vec!["/bin/true", "close", "{addr}"]);

@@ -731,6 +731,9 @@ fn check_refuses_invalid_configs_naming_file_and_key() {
         // Everything else.
         ("action[1].name", "invalid name \"a/b\"".into(), format!("{l1}[[action]]\nname = \"a/b\"\n{keyl}{run}")),
         ("action[1].run", "unknown placeholder {ip}".into(), format!("{l1}{ah}{keyl}run = [\"/bin/true\", \"{{ip}}\"]\n")),
+        ("action[1].run", "unknown placeholder {source}; use {addr} or {action}".into(), format!("{l1}{ah}{keyl}run = [\"/bin/true\", \"{{source}}\"]\n")),
+        ("on_lockout.run", "unknown placeholder {src}; use {addr}, {source} or {action}".into(), format!("[on_lockout]\nrun = [\"/bin/true\", \"{{src}}\"]\n{l1}{act}")),
+        ("on_lockout.networks", "wrong type: found string \"yes\", expected a boolean".into(), format!("[on_lockout]\nrun = [\"/bin/true\"]\nnetworks = \"yes\"\n{l1}{act}")),
         ("action[1].builtin", "unknown builtin \"restart\"".into(), format!("{l1}{ah}{keyl}builtin = \"restart\"\n")),
         ("daemon.log", "unknown log target \"journald\"".into(), with_daemon("log = \"journald\"")),
         ("daemon.syslog_facility", "unknown facility \"kern\"".into(), with_daemon("log = \"syslog\"\nsyslog_facility = \"kern\"")),
@@ -879,6 +882,65 @@ fn lockout_flood_runs_at_most_eight_on_lockout_commands() {
         trigger_from(d.addr(), Some(ip("127.0.6.1")), &k, None),
         Outcome::Ack(Status::Started)
     );
+}
+
+// Goal: [on_lockout] is told what got locked out, not only who failed:
+// {source} and POSTERN_SOURCE are the locked source as CIDR (IPv4 /32);
+// with networks = true a locked /24 runs it too, with {addr} the address
+// whose failure tipped it and {source} the network; without it, a
+// network lockout runs nothing.
+#[test]
+fn on_lockout_gets_the_source_and_with_networks_the_network() {
+    for networks in [true, false] {
+        let s = Scratch::new("locknet");
+        let out = s.path("reported");
+        let (_, b) = key();
+        let cfg = format!(
+            "{}[on_lockout]\nrun = [\"/bin/sh\", \"-c\", \"echo \\\"$1 $2 $POSTERN_SOURCE\\\" >> {}\", \"sh\", \"{{addr}}\", \"{{source}}\"]\n{}\
+             [limits]\nlockout_after = 1\nlockout_duration = \"10m\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n",
+            daemon_table(&s),
+            out.display(),
+            if networks { "networks = true\n" } else { "" }
+        );
+        let d = Daemon::start(s, &cfg);
+        let (bad, _) = key();
+        // 8 failures in 127.6.0.0/24 (lockout_after = 1) lock the /24;
+        // each source is locked at its first, and its command is waited
+        // for before the next, so no more than two ever run at once.
+        for i in 1..=8 {
+            let src = Some(ip(&format!("127.6.0.{i}")));
+            assert_eq!(trigger_from(d.addr(), src, &bad, None), Outcome::NoAck);
+            d.wait_log_n("on_lockout for addr=127.6.0.", i, 10 * SEC);
+        }
+        d.wait_log("lockout src=127.6.0.8 source=127.6.0.0/24", 5 * SEC);
+        // A later lockout elsewhere, as a marker: the network's command,
+        // had one started, was started before this one.
+        let marker = Some(ip("127.6.9.1"));
+        assert_eq!(trigger_from(d.addr(), marker, &bad, None), Outcome::NoAck);
+        d.wait_log(
+            "on_lockout for addr=127.6.9.1 source=127.6.9.1/32 exit=0",
+            10 * SEC,
+        );
+        if networks {
+            d.wait_log(
+                "on_lockout for addr=127.6.0.8 source=127.6.0.0/24 exit=0",
+                10 * SEC,
+            );
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        let mut want: Vec<String> = (1..=8)
+            .map(|i| format!("127.6.0.{i} 127.6.0.{i}/32 127.6.0.{i}/32"))
+            .collect();
+        want.push("127.6.9.1 127.6.9.1/32 127.6.9.1/32".into());
+        if networks {
+            want.push("127.6.0.8 127.6.0.0/24 127.6.0.0/24".into());
+        }
+        want.sort_unstable();
+        assert_eq!(lines, want, "networks = {networks}");
+    }
 }
 
 // Goal: misuse of the command line is refused with the usage and exit

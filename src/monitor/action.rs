@@ -70,6 +70,8 @@ pub struct Spec<'a> {
     pub addr: String,
     /// `{action}` / `POSTERN_ACTION`.
     pub action: &'a str,
+    /// `{source}` / `POSTERN_SOURCE`: only `[on_lockout]` has one.
+    pub source: Option<String>,
     /// Identity to switch to.
     pub run_as: Option<&'a RunAs>,
     /// Working directory.
@@ -89,7 +91,8 @@ pub struct Started {
 }
 
 /// Starts a command: argv exec'd directly, environment holding only PATH,
-/// POSTERN_ADDR and POSTERN_ACTION, stdin from /dev/null, stdout and
+/// POSTERN_ADDR and POSTERN_ACTION (and POSTERN_SOURCE for
+/// `[on_lockout]`), stdin from /dev/null, stdout and
 /// stderr into the log, its own process group, killed if posternd dies.
 pub fn start(spec: &Spec<'_>, logger: &Arc<Logger>) -> std::io::Result<Started> {
     start_in(spec, logger, None)
@@ -102,14 +105,19 @@ pub fn start_in(
     logger: &Arc<Logger>,
     cgroup: Option<&crate::monitor::cgroup::Cgroup>,
 ) -> std::io::Result<Started> {
-    let argv = spec.argv.render(&spec.addr, spec.action);
+    let argv = spec
+        .argv
+        .render(&spec.addr, spec.action, spec.source.as_deref());
     let mut cmd = Command::new(spec.argv.program());
     cmd.args(argv.iter().skip(1))
         .env_clear()
         .env("PATH", PATH)
         .env("POSTERN_ADDR", &spec.addr)
-        .env("POSTERN_ACTION", spec.action)
-        .current_dir(spec.cwd)
+        .env("POSTERN_ACTION", spec.action);
+    if let Some(source) = &spec.source {
+        cmd.env("POSTERN_SOURCE", source);
+    }
+    cmd.current_dir(spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1095,6 +1095,7 @@ impl Gates {
             argv,
             addr: String::new(),
             action: &a.name,
+            source: None,
             run_as: a.run_as.as_ref(),
             cwd,
         };
@@ -1434,6 +1435,7 @@ fn spec<'a>(
         argv,
         addr: addr.to_string(),
         action: &action.name,
+        source: None,
         run_as: action.run_as.as_ref(),
         cwd,
     }

@@ -524,16 +524,16 @@ impl Monitor {
             } => self.log_fail(peer, reason, failures, generation),
             Request::Lockout { peer, failures } => {
                 let duration = self.book.borrow().config.limits.lockout_duration;
+                let source = crate::net::limits::SourceKey::of(peer.addr).to_string();
                 self.log(
                     Level::Warning,
                     &format!(
-                        "lockout src={} source={} failures={failures} duration={}s",
+                        "lockout src={} source={source} failures={failures} duration={}s",
                         peer.addr,
-                        crate::net::limits::SourceKey::of(peer.addr),
                         duration.as_secs()
                     ),
                 );
-                self.on_lockout(peer.addr);
+                self.on_lockout(peer.addr, source, false);
             }
             Request::Notice {
                 notice,
@@ -584,12 +584,17 @@ impl Monitor {
                             let b = self.book.borrow();
                             (b.config.limits.lockout_after.get(), b.config.limits.lockout_duration)
                         };
-                        format!(
-                            "lockout src={} source={net} failures={} duration={}s",
-                            peer.addr,
-                            after.saturating_mul(factor),
-                            duration.as_secs()
-                        )
+                        self.log(
+                            Level::Warning,
+                            &format!(
+                                "lockout src={} source={net} failures={} duration={}s",
+                                peer.addr,
+                                after.saturating_mul(factor),
+                                duration.as_secs()
+                            ),
+                        );
+                        self.on_lockout(peer.addr, net.to_string(), true);
+                        return;
                     }
                     Notice::NoReply => format!(
                         "noreply src={} port={} listener={listener}; closed after the challenge without replying (not counted)",
@@ -840,6 +845,7 @@ impl Monitor {
             argv: run,
             addr: target.to_string(),
             action: &action.name,
+            source: None,
             run_as: action.run_as.as_ref(),
             cwd: &config.daemon.state_dir,
         };
@@ -878,12 +884,19 @@ impl Monitor {
         }
     }
 
-    fn on_lockout(self: &Rc<Self>, addr: IpAddr) {
+    /// Runs `[on_lockout]` for `source` (the locked-out source or, when
+    /// `network`, network, as CIDR), locked out by `addr`'s failure; a
+    /// network only with `networks = true`.
+    fn on_lockout(self: &Rc<Self>, addr: IpAddr, source: String, network: bool) {
         let (config, state_dir) = {
             let b = self.book.borrow();
             (Rc::clone(&b.config), b.config.daemon.state_dir.clone())
         };
-        let Some(cmd) = config.on_lockout.as_ref() else {
+        let Some(cmd) = config
+            .on_lockout
+            .as_ref()
+            .filter(|c| c.networks || !network)
+        else {
             return;
         };
         {
@@ -907,6 +920,7 @@ impl Monitor {
             argv: &cmd.argv,
             addr: addr.to_string(),
             action: "on_lockout",
+            source: Some(source.clone()),
             run_as: cmd.run_as.as_ref(),
             cwd: &state_dir,
         };
@@ -922,7 +936,10 @@ impl Monitor {
                     let outcome = started.wait(timeout).await;
                     me.log(
                         Level::Notice,
-                        &format!("on_lockout for addr={addr} {}", outcome.describe()),
+                        &format!(
+                            "on_lockout for addr={addr} source={source} {}",
+                            outcome.describe()
+                        ),
                     );
                     done(&me);
                 });
