@@ -395,6 +395,82 @@ fn reload_changing_per_address_closes_instances() {
     );
 }
 
+// Goal: a closing action that comes while `hold_while` runs does not wait
+// for it: the check is stopped (its process group killed), `stop` runs,
+// and the ack comes at once, not when the check would have ended.
+#[test]
+fn closing_during_hold_while_stops_the_check() {
+    let s = Scratch::new("doors-hold");
+    let (door, b1) = key();
+    let (close, b2) = key();
+    let checking = s.path("checking");
+    let open = s.path("open");
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"door\"\nkey = \"{b1}\"\n\
+         run = [\"/bin/sh\", \"-c\", \"touch {o}\"]\nstop = [\"/bin/sh\", \"-c\", \"rm -f {o}\"]\n\
+         ttl = \"1s\"\nmax_open = \"2m\"\ntimeout = \"60s\"\nhold_interval = \"60s\"\n\
+         hold_while = [\"/bin/sh\", \"-c\", \"echo $$ > {c}; exec sleep 50\"]\n\
+         [[action]]\nname = \"door.close\"\nkey = \"{b2}\"\ncloses = \"door\"\n",
+        daemon_table(&s),
+        o = open.display(),
+        c = checking.display()
+    );
+    let d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &door), Outcome::Ack(Status::Started));
+    // At the 1 s deadline the check starts, and would run for 50 s.
+    let pid: u32 = wait_file(&checking, 5 * SEC).trim().parse().unwrap();
+    assert!(pid_alive(pid));
+    let t0 = Instant::now();
+    assert_eq!(trigger(d.addr(), &close), Outcome::Ack(Status::Closed));
+    assert!(t0.elapsed() < 3 * SEC, "took {:?}", t0.elapsed());
+    assert!(!open.exists(), "acked closed before stop ran");
+    d.wait_log("gate door hold_while stopped (closing action)", 5 * SEC);
+    d.wait_log("gate door closed (closing action)", 5 * SEC);
+    let end = Instant::now() + 5 * SEC;
+    while pid_alive(pid) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!pid_alive(pid), "the hold_while check outlived the close");
+    assert_eq!(trigger(d.addr(), &door), Outcome::Ack(Status::Started));
+}
+
+// Goal: a trigger that extends a gate while its `hold_while` check runs
+// keeps it open even when that check then fails: the gate closes at the
+// extended deadline (after a second check), not when the first check
+// ends.
+#[test]
+fn extension_during_a_failing_hold_while_holds() {
+    let s = Scratch::new("doors-holdext");
+    let (door, b1) = key();
+    let checks = s.path("checks");
+    let cfg = format!(
+        "{}[[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[action]]\nname = \"door\"\nkey = \"{b1}\"\n\
+         run = [\"/bin/true\"]\nstop = [\"/bin/true\"]\n\
+         ttl = \"4s\"\nmax_open = \"2m\"\nhold_interval = \"30s\"\n\
+         hold_while = [\"/bin/sh\", \"-c\", \"echo $$ >> {c}; sleep 2; exit 1\"]\n",
+        daemon_table(&s),
+        c = checks.display()
+    );
+    let d = Daemon::start(s, &cfg);
+    assert_eq!(trigger(d.addr(), &door), Outcome::Ack(Status::Started));
+    // The first check starts at the 4 s deadline and fails 2 s later;
+    // the trigger meanwhile moves the deadline 4 s out.
+    let _ = wait_file(&checks, 10 * SEC);
+    assert_eq!(
+        trigger(d.addr(), &door),
+        Outcome::Ack(Status::AlreadyActive)
+    );
+    d.wait_log("gate door extended", 5 * SEC);
+    d.wait_log("gate door closed (deadline)", 20 * SEC);
+    assert_eq!(
+        line_count(&checks),
+        2,
+        "closed before its extended deadline"
+    );
+}
+
 // Goal: closing a serve gate early stops its program the way its deadline
 // does (SIGTERM to the group, through the timer that holds the child), and
 // the ack comes once the program is gone.

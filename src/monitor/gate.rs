@@ -880,8 +880,15 @@ impl Gates {
                     continue;
                 }
             }
-            // A closing action may have come while hold_while ran.
-            let early = self.open.borrow().get(key).and_then(|o| o.early);
+            // A closing action may have come while hold_while ran, and so
+            // may a trigger that extended the gate: that one holds.
+            let (early, extended) = match self.open.borrow().get(key) {
+                Some(o) => (o.early, Instant::now() < o.deadline),
+                None => (None, false),
+            };
+            if early.is_none() && extended {
+                continue;
+            }
             let why = early.unwrap_or("deadline");
             self.detach_timer(key);
             self.close_with(key, why, action.as_ref(), child).await;
@@ -905,8 +912,8 @@ impl Gates {
         let Some(hold) = gate.hold_while.as_ref() else {
             return false;
         };
-        let (addr, ceiling) = match self.open.borrow().get(key) {
-            Some(o) => (o.record.addr, o.ceiling),
+        let (addr, ceiling, wake) = match self.open.borrow().get(key) {
+            Some(o) => (o.record.addr, o.ceiling, Rc::clone(&o.wake)),
             None => return false,
         };
         let now = Instant::now();
@@ -920,10 +927,30 @@ impl Gates {
         let cwd = self.state_dir();
         let s = spec(key, "hold_while", hold, addr, action, &cwd);
         let busy = match action::start(&s, &self.logger) {
-            Ok(st) => st
-                .wait(action.timeout.min(gate.hold_interval))
-                .await
-                .success(),
+            Ok(st) => {
+                let pid = st.pid;
+                let waited = st.wait(action.timeout.min(gate.hold_interval));
+                tokio::pin!(waited);
+                loop {
+                    tokio::select! {
+                        outcome = &mut waited => break outcome.success(),
+                        _ = wake.notified() => {
+                            // Only a closing action cuts the check short;
+                            // other wake-ups (an extension) let it run.
+                            let closing = self.open.borrow().get(key).is_none_or(|o| o.early.is_some());
+                            if closing {
+                                action::kill_group(pid, Signal::SIGKILL);
+                                let _ = (&mut waited).await;
+                                self.log(
+                                    Level::Notice,
+                                    &format!("gate {key} hold_while stopped (closing action)"),
+                                );
+                                break false;
+                            }
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 self.log(
                     Level::Err,
@@ -939,6 +966,8 @@ impl Gates {
         match self.open.borrow_mut().get_mut(key) {
             // A closing action that came while hold_while ran wins.
             Some(o) if o.early.is_none() => {
+                // Never earlier than a trigger's extension meanwhile.
+                let new = new.max(o.deadline);
                 o.deadline = new;
                 o.record.deadline = unix_now()
                     .saturating_add(new.saturating_duration_since(Instant::now()).as_secs());
