@@ -154,6 +154,8 @@ pub mod defaults {
     pub const HOLD_INTERVAL: Duration = Duration::from_secs(60);
     /// `[on_lockout] timeout`.
     pub const ON_LOCKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[on_lockout] networks`: run only for sources, not for networks.
+    pub const ON_LOCKOUT_NETWORKS: bool = false;
 
     /// Hard bound on `[[listen]]` entries.
     pub const MAX_LISTENERS: usize = 64;
@@ -351,6 +353,22 @@ impl IpNet {
             }
             _ => false,
         }
+    }
+
+    /// Whether this network and `other` share an address (one contains
+    /// the other). `other.addr` may have host bits set.
+    pub fn overlaps(&self, other: &IpNet) -> bool {
+        if self.prefix <= other.prefix {
+            self.contains(other.addr)
+        } else {
+            other.contains(self.addr)
+        }
+    }
+}
+
+impl core::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -1619,7 +1637,10 @@ impl Cx<'_> {
             argv: argv?,
             run_as: run_as?,
             timeout: timeout?,
-            networks: c.networks.as_ref().is_some_and(|v| *v.get_ref()),
+            networks: c
+                .networks
+                .as_ref()
+                .map_or(defaults::ON_LOCKOUT_NETWORKS, |v| *v.get_ref()),
         })
     }
 
@@ -3339,6 +3360,31 @@ mod tests {
     use super::*;
     use crate::secret::b64_encode;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // Goal: two networks overlap exactly when one contains the other, in
+    // either order, with host bits set or not; families never overlap.
+    #[test]
+    fn networks_overlap_when_one_contains_the_other() {
+        let n = |a: &str, p: u8| IpNet {
+            addr: a.parse().unwrap(),
+            prefix: p,
+        };
+        let cases = [
+            (n("127.6.0.200", 32), n("127.6.0.8", 24), true),
+            (n("127.6.0.0", 24), n("127.6.0.9", 32), true),
+            (n("127.6.1.0", 24), n("127.6.0.8", 24), false),
+            (n("10.0.0.0", 8), n("10.200.3.4", 24), true),
+            (n("127.6.0.200", 32), n("127.6.0.201", 32), false),
+            (n("2001:db8::", 32), n("2001:db8:1:2::5", 64), true),
+            (n("2001:db8:1:2::1", 128), n("2001:db8:1:3::", 64), false),
+            (n("0.0.0.0", 0), n("2001:db8::", 32), false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(a.overlaps(&b), want, "{a} ~ {b}");
+            assert_eq!(b.overlaps(&a), want, "{b} ~ {a}");
+        }
+        assert_eq!(n("127.6.0.0", 24).to_string(), "127.6.0.0/24");
+    }
 
     /// A scratch directory with secret files in every state the checks
     /// care about; removed on drop.

@@ -888,20 +888,22 @@ fn lockout_flood_runs_at_most_eight_on_lockout_commands() {
 // {source} and POSTERN_SOURCE are the locked source as CIDR (IPv4 /32);
 // with networks = true a locked /24 runs it too, with {addr} the address
 // whose failure tipped it and {source} the network; without it, a
-// network lockout runs nothing.
+// network lockout runs nothing; nor does one that holds an exempt
+// address (a firewall ban of it would shut that address out).
 #[test]
 fn on_lockout_gets_the_source_and_with_networks_the_network() {
-    for networks in [true, false] {
+    for (networks, exempt) in [(true, false), (false, false), (true, true)] {
         let s = Scratch::new("locknet");
         let out = s.path("reported");
         let (_, b) = key();
         let cfg = format!(
             "{}[on_lockout]\nrun = [\"/bin/sh\", \"-c\", \"echo \\\"$1 $2 $POSTERN_SOURCE\\\" >> {}\", \"sh\", \"{{addr}}\", \"{{source}}\"]\n{}\
-             [limits]\nlockout_after = 1\nlockout_duration = \"10m\"\n\
+             [limits]\nlockout_after = 1\nlockout_duration = \"10m\"\n{}\
              [[listen]]\naddress = \"127.0.0.1:0\"\n[[action]]\nname = \"a\"\nkey = \"{b}\"\nrun = [\"/bin/true\"]\n",
             daemon_table(&s),
             out.display(),
-            if networks { "networks = true\n" } else { "" }
+            if networks { "networks = true\n" } else { "" },
+            if exempt { "exempt = [\"127.6.0.200/32\"]\n" } else { "" }
         );
         let d = Daemon::start(s, &cfg);
         let (bad, _) = key();
@@ -922,10 +924,16 @@ fn on_lockout_gets_the_source_and_with_networks_the_network() {
             "on_lockout for addr=127.6.9.1 source=127.6.9.1/32 exit=0",
             10 * SEC,
         );
-        if networks {
+        if networks && !exempt {
             d.wait_log(
                 "on_lockout for addr=127.6.0.8 source=127.6.0.0/24 exit=0",
                 10 * SEC,
+            );
+        }
+        if exempt {
+            d.wait_log(
+                "on_lockout not run for addr=127.6.0.8 source=127.6.0.0/24: it overlaps exempt network 127.6.0.200/32",
+                5 * SEC,
             );
         }
         let text = std::fs::read_to_string(&out).unwrap();
@@ -935,11 +943,11 @@ fn on_lockout_gets_the_source_and_with_networks_the_network() {
             .map(|i| format!("127.6.0.{i} 127.6.0.{i}/32 127.6.0.{i}/32"))
             .collect();
         want.push("127.6.9.1 127.6.9.1/32 127.6.9.1/32".into());
-        if networks {
+        if networks && !exempt {
             want.push("127.6.0.8 127.6.0.0/24 127.6.0.0/24".into());
         }
         want.sort_unstable();
-        assert_eq!(lines, want, "networks = {networks}");
+        assert_eq!(lines, want, "networks = {networks}, exempt = {exempt}");
     }
 }
 

@@ -267,6 +267,10 @@ fn code_defaults() -> BTreeMap<(String, String), Want> {
         ),
         (k("action", "bind_source"), n(&defaults::BIND_SOURCE)),
         (k("action", "per_address"), n(&defaults::PER_ADDRESS)),
+        (
+            k("on_lockout", "networks"),
+            n(&defaults::ON_LOCKOUT_NETWORKS),
+        ),
         (k("action", "max_addresses"), n(&defaults::MAX_ADDRESSES)),
     ])
 }

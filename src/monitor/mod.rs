@@ -533,7 +533,8 @@ impl Monitor {
                         duration.as_secs()
                     ),
                 );
-                self.on_lockout(peer.addr, source, false);
+                let len = if peer.addr.is_ipv4() { 32 } else { 64 };
+                self.on_lockout(peer.addr, source, len, false);
             }
             Request::Notice {
                 notice,
@@ -593,7 +594,7 @@ impl Monitor {
                                 duration.as_secs()
                             ),
                         );
-                        self.on_lockout(peer.addr, net.to_string(), true);
+                        self.on_lockout(peer.addr, net.to_string(), len, true);
                         return;
                     }
                     Notice::NoReply => format!(
@@ -885,9 +886,12 @@ impl Monitor {
     }
 
     /// Runs `[on_lockout]` for `source` (the locked-out source or, when
-    /// `network`, network, as CIDR), locked out by `addr`'s failure; a
-    /// network only with `networks = true`.
-    fn on_lockout(self: &Rc<Self>, addr: IpAddr, source: String, network: bool) {
+    /// `network`, network, as CIDR: `addr`'s first `len` bits), locked
+    /// out by `addr`'s failure; a network only with `networks = true`.
+    /// Never for what overlaps an `exempt` network: an honest network
+    /// process never locks out an exempt source, and a network it locks
+    /// may hold one, which a firewall ban of `{source}` would shut out.
+    fn on_lockout(self: &Rc<Self>, addr: IpAddr, source: String, len: u8, network: bool) {
         let (config, state_dir) = {
             let b = self.book.borrow();
             (Rc::clone(&b.config), b.config.daemon.state_dir.clone())
@@ -899,6 +903,14 @@ impl Monitor {
         else {
             return;
         };
+        let locked = crate::config::IpNet { addr, prefix: len };
+        if let Some(e) = config.limits.exempt.iter().find(|e| e.overlaps(&locked)) {
+            self.log(
+                Level::Warning,
+                &format!("on_lockout not run for addr={addr} source={source}: it overlaps exempt network {e}"),
+            );
+            return;
+        }
         {
             let mut b = self.book.borrow_mut();
             if b.on_lockout_running >= MAX_ON_LOCKOUT {
