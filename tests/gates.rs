@@ -75,19 +75,21 @@ fn serve_gate_opens_and_closes_at_deadline() {
 fn run_stop_gate_extends_then_closes() {
     let s = Scratch::new("door");
     let (k, b) = key();
-    let cfg = door_config(&s, &b, "2s", &touch_open(&s), "max_open = \"10s\"\n");
+    // ttl 3 s, extended 1.5 s in: it closes at 4.5 s, not at 3 s. The
+    // second trigger has 1.5 s of slack before the first deadline.
+    let cfg = door_config(&s, &b, "3s", &touch_open(&s), "max_open = \"10s\"\n");
     let open = s.path("open");
     let d = Daemon::start(s, &cfg);
     let t0 = Instant::now();
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::Started));
     assert!(open.exists());
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(trigger(d.addr(), &k), Outcome::Ack(Status::AlreadyActive));
     d.wait_log("gate door extended", 5 * SEC);
     d.wait_log("gate door closed (deadline)", 10 * SEC);
     let took = t0.elapsed();
     assert!(
-        took >= Duration::from_millis(2900),
+        took >= Duration::from_millis(4400),
         "closed after {took:?}: the extension was ignored"
     );
     assert!(!open.exists());
