@@ -82,7 +82,7 @@ use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use crate::config::{IpNet, Protocol};
+use crate::config::{IpNet, Limits, Protocol};
 use crate::wire::{
     decode_addr, encode_addr, Ack, Reply, ACK_LEN, ADDR_LEN, NONCE_LEN, OSTIARY_REPLY_LEN,
     REPLY_LEN,
@@ -643,6 +643,42 @@ pub struct NetLimits {
     pub ack_timeout: Duration,
     /// How long a graceful stop waits for running handshakes.
     pub shutdown_grace: Duration,
+}
+
+impl NetLimits {
+    /// The network side of `[limits]` (the monitor's direction), with the
+    /// two waits only the network process keeps. `exempt` travels as
+    /// separate messages.
+    pub fn of(l: &Limits, ack_timeout: Duration, shutdown_grace: Duration) -> NetLimits {
+        NetLimits {
+            handshake_timeout: l.handshake_timeout,
+            max_handshakes: l.max_handshakes,
+            rate_burst: l.rate_burst,
+            rate_per_minute: l.rate_per_minute,
+            lockout_after: l.lockout_after,
+            lockout_duration: l.lockout_duration,
+            lockout_table: l.lockout_table,
+            verify_per_second: l.verify_per_second,
+            ack_timeout,
+            shutdown_grace,
+        }
+    }
+
+    /// `[limits]` again, with `exempt` (the network process's direction,
+    /// for its source table).
+    pub fn limits(&self, exempt: Vec<IpNet>) -> Limits {
+        Limits {
+            handshake_timeout: self.handshake_timeout,
+            max_handshakes: self.max_handshakes,
+            rate_burst: self.rate_burst,
+            rate_per_minute: self.rate_per_minute,
+            lockout_after: self.lockout_after,
+            lockout_duration: self.lockout_duration,
+            lockout_table: self.lockout_table,
+            verify_per_second: self.verify_per_second,
+            exempt,
+        }
+    }
 }
 
 /// The monitor's verdict on a forwarded reply.

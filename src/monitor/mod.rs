@@ -415,22 +415,14 @@ impl Monitor {
             )
         };
         let l = &config.limits;
-        let limits = NetLimits {
-            handshake_timeout: l.handshake_timeout,
-            max_handshakes: l.max_handshakes,
-            rate_burst: l.rate_burst,
-            rate_per_minute: l.rate_per_minute,
-            lockout_after: l.lockout_after,
-            lockout_duration: l.lockout_duration,
-            lockout_table: l.lockout_table,
-            verify_per_second: l.verify_per_second,
+        let limits = NetLimits::of(
+            l,
             // The monitor always answers well within the protocol's ack
             // deadline (config bounds every wait before an ack); the
             // network process gives up a little before it.
-            ack_timeout: Duration::from_secs(crate::wire::ACK_DEADLINE_SECS)
-                .saturating_sub(ACK_SLACK),
-            shutdown_grace: config.daemon.shutdown_grace,
-        };
+            Duration::from_secs(crate::wire::ACK_DEADLINE_SECS).saturating_sub(ACK_SLACK),
+            config.daemon.shutdown_grace,
+        );
         let begin = Down::Begin {
             generation,
             limits,

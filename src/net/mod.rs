@@ -498,18 +498,7 @@ pub async fn serve(chan_fd: OwnedFd) -> Result<(), NetError> {
 }
 
 fn to_limits(cfg: &NetConfig) -> Limits {
-    let l = &cfg.limits;
-    Limits {
-        handshake_timeout: l.handshake_timeout,
-        max_handshakes: l.max_handshakes,
-        rate_burst: l.rate_burst,
-        rate_per_minute: l.rate_per_minute,
-        lockout_after: l.lockout_after,
-        lockout_duration: l.lockout_duration,
-        lockout_table: l.lockout_table,
-        verify_per_second: l.verify_per_second,
-        exempt: cfg.exempt.clone(),
-    }
+    cfg.limits.limits(cfg.exempt.clone())
 }
 
 type BeginFields = (u32, NetLimits, u16, u16);
