@@ -516,7 +516,8 @@ impl Monitor {
             } => self.log_fail(peer, reason, failures, generation),
             Request::Lockout { peer, failures } => {
                 let duration = self.book.borrow().config.limits.lockout_duration;
-                let source = crate::net::limits::SourceKey::of(peer.addr).to_string();
+                let key = crate::net::limits::SourceKey::of(peer.addr);
+                let source = key.to_string();
                 self.log(
                     Level::Warning,
                     &format!(
@@ -525,8 +526,7 @@ impl Monitor {
                         duration.as_secs()
                     ),
                 );
-                let len = if peer.addr.is_ipv4() { 32 } else { 64 };
-                self.on_lockout(peer.addr, source, len, false);
+                self.on_lockout(peer.addr, source, key.prefix_len(), false);
             }
             Request::Notice {
                 notice,

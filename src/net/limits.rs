@@ -70,13 +70,26 @@ impl SourceKey {
             IpAddr::V6(v6) => SourceKey::V6((u128::from(v6) >> 64) as u64),
         }
     }
+
+    /// Prefix length of the addresses it covers: 32 (IPv4) or 64 (IPv6).
+    pub fn prefix_len(&self) -> u8 {
+        match self {
+            SourceKey::V4(_) => 32,
+            SourceKey::V6(_) => 64,
+        }
+    }
 }
 
 impl core::fmt::Display for SourceKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            SourceKey::V4(a) => write!(f, "{}/32", std::net::Ipv4Addr::from(*a)),
-            SourceKey::V6(p) => write!(f, "{}/64", std::net::Ipv6Addr::from(u128::from(*p) << 64)),
+            SourceKey::V4(a) => write!(f, "{}/{}", std::net::Ipv4Addr::from(*a), self.prefix_len()),
+            SourceKey::V6(p) => write!(
+                f,
+                "{}/{}",
+                std::net::Ipv6Addr::from(u128::from(*p) << 64),
+                self.prefix_len()
+            ),
         }
     }
 }
